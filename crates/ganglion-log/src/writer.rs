@@ -1,0 +1,475 @@
+//! The writer thread: the only code that writes, syncs, rolls or deletes segments.
+//!
+//! Appenders send requests over a bounded channel. The writer takes every request that is
+//! waiting (up to `max_group_bytes`), encodes them into one buffer, writes it with one
+//! positional write, makes it durable with one fdatasync (under `Durability::Always`),
+//! then publishes the new records to readers and answers every appender of the group.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{LogError, Result, is_no_space};
+use crate::format::{self, IndexEntry, SEGMENT_HEADER_LEN};
+use crate::options::Durability;
+use crate::recover::{create_segment, needs_index_entry, write_index};
+use crate::segment::{Extent, Segment};
+use crate::{AppendAck, RetentionReport, Shared};
+
+pub(crate) enum Command {
+    Append {
+        records: Vec<Bytes>,
+        bytes: usize,
+        reply: oneshot::Sender<Result<AppendAck>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Retention {
+        reply: oneshot::Sender<Result<RetentionReport>>,
+    },
+}
+
+/// Where the next record goes. The writer's copy runs ahead of the segment's published
+/// [`Extent`] while a group is being written.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    extent: Extent,
+    last_index_offset: Option<u64>,
+}
+
+/// One group commit in the making.
+struct Group {
+    start: Cursor,
+    buf: Vec<u8>,
+    entries: Vec<IndexEntry>,
+    waiting: Vec<(oneshot::Sender<Result<AppendAck>>, AppendAck)>,
+}
+
+impl Group {
+    fn new(start: Cursor) -> Self {
+        Group {
+            start,
+            buf: Vec::new(),
+            entries: Vec::new(),
+            waiting: Vec::new(),
+        }
+    }
+
+    fn answer_all(&mut self, result: impl Fn(&AppendAck) -> Result<AppendAck>) {
+        for (reply, ack) in self.waiting.drain(..) {
+            let _ = reply.send(result(&ack));
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    active: Arc<Segment>,
+    cursor: Cursor,
+    /// When the oldest acknowledged but unsynced record was written (Interval only).
+    dirty_since: Option<Instant>,
+    last_retention: Instant,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Command>,
+        last_index_offset: Option<u64>,
+    ) -> Self {
+        let active = shared.active();
+        let cursor = Cursor {
+            extent: active.extent(),
+            last_index_offset,
+        };
+        Writer {
+            shared,
+            rx,
+            active,
+            cursor,
+            dirty_since: None,
+            last_retention: Instant::now(),
+        }
+    }
+
+    /// Runs until every sender is gone, then syncs what is unsynced.
+    pub(crate) fn run(mut self) -> Result<()> {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                self.fail(format!("could not start the log writer: {e}"));
+                return Err(self.failed());
+            }
+        };
+        runtime.block_on(self.serve());
+        let result = self.sync_if_dirty();
+        self.shared.close_progress();
+        result
+    }
+
+    async fn serve(&mut self) {
+        let mut appends = Vec::new();
+        loop {
+            let command = match self.next_deadline() {
+                Some(at) => match tokio::time::timeout_at(
+                    tokio::time::Instant::from_std(at),
+                    self.rx.recv(),
+                )
+                .await
+                {
+                    Ok(command) => command,
+                    Err(_) => {
+                        self.on_timer();
+                        continue;
+                    }
+                },
+                None => self.rx.recv().await,
+            };
+            let Some(mut command) = command else { return };
+            // Take everything already waiting, up to the group size, in arrival order.
+            let mut group_bytes = 0;
+            loop {
+                match command {
+                    Command::Append {
+                        records,
+                        bytes,
+                        reply,
+                    } => {
+                        group_bytes += bytes;
+                        appends.push((records, reply));
+                    }
+                    other => {
+                        self.append_group(&mut appends);
+                        self.handle(other);
+                    }
+                }
+                if group_bytes >= self.shared.options.max_group_bytes {
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(next) => command = next,
+                    Err(_) => break,
+                }
+            }
+            self.append_group(&mut appends);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let sync = match (self.shared.options.durability, self.dirty_since) {
+            (Durability::Interval(every), Some(since)) => Some(since + every),
+            _ => None,
+        };
+        let retention = &self.shared.options.retention;
+        let retention = (retention.max_age.is_some() || retention.max_bytes.is_some())
+            .then(|| self.last_retention + retention.check_interval);
+        match (sync, retention) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if let (Durability::Interval(every), Some(since)) =
+            (self.shared.options.durability, self.dirty_since)
+            && now >= since + every
+        {
+            let _ = self.sync_if_dirty();
+        }
+        let retention = &self.shared.options.retention;
+        if now >= self.last_retention + retention.check_interval
+            && let Err(e) = self.retention()
+        {
+            tracing::warn!(error = %e, "log retention failed; will retry");
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append { .. } => unreachable!("appends are grouped by the caller"),
+            Command::Sync { reply } => {
+                let _ = reply.send(self.sync_if_dirty());
+            }
+            Command::Retention { reply } => {
+                let _ = reply.send(self.retention());
+            }
+        }
+    }
+
+    fn failed(&self) -> LogError {
+        LogError::Failed {
+            reason: self.shared.failure().unwrap_or_else(|| "unknown".into()),
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(dir = %self.shared.dir.display(), %reason, "event log failed; refusing further writes");
+        self.shared.set_failure(reason);
+    }
+
+    /// Appends every request in `appends` (emptying it), as few group commits as the
+    /// segment size allows.
+    fn append_group(
+        &mut self,
+        appends: &mut Vec<(Vec<Bytes>, oneshot::Sender<Result<AppendAck>>)>,
+    ) {
+        if appends.is_empty() {
+            return;
+        }
+        let segment_bytes = self.shared.options.segment_bytes;
+        let mut group = Group::new(self.cursor);
+        for (records, reply) in appends.drain(..) {
+            let full = self.cursor.extent.len >= segment_bytes
+                && self.cursor.extent.next_seq > self.active.base_seq;
+            if full {
+                self.flush(std::mem::replace(&mut group, Group::new(self.cursor)));
+                let rolled = match self.shared.failure() {
+                    Some(_) => Err(self.failed()),
+                    None => self.roll(),
+                };
+                group = Group::new(self.cursor);
+                if let Err(e) = rolled {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            }
+            if self.shared.failure().is_some() {
+                let _ = reply.send(Err(self.failed()));
+                continue;
+            }
+            self.encode(&mut group, &records, reply);
+        }
+        self.flush(group);
+    }
+
+    fn encode(
+        &mut self,
+        group: &mut Group,
+        records: &[Bytes],
+        reply: oneshot::Sender<Result<AppendAck>>,
+    ) {
+        let now = self.shared.options.clock.now_micros();
+        let timestamp = now.max(self.cursor.extent.last_timestamp_micros);
+        let extent = &mut self.cursor.extent;
+        let ack = AppendAck {
+            first_seq: extent.next_seq,
+            last_seq: extent.next_seq + records.len() as u64 - 1,
+            timestamp_micros: timestamp,
+        };
+        for payload in records {
+            let offset = extent.len;
+            if needs_index_entry(
+                self.cursor.last_index_offset,
+                offset,
+                self.shared.options.index_interval_bytes,
+            ) {
+                group.entries.push(IndexEntry {
+                    seq: extent.next_seq,
+                    offset,
+                    timestamp_micros: timestamp,
+                });
+                self.cursor.last_index_offset = Some(offset);
+            }
+            let before = group.buf.len();
+            format::encode_record(&mut group.buf, extent.next_seq, timestamp, payload);
+            extent.len += (group.buf.len() - before) as u64;
+            if extent.next_seq == self.active.base_seq {
+                extent.first_timestamp_micros = timestamp;
+            }
+            extent.next_seq += 1;
+            extent.last_timestamp_micros = timestamp;
+        }
+        group.waiting.push((reply, ack));
+    }
+
+    /// Writes, syncs and publishes a group, and answers its appenders.
+    fn flush(&mut self, mut group: Group) {
+        if group.buf.is_empty() {
+            return;
+        }
+        let file = &self.active.file;
+        let offset = group.start.extent.len;
+        if let Err(e) = crate::storage::write_all_at(&**file, &group.buf, offset) {
+            if is_no_space(&e) {
+                // Nothing of the group may stay behind: cut the partial write off and
+                // hand its sequence numbers to the next group.
+                match file.set_len(offset) {
+                    Ok(()) => {
+                        tracing::warn!(file = %self.active.path.display(), appends = group.waiting.len(), "device full; append refused");
+                        self.cursor = group.start;
+                        let path = self.active.path.clone();
+                        group.answer_all(|_| Err(LogError::NoSpace { file: path.clone() }));
+                        return;
+                    }
+                    Err(t) => self.fail(format!(
+                        "device full writing {}, and truncating the partial write failed: {t}",
+                        self.active.path.display()
+                    )),
+                }
+            } else {
+                self.fail(format!(
+                    "write to {} failed: {e}",
+                    self.active.path.display()
+                ));
+            }
+            let failed = self.failed();
+            group.answer_all(|_| Err(failed.clone()));
+            return;
+        }
+        match self.shared.options.durability {
+            Durability::Always => {
+                if let Err(reason) = self.sync_active() {
+                    let failed = LogError::Failed { reason };
+                    group.answer_all(|_| Err(failed.clone()));
+                    return;
+                }
+            }
+            Durability::Interval(_) => {
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+        }
+        self.active.commit(self.cursor.extent, &group.entries);
+        self.shared
+            .publish(self.cursor.extent.next_seq, group.waiting.len());
+        group.answer_all(|ack| Ok(*ack));
+    }
+
+    /// fdatasyncs the active segment; on failure the log fails (fsync is never retried).
+    fn sync_active(&mut self) -> std::result::Result<(), Arc<str>> {
+        let started = Instant::now();
+        match self.active.file.sync_data() {
+            Ok(()) => {
+                self.shared.record_fsync(started.elapsed());
+                self.dirty_since = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.fail(format!(
+                    "fsync of {} failed: {e}",
+                    self.active.path.display()
+                ));
+                Err(self
+                    .shared
+                    .failure()
+                    .unwrap_or_else(|| "fsync failed".into()))
+            }
+        }
+    }
+
+    fn sync_if_dirty(&mut self) -> Result<()> {
+        if let Some(reason) = self.shared.failure() {
+            return Err(LogError::Failed { reason });
+        }
+        if self.dirty_since.is_some() {
+            self.sync_active()
+                .map_err(|reason| LogError::Failed { reason })?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one at the next sequence.
+    fn roll(&mut self) -> Result<()> {
+        self.sync_if_dirty()?;
+        let dir = &self.shared.dir;
+        let storage = &*self.shared.storage;
+        let base = self.cursor.extent.next_seq;
+        match create_segment(storage, dir, base) {
+            Ok((path, file)) => {
+                write_index(storage, dir, &self.active.sealed_index());
+                let extent = Extent {
+                    next_seq: base,
+                    len: SEGMENT_HEADER_LEN,
+                    first_timestamp_micros: 0,
+                    last_timestamp_micros: 0,
+                };
+                let segment = Arc::new(Segment::new(base, path, file, Vec::new(), extent));
+                self.shared.push_segment(segment.clone());
+                self.active = segment;
+                self.cursor = Cursor {
+                    extent,
+                    last_index_offset: None,
+                };
+                if let Err(e) = self.retention() {
+                    tracing::warn!(error = %e, "log retention failed; will retry");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let path = dir.join(format::segment_file_name(base));
+                if is_no_space(&e) {
+                    // Leave no half-made segment behind; the next append tries again.
+                    let _ = storage.remove(&path);
+                    let _ = storage.sync_dir(dir);
+                    Err(LogError::NoSpace { file: path })
+                } else {
+                    self.fail(format!("creating segment {} failed: {e}", path.display()));
+                    Err(self.failed())
+                }
+            }
+        }
+    }
+
+    /// Deletes the sealed segments that retention no longer keeps, oldest first.
+    fn retention(&mut self) -> Result<RetentionReport> {
+        self.last_retention = Instant::now();
+        let policy = self.shared.options.retention;
+        let now = self.shared.options.clock.now_micros();
+        let segments = self.shared.segments();
+        let mut total: u64 = segments.iter().map(|s| s.extent().len).sum();
+        let mut doomed = 0;
+        for segment in &segments[..segments.len() - 1] {
+            let extent = segment.extent();
+            let too_old = policy.max_age.is_some_and(|age| {
+                let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+                extent.last_timestamp_micros.saturating_add(age) < now
+            });
+            let too_big = policy.max_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= extent.len;
+            doomed += 1;
+        }
+        let mut report = RetentionReport::default();
+        if doomed == 0 {
+            return Ok(report);
+        }
+        let removed = self.shared.drop_oldest_segments(doomed);
+        let dir = &self.shared.dir;
+        for segment in &removed {
+            let extent = segment.extent();
+            report.segments_deleted += 1;
+            report.bytes_deleted += extent.len;
+            report.records_deleted += extent.next_seq - segment.base_seq;
+            self.shared
+                .storage
+                .remove(&segment.path)
+                .map_err(|e| LogError::io("remove", &segment.path, e))?;
+            let index = dir.join(format::index_file_name(segment.base_seq));
+            if let Err(e) = self.shared.storage.remove(&index)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(LogError::io("remove", index, e));
+            }
+        }
+        self.shared
+            .storage
+            .sync_dir(dir)
+            .map_err(|e| LogError::io("sync directory", dir, e))?;
+        tracing::info!(
+            segments = report.segments_deleted,
+            bytes = report.bytes_deleted,
+            records = report.records_deleted,
+            "retention deleted sealed segments"
+        );
+        Ok(report)
+    }
+}
