@@ -175,6 +175,30 @@ impl MemStorage {
         };
     }
 
+    /// An independent copy of everything as it is now, faults cleared.
+    pub fn snapshot(&self) -> MemStorage {
+        let s = self.lock();
+        MemStorage {
+            state: Arc::new(Mutex::new(State {
+                contents: s.contents.clone(),
+                names: s.names.clone(),
+                durable_names: s.durable_names.clone(),
+                dirs: s.dirs.clone(),
+                ..State::default()
+            })),
+        }
+    }
+
+    /// Removes every injected fault (but not a power loss that already happened).
+    pub fn clear_faults(&self) {
+        let mut s = self.lock();
+        let dead = s.faults.dead;
+        s.faults = Faults {
+            dead,
+            ..Faults::default()
+        };
+    }
+
     /// What a disk holding this storage would show after power loss right now: a new
     /// storage with only synced directory entries and synced bytes (and, per `mode`, a
     /// torn unsynced tail). This storage is left as it is.

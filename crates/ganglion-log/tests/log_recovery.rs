@@ -1,0 +1,254 @@
+//! Recovery: torn tails are cut, any other damage is refused and named, never served.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use ganglion_core::ManualClock;
+use ganglion_log::storage::MemStorage;
+use ganglion_log::{Damage, Log, LogError, LogOptions, Recovery, VerifyOnOpen};
+
+/// Byte offsets where each record of a segment file starts, plus the file's end.
+fn record_starts(file: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 24;
+    while at < file.len() {
+        starts.push(at);
+        let len = u32::from_le_bytes(file[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 24 + len;
+    }
+    assert_eq!(at, file.len(), "test parser agrees with the file");
+    starts.push(at);
+    starts
+}
+
+/// A log of `count` numbered records in 512-byte segments, closed.
+fn written_log(count: u64) -> (MemStorage, ManualClock) {
+    let storage = MemStorage::new();
+    let clock = ManualClock::at_fixed_instant();
+    let log = open_mem(&storage, small_segments(&clock));
+    append_numbered(&log, 1, count);
+    log.close().unwrap();
+    (storage, clock)
+}
+
+fn base_seq_of(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_torn_write_anywhere_in_the_last_three_records_keeps_exactly_the_complete_ones() {
+    let (pristine, clock) = written_log(45);
+    let active = segment_files(&pristine).pop().unwrap();
+    let base = base_seq_of(&active);
+    let bytes = pristine.read_file(&active).unwrap();
+    let starts = record_starts(&bytes);
+    let records_in_active = starts.len() as u64 - 1;
+    assert!(records_in_active >= 4, "the active segment holds enough records");
+    let last = base + records_in_active - 1;
+
+    let first_torn_byte = starts[starts.len() - 4];
+    let mut checked = 0;
+    for cut in first_torn_byte..bytes.len() {
+        // Complete records are those that end at or before the cut.
+        let complete = starts[1..].iter().filter(|&&end| end <= cut).count() as u64;
+        let expected_last = base + complete - 1;
+        for variant in ["truncated", "zeroed", "garbage"] {
+            let storage = pristine.snapshot();
+            let mut torn = bytes[..cut].to_vec();
+            match variant {
+                "zeroed" => torn.resize(bytes.len(), 0),
+                "garbage" => torn.extend((cut..bytes.len()).map(|i| (i * 31 + 7) as u8)),
+                _ => {}
+            }
+            storage.write_file(&active, torn);
+            let log = open_mem(&storage, small_segments(&clock));
+            assert_eq!(
+                log.next_seq(),
+                expected_last + 1,
+                "{variant} at byte {cut}: keeps records up to {expected_last}"
+            );
+            assert_eq!(storage.read_file(&active).unwrap().len(), starts[complete as usize]);
+            let ack = log.append_blocking(vec![payload(999)]).unwrap();
+            assert_eq!(ack.first_seq, expected_last + 1);
+            let records = read_all(&log);
+            assert_eq!(records.len() as u64, expected_last + 1);
+            assert!(records[..records.len() - 1].iter().all(|r| r.payload == payload(r.seq)));
+            assert_eq!(records.last().unwrap().payload, payload(999));
+            checked += 1;
+        }
+    }
+    assert!(last > base && checked > 3 * 100, "checked {checked} torn tails");
+}
+
+#[test]
+fn a_torn_segment_header_is_rewritten_when_nothing_follows_it() {
+    let (pristine, clock) = written_log(45);
+    let active = segment_files(&pristine).pop().unwrap();
+    let base = base_seq_of(&active);
+    for cut in 0..24 {
+        let storage = pristine.snapshot();
+        let header = storage.read_file(&active).unwrap()[..cut].to_vec();
+        storage.write_file(&active, header);
+        let log = open_mem(&storage, small_segments(&clock));
+        assert_eq!(log.next_seq(), base, "cut at {cut}");
+        assert_eq!(log.append_blocking(vec![payload(1)]).unwrap().first_seq, base);
+    }
+}
+
+#[test]
+fn damage_before_valid_records_in_the_active_segment_is_refused_unless_the_operator_allows_it() {
+    let (storage, clock) = written_log(45);
+    let active = segment_files(&storage).pop().unwrap();
+    let mut bytes = storage.read_file(&active).unwrap();
+    let starts = record_starts(&bytes);
+    bytes[starts[1] + 30] ^= 0x01; // the second record's payload
+    storage.write_file(&active, bytes.clone());
+
+    let err = Log::open_with_storage(
+        std::sync::Arc::new(storage.clone()),
+        DIR,
+        small_segments(&clock),
+    )
+    .unwrap_err();
+    let LogError::Corrupt {
+        file,
+        offset,
+        damage,
+        valid_records_after,
+    } = &err
+    else {
+        panic!("expected Corrupt, got {err}");
+    };
+    assert_eq!(file, &active);
+    assert_eq!(*offset, starts[1] as u64);
+    assert!(matches!(damage, Damage::ChecksumMismatch { .. }));
+    assert_eq!(*valid_records_after, starts.len() as u64 - 3);
+    assert!(err.to_string().contains(&active.display().to_string()), "{err}");
+    assert!(err.to_string().contains(&format!("offset {}", starts[1])), "{err}");
+    assert_eq!(storage.read_file(&active).unwrap(), bytes, "refusing changes nothing");
+
+    let log = open_mem(&storage, LogOptions {
+        recovery: Recovery::DropDamagedTail,
+        ..small_segments(&clock)
+    });
+    assert_eq!(log.next_seq(), base_seq_of(&active) + 1);
+}
+
+/// Flips `bits` bits of one sealed segment; returns the file and the offset at which
+/// the damage starts (the record holding the first flipped bit, or 0 for the header).
+fn flip_bits(storage: &MemStorage, sealed: &[PathBuf], rng: &mut Rng) -> (PathBuf, u64) {
+    let file = sealed[rng.below(sealed.len() as u64) as usize].clone();
+    let mut bytes = storage.read_file(&file).unwrap();
+    let starts = record_starts(&bytes);
+    let flips = 1 + rng.below(2) as usize;
+    let mut first = usize::MAX;
+    let mut flipped = Vec::new();
+    while flipped.len() < flips {
+        let bit = rng.below(bytes.len() as u64 * 8) as usize;
+        if !flipped.contains(&bit) {
+            flipped.push(bit);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            first = first.min(bit / 8);
+        }
+    }
+    storage.write_file(&file, bytes);
+    let record = starts.iter().rev().find(|&&s| s <= first).copied();
+    (file, record.map_or(0, |s| s as u64))
+}
+
+#[test]
+fn a_thousand_bit_flips_in_sealed_segments_are_all_detected_and_named() {
+    let (pristine, clock) = written_log(120);
+    let mut sealed = segment_files(&pristine);
+    sealed.pop();
+    assert!(sealed.len() >= 5);
+    // Make the index files durable too, so `ActiveSegment` opens trust them.
+    drop(open_mem(&pristine, small_segments(&clock)));
+    let mut rng = Rng::new(0x5eed_b17f);
+
+    let mut found_by_reads = 0;
+    for trial in 0..1000 {
+        let storage = pristine.snapshot();
+        let (file, offset) = flip_bits(&storage, &sealed, &mut rng);
+
+        let err = Log::open_with_storage(
+            std::sync::Arc::new(storage.clone()),
+            DIR,
+            small_segments(&clock),
+        )
+        .expect_err("a flipped bit in a sealed segment refuses the open");
+        match &err {
+            LogError::Corrupt {
+                file: named,
+                offset: at,
+                ..
+            } => {
+                assert_eq!((named, *at), (&file, offset), "trial {trial}: {err}");
+            }
+            other => panic!("trial {trial}: expected Corrupt, got {other}"),
+        }
+
+        // Opened without checking sealed segments, reads find the damage instead, and
+        // never hand out a damaged payload.
+        let options = LogOptions {
+            verify_on_open: VerifyOnOpen::ActiveSegment,
+            ..small_segments(&clock)
+        };
+        let Ok(log) = Log::open_with_storage(std::sync::Arc::new(storage), DIR, options) else {
+            continue; // header damage is found on open in this mode too
+        };
+        let mut next = log.first_seq();
+        let detected = loop {
+            match log.read(next, 7) {
+                Ok(batch) if batch.is_empty() => break false,
+                Ok(batch) => {
+                    for r in &batch {
+                        assert_eq!(r.payload, payload(r.seq), "trial {trial}: damaged payload served");
+                    }
+                    next = batch.last().unwrap().seq + 1;
+                }
+                Err(LogError::Corrupt {
+                    file: named,
+                    offset: at,
+                    ..
+                }) => {
+                    assert_eq!((named, at), (file.clone(), offset), "trial {trial}");
+                    break true;
+                }
+                Err(other) => panic!("trial {trial}: {other}"),
+            }
+        };
+        assert!(detected, "trial {trial}: read everything without noticing the flip");
+        found_by_reads += 1;
+    }
+    assert!(found_by_reads > 900, "only {found_by_reads} flips reached the read path");
+}
+
+#[test]
+fn a_missing_sealed_segment_is_a_named_gap() {
+    let (storage, clock) = written_log(60);
+    let files = segment_files(&storage);
+    let removed = &files[1];
+    use ganglion_log::storage::Storage;
+    storage.remove(removed).unwrap();
+    let err = Log::open_with_storage(
+        std::sync::Arc::new(storage.clone()),
+        DIR,
+        small_segments(&clock),
+    )
+    .unwrap_err();
+    match err {
+        LogError::Corrupt {
+            file,
+            damage: Damage::Gap { end, next_base },
+            ..
+        } => {
+            assert_eq!(file, files[0]);
+            assert_eq!(end, base_seq_of(removed));
+            assert_eq!(next_base, base_seq_of(&files[2]));
+        }
+        other => panic!("expected a gap, got {other}"),
+    }
+}
