@@ -54,13 +54,21 @@ fn a_full_device_refuses_the_batch_whole_and_appends_resume_when_space_returns()
     let err = log.append_blocking(big.clone()).unwrap_err();
     assert_eq!(err.code(), "LOG_NO_SPACE", "{err}");
     assert!(err.to_string().contains("no space left"), "{err}");
-    assert_eq!(storage.read_file(&active).unwrap(), before, "no partial record left behind");
+    assert_eq!(
+        storage.read_file(&active).unwrap(),
+        before,
+        "no partial record left behind"
+    );
     assert_eq!(log.next_seq(), 11);
     assert!(log.failure().is_none(), "a full device is not a failed log");
 
     storage.set_capacity(None);
     let ack = log.append_blocking(big).unwrap();
-    assert_eq!((ack.first_seq, ack.last_seq), (11, 12), "no sequence was lost to the refusal");
+    assert_eq!(
+        (ack.first_seq, ack.last_seq),
+        (11, 12),
+        "no sequence was lost to the refusal"
+    );
     drop(log);
     let log = open_mem(&storage, LogOptions::default());
     assert_eq!(read_all(&log).len(), 12);
@@ -73,11 +81,19 @@ fn a_full_device_while_rolling_a_segment_leaves_no_half_made_segment() {
     let log = open_mem(&storage, small_segments(&clock));
     let used = || -> u64 {
         let names = storage.list(&dir()).unwrap();
-        names.iter().map(|f| storage.read_file(&dir().join(f)).unwrap().len() as u64).sum()
+        names
+            .iter()
+            .map(|f| storage.read_file(&dir().join(f)).unwrap().len() as u64)
+            .sum()
     };
     // Fill the active segment to its size: the next append must start a new one.
     let mut n = 1;
-    while storage.read_file(segment_files(&storage).last().unwrap()).unwrap().len() < 512 {
+    while storage
+        .read_file(segment_files(&storage).last().unwrap())
+        .unwrap()
+        .len()
+        < 512
+    {
         append_numbered(&log, n, 1);
         n += 1;
     }
@@ -86,7 +102,11 @@ fn a_full_device_while_rolling_a_segment_leaves_no_half_made_segment() {
     storage.set_capacity(Some(used()));
     let err = log.append_blocking(vec![payload(n)]).unwrap_err();
     assert_eq!(err.code(), "LOG_NO_SPACE", "{err}");
-    assert_eq!(segment_files(&storage), segments, "no half-made segment remains");
+    assert_eq!(
+        segment_files(&storage),
+        segments,
+        "no half-made segment remains"
+    );
     assert!(log.failure().is_none());
 
     storage.set_capacity(None);
@@ -111,7 +131,8 @@ fn short_writes_are_completed_and_nothing_is_garbled() {
             std::thread::spawn(move || {
                 for i in 0..100u64 {
                     let n = t * 1000 + i;
-                    log.append_blocking(vec![payload(n), payload(n + 500)]).unwrap();
+                    log.append_blocking(vec![payload(n), payload(n + 500)])
+                        .unwrap();
                 }
             })
         })
@@ -199,7 +220,10 @@ fn a_thousand_power_losses_lose_no_acknowledged_record() {
                 attempted: HashSet::new(),
             },
         };
-        assert!(storage.is_dead(), "trial {trial}: the workload reaches the power loss");
+        assert!(
+            storage.is_dead(),
+            "trial {trial}: the workload reaches the power loss"
+        );
         let mode = match trial % 3 {
             0 => CrashMode::DropUnsynced,
             1 => CrashMode::TornUnsynced { seed: trial },
@@ -216,7 +240,11 @@ fn a_thousand_power_losses_lose_no_acknowledged_record() {
             .unwrap_or_else(|e| panic!("trial {trial}: recovery failed: {e}"));
         let records = read_all(&log);
         for (i, r) in records.iter().enumerate() {
-            assert_eq!(r.seq, i as u64 + 1, "trial {trial}: sequences are contiguous");
+            assert_eq!(
+                r.seq,
+                i as u64 + 1,
+                "trial {trial}: sequences are contiguous"
+            );
             assert!(
                 outcome.attempted.contains(&r.payload),
                 "trial {trial}: seq {} holds a payload nobody appended",
@@ -225,15 +253,28 @@ fn a_thousand_power_losses_lose_no_acknowledged_record() {
         }
         for (seq, payload) in &outcome.acked {
             let found = records.get(*seq as usize - 1).map(|r| &r.payload);
-            assert_eq!(found, Some(payload), "trial {trial}: acknowledged seq {seq} lost");
+            assert_eq!(
+                found,
+                Some(payload),
+                "trial {trial}: acknowledged seq {seq} lost"
+            );
         }
         if records.len() > outcome.acked.len() {
             torn_recoveries += 1;
         }
         acked_total += outcome.acked.len();
         let next = log.next_seq();
-        assert_eq!(log.append_blocking(vec![payload(1)]).unwrap().first_seq, next);
+        assert_eq!(
+            log.append_blocking(vec![payload(1)]).unwrap().first_seq,
+            next
+        );
     }
-    assert!(acked_total > 50_000, "the trials acknowledged {acked_total} records");
-    assert!(torn_recoveries > 10, "some trials kept unacknowledged complete records");
+    assert!(
+        acked_total > 50_000,
+        "the trials acknowledged {acked_total} records"
+    );
+    assert!(
+        torn_recoveries > 10,
+        "some trials kept unacknowledged complete records"
+    );
 }

@@ -45,7 +45,10 @@ fn a_torn_write_anywhere_in_the_last_three_records_keeps_exactly_the_complete_on
     let bytes = pristine.read_file(&active).unwrap();
     let starts = record_starts(&bytes);
     let records_in_active = starts.len() as u64 - 1;
-    assert!(records_in_active >= 4, "the active segment holds enough records");
+    assert!(
+        records_in_active >= 4,
+        "the active segment holds enough records"
+    );
     let last = base + records_in_active - 1;
 
     let first_torn_byte = starts[starts.len() - 4];
@@ -69,17 +72,27 @@ fn a_torn_write_anywhere_in_the_last_three_records_keeps_exactly_the_complete_on
                 expected_last + 1,
                 "{variant} at byte {cut}: keeps records up to {expected_last}"
             );
-            assert_eq!(storage.read_file(&active).unwrap().len(), starts[complete as usize]);
+            assert_eq!(
+                storage.read_file(&active).unwrap().len(),
+                starts[complete as usize]
+            );
             let ack = log.append_blocking(vec![payload(999)]).unwrap();
             assert_eq!(ack.first_seq, expected_last + 1);
             let records = read_all(&log);
             assert_eq!(records.len() as u64, expected_last + 1);
-            assert!(records[..records.len() - 1].iter().all(|r| r.payload == payload(r.seq)));
+            assert!(
+                records[..records.len() - 1]
+                    .iter()
+                    .all(|r| r.payload == payload(r.seq))
+            );
             assert_eq!(records.last().unwrap().payload, payload(999));
             checked += 1;
         }
     }
-    assert!(last > base && checked > 3 * 100, "checked {checked} torn tails");
+    assert!(
+        last > base && checked > 3 * 100,
+        "checked {checked} torn tails"
+    );
 }
 
 #[test]
@@ -93,7 +106,10 @@ fn a_torn_segment_header_is_rewritten_when_nothing_follows_it() {
         storage.write_file(&active, header);
         let log = open_mem(&storage, small_segments(&clock));
         assert_eq!(log.next_seq(), base, "cut at {cut}");
-        assert_eq!(log.append_blocking(vec![payload(1)]).unwrap().first_seq, base);
+        assert_eq!(
+            log.append_blocking(vec![payload(1)]).unwrap().first_seq,
+            base
+        );
     }
 }
 
@@ -125,14 +141,27 @@ fn damage_before_valid_records_in_the_active_segment_is_refused_unless_the_opera
     assert_eq!(*offset, starts[1] as u64);
     assert!(matches!(damage, Damage::ChecksumMismatch { .. }));
     assert_eq!(*valid_records_after, starts.len() as u64 - 3);
-    assert!(err.to_string().contains(&active.display().to_string()), "{err}");
-    assert!(err.to_string().contains(&format!("offset {}", starts[1])), "{err}");
-    assert_eq!(storage.read_file(&active).unwrap(), bytes, "refusing changes nothing");
+    assert!(
+        err.to_string().contains(&active.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("offset {}", starts[1])),
+        "{err}"
+    );
+    assert_eq!(
+        storage.read_file(&active).unwrap(),
+        bytes,
+        "refusing changes nothing"
+    );
 
-    let log = open_mem(&storage, LogOptions {
-        recovery: Recovery::DropDamagedTail,
-        ..small_segments(&clock)
-    });
+    let log = open_mem(
+        &storage,
+        LogOptions {
+            recovery: Recovery::DropDamagedTail,
+            ..small_segments(&clock)
+        },
+    );
     assert_eq!(log.next_seq(), base_seq_of(&active) + 1);
 }
 
@@ -205,7 +234,11 @@ fn a_thousand_bit_flips_in_sealed_segments_are_all_detected_and_named() {
                 Ok(batch) if batch.is_empty() => break false,
                 Ok(batch) => {
                     for r in &batch {
-                        assert_eq!(r.payload, payload(r.seq), "trial {trial}: damaged payload served");
+                        assert_eq!(
+                            r.payload,
+                            payload(r.seq),
+                            "trial {trial}: damaged payload served"
+                        );
                     }
                     next = batch.last().unwrap().seq + 1;
                 }
@@ -220,10 +253,16 @@ fn a_thousand_bit_flips_in_sealed_segments_are_all_detected_and_named() {
                 Err(other) => panic!("trial {trial}: {other}"),
             }
         };
-        assert!(detected, "trial {trial}: read everything without noticing the flip");
+        assert!(
+            detected,
+            "trial {trial}: read everything without noticing the flip"
+        );
         found_by_reads += 1;
     }
-    assert!(found_by_reads > 900, "only {found_by_reads} flips reached the read path");
+    assert!(
+        found_by_reads > 900,
+        "only {found_by_reads} flips reached the read path"
+    );
 }
 
 #[test]
