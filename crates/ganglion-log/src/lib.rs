@@ -1,5 +1,18 @@
 //! Ganglion's durable event log: segmented, append-only, checksummed, group-committed.
 //!
+//! ```
+//! use bytes::Bytes;
+//! use ganglion_log::{Log, LogOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let log = Log::open(dir.path(), LogOptions::default())?;
+//! let ack = log.append_blocking(vec![Bytes::from("a"), Bytes::from("b")])?;
+//! assert_eq!((ack.first_seq, ack.last_seq), (1, 2));
+//! let records = log.read(1, 10)?;
+//! assert_eq!(records[1].payload, "b");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # What is guaranteed
 //!
 //! - **An acknowledged append is durable.** Under [`Durability::Always`] (the default),
