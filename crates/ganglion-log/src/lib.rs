@@ -342,8 +342,11 @@ impl Log {
         })
     }
 
-    /// Checks a batch and returns the writer's channel and the batch's payload bytes.
-    fn check_batch(&self, records: &[Bytes]) -> Result<(&mpsc::Sender<Command>, usize)> {
+    /// Checks a batch and turns it into a command for the writer.
+    fn append_command(
+        &self,
+        records: Vec<Bytes>,
+    ) -> Result<(Command, oneshot::Receiver<Result<AppendAck>>)> {
         if records.is_empty() {
             return Err(LogError::EmptyBatch);
         }
@@ -362,35 +365,35 @@ impl Log {
         if let Some(reason) = self.shared.failure() {
             return Err(LogError::Failed { reason });
         }
-        Ok((self.tx.as_ref().ok_or(LogError::Closed)?, bytes))
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Append {
+            records,
+            bytes,
+            reply,
+        };
+        Ok((command, answer))
+    }
+
+    /// Sends `command` to the writer and waits for its answer.
+    async fn ask<T>(&self, command: Command, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+        let tx = self.tx.as_ref().ok_or(LogError::Closed)?;
+        tx.send(command).await.map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
     }
 
     /// Appends a batch and returns its sequence numbers once it is durable under the
     /// log's [`Durability`].
     pub async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck> {
-        let (tx, bytes) = self.check_batch(&records)?;
-        let (reply, answer) = oneshot::channel();
-        tx.send(Command::Append {
-            records,
-            bytes,
-            reply,
-        })
-        .await
-        .map_err(|_| LogError::Closed)?;
-        answer.await.map_err(|_| LogError::Closed)?
+        let (command, answer) = self.append_command(records)?;
+        self.ask(command, answer).await
     }
 
     /// [`append`](Log::append) for threads outside an async runtime. Panics if called
     /// from within one.
     pub fn append_blocking(&self, records: Vec<Bytes>) -> Result<AppendAck> {
-        let (tx, bytes) = self.check_batch(&records)?;
-        let (reply, answer) = oneshot::channel();
-        tx.blocking_send(Command::Append {
-            records,
-            bytes,
-            reply,
-        })
-        .map_err(|_| LogError::Closed)?;
+        let (command, answer) = self.append_command(records)?;
+        let tx = self.tx.as_ref().ok_or(LogError::Closed)?;
+        tx.blocking_send(command).map_err(|_| LogError::Closed)?;
         answer.blocking_recv().map_err(|_| LogError::Closed)?
     }
 
@@ -431,23 +434,15 @@ impl Log {
     /// Makes every acknowledged record durable now (useful under `Durability::Interval`;
     /// under `Always` they already are).
     pub async fn sync(&self) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(LogError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        tx.send(Command::Sync { reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        answer.await.map_err(|_| LogError::Closed)?
+        self.ask(Command::Sync { reply }, answer).await
     }
 
     /// Applies retention now (the writer also applies it every
     /// `retention.check_interval` and after each segment roll).
     pub async fn apply_retention(&self) -> Result<RetentionReport> {
-        let tx = self.tx.as_ref().ok_or(LogError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        tx.send(Command::Retention { reply })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        answer.await.map_err(|_| LogError::Closed)?
+        self.ask(Command::Retention { reply }, answer).await
     }
 
     /// Oldest retained sequence.
