@@ -5,5 +5,9 @@
 //! [`ManualClock`] instead of sleeping.
 
 mod clock;
+mod topic;
+mod trie;
 
 pub use clock::{Clock, ManualClock, SystemClock, unix_micros};
+pub use topic::{MAX_TOPIC_BYTES, Pattern, PatternToken, Topic, TopicError};
+pub use trie::PatternIndex;
