@@ -4,10 +4,14 @@
 //! backoff, batch windows) reads time through [`Clock`], so tests drive it with a
 //! [`ManualClock`] instead of sleeping.
 
+pub mod bus;
 mod clock;
+mod event;
 mod topic;
 mod trie;
 
+pub use bus::{BusError, ErrorCode, EventBus};
 pub use clock::{Clock, ManualClock, SystemClock, unix_micros};
+pub use event::{Event, headers, new_event_id};
 pub use topic::{MAX_TOPIC_BYTES, Pattern, PatternToken, Topic, TopicError};
 pub use trie::PatternIndex;

@@ -28,7 +28,9 @@ pub enum TopicError {
     InvalidCharacter { at: usize, what: &'static str },
     #[error("has '{wildcard}' at byte {at}; published topics cannot contain wildcards")]
     WildcardInTopic { at: usize, wildcard: char },
-    #[error("token {token} mixes a wildcard with other characters; '*' and '>' must be whole tokens")]
+    #[error(
+        "token {token} mixes a wildcard with other characters; '*' and '>' must be whole tokens"
+    )]
     PartialWildcard { token: usize },
     #[error("has '>' as token {token} of {tokens}; '>' may only be the last token")]
     MisplacedTail { token: usize, tokens: usize },
@@ -216,8 +218,14 @@ mod tests {
             topic_err("a..b"),
             "token 1 is empty (a leading, trailing or doubled '.')"
         );
-        assert_eq!(topic_err(".a"), "token 0 is empty (a leading, trailing or doubled '.')");
-        assert_eq!(topic_err("a."), "token 1 is empty (a leading, trailing or doubled '.')");
+        assert_eq!(
+            topic_err(".a"),
+            "token 0 is empty (a leading, trailing or doubled '.')"
+        );
+        assert_eq!(
+            topic_err("a."),
+            "token 1 is empty (a leading, trailing or doubled '.')"
+        );
         assert_eq!(
             topic_err("a b"),
             "has whitespace at byte 1; tokens may not contain whitespace or control characters"

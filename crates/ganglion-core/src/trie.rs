@@ -35,7 +35,10 @@ impl<T> Default for Node<T> {
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.literals.is_empty() && self.any.is_none() && self.here.is_empty() && self.tail.is_empty()
+        self.literals.is_empty()
+            && self.any.is_none()
+            && self.here.is_empty()
+            && self.tail.is_empty()
     }
 }
 
@@ -178,16 +181,29 @@ mod tests {
         index.insert(&p("game.>"), 3);
         index.insert(&p(">"), 4);
         index.insert(&p("chat.>"), 5);
-        let mut got: Vec<_> = index.matches(&t("game.state.update")).into_iter().copied().collect();
+        let mut got: Vec<_> = index
+            .matches(&t("game.state.update"))
+            .into_iter()
+            .copied()
+            .collect();
         got.sort();
         assert_eq!(got, [1, 2, 3, 4]);
         assert!(index.remove(&p("game.>"), &3));
         assert!(!index.remove(&p("game.>"), &3));
-        let mut got: Vec<_> = index.matches(&t("game.state.update")).into_iter().copied().collect();
+        let mut got: Vec<_> = index
+            .matches(&t("game.state.update"))
+            .into_iter()
+            .copied()
+            .collect();
         got.sort();
         assert_eq!(got, [1, 2, 4]);
         assert_eq!(index.len(), 4);
-        for (pattern, v) in [("game.state.update", 1), ("game.*.update", 2), (">", 4), ("chat.>", 5)] {
+        for (pattern, v) in [
+            ("game.state.update", 1),
+            ("game.*.update", 2),
+            (">", 4),
+            ("chat.>", 5),
+        ] {
             assert!(index.remove(&p(pattern), &v));
         }
         assert!(index.is_empty());

@@ -1,0 +1,650 @@
+//! The event bus contract: what publishers and subscribers can rely on, whichever engine
+//! (embedded, NATS) or transport (in-process, gRPC) is behind it.
+//!
+//! # Delivery semantics
+//!
+//! - **Durable topics** (the default storage class): an event is in the event log before
+//!   `publish` returns, and is delivered **at least once** to every matching subscription
+//!   (to one member of a queue group). A delivery is done when acked; a nack, or no ack
+//!   within the ack deadline, redelivers it later with exponential backoff, without
+//!   holding back the events behind it. After `max_deliveries` attempts, or a `term`, it
+//!   goes to the subscription's dead-letter topic.
+//! - **Ephemeral topics**: memory only, **at most once**, to the subscriptions connected
+//!   when it is published; no acks, no replay.
+//! - **Order**: events of one topic are delivered in publication order, except that a
+//!   redelivered event comes after the events that overtook it, and a `prioritized`
+//!   subscription lets higher-priority events overtake lower ones.
+//! - **Backpressure**: a subscription never has more than `max_in_flight` unacked events
+//!   outstanding; the rest wait in the log, not in memory. A subscriber of ephemeral
+//!   events that cannot keep up is closed with a reason, see
+//!   [`Subscription::closed_reason`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+use crate::topic::{Pattern, Topic};
+
+/// A boxed, sendable future: what [`EventBus`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Stable error codes, shared by every crate and mapped once to gRPC and HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// Errors of the bus contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The caller sent something invalid; `field` names it (`events[2].topic`).
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// A limit was reached; try again after `retry_after`.
+    #[error("{what}; retry after {} ms", retry_after.as_millis())]
+    ResourceExhausted { what: String, retry_after: Duration },
+    /// The bus cannot serve this now (the log failed or the disk is full).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("the bus is closed")]
+    Closed,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BusError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BusError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            BusError::NotFound { .. } => ErrorCode::NotFound,
+            BusError::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
+            BusError::Unavailable(_) | BusError::Closed => ErrorCode::Unavailable,
+            BusError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl fmt::Display) -> BusError {
+        BusError::InvalidArgument {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// What a publisher gets back for each event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Sequence number in the event log (0 for ephemeral events).
+    pub seq: u64,
+    pub id: String,
+    /// `true` if the idempotency key was seen within the dedupe window: nothing was
+    /// appended, and `seq` and `id` are the first publication's.
+    pub duplicate: bool,
+}
+
+/// Whether a topic's events are logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageClass {
+    /// Logged, replayable, delivered at least once.
+    #[default]
+    Durable,
+    /// Memory only, delivered at most once to the subscribers connected now.
+    Ephemeral,
+}
+
+/// Where a subscription (or a replay) starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPosition {
+    /// Only events published after subscribing.
+    #[default]
+    New,
+    /// Everything the log still holds.
+    All,
+    /// From this sequence number.
+    Seq(u64),
+    /// From the first event logged at or after this time.
+    Time(SystemTime),
+}
+
+/// Who acknowledges deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckMode {
+    /// The subscriber acks, nacks or terms each delivery.
+    #[default]
+    Manual,
+    /// A delivery counts as acked once handed over (at most once per subscription).
+    Auto,
+}
+
+/// Redelivery delays: `initial × multiplier^(attempt-1)`, at most `max`, then ±`jitter`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub multiplier: f64,
+    pub max: Duration,
+    /// Fraction of the delay added or removed at random (0.2 = ±20%).
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            multiplier: 2.0,
+            max: Duration::from_secs(60),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after failed attempt `attempt` (1-based); `unit` in [0, 1) picks the
+    /// jitter.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(64) as i32;
+        let base = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
+        let base = base.min(self.max.as_secs_f64());
+        let jittered = base * (1.0 + self.jitter * (2.0 * unit - 1.0));
+        Duration::from_secs_f64(jittered.max(0.0))
+    }
+
+    pub(crate) fn validate(&self, field: &str) -> Result<(), BusError> {
+        if self.initial.is_zero() {
+            return Err(BusError::invalid(
+                format!("{field}.initial"),
+                "must be longer than zero",
+            ));
+        }
+        if !(self.multiplier >= 1.0 && self.multiplier.is_finite()) {
+            return Err(BusError::invalid(
+                format!("{field}.multiplier"),
+                "must be at least 1",
+            ));
+        }
+        if self.max < self.initial {
+            return Err(BusError::invalid(
+                format!("{field}.max"),
+                "must be at least initial",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(BusError::invalid(
+                format!("{field}.jitter"),
+                "must be in [0, 1)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Content-based routing: only events that pass are delivered (the rest are skipped).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// If not empty, the event's type must be one of these.
+    pub types: Vec<String>,
+    /// Every one of these headers must be present with exactly this value.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Filter {
+    pub fn accepts(&self, event: &Event) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| *t == event.event_type))
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| event.headers.get(k) == Some(v))
+    }
+}
+
+/// How a batch window coalesces events that share a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Aggregation {
+    /// Every event, in order.
+    #[default]
+    None,
+    /// Only the newest event per key; the older ones count in its `coalesced`.
+    KeepLast,
+    /// No events, only how many each key had in the window.
+    Count,
+}
+
+/// What groups events in a batch window.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GroupKey {
+    /// The event's topic.
+    #[default]
+    Topic,
+    /// The value of this header (events without it share the empty key).
+    Header(String),
+}
+
+impl GroupKey {
+    pub fn of(&self, event: &Event) -> String {
+        match self {
+            GroupKey::Topic => event.topic.as_str().to_owned(),
+            GroupKey::Header(h) => event.header(h).unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// Delivery in batches: everything that arrives within `window` (or until `max_events`)
+/// is delivered together, coalesced per `aggregation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOptions {
+    pub window: Duration,
+    pub max_events: usize,
+    pub key: GroupKey,
+    pub aggregation: Aggregation,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            window: Duration::from_millis(100),
+            max_events: 1000,
+            key: GroupKey::Topic,
+            aggregation: Aggregation::None,
+        }
+    }
+}
+
+/// How a subscription behaves. `SubscribeOptions::default()` is a manual-ack,
+/// new-events-only, non-durable subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeOptions {
+    /// A durable subscription's cursor and pending set survive restarts; subscribing
+    /// again with the same name resumes where acks stopped.
+    pub durable: Option<String>,
+    /// Members of one queue group share the work: each event goes to one of them.
+    pub queue_group: Option<String>,
+    pub start: StartPosition,
+    pub ack_mode: AckMode,
+    /// A delivery not acked within this is redelivered. Default 30 s.
+    pub ack_deadline: Duration,
+    /// Most unacked events outstanding. Default 1000.
+    pub max_in_flight: usize,
+    /// Attempts before an event goes to the dead-letter topic. Default 5.
+    pub max_deliveries: u32,
+    pub backoff: Backoff,
+    /// Where dead letters go. Default `dlq.<subscription name>`.
+    pub dead_letter_topic: Option<Topic>,
+    pub filter: Filter,
+    /// Deliver higher `priority` headers first among the events waiting.
+    pub prioritized: bool,
+    pub batch: Option<BatchOptions>,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            durable: None,
+            queue_group: None,
+            start: StartPosition::New,
+            ack_mode: AckMode::Manual,
+            ack_deadline: Duration::from_secs(30),
+            max_in_flight: 1000,
+            max_deliveries: 5,
+            backoff: Backoff::default(),
+            dead_letter_topic: None,
+            filter: Filter::default(),
+            prioritized: false,
+            batch: None,
+        }
+    }
+}
+
+/// Names may be used in topics (`dlq.<name>`): one token of letters, digits, `-` and `_`.
+fn check_name(field: &str, name: &str) -> Result<(), BusError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(BusError::invalid(
+            field,
+            "must be 1 to 64 letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+impl SubscribeOptions {
+    /// Checks every option; the error names the field.
+    pub fn validate(&self) -> Result<(), BusError> {
+        if let Some(name) = &self.durable {
+            check_name("durable", name)?;
+        }
+        if let Some(group) = &self.queue_group {
+            check_name("queue_group", group)?;
+        }
+        if self.ack_deadline.is_zero() {
+            return Err(BusError::invalid(
+                "ack_deadline",
+                "must be longer than zero",
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(BusError::invalid("max_in_flight", "must be at least 1"));
+        }
+        if self.max_deliveries == 0 {
+            return Err(BusError::invalid("max_deliveries", "must be at least 1"));
+        }
+        self.backoff.validate("backoff")?;
+        if let Some(batch) = &self.batch {
+            if batch.window.is_zero() {
+                return Err(BusError::invalid(
+                    "batch.window",
+                    "must be longer than zero",
+                ));
+            }
+            if batch.max_events == 0 {
+                return Err(BusError::invalid("batch.max_events", "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Identifies a subscription within one bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub u64);
+
+impl fmt::Display for SubscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sub-{}", self.0)
+    }
+}
+
+/// The engine side of a subscription: what acks, nacks and terms reach.
+pub trait SubscriptionControl: Send + Sync + fmt::Debug {
+    fn ack(&self, seqs: &[u64]);
+    /// Redeliver after `delay`, or after the backoff when `None`.
+    fn nack(&self, seqs: &[u64], delay: Option<Duration>, error: &str);
+    /// Send straight to the dead-letter topic.
+    fn term(&self, seqs: &[u64], reason: &str);
+    /// Why the engine closed the subscription, if it did.
+    fn closed_reason(&self) -> Option<String>;
+}
+
+/// One event as delivered.
+#[derive(Debug, Clone)]
+pub struct DeliveredEvent {
+    pub event: Arc<Event>,
+    /// 1 on first delivery, then 2, 3, …
+    pub attempt: u32,
+    /// How many events this one stands for (more than 1 under `KeepLast`).
+    pub coalesced: u64,
+}
+
+/// How many events one key had in a `Count` window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCount {
+    pub key: String,
+    pub count: u64,
+}
+
+/// What a subscriber receives: one event, or one batch window. Acking it acks every
+/// event it covers.
+#[derive(Debug)]
+pub struct Delivery {
+    pub events: Vec<DeliveredEvent>,
+    /// Per-key counts, for `Aggregation::Count`.
+    pub counts: Vec<KeyCount>,
+    /// Every log sequence this delivery covers (coalesced and counted ones included).
+    pub seqs: Vec<u64>,
+    control: Arc<dyn SubscriptionControl>,
+}
+
+impl Delivery {
+    pub fn new(
+        events: Vec<DeliveredEvent>,
+        counts: Vec<KeyCount>,
+        seqs: Vec<u64>,
+        control: Arc<dyn SubscriptionControl>,
+    ) -> Self {
+        Delivery {
+            events,
+            counts,
+            seqs,
+            control,
+        }
+    }
+
+    /// The first (for an unbatched subscription, the only) event.
+    pub fn event(&self) -> Option<&Event> {
+        self.events.first().map(|e| &*e.event)
+    }
+
+    /// The attempt number of the first event.
+    pub fn attempt(&self) -> u32 {
+        self.events.first().map_or(1, |e| e.attempt)
+    }
+
+    pub fn ack(&self) {
+        self.control.ack(&self.seqs);
+    }
+
+    pub fn nack(&self, delay: Option<Duration>, error: &str) {
+        self.control.nack(&self.seqs, delay, error);
+    }
+
+    pub fn term(&self, reason: &str) {
+        self.control.term(&self.seqs, reason);
+    }
+}
+
+/// A live subscription: a stream of deliveries.
+#[derive(Debug)]
+pub struct Subscription {
+    id: SubscriptionId,
+    name: String,
+    deliveries: mpsc::Receiver<Delivery>,
+    control: Arc<dyn SubscriptionControl>,
+}
+
+impl Subscription {
+    pub fn new(
+        id: SubscriptionId,
+        name: String,
+        deliveries: mpsc::Receiver<Delivery>,
+        control: Arc<dyn SubscriptionControl>,
+    ) -> Self {
+        Subscription {
+            id,
+            name,
+            deliveries,
+            control,
+        }
+    }
+
+    pub fn id(&self) -> SubscriptionId {
+        self.id
+    }
+
+    /// The durable name, or the generated one (`sub-7`); dead letters go to
+    /// `dlq.<name>` by default.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next delivery; `None` once the subscription is closed (by `unsubscribe`, by
+    /// the bus shutting down, or by the engine: see [`closed_reason`](Self::closed_reason)).
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+
+    /// A delivery if one is ready now.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.deliveries.try_recv().ok()
+    }
+
+    pub fn ack(&self, seqs: &[u64]) {
+        self.control.ack(seqs);
+    }
+
+    pub fn nack(&self, seqs: &[u64], delay: Option<Duration>, error: &str) {
+        self.control.nack(seqs, delay, error);
+    }
+
+    pub fn term(&self, seqs: &[u64], reason: &str) {
+        self.control.term(seqs, reason);
+    }
+
+    /// Why the engine closed this subscription (a slow ephemeral subscriber, say).
+    pub fn closed_reason(&self) -> Option<String> {
+        self.control.closed_reason()
+    }
+}
+
+/// An event that exhausted its deliveries, as its dead-letter topic holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The dead-letter event itself (on the dead-letter topic; original payload).
+    pub event: Event,
+    pub origin_topic: String,
+    pub origin_seq: u64,
+    pub subscription: String,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// A topic the bus has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub topic: Topic,
+    pub storage: StorageClass,
+    pub events: u64,
+    pub last_seq: u64,
+}
+
+/// The bus, as publishers and subscribers use it: the embedded engine, the NATS engine
+/// and the remote client all implement it, so a component runs against any of them
+/// without changing code.
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes a batch; every durable event is in the log before this returns.
+    fn publish_batch(&self, events: Vec<Event>)
+    -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>>;
+
+    /// Publishes one event.
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<PublishAck, BusError>> {
+        Box::pin(async move {
+            let mut acks = self.publish_batch(vec![event]).await?;
+            acks.pop()
+                .ok_or_else(|| BusError::Internal("publish returned no ack".into()))
+        })
+    }
+
+    fn subscribe(
+        &self,
+        pattern: Pattern,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>>;
+
+    fn unsubscribe(&self, id: SubscriptionId) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Logged events matching `pattern` from `from`, at most `limit`.
+    fn replay(
+        &self,
+        pattern: Pattern,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>>;
+
+    /// Dead letters of a subscription not yet redriven, oldest first.
+    fn dead_letters(
+        &self,
+        subscription: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadLetter>, BusError>>;
+
+    /// Republishes dead letters (these dead-letter sequences, or all if empty) to their
+    /// origin topics; returns how many.
+    fn redrive(&self, subscription: String, seqs: Vec<u64>)
+    -> BoxFuture<'_, Result<u64, BusError>>;
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>, BusError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_caps_at_60s_and_jitters_20_percent() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(1, 0.5), Duration::from_millis(100));
+        assert_eq!(b.delay(2, 0.5), Duration::from_millis(200));
+        assert_eq!(b.delay(4, 0.5), Duration::from_millis(800));
+        assert_eq!(b.delay(30, 0.5), Duration::from_secs(60));
+        assert_eq!(b.delay(1, 0.0), Duration::from_millis(80));
+        assert!(b.delay(1, 0.999_999) <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn options_name_the_bad_field() {
+        let bad = SubscribeOptions {
+            durable: Some("has space".into()),
+            ..SubscribeOptions::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "durable: must be 1 to 64 letters, digits, '-' or '_'"
+        );
+        let bad = SubscribeOptions {
+            backoff: Backoff {
+                jitter: 1.5,
+                ..Backoff::default()
+            },
+            ..SubscribeOptions::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "backoff.jitter: must be in [0, 1)"
+        );
+        SubscribeOptions::default().validate().unwrap();
+    }
+
+    #[test]
+    fn filters_match_type_and_headers() {
+        let e = Event::new(Topic::new("a").unwrap(), "")
+            .with_type("HandPlayed")
+            .with_header("game", "7");
+        let f = |types: &[&str], headers: &[(&str, &str)]| Filter {
+            types: types.iter().map(|s| s.to_string()).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert!(f(&[], &[]).accepts(&e));
+        assert!(f(&["RoundCompleted", "HandPlayed"], &[("game", "7")]).accepts(&e));
+        assert!(!f(&["RoundCompleted"], &[]).accepts(&e));
+        assert!(!f(&[], &[("game", "8")]).accepts(&e));
+    }
+}

@@ -1,0 +1,141 @@
+//! The event envelope.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::topic::Topic;
+
+/// Header names with a meaning to Ganglion. Any other header is carried as it is.
+pub mod headers {
+    /// Ties together the events, logs and spans of one piece of work; created when absent
+    /// and passed on to the events a handler publishes.
+    pub const CORRELATION_ID: &str = "correlation_id";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Publishing the same key again within the dedupe window returns the first
+    /// publication's sequence number and appends nothing.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// An integer; in a subscription with `prioritized` set, higher goes first.
+    pub const PRIORITY: &str = "priority";
+}
+
+/// A new event id: a UUIDv7 (time-ordered) in its hyphenated form.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
+}
+
+/// One event. Payloads are [`Bytes`], so fanning an event out never copies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Unique id; a UUIDv7 unless the publisher gave one.
+    pub id: String,
+    pub topic: Topic,
+    /// What kind of event this is (`GameStateUpdate`); free-form, may be empty.
+    pub event_type: String,
+    /// Who published it (`game-server`); free-form, may be empty.
+    pub source: String,
+    /// When it happened, in milliseconds since the Unix epoch; the bus sets it at
+    /// publication when it is 0.
+    pub timestamp_ms: u64,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Bytes,
+    /// MIME type of the payload (`application/json`); may be empty.
+    pub content_type: String,
+    /// Sequence number in the event log, assigned at append; 0 for events not logged
+    /// (ephemeral topics) and before publication.
+    pub seq: u64,
+}
+
+impl Event {
+    /// An event on `topic` with a fresh id; everything else empty.
+    pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Event {
+        Event {
+            id: new_event_id(),
+            topic,
+            event_type: String::new(),
+            source: String::new(),
+            timestamp_ms: 0,
+            headers: BTreeMap::new(),
+            payload: payload.into(),
+            content_type: String::new(),
+            seq: 0,
+        }
+    }
+
+    pub fn with_type(mut self, event_type: impl Into<String>) -> Event {
+        self.event_type = event_type.into();
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<String>) -> Event {
+        self.source = source.into();
+        self
+    }
+
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Event {
+        self.content_type = content_type.into();
+        self
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Event {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.header(headers::CORRELATION_ID)
+    }
+
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.header(headers::IDEMPOTENCY_KEY)
+    }
+
+    /// The `priority` header as a number (0 when absent or not a number).
+    pub fn priority(&self) -> i64 {
+        self.header(headers::PRIORITY)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Bytes this event occupies: payload, strings and headers (what size limits count).
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.id.len()
+            + self.topic.as_str().len()
+            + self.event_type.len()
+            + self.source.len()
+            + self.content_type.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_events_get_distinct_time_ordered_ids() {
+        let topic = Topic::new("a.b").unwrap();
+        let a = Event::new(topic.clone(), "x");
+        let b = Event::new(topic, "y");
+        assert_ne!(a.id, b.id);
+        assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 7);
+    }
+
+    #[test]
+    fn priority_reads_the_header_leniently() {
+        let e = Event::new(Topic::new("a").unwrap(), "");
+        assert_eq!(e.priority(), 0);
+        assert_eq!(e.clone().with_header("priority", " 5 ").priority(), 5);
+        assert_eq!(e.with_header("priority", "high").priority(), 0);
+    }
+}
