@@ -21,18 +21,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
+use crate::BoxFuture;
 use crate::event::Event;
 use crate::topic::{Pattern, Topic};
-
-/// A boxed, sendable future: what [`EventBus`] methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Stable error codes, shared by every crate and mapped once to gRPC and HTTP statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,7 +208,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn accepts(&self, event: &Event) -> bool {
-        (self.types.is_empty() || self.types.iter().any(|t| *t == event.event_type))
+        (self.types.is_empty() || self.types.contains(&event.event_type))
             && self
                 .headers
                 .iter()
@@ -459,13 +455,23 @@ impl Delivery {
     }
 }
 
-/// A live subscription: a stream of deliveries.
+/// A live subscription: a stream of deliveries. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
     id: SubscriptionId,
     name: String,
     deliveries: mpsc::Receiver<Delivery>,
     control: Arc<dyn SubscriptionControl>,
+    _guard: Option<DropGuard>,
+}
+
+/// Something an engine wants dropped with the subscription (to unsubscribe, say).
+struct DropGuard(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>);
+
+impl fmt::Debug for DropGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DropGuard")
+    }
 }
 
 impl Subscription {
@@ -480,7 +486,15 @@ impl Subscription {
             name,
             deliveries,
             control,
+            _guard: None,
         }
+    }
+
+    /// Keeps `guard` until the subscription is dropped; engines use its `Drop` to
+    /// unsubscribe.
+    pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self._guard = Some(DropGuard(Box::new(guard)));
+        self
     }
 
     pub fn id(&self) -> SubscriptionId {

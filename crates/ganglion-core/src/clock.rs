@@ -1,12 +1,19 @@
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A source of wall-clock time.
+use crate::BoxFuture;
+
+/// A source of time: the wall clock for timestamps, a monotonic clock for deadlines, and
+/// sleeping until a monotonic deadline.
 ///
 /// Production code uses [`SystemClock`]; tests use [`ManualClock`] and move time by hand,
-/// so behaviour over an hour is tested in microseconds of real time.
+/// so behaviour over an hour is tested in microseconds of real time, never by sleeping.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current wall-clock time.
     fn now(&self) -> SystemTime;
@@ -15,6 +22,14 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn now_micros(&self) -> u64 {
         unix_micros(self.now())
     }
+
+    /// Time on a clock that never goes back, from an arbitrary origin. Deadlines are
+    /// points on this clock.
+    fn monotonic(&self) -> Duration;
+
+    /// Completes once [`monotonic`](Clock::monotonic) reaches `deadline`. Needs a tokio
+    /// runtime with timers for [`SystemClock`].
+    fn sleep_until(&self, deadline: Duration) -> BoxFuture<'static, ()>;
 }
 
 /// Microseconds since the Unix epoch, saturating at 0 for times before it.
@@ -24,27 +39,53 @@ pub fn unix_micros(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The operating system's wall clock.
+/// The operating system's clocks.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
+
+fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
 
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+
+    fn monotonic(&self) -> Duration {
+        process_start().elapsed()
+    }
+
+    fn sleep_until(&self, deadline: Duration) -> BoxFuture<'static, ()> {
+        let at = tokio::time::Instant::from_std(process_start() + deadline);
+        Box::pin(tokio::time::sleep_until(at))
+    }
+}
+
+#[derive(Default)]
+struct ManualState {
+    wall_micros: AtomicU64,
+    mono_micros: AtomicU64,
+    sleepers: Mutex<HashMap<u64, (u64, Waker)>>,
+    next_sleeper: AtomicU64,
 }
 
 /// A clock that only moves when told to. Clones share the same time.
 #[derive(Clone)]
 pub struct ManualClock {
-    micros: Arc<AtomicU64>,
+    state: Arc<ManualState>,
 }
 
 impl ManualClock {
-    /// A clock standing at `start`.
+    /// A clock whose wall time stands at `start`.
     pub fn new(start: SystemTime) -> Self {
+        let state = ManualState::default();
+        state
+            .wall_micros
+            .store(unix_micros(start), Ordering::SeqCst);
         Self {
-            micros: Arc::new(AtomicU64::new(unix_micros(start))),
+            state: Arc::new(state),
         }
     }
 
@@ -53,29 +94,112 @@ impl ManualClock {
         Self::new(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves wall and monotonic time forward by `by`, waking the sleepers now due.
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
-        self.micros.fetch_add(by, Ordering::SeqCst);
+        self.state.wall_micros.fetch_add(by, Ordering::SeqCst);
+        let now = self.state.mono_micros.fetch_add(by, Ordering::SeqCst) + by;
+        let due: Vec<Waker> = {
+            let mut sleepers = self
+                .state
+                .sleepers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<u64> = sleepers
+                .iter()
+                .filter(|(_, (deadline, _))| *deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter()
+                .filter_map(|id| sleepers.remove(id).map(|(_, w)| w))
+                .collect()
+        };
+        due.into_iter().for_each(Waker::wake);
     }
 
-    /// Sets the clock to `to`, which may be earlier than now (a wall clock can step back).
+    /// Sets the wall time to `to`, which may be earlier than now (a wall clock can step
+    /// back). Monotonic time does not move.
     pub fn set(&self, to: SystemTime) {
-        self.micros.store(unix_micros(to), Ordering::SeqCst);
+        self.state
+            .wall_micros
+            .store(unix_micros(to), Ordering::SeqCst);
+    }
+
+    /// Sleepers waiting for a deadline not reached yet.
+    pub fn sleepers(&self) -> usize {
+        self.state
+            .sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ManualClock")
-            .field("unix_micros", &self.micros.load(Ordering::SeqCst))
+            .field(
+                "unix_micros",
+                &self.state.wall_micros.load(Ordering::SeqCst),
+            )
+            .field(
+                "monotonic_micros",
+                &self.state.mono_micros.load(Ordering::SeqCst),
+            )
             .finish()
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_micros(self.micros.load(Ordering::SeqCst))
+        UNIX_EPOCH + Duration::from_micros(self.state.wall_micros.load(Ordering::SeqCst))
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_micros(self.state.mono_micros.load(Ordering::SeqCst))
+    }
+
+    fn sleep_until(&self, deadline: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(ManualSleep {
+            state: self.state.clone(),
+            deadline: u64::try_from(deadline.as_micros()).unwrap_or(u64::MAX),
+            id: self.state.next_sleeper.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+}
+
+struct ManualSleep {
+    state: Arc<ManualState>,
+    deadline: u64,
+    id: u64,
+}
+
+impl Future for ManualSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Register before the final check, so an `advance` in between cannot be missed.
+        let mut sleepers = self
+            .state
+            .sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.state.mono_micros.load(Ordering::SeqCst) >= self.deadline {
+            sleepers.remove(&self.id);
+            return Poll::Ready(());
+        }
+        sleepers.insert(self.id, (self.deadline, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+impl Drop for ManualSleep {
+    fn drop(&mut self) {
+        self.state
+            .sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -91,13 +215,36 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(Duration::from_secs(3600));
         assert_eq!(twin.now(), start + Duration::from_secs(3600));
+        assert_eq!(twin.monotonic(), Duration::from_secs(3600));
         twin.set(start);
         assert_eq!(clock.now_micros(), unix_micros(start));
+        assert_eq!(
+            clock.monotonic(),
+            Duration::from_secs(3600),
+            "monotonic never goes back"
+        );
     }
 
     #[test]
     fn unix_micros_saturates_before_the_epoch() {
         assert_eq!(unix_micros(UNIX_EPOCH - Duration::from_secs(1)), 0);
         assert_eq!(unix_micros(UNIX_EPOCH + Duration::from_micros(7)), 7);
+    }
+
+    #[tokio::test]
+    async fn manual_sleep_wakes_exactly_when_the_deadline_is_reached() {
+        let clock = ManualClock::at_fixed_instant();
+        let sleep = tokio::spawn(clock.sleep_until(Duration::from_secs(10)));
+        tokio::task::yield_now().await;
+        clock.advance(Duration::from_secs(9));
+        tokio::task::yield_now().await;
+        assert!(!sleep.is_finished());
+        clock.advance(Duration::from_secs(1));
+        sleep.await.unwrap();
+        assert_eq!(clock.sleepers(), 0);
+        // A deadline already passed completes at once; a dropped sleep unregisters.
+        clock.sleep_until(Duration::from_secs(1)).await;
+        drop(clock.sleep_until(Duration::from_secs(100)));
+        assert_eq!(clock.sleepers(), 0);
     }
 }

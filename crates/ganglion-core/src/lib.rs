@@ -11,6 +11,9 @@ mod topic;
 mod trie;
 
 pub use bus::{BusError, ErrorCode, EventBus};
+
+/// A boxed, sendable future, as trait methods that must stay object-safe return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use clock::{Clock, ManualClock, SystemClock, unix_micros};
 pub use event::{Event, headers, new_event_id};
 pub use topic::{MAX_TOPIC_BYTES, Pattern, PatternToken, Topic, TopicError};

@@ -141,7 +141,13 @@ impl Pattern {
     /// Whether `topic` matches, token by token. [`PatternIndex`](crate::PatternIndex)
     /// answers the same question for many patterns at once.
     pub fn matches(&self, topic: &Topic) -> bool {
-        let mut topic_tokens = topic.tokens();
+        self.matches_str(topic.as_str())
+    }
+
+    /// [`matches`](Self::matches) for a topic already known to be valid (read back from
+    /// the log, say), without building a [`Topic`].
+    pub fn matches_str(&self, topic: &str) -> bool {
+        let mut topic_tokens = topic.split('.');
         for p in self.tokens() {
             match (p, topic_tokens.next()) {
                 (PatternToken::Tail, Some(_)) => return true,

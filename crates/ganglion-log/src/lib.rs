@@ -431,6 +431,26 @@ impl Log {
         }
     }
 
+    /// Completes once a record with a sequence of at least `seq` is committed, or fails
+    /// with [`LogError::Closed`] when the log closes first.
+    pub fn wait_for_seq(
+        &self,
+        seq: u64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let mut progress = self.shared.progress.subscribe();
+        async move {
+            let p = progress
+                .wait_for(|p| p.next_seq > seq || !p.open)
+                .await
+                .map_err(|_| LogError::Closed)?;
+            if p.next_seq > seq {
+                Ok(())
+            } else {
+                Err(LogError::Closed)
+            }
+        }
+    }
+
     /// Makes every acknowledged record durable now (useful under `Durability::Interval`;
     /// under `Always` they already are).
     pub async fn sync(&self) -> Result<()> {

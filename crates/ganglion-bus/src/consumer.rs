@@ -1,0 +1,817 @@
+//! One consumer: the delivery state of a subscription (or of a queue group, or of a
+//! durable name), run as one task.
+//!
+//! The consumer reads its pattern's events from the log at its cursor, keeps at most
+//! `max_in_flight` of them in memory ahead of delivery and at most `max_in_flight` unacked
+//! ones out with subscribers, and tracks each in-flight event's ack deadline. A nack or an
+//! expired deadline schedules a redelivery after the backoff (a timer, never a sleeping
+//! handler); the other events keep flowing meanwhile. An event out of attempts goes to the
+//! dead-letter topic. Everything time-based reads the bus's [`Clock`].
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ganglion_core::bus::{
+    AckMode, Aggregation, DeliveredEvent, Delivery, KeyCount, SubscribeOptions,
+    SubscriptionControl, SubscriptionId,
+};
+use ganglion_core::{Clock, Event, Pattern, Topic};
+use tokio::sync::mpsc;
+
+use crate::codec;
+use crate::state::{self, DurableState};
+use crate::{Core, dlq};
+
+/// How long acks may gather before a durable consumer's state is written.
+const PERSIST_EVERY: Duration = Duration::from_millis(100);
+/// How long to wait before trying a failed dead-letter publication again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+/// Records read from the log per read.
+const READ_BATCH: usize = 256;
+
+/// What reaches a consumer task from its subscribers and from the bus.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Join(Member),
+    Leave(SubscriptionId),
+    Ack(Vec<u64>),
+    Nack {
+        seqs: Vec<u64>,
+        delay: Option<Duration>,
+        error: String,
+    },
+    Term {
+        seqs: Vec<u64>,
+        reason: String,
+    },
+    /// Close every subscriber with this reason (a slow ephemeral subscriber).
+    CutOff(String),
+    Stop,
+}
+
+/// A subscriber attached to a consumer.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) id: SubscriptionId,
+    pub(crate) tx: mpsc::Sender<Delivery>,
+    pub(crate) control: Arc<dyn SubscriptionControl>,
+}
+
+/// What the consumer shares with its subscribers' handles.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerShared {
+    pub(crate) closed_reason: Mutex<Option<String>>,
+}
+
+/// Everything a consumer task starts from.
+#[derive(Debug)]
+pub(crate) struct ConsumerSpec {
+    /// The durable name, the queue group, or `sub-N`.
+    pub(crate) name: String,
+    pub(crate) pattern: Pattern,
+    pub(crate) options: SubscribeOptions,
+    pub(crate) dlq_topic: Topic,
+    pub(crate) durable: bool,
+    /// The first log sequence to read.
+    pub(crate) cursor: u64,
+    /// Sequences at or after `cursor` already done (from a durable state).
+    pub(crate) done: BTreeSet<u64>,
+    /// Deliveries so far of sequences not done (from a durable state).
+    pub(crate) attempts: BTreeMap<u64, u32>,
+    pub(crate) first_member: Member,
+}
+
+/// An event waiting to be delivered: highest priority first, then lowest sequence.
+#[derive(Debug)]
+struct Ready {
+    priority: i64,
+    seq: u64,
+    event: Arc<Event>,
+    /// The attempt this delivery will be (1 for the first).
+    attempt: u32,
+}
+
+impl Ready {
+    fn key(&self) -> (i64, Reverse<u64>) {
+        (self.priority, Reverse(self.seq))
+    }
+}
+
+impl PartialEq for Ready {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Ready {}
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ready {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+#[derive(Debug)]
+struct InFlight {
+    event: Arc<Event>,
+    attempt: u32,
+    deadline: Duration,
+    member: SubscriptionId,
+}
+
+/// An event that failed `attempt` and waits for its next one (or for a retry of its
+/// dead-letter publication).
+#[derive(Debug)]
+struct Waiting {
+    event: Arc<Event>,
+    attempt: u32,
+    error: String,
+}
+
+#[derive(Debug)]
+struct Window {
+    closes_at: Duration,
+    /// (event, attempt); ephemeral events have seq 0.
+    items: Vec<(Arc<Event>, u32)>,
+}
+
+pub(crate) struct Consumer {
+    core: Arc<Core>,
+    clock: Arc<dyn Clock>,
+    name: String,
+    pattern: Pattern,
+    options: SubscribeOptions,
+    dlq_topic: Topic,
+    durable: bool,
+    shared: Arc<ConsumerShared>,
+    members: Vec<Member>,
+    next_member: usize,
+    /// Every member's channel was full at the last try.
+    blocked: bool,
+    cut_off: bool,
+    log_closed: bool,
+    cursor: u64,
+    ready: BinaryHeap<Ready>,
+    ephemeral_ready: VecDeque<Arc<Event>>,
+    in_flight: HashMap<u64, InFlight>,
+    deadlines: BTreeSet<(Duration, u64)>,
+    retries: BTreeMap<(Duration, u64), Waiting>,
+    dead_pending: BTreeMap<(Duration, u64), Waiting>,
+    window: Option<Window>,
+    /// Matched log sequences not done yet: the floor is the smallest.
+    outstanding: BTreeSet<u64>,
+    done: BTreeSet<u64>,
+    resumed_attempts: BTreeMap<u64, u32>,
+    dirty: bool,
+    persist_at: Option<Duration>,
+    rng: u64,
+}
+
+impl Consumer {
+    pub(crate) fn new(core: Arc<Core>, spec: ConsumerSpec, shared: Arc<ConsumerShared>) -> Self {
+        let clock = core.clock.clone();
+        let rng = clock.monotonic().as_nanos() as u64 ^ spec.cursor.rotate_left(17) ^ 0x9E37_79B9;
+        Consumer {
+            core,
+            clock,
+            name: spec.name,
+            pattern: spec.pattern,
+            options: spec.options,
+            dlq_topic: spec.dlq_topic,
+            durable: spec.durable,
+            shared,
+            members: vec![spec.first_member],
+            next_member: 0,
+            blocked: false,
+            cut_off: false,
+            log_closed: false,
+            cursor: spec.cursor,
+            ready: BinaryHeap::new(),
+            ephemeral_ready: VecDeque::new(),
+            in_flight: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            retries: BTreeMap::new(),
+            dead_pending: BTreeMap::new(),
+            window: None,
+            outstanding: BTreeSet::new(),
+            done: spec.done,
+            resumed_attempts: spec.attempts,
+            dirty: false,
+            persist_at: None,
+            rng,
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.options.max_in_flight
+    }
+
+    /// Durable events out with subscribers or gathered in the open window.
+    fn in_flight_count(&self) -> usize {
+        let windowed = self
+            .window
+            .as_ref()
+            .map_or(0, |w| w.items.iter().filter(|(e, _)| e.seq != 0).count());
+        self.in_flight.len() + windowed
+    }
+
+    fn unit(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        mut ephemeral: mpsc::Receiver<Arc<Event>>,
+    ) {
+        loop {
+            self.fill();
+            self.dispatch();
+            let wants_log =
+                !self.cut_off && !self.log_closed && self.ready.len() < self.max_in_flight();
+            let wants_ephemeral = !self.cut_off
+                && !self.blocked
+                && self.ephemeral_ready.is_empty()
+                && !self.members.is_empty();
+            let log_wait = self.core.log.wait_for_seq(self.cursor);
+            let timer = self.next_timer().map(|at| self.clock.sleep_until(at));
+            let has_timer = timer.is_some();
+            let timer = async move {
+                if let Some(timer) = timer {
+                    timer.await
+                }
+            };
+            let unblocked = self
+                .members
+                .get(self.next_member % self.members.len().max(1))
+                .map(|m| m.tx.clone());
+            let wait_unblocked = async move {
+                if let Some(tx) = unblocked {
+                    let _ = tx.reserve().await;
+                }
+            };
+            tokio::select! {
+                biased;
+                command = control.recv() => {
+                    let Some(command) = command else { break };
+                    if !self.handle(command).await {
+                        break;
+                    }
+                    // Take whatever else is waiting, so acks are applied in bulk.
+                    let mut stop = false;
+                    for _ in 0..1024 {
+                        match control.try_recv() {
+                            Ok(command) => if !self.handle(command).await { stop = true; break },
+                            Err(_) => break,
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                _ = wait_unblocked, if self.blocked => self.blocked = false,
+                event = ephemeral.recv(), if wants_ephemeral => {
+                    if let Some(event) = event
+                        && self.options.filter.accepts(&event)
+                    {
+                        self.ephemeral_ready.push_back(event);
+                    }
+                }
+                result = log_wait, if wants_log => {
+                    if result.is_err() {
+                        self.log_closed = true;
+                    }
+                }
+                _ = timer, if has_timer => self.on_timers().await,
+            }
+        }
+        if self.durable {
+            self.persist();
+        }
+    }
+
+    /// Reads matching events from the log into the ready queue, up to `max_in_flight`.
+    fn fill(&mut self) {
+        let core = self.core.clone();
+        let log = &core.log;
+        while !self.cut_off
+            && self.ready.len() < self.max_in_flight()
+            && self.cursor < log.next_seq()
+        {
+            let want = READ_BATCH
+                .min(self.max_in_flight() - self.ready.len())
+                .max(1);
+            let records = match log.read(self.cursor, want) {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::error!(consumer = %self.name, error = %e, "reading the event log failed");
+                    self.cut_off(format!("reading the event log failed: {e}"));
+                    return;
+                }
+            };
+            let Some(last) = records.last() else { break };
+            self.cursor = last.seq + 1;
+            for record in records {
+                let seq = record.seq;
+                match codec::peek_topic(&record.payload, seq) {
+                    Ok(topic) if self.pattern.matches_str(topic) => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
+                        continue;
+                    }
+                }
+                if self.done.contains(&seq) {
+                    continue;
+                }
+                let event = match codec::decode(&record.payload, seq) {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
+                        continue;
+                    }
+                };
+                if !self.options.filter.accepts(&event) {
+                    continue;
+                }
+                let attempt = self.resumed_attempts.remove(&seq).unwrap_or(0) + 1;
+                self.push_ready(Arc::new(event), attempt);
+            }
+        }
+    }
+
+    fn push_ready(&mut self, event: Arc<Event>, attempt: u32) {
+        let priority = if self.options.prioritized {
+            event.priority()
+        } else {
+            0
+        };
+        self.outstanding.insert(event.seq);
+        self.ready.push(Ready {
+            priority,
+            seq: event.seq,
+            event,
+            attempt,
+        });
+    }
+
+    /// Hands ready events to subscribers, or into the batch window.
+    fn dispatch(&mut self) {
+        if self.cut_off || self.members.is_empty() || self.blocked {
+            return;
+        }
+        if self.options.batch.is_some() {
+            self.fill_window();
+            return;
+        }
+        while let Some(event) = self.ephemeral_ready.pop_front() {
+            let delivered = DeliveredEvent {
+                event: event.clone(),
+                attempt: 1,
+                coalesced: 1,
+            };
+            if self.send(vec![delivered], Vec::new(), Vec::new()).is_none() {
+                self.ephemeral_ready.push_front(event);
+                return;
+            }
+        }
+        while self.in_flight.len() < self.max_in_flight() {
+            let Some(ready) = self.ready.pop() else { break };
+            let delivered = DeliveredEvent {
+                event: ready.event.clone(),
+                attempt: ready.attempt,
+                coalesced: 1,
+            };
+            match self.send(vec![delivered], Vec::new(), vec![ready.seq]) {
+                Some(member) => self.delivered(ready.seq, ready.event, ready.attempt, member),
+                None => {
+                    self.ready.push(ready);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.monotonic()
+    }
+
+    /// Records a delivery of a durable event: in flight until acked, or done at once
+    /// under `AckMode::Auto`.
+    fn delivered(&mut self, seq: u64, event: Arc<Event>, attempt: u32, member: SubscriptionId) {
+        if self.options.ack_mode == AckMode::Auto {
+            self.mark_done(seq);
+            return;
+        }
+        let deadline = self.now() + self.options.ack_deadline;
+        self.deadlines.insert((deadline, seq));
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                event,
+                attempt,
+                deadline,
+                member,
+            },
+        );
+    }
+
+    /// Offers a delivery to the members in turn; the member that took it, or `None` if
+    /// every member's channel is full (the consumer is then blocked until one has room).
+    fn send(
+        &mut self,
+        mut events: Vec<DeliveredEvent>,
+        mut counts: Vec<KeyCount>,
+        mut seqs: Vec<u64>,
+    ) -> Option<SubscriptionId> {
+        let mut tries = self.members.len();
+        while tries > 0 && !self.members.is_empty() {
+            tries -= 1;
+            let i = self.next_member % self.members.len();
+            let member = &self.members[i];
+            let delivery = Delivery::new(events, counts, seqs, member.control.clone());
+            match member.tx.try_send(delivery) {
+                Ok(()) => {
+                    self.next_member = i + 1;
+                    return Some(member.id);
+                }
+                Err(e) => {
+                    let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                    let mut back = e.into_inner();
+                    (events, counts, seqs) = (
+                        std::mem::take(&mut back.events),
+                        std::mem::take(&mut back.counts),
+                        std::mem::take(&mut back.seqs),
+                    );
+                    if closed {
+                        let id = self.members[i].id;
+                        self.members.remove(i);
+                        self.requeue_member(id);
+                    } else {
+                        self.next_member = i + 1;
+                    }
+                }
+            }
+        }
+        self.blocked = !self.members.is_empty();
+        None
+    }
+
+    fn fill_window(&mut self) {
+        let Some(batch) = self.options.batch.clone() else {
+            return;
+        };
+        loop {
+            let window_len = self.window.as_ref().map_or(0, |w| w.items.len());
+            if window_len >= batch.max_events {
+                self.flush_window();
+                if self.window.is_some() {
+                    return; // no room with any subscriber
+                }
+                continue;
+            }
+            let item = if let Some(event) = self.ephemeral_ready.pop_front() {
+                (event, 1)
+            } else if self.in_flight_count() < self.max_in_flight()
+                && let Some(ready) = self.ready.pop()
+            {
+                (ready.event, ready.attempt)
+            } else {
+                return;
+            };
+            let closes_at = self.now() + batch.window;
+            self.window
+                .get_or_insert_with(|| Window {
+                    closes_at,
+                    items: Vec::new(),
+                })
+                .items
+                .push(item);
+        }
+    }
+
+    /// Delivers the open window, coalesced per the subscription's aggregation.
+    fn flush_window(&mut self) {
+        let (Some(window), Some(batch)) = (self.window.take(), self.options.batch.clone()) else {
+            return;
+        };
+        let seqs: Vec<u64> = window
+            .items
+            .iter()
+            .map(|(e, _)| e.seq)
+            .filter(|&s| s != 0)
+            .collect();
+        let (events, counts) = match batch.aggregation {
+            Aggregation::None => {
+                let events = window
+                    .items
+                    .iter()
+                    .map(|(event, attempt)| DeliveredEvent {
+                        event: event.clone(),
+                        attempt: *attempt,
+                        coalesced: 1,
+                    })
+                    .collect();
+                (events, Vec::new())
+            }
+            Aggregation::KeepLast => {
+                let mut last: HashMap<String, (usize, u64)> = HashMap::new();
+                for (i, (event, _)) in window.items.iter().enumerate() {
+                    let entry = last.entry(batch.key.of(event)).or_insert((i, 0));
+                    *entry = (i, entry.1 + 1);
+                }
+                let mut kept: Vec<(usize, u64)> = last.into_values().collect();
+                kept.sort_unstable();
+                let events = kept
+                    .into_iter()
+                    .map(|(i, coalesced)| DeliveredEvent {
+                        event: window.items[i].0.clone(),
+                        attempt: window.items[i].1,
+                        coalesced,
+                    })
+                    .collect();
+                (events, Vec::new())
+            }
+            Aggregation::Count => {
+                let mut counts: Vec<KeyCount> = Vec::new();
+                let mut index: HashMap<String, usize> = HashMap::new();
+                for (event, _) in &window.items {
+                    let key = batch.key.of(event);
+                    match index.get(&key) {
+                        Some(&i) => counts[i].count += 1,
+                        None => {
+                            index.insert(key.clone(), counts.len());
+                            counts.push(KeyCount { key, count: 1 });
+                        }
+                    }
+                }
+                (Vec::new(), counts)
+            }
+        };
+        match self.send(events, counts, seqs) {
+            Some(member) => {
+                for (event, attempt) in window.items {
+                    if event.seq != 0 {
+                        self.delivered(event.seq, event, attempt, member);
+                    }
+                }
+            }
+            None => self.window = Some(window),
+        }
+    }
+
+    fn next_timer(&self) -> Option<Duration> {
+        let window = self
+            .window
+            .as_ref()
+            .filter(|_| !self.blocked)
+            .map(|w| w.closes_at);
+        [
+            self.deadlines.first().map(|d| d.0),
+            self.retries.first_key_value().map(|(k, _)| k.0),
+            self.dead_pending.first_key_value().map(|(k, _)| k.0),
+            window,
+            self.persist_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    async fn on_timers(&mut self) {
+        let now = self.now();
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(flight) = self.in_flight.remove(&seq) {
+                let error = format!(
+                    "ack deadline of {} ms exceeded",
+                    self.options.ack_deadline.as_millis()
+                );
+                self.fail(flight.event, flight.attempt, error, None).await;
+            }
+        }
+        while let Some(entry) = self.retries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let waiting = entry.remove();
+            self.push_ready(waiting.event, waiting.attempt + 1);
+        }
+        while let Some(entry) = self.dead_pending.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let waiting = entry.remove();
+            self.dead_letter(waiting.event, waiting.attempt, waiting.error)
+                .await;
+        }
+        if self.window.as_ref().is_some_and(|w| w.closes_at <= now) {
+            self.flush_window();
+        }
+        if self.persist_at.is_some_and(|at| at <= now) {
+            self.persist();
+        }
+    }
+
+    /// Applies one control message; `false` to stop the consumer.
+    async fn handle(&mut self, command: Control) -> bool {
+        match command {
+            Control::Join(member) => {
+                if self.cut_off {
+                    drop(member);
+                } else {
+                    self.members.push(member);
+                    self.blocked = false;
+                }
+            }
+            Control::Leave(id) => {
+                self.members.retain(|m| m.id != id);
+                self.requeue_member(id);
+            }
+            Control::Ack(seqs) => {
+                for seq in seqs {
+                    if let Some(flight) = self.in_flight.remove(&seq) {
+                        self.deadlines.remove(&(flight.deadline, seq));
+                        self.mark_done(seq);
+                    }
+                }
+            }
+            Control::Nack { seqs, delay, error } => {
+                for seq in seqs {
+                    if let Some(flight) = self.in_flight.remove(&seq) {
+                        self.deadlines.remove(&(flight.deadline, seq));
+                        self.fail(flight.event, flight.attempt, error.clone(), delay)
+                            .await;
+                    }
+                }
+            }
+            Control::Term { seqs, reason } => {
+                for seq in seqs {
+                    if let Some(flight) = self.in_flight.remove(&seq) {
+                        self.deadlines.remove(&(flight.deadline, seq));
+                        self.dead_letter(flight.event, flight.attempt, reason.clone())
+                            .await;
+                    }
+                }
+            }
+            Control::CutOff(reason) => self.cut_off(reason),
+            Control::Stop => return false,
+        }
+        true
+    }
+
+    fn cut_off(&mut self, reason: String) {
+        tracing::warn!(consumer = %self.name, %reason, "closing subscription");
+        *self
+            .shared
+            .closed_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.cut_off = true;
+        self.members.clear();
+        self.ephemeral_ready.clear();
+    }
+
+    /// Puts a departed member's unacked events back for redelivery (each counts as a
+    /// failed attempt, so a poison event that crashes its subscribers still ends in the
+    /// dead-letter topic).
+    fn requeue_member(&mut self, id: SubscriptionId) {
+        let seqs: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.member == id)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let now = self.now();
+        for seq in seqs {
+            if let Some(flight) = self.in_flight.remove(&seq) {
+                self.deadlines.remove(&(flight.deadline, seq));
+                let waiting = Waiting {
+                    event: flight.event,
+                    attempt: flight.attempt,
+                    error: "subscriber left before acking".into(),
+                };
+                if flight.attempt >= self.options.max_deliveries {
+                    self.dead_pending.insert((now, seq), waiting);
+                } else {
+                    self.retries.insert((now, seq), waiting);
+                }
+            }
+        }
+    }
+
+    /// A failed attempt: redeliver after the backoff (or `delay`), or dead-letter it.
+    async fn fail(
+        &mut self,
+        event: Arc<Event>,
+        attempt: u32,
+        error: String,
+        delay: Option<Duration>,
+    ) {
+        if attempt >= self.options.max_deliveries {
+            self.dead_letter(event, attempt, error).await;
+            return;
+        }
+        let unit = self.unit();
+        let delay = delay.unwrap_or_else(|| self.options.backoff.delay(attempt, unit));
+        tracing::debug!(consumer = %self.name, seq = event.seq, attempt, ?delay, %error, "redelivery scheduled");
+        let due = self.now() + delay;
+        self.retries.insert(
+            (due, event.seq),
+            Waiting {
+                event,
+                attempt,
+                error,
+            },
+        );
+    }
+
+    async fn dead_letter(&mut self, event: Arc<Event>, attempts: u32, error: String) {
+        let seq = event.seq;
+        let letter = dlq::dead_letter_event(&event, &self.dlq_topic, &self.name, attempts, &error);
+        match self.core.publish_internal(vec![letter]).await {
+            Ok(acks) => {
+                tracing::info!(
+                    consumer = %self.name, seq, topic = %event.topic, attempts, %error,
+                    dead_letter_seq = acks.first().map_or(0, |a| a.seq), "event dead-lettered"
+                );
+                self.mark_done(seq);
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, seq, error = %e, "dead-letter publication failed; will retry");
+                let due = self.now() + DEAD_LETTER_RETRY;
+                self.dead_pending.insert(
+                    (due, seq),
+                    Waiting {
+                        event,
+                        attempt: attempts,
+                        error,
+                    },
+                );
+            }
+        }
+    }
+
+    fn mark_done(&mut self, seq: u64) {
+        self.outstanding.remove(&seq);
+        if self.durable {
+            self.done.insert(seq);
+            self.dirty = true;
+            if self.persist_at.is_none() {
+                self.persist_at = Some(self.now() + PERSIST_EVERY);
+            }
+        }
+    }
+
+    /// Writes a durable consumer's state: everything below the floor is done.
+    fn persist(&mut self) {
+        self.persist_at = None;
+        if !self.dirty {
+            return;
+        }
+        let floor = self
+            .outstanding
+            .first()
+            .copied()
+            .unwrap_or(self.cursor)
+            .min(self.cursor);
+        self.done = self.done.split_off(&floor);
+        let mut attempts = BTreeMap::new();
+        for (seq, f) in &self.in_flight {
+            attempts.insert(*seq, f.attempt);
+        }
+        for ((_, seq), w) in self.retries.iter().chain(&self.dead_pending) {
+            attempts.insert(*seq, w.attempt);
+        }
+        for r in &self.ready {
+            if r.attempt > 1 {
+                attempts.insert(r.seq, r.attempt - 1);
+            }
+        }
+        let state = DurableState {
+            pattern: self.pattern.to_string(),
+            dlq_topic: self.dlq_topic.to_string(),
+            floor,
+            done: self.done.clone(),
+            attempts,
+        };
+        match state::save(&self.core.consumers_dir, &self.name, &state) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::error!(consumer = %self.name, error = %e, "saving consumer state failed; will retry");
+                self.persist_at = Some(self.now() + PERSIST_EVERY);
+            }
+        }
+    }
+}

@@ -1,0 +1,957 @@
+//! Ganglion's embedded event bus: the [`EventBus`] contract on one machine, over the
+//! durable event log.
+//!
+//! # How an event flows
+//!
+//! `publish_batch` checks every event (the error names the field), drops duplicates by
+//! idempotency key, and appends the durable ones to the event log in one append: when it
+//! returns, they are durable under the log's policy (fsync before ack by default).
+//! Ephemeral events (per [`BusOptions::storage`]) skip the log and go straight to the
+//! consumers connected now.
+//!
+//! Each subscription is served by a *consumer* (shared by the members of a queue group,
+//! and kept across restarts for a durable name) that reads its pattern's events from the
+//! log at its own cursor. See the `consumer` module for delivery, acks, redelivery and
+//! dead letters, and [`ganglion_core::bus`] for the guarantees.
+//!
+//! # Bounded memory
+//!
+//! The log's append queue is bounded (publishers wait); each consumer holds at most
+//! `max_in_flight` events read ahead and `max_in_flight` out with subscribers, the rest
+//! staying in the log; each consumer's ephemeral queue holds at most
+//! [`BusOptions::ephemeral_buffer`] events, and a subscriber that lets it fill is closed
+//! with a reason (at-most-once events cannot wait in a log).
+//!
+//! # On disk
+//!
+//! `<data_dir>/log/` is the event log; `<data_dir>/consumers/<name>.state` holds each
+//! durable consumer's floor, acked sequences above it and attempt counts. On open the
+//! bus scans the log once to rebuild its topic list and the idempotency keys still
+//! inside the dedupe window.
+
+mod codec;
+mod consumer;
+mod dedupe;
+mod dlq;
+mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ganglion_core::bus::{
+    DeadLetter, PublishAck, StartPosition, StorageClass, SubscribeOptions, Subscription,
+    SubscriptionControl, SubscriptionId, TopicInfo,
+};
+use ganglion_core::{
+    BoxFuture, BusError, Clock, Event, EventBus, Pattern, PatternIndex, SystemClock, Topic,
+};
+use ganglion_log::{Log, LogError, LogOptions};
+use tokio::sync::{mpsc, watch};
+
+pub use codec::{DecodeError, decode, encode, peek_topic};
+pub use dlq::REDRIVEN_TYPE;
+
+use consumer::{Consumer, ConsumerShared, ConsumerSpec, Control, Member};
+use dedupe::{Check, Dedupe};
+
+/// Longest id, type, source, content type or header name, in bytes.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// Most headers on one event.
+pub const MAX_HEADERS: usize = 64;
+
+/// Options of an embedded bus.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// Where the log and the durable consumers' state live.
+    pub data_dir: PathBuf,
+    pub log: LogOptions,
+    /// Largest event (payload, strings and headers). Default 1 MiB.
+    pub max_event_bytes: usize,
+    /// How long an idempotency key is remembered. Default 2 min.
+    pub dedupe_window: Duration,
+    /// Storage class per topic pattern; the first match wins, and a topic no pattern
+    /// matches is durable.
+    pub storage: Vec<(Pattern, StorageClass)>,
+    /// Ephemeral events a consumer may hold before its subscribers are closed as too
+    /// slow. Default 65,536.
+    pub ephemeral_buffer: usize,
+    /// Where time comes from (timestamps, deadlines, backoff, windows, dedupe).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl BusOptions {
+    /// Defaults, with data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        BusOptions {
+            data_dir: data_dir.into(),
+            log: LogOptions::default(),
+            max_event_bytes: 1024 * 1024,
+            dedupe_window: Duration::from_secs(120),
+            storage: Vec::new(),
+            ephemeral_buffer: 65_536,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    fn storage_class(&self, topic: &Topic) -> StorageClass {
+        self.storage
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .map_or(StorageClass::Durable, |(_, class)| *class)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TopicStats {
+    storage: StorageClass,
+    events: u64,
+    first_seq: u64,
+    last_seq: u64,
+}
+
+/// A consumer known to the bus.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    pattern: Pattern,
+    queue_group: Option<String>,
+    dlq_topic: Topic,
+    control: mpsc::UnboundedSender<Control>,
+    ephemeral: mpsc::Sender<Arc<Event>>,
+    members: HashSet<SubscriptionId>,
+    finished: watch::Receiver<bool>,
+    shared: Arc<ConsumerShared>,
+    cut_off: bool,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    consumers: HashMap<String, Entry>,
+    members: HashMap<SubscriptionId, String>,
+    /// Consumer keys by pattern, for routing ephemeral events.
+    ephemeral: PatternIndex<String>,
+    /// Durable consumers that were stopped and may still be writing their state.
+    retiring: HashMap<String, watch::Receiver<bool>>,
+}
+
+/// State shared by every handle of one bus and its consumer tasks.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) log: Log,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) consumers_dir: PathBuf,
+    options: BusOptions,
+    dedupe: Mutex<Dedupe>,
+    topics: Mutex<BTreeMap<Topic, TopicStats>>,
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn log_error(e: LogError) -> BusError {
+    match e {
+        LogError::NoSpace { .. } | LogError::Failed { .. } => BusError::Unavailable(e.to_string()),
+        LogError::Closed => BusError::Closed,
+        LogError::RecordTooLarge { .. } => BusError::invalid("events", e),
+        other => BusError::Internal(other.to_string()),
+    }
+}
+
+/// Checks one event to publish and fills in its id and timestamp.
+fn prepare(i: usize, event: &mut Event, now_ms: u64, max_bytes: usize) -> Result<(), BusError> {
+    let field = |name: &str| format!("events[{i}].{name}");
+    if event.id.is_empty() {
+        event.id = ganglion_core::new_event_id();
+    }
+    for (name, value) in [
+        ("id", &event.id),
+        ("type", &event.event_type),
+        ("source", &event.source),
+        ("content_type", &event.content_type),
+    ] {
+        if value.len() > MAX_FIELD_BYTES {
+            return Err(BusError::invalid(
+                field(name),
+                format!(
+                    "is {} bytes; at most {MAX_FIELD_BYTES} are allowed",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    if event.headers.len() > MAX_HEADERS {
+        return Err(BusError::invalid(
+            field("headers"),
+            format!(
+                "has {} headers; at most {MAX_HEADERS} are allowed",
+                event.headers.len()
+            ),
+        ));
+    }
+    for name in event.headers.keys() {
+        if name.is_empty() || name.len() > MAX_FIELD_BYTES {
+            return Err(BusError::invalid(
+                field("headers"),
+                format!(
+                    "header names must be 1 to {MAX_FIELD_BYTES} bytes; got {:?}",
+                    name
+                ),
+            ));
+        }
+    }
+    if event.size() > max_bytes {
+        return Err(BusError::invalid(
+            field("payload"),
+            format!(
+                "the event is {} bytes; at most {max_bytes} are allowed",
+                event.size()
+            ),
+        ));
+    }
+    if event.timestamp_ms == 0 {
+        event.timestamp_ms = now_ms;
+    }
+    event.seq = 0;
+    Ok(())
+}
+
+impl Core {
+    /// Publishes prepared events; the bus's own publications (dead letters, redrives)
+    /// come through here too.
+    pub(crate) async fn publish_internal(
+        &self,
+        mut events: Vec<Event>,
+    ) -> Result<Vec<PublishAck>, BusError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        if events.is_empty() {
+            return Err(BusError::invalid(
+                "events",
+                "at least one event is required",
+            ));
+        }
+        let now_ms = self.clock.now_micros() / 1000;
+        for (i, event) in events.iter_mut().enumerate() {
+            prepare(i, event, now_ms, self.options.max_event_bytes)?;
+        }
+        let classes: Vec<StorageClass> = events
+            .iter()
+            .map(|e| self.options.storage_class(&e.topic))
+            .collect();
+        let mut acks: Vec<Option<PublishAck>> = vec![None; events.len()];
+
+        // Idempotency keys: reserve new ones, answer duplicates, wait out keys in flight.
+        let mut reserved: HashMap<String, usize> = HashMap::new();
+        let mut same_as: Vec<(usize, usize)> = Vec::new();
+        loop {
+            let mut waits = Vec::new();
+            {
+                let now = self.clock.now_micros();
+                let mut dedupe = lock(&self.dedupe);
+                for (i, event) in events.iter().enumerate() {
+                    if classes[i] != StorageClass::Durable || acks[i].is_some() {
+                        continue;
+                    }
+                    let Some(key) = event.idempotency_key() else {
+                        continue;
+                    };
+                    if let Some(&first) = reserved.get(key) {
+                        if first != i && !same_as.contains(&(i, first)) {
+                            same_as.push((i, first));
+                        }
+                        continue;
+                    }
+                    match dedupe.check(key, now) {
+                        Check::Reserved => {
+                            reserved.insert(key.to_owned(), i);
+                        }
+                        Check::Duplicate(ack) => acks[i] = Some(ack),
+                        Check::Wait(settled) => waits.push(settled),
+                    }
+                }
+                if !waits.is_empty() {
+                    // Never hold reservations while waiting for someone else's.
+                    for key in reserved.keys() {
+                        dedupe.settle(key, None);
+                    }
+                    reserved.clear();
+                    same_as.clear();
+                }
+            }
+            if waits.is_empty() {
+                break;
+            }
+            for mut settled in waits {
+                let _ = settled.wait_for(|done| *done).await;
+            }
+        }
+
+        let duplicates: HashSet<usize> = same_as.iter().map(|(i, _)| *i).collect();
+        let to_log: Vec<usize> = (0..events.len())
+            .filter(|&i| {
+                classes[i] == StorageClass::Durable && acks[i].is_none() && !duplicates.contains(&i)
+            })
+            .collect();
+        if !to_log.is_empty() {
+            let records: Vec<Bytes> = to_log.iter().map(|&i| codec::encode(&events[i])).collect();
+            let result = self.log.append(records).await;
+            let mut dedupe = lock(&self.dedupe);
+            let ack = match result {
+                Ok(ack) => ack,
+                Err(e) => {
+                    for key in reserved.keys() {
+                        dedupe.settle(key, None);
+                    }
+                    return Err(log_error(e));
+                }
+            };
+            let expires = ack.timestamp_micros + self.options.dedupe_window.as_micros() as u64;
+            let mut topics = lock(&self.topics);
+            for (n, &i) in to_log.iter().enumerate() {
+                let seq = ack.first_seq + n as u64;
+                let published = PublishAck {
+                    seq,
+                    id: events[i].id.clone(),
+                    duplicate: false,
+                };
+                if let Some(key) = events[i].idempotency_key() {
+                    dedupe.settle(key, Some((published.clone(), expires)));
+                }
+                acks[i] = Some(published);
+                let stats = topics.entry(events[i].topic.clone()).or_default();
+                stats.events += 1;
+                stats.last_seq = seq;
+                if stats.first_seq == 0 {
+                    stats.first_seq = seq;
+                }
+            }
+        }
+        for (i, first) in same_as {
+            acks[i] = acks[first].clone().map(|a| PublishAck {
+                duplicate: true,
+                ..a
+            });
+        }
+        let ephemeral: Vec<usize> = (0..events.len())
+            .filter(|&i| classes[i] == StorageClass::Ephemeral)
+            .collect();
+        if !ephemeral.is_empty() {
+            let mut shared = Vec::with_capacity(ephemeral.len());
+            for &i in &ephemeral {
+                acks[i] = Some(PublishAck {
+                    seq: 0,
+                    id: events[i].id.clone(),
+                    duplicate: false,
+                });
+                shared.push(Arc::new(std::mem::replace(
+                    &mut events[i],
+                    Event::new(Topic::new("x").expect("valid"), Bytes::new()),
+                )));
+            }
+            self.route_ephemeral(shared);
+        }
+        Ok(acks
+            .into_iter()
+            .map(|a| a.expect("every event was acknowledged"))
+            .collect())
+    }
+
+    /// Hands ephemeral events to the consumers whose pattern matches; a consumer whose
+    /// queue is full has its subscribers closed as too slow.
+    fn route_ephemeral(&self, events: Vec<Arc<Event>>) {
+        let mut topics = lock(&self.topics);
+        let mut registry = lock(&self.registry);
+        let registry = &mut *registry;
+        for event in events {
+            let stats = topics.entry(event.topic.clone()).or_default();
+            stats.storage = StorageClass::Ephemeral;
+            stats.events += 1;
+            let mut slow = Vec::new();
+            registry.ephemeral.for_each_match(&event.topic, |key| {
+                if let Some(entry) = registry.consumers.get(key)
+                    && !entry.cut_off
+                    && let Err(mpsc::error::TrySendError::Full(_)) =
+                        entry.ephemeral.try_send(event.clone())
+                {
+                    slow.push(key.clone());
+                }
+            });
+            for key in slow {
+                if let Some(entry) = registry.consumers.get_mut(&key) {
+                    entry.cut_off = true;
+                    let reason = format!(
+                        "slow consumer: {} ephemeral events waiting, the most allowed",
+                        self.options.ephemeral_buffer
+                    );
+                    let _ = entry.control.send(Control::CutOff(reason));
+                }
+            }
+        }
+    }
+
+    /// Removes a member; the consumer stops when its last member is gone.
+    fn leave(&self, id: SubscriptionId) -> bool {
+        let mut registry = lock(&self.registry);
+        let Some(key) = registry.members.remove(&id) else {
+            return false;
+        };
+        let Some(entry) = registry.consumers.get_mut(&key) else {
+            return true;
+        };
+        entry.members.remove(&id);
+        let _ = entry.control.send(Control::Leave(id));
+        if entry.members.is_empty() {
+            let entry = registry.consumers.remove(&key).expect("entry exists");
+            registry.ephemeral.remove(&entry.pattern, &key);
+            let _ = entry.control.send(Control::Stop);
+            registry.retiring.insert(key, entry.finished);
+        }
+        true
+    }
+
+    fn start_seq(&self, start: StartPosition) -> Result<u64, BusError> {
+        Ok(match start {
+            StartPosition::New => self.log.next_seq(),
+            StartPosition::All => self.log.first_seq(),
+            StartPosition::Seq(seq) => seq.max(1),
+            StartPosition::Time(t) => self
+                .log
+                .seq_at_time(t)
+                .map_err(log_error)?
+                .unwrap_or_else(|| self.log.next_seq()),
+        })
+    }
+
+    /// Logged events matching `pattern` from `from` on, at most `limit`, scanning the
+    /// log no further than `until` (exclusive).
+    fn scan(
+        &self,
+        pattern: &Pattern,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, BusError> {
+        let mut out = Vec::new();
+        let mut next = from;
+        while out.len() < limit && next < until {
+            let records = self.log.read(next, 1024).map_err(log_error)?;
+            let Some(last) = records.last() else { break };
+            next = last.seq + 1;
+            for record in records {
+                if record.seq >= until || out.len() >= limit {
+                    break;
+                }
+                match codec::peek_topic(&record.payload, record.seq) {
+                    Ok(topic) if pattern.matches_str(topic) => {}
+                    _ => continue,
+                }
+                match codec::decode(&record.payload, record.seq) {
+                    Ok(event) => out.push(event),
+                    Err(e) => tracing::warn!(error = %e, "skipping undecodable record"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The dead-letter topic of the consumer called `name`.
+    fn dlq_topic_of(&self, name: &str) -> Result<Topic, BusError> {
+        if let Some(entry) = lock(&self.registry)
+            .consumers
+            .values()
+            .find(|e| e.name == name)
+        {
+            return Ok(entry.dlq_topic.clone());
+        }
+        if let Ok(Some(state)) = state::load(&self.consumers_dir, name)
+            && let Ok(topic) = Topic::new(&state.dlq_topic)
+        {
+            return Ok(topic);
+        }
+        dlq::default_topic(name)
+            .ok_or_else(|| BusError::invalid("subscription", "is not a valid subscription name"))
+    }
+
+    fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>, BusError> {
+        let topic = self.dlq_topic_of(name)?;
+        let first = lock(&self.topics).get(&topic).map(|s| s.first_seq);
+        let Some(first) = first else {
+            return Ok(Vec::new());
+        };
+        let events = self.scan(
+            &Pattern::from(topic),
+            first,
+            self.log.next_seq(),
+            usize::MAX,
+        )?;
+        Ok(dlq::live(events))
+    }
+}
+
+/// The embedded event bus. Cheap to clone; every clone is the same bus.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    core: Arc<Core>,
+}
+
+impl Bus {
+    /// Opens the bus in `options.data_dir`, recovering its log, topics, idempotency keys
+    /// and (as their subscribers return) its durable consumers.
+    pub fn open(options: BusOptions) -> Result<Bus, BusError> {
+        let log_dir = options.data_dir.join("log");
+        let consumers_dir = options.data_dir.join("consumers");
+        std::fs::create_dir_all(&consumers_dir).map_err(|e| {
+            BusError::Unavailable(format!("creating {}: {e}", consumers_dir.display()))
+        })?;
+        let log_options = LogOptions {
+            clock: options.clock.clone(),
+            ..options.log.clone()
+        };
+        let log =
+            Log::open(&log_dir, log_options).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let core = Core {
+            log,
+            clock: options.clock.clone(),
+            consumers_dir,
+            options,
+            dedupe: Mutex::new(Dedupe::default()),
+            topics: Mutex::new(BTreeMap::new()),
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        };
+        core.rebuild()?;
+        Ok(Bus {
+            core: Arc::new(core),
+        })
+    }
+
+    /// The event log under the bus.
+    pub fn log(&self) -> &Log {
+        &self.core.log
+    }
+
+    /// Stops every consumer (durable ones save their state), refuses further calls, and
+    /// syncs the log. Subscribers see their subscriptions end.
+    pub async fn shutdown(&self) -> Result<(), BusError> {
+        self.core.closed.store(true, Ordering::Release);
+        let finished: Vec<watch::Receiver<bool>> = {
+            let mut registry = lock(&self.core.registry);
+            let mut finished: Vec<_> = registry.retiring.drain().map(|(_, f)| f).collect();
+            for (_, entry) in registry.consumers.drain() {
+                let _ = entry.control.send(Control::Stop);
+                finished.push(entry.finished);
+            }
+            registry.members.clear();
+            finished
+        };
+        for mut f in finished {
+            let _ = f.wait_for(|done| *done).await;
+        }
+        self.core.log.sync().await.map_err(log_error)
+    }
+
+    fn subscribe_now(
+        &self,
+        pattern: Pattern,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, BusError> {
+        let core = &self.core;
+        let id = SubscriptionId(core.next_id.fetch_add(1, Ordering::Relaxed));
+        let (key, name) = match (&options.durable, &options.queue_group) {
+            (Some(durable), _) => (format!("d:{durable}"), durable.clone()),
+            (None, Some(group)) => (format!("q:{group}:{pattern}"), group.clone()),
+            (None, None) => (format!("s:{id}"), id.to_string()),
+        };
+        let mut registry = lock(&core.registry);
+        if let Some(finished) = registry.retiring.get(&key)
+            && *finished.borrow()
+        {
+            registry.retiring.remove(&key);
+        }
+        let (tx, rx) = mpsc::channel(options.max_in_flight.saturating_add(16));
+        if let Some(entry) = registry.consumers.get_mut(&key) {
+            if entry.pattern != pattern {
+                return Err(BusError::invalid(
+                    "pattern",
+                    format!("durable {name:?} is bound to pattern {}", entry.pattern),
+                ));
+            }
+            if entry.queue_group.is_none() || entry.queue_group != options.queue_group {
+                return Err(BusError::invalid(
+                    "durable",
+                    format!(
+                        "{name:?} already has a subscriber; give every subscriber the same queue_group to share it"
+                    ),
+                ));
+            }
+            if entry.cut_off {
+                return Err(BusError::Unavailable(format!(
+                    "{name:?} was closed as a slow consumer"
+                )));
+            }
+            let control: Arc<dyn SubscriptionControl> = Arc::new(MemberControl {
+                control: entry.control.clone(),
+                shared: entry.shared.clone(),
+            });
+            let _ = entry.control.send(Control::Join(Member {
+                id,
+                tx,
+                control: control.clone(),
+            }));
+            entry.members.insert(id);
+            registry.members.insert(id, key);
+            drop(registry);
+            return Ok(self.subscription(id, name, rx, control));
+        }
+
+        // A new consumer. A durable one resumes from its saved state.
+        let saved = if options.durable.is_some() {
+            state::load(&core.consumers_dir, &name).map_err(BusError::Internal)?
+        } else {
+            None
+        };
+        if let Some(saved) = &saved
+            && saved.pattern != pattern.as_str()
+        {
+            return Err(BusError::invalid(
+                "pattern",
+                format!("durable {name:?} is bound to pattern {}", saved.pattern),
+            ));
+        }
+        let dlq_topic = match (&options.dead_letter_topic, &saved) {
+            (Some(topic), _) => topic.clone(),
+            (None, Some(saved)) => Topic::new(&saved.dlq_topic)
+                .map_err(|e| BusError::Internal(format!("saved dead-letter topic {e}")))?,
+            (None, None) => dlq::default_topic(&name).ok_or_else(|| {
+                BusError::invalid("subscription", "name does not make a valid topic")
+            })?,
+        };
+        let (cursor, done, attempts) = match saved {
+            Some(saved) => (saved.floor, saved.done, saved.attempts),
+            None => (
+                core.start_seq(options.start)?,
+                Default::default(),
+                Default::default(),
+            ),
+        };
+        let consumer_shared = Arc::new(ConsumerShared::default());
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (ephemeral_tx, ephemeral_rx) = mpsc::channel(core.options.ephemeral_buffer.max(1));
+        let control: Arc<dyn SubscriptionControl> = Arc::new(MemberControl {
+            control: control_tx.clone(),
+            shared: consumer_shared.clone(),
+        });
+        let spec = ConsumerSpec {
+            name: name.clone(),
+            pattern: pattern.clone(),
+            options: options.clone(),
+            dlq_topic: dlq_topic.clone(),
+            durable: options.durable.is_some(),
+            cursor,
+            done,
+            attempts,
+            first_member: Member {
+                id,
+                tx,
+                control: control.clone(),
+            },
+        };
+        let (finished_tx, finished) = watch::channel(false);
+        let consumer = Consumer::new(core.clone(), spec, consumer_shared.clone());
+        tokio::spawn(async move {
+            consumer.run(control_rx, ephemeral_rx).await;
+            finished_tx.send_replace(true);
+        });
+        registry.ephemeral.insert(&pattern, key.clone());
+        registry.consumers.insert(
+            key.clone(),
+            Entry {
+                name: name.clone(),
+                pattern,
+                queue_group: options.queue_group.clone(),
+                dlq_topic,
+                control: control_tx,
+                ephemeral: ephemeral_tx,
+                members: HashSet::from([id]),
+                finished,
+                shared: consumer_shared,
+                cut_off: false,
+            },
+        );
+        registry.members.insert(id, key);
+        drop(registry);
+        Ok(self.subscription(id, name, rx, control))
+    }
+
+    fn subscription(
+        &self,
+        id: SubscriptionId,
+        name: String,
+        rx: mpsc::Receiver<ganglion_core::bus::Delivery>,
+        control: Arc<dyn SubscriptionControl>,
+    ) -> Subscription {
+        let guard = LeaveOnDrop {
+            core: Arc::downgrade(&self.core),
+            id,
+        };
+        Subscription::new(id, name, rx, control).with_guard(guard)
+    }
+
+    async fn redrive_now(&self, name: String, seqs: Vec<u64>) -> Result<u64, BusError> {
+        let core = self.core.clone();
+        let lookup = name.clone();
+        let letters = tokio::task::spawn_blocking(move || core.dead_letters(&lookup))
+            .await
+            .map_err(|e| BusError::Internal(e.to_string()))??;
+        let chosen: Vec<&DeadLetter> = if seqs.is_empty() {
+            letters.iter().collect()
+        } else {
+            seqs.iter()
+                .map(|seq| {
+                    letters
+                        .iter()
+                        .find(|l| l.event.seq == *seq)
+                        .ok_or_else(|| BusError::NotFound {
+                            what: format!("dead letter {seq} of {name:?}"),
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<Event> = chosen
+            .iter()
+            .map(|l| {
+                dlq::redrive_event(l).ok_or_else(|| {
+                    BusError::Internal(format!(
+                        "dead letter {} has an invalid origin topic",
+                        l.event.seq
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        self.core.publish_internal(events).await?;
+        let markers = chosen.iter().map(|l| dlq::redrive_marker(l)).collect();
+        self.core.publish_internal(markers).await?;
+        tracing::info!(subscription = %name, count = chosen.len(), "dead letters redriven");
+        Ok(chosen.len() as u64)
+    }
+}
+
+/// Unsubscribes when the subscription is dropped.
+#[derive(Debug)]
+struct LeaveOnDrop {
+    core: std::sync::Weak<Core>,
+    id: SubscriptionId,
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            core.leave(self.id);
+        }
+    }
+}
+
+/// The handle a subscriber's acks go through.
+#[derive(Debug)]
+struct MemberControl {
+    control: mpsc::UnboundedSender<Control>,
+    shared: Arc<ConsumerShared>,
+}
+
+impl SubscriptionControl for MemberControl {
+    fn ack(&self, seqs: &[u64]) {
+        if !seqs.is_empty() {
+            let _ = self.control.send(Control::Ack(seqs.to_vec()));
+        }
+    }
+
+    fn nack(&self, seqs: &[u64], delay: Option<Duration>, error: &str) {
+        if !seqs.is_empty() {
+            let _ = self.control.send(Control::Nack {
+                seqs: seqs.to_vec(),
+                delay,
+                error: error.to_owned(),
+            });
+        }
+    }
+
+    fn term(&self, seqs: &[u64], reason: &str) {
+        if !seqs.is_empty() {
+            let _ = self.control.send(Control::Term {
+                seqs: seqs.to_vec(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    fn closed_reason(&self) -> Option<String> {
+        lock(&self.shared.closed_reason).clone()
+    }
+}
+
+impl Core {
+    /// Rebuilds the topic list and the idempotency keys still in the window from the log.
+    fn rebuild(&self) -> Result<(), BusError> {
+        let window = self.options.dedupe_window.as_micros() as u64;
+        let window_start = self.clock.now_micros().saturating_sub(window);
+        let mut topics = lock(&self.topics);
+        let mut dedupe = lock(&self.dedupe);
+        let mut next = self.log.first_seq();
+        loop {
+            let records = self.log.read(next, 4096).map_err(log_error)?;
+            let Some(last) = records.last() else { break };
+            next = last.seq + 1;
+            for record in records {
+                let Ok(topic) = codec::peek_topic(&record.payload, record.seq) else {
+                    tracing::warn!(seq = record.seq, "skipping undecodable record");
+                    continue;
+                };
+                let Ok(topic) = Topic::new(topic) else {
+                    continue;
+                };
+                let stats = topics.entry(topic).or_default();
+                stats.events += 1;
+                stats.last_seq = record.seq;
+                if stats.first_seq == 0 {
+                    stats.first_seq = record.seq;
+                }
+                if record.timestamp_micros >= window_start
+                    && let Ok(event) = codec::decode(&record.payload, record.seq)
+                    && let Some(key) = event.idempotency_key()
+                {
+                    let ack = PublishAck {
+                        seq: record.seq,
+                        id: event.id.clone(),
+                        duplicate: false,
+                    };
+                    dedupe.remember(key.to_owned(), ack, record.timestamp_micros + window);
+                }
+            }
+        }
+        tracing::info!(
+            topics = topics.len(),
+            next_seq = next,
+            "event bus recovered"
+        );
+        Ok(())
+    }
+}
+
+impl EventBus for Bus {
+    fn publish_batch(
+        &self,
+        events: Vec<Event>,
+    ) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+        Box::pin(self.core.publish_internal(events))
+    }
+
+    fn subscribe(
+        &self,
+        pattern: Pattern,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        Box::pin(async move {
+            if self.core.closed.load(Ordering::Acquire) {
+                return Err(BusError::Closed);
+            }
+            options.validate()?;
+            // A durable consumer stopped a moment ago may still be saving its state.
+            if let Some(durable) = &options.durable {
+                let retiring = lock(&self.core.registry)
+                    .retiring
+                    .get(&format!("d:{durable}"))
+                    .cloned();
+                if let Some(mut finished) = retiring {
+                    let _ = finished.wait_for(|done| *done).await;
+                }
+            }
+            self.subscribe_now(pattern, options)
+        })
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.core.leave(id) {
+                Ok(())
+            } else {
+                Err(BusError::NotFound {
+                    what: format!("subscription {id}"),
+                })
+            }
+        })
+    }
+
+    fn replay(
+        &self,
+        pattern: Pattern,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
+        Box::pin(async move {
+            if from == StartPosition::New {
+                return Err(BusError::invalid(
+                    "from",
+                    "replay needs a position: all, a sequence number or a time",
+                ));
+            }
+            let core = self.core.clone();
+            tokio::task::spawn_blocking(move || {
+                let start = core.start_seq(from)?;
+                core.scan(&pattern, start, core.log.next_seq(), limit)
+            })
+            .await
+            .map_err(|e| BusError::Internal(e.to_string()))?
+        })
+    }
+
+    fn dead_letters(
+        &self,
+        subscription: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadLetter>, BusError>> {
+        Box::pin(async move {
+            let core = self.core.clone();
+            let mut letters = tokio::task::spawn_blocking(move || core.dead_letters(&subscription))
+                .await
+                .map_err(|e| BusError::Internal(e.to_string()))??;
+            letters.truncate(limit);
+            Ok(letters)
+        })
+    }
+
+    fn redrive(
+        &self,
+        subscription: String,
+        seqs: Vec<u64>,
+    ) -> BoxFuture<'_, Result<u64, BusError>> {
+        Box::pin(self.redrive_now(subscription, seqs))
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>, BusError>> {
+        Box::pin(async move {
+            let topics = lock(&self.core.topics);
+            Ok(topics
+                .iter()
+                .map(|(topic, stats)| TopicInfo {
+                    topic: topic.clone(),
+                    storage: stats.storage,
+                    events: stats.events,
+                    last_seq: stats.last_seq,
+                })
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! Helpers shared by the bus's integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ganglion_bus::{Bus, BusOptions};
+use ganglion_core::bus::{Delivery, Subscription};
+use ganglion_core::{Event, ManualClock, Pattern, Topic};
+
+pub struct Harness {
+    pub bus: Bus,
+    pub clock: ManualClock,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn options(dir: &std::path::Path, clock: &ManualClock) -> BusOptions {
+    BusOptions {
+        clock: Arc::new(clock.clone()),
+        ..BusOptions::new(dir)
+    }
+}
+
+pub fn harness() -> Harness {
+    harness_with(|o| o)
+}
+
+pub fn harness_with(f: impl FnOnce(BusOptions) -> BusOptions) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_fixed_instant();
+    let bus = Bus::open(f(options(dir.path(), &clock))).unwrap();
+    Harness { bus, clock, dir }
+}
+
+pub fn topic(s: &str) -> Topic {
+    Topic::new(s).unwrap()
+}
+
+pub fn pattern(s: &str) -> Pattern {
+    Pattern::new(s).unwrap()
+}
+
+pub fn event(t: &str, payload: &str) -> Event {
+    Event::new(topic(t), payload.to_owned())
+}
+
+/// The next delivery; fails the test rather than hang if none comes.
+pub async fn next(sub: &mut Subscription) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("the subscription is open")
+}
+
+/// Lets every task that can run, run (the tests use a current-thread runtime).
+pub async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+pub fn payload(d: &Delivery) -> String {
+    String::from_utf8(d.event().unwrap().payload.to_vec()).unwrap()
+}
