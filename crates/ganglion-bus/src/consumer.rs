@@ -2,7 +2,7 @@
 //! durable name), run as one task.
 //!
 //! The consumer reads its pattern's events from the log at its cursor, keeps at most
-//! `max_in_flight` of them in memory ahead of delivery and at most `max_in_flight` unacked
+//! `max_in_flight` + 256 of them in memory ahead of delivery and at most `max_in_flight` unacked
 //! ones out with subscribers, and tracks each in-flight event's ack deadline. A nack or an
 //! expired deadline schedules a redelivery after the backoff (a timer, never a sleeping
 //! handler); the other events keep flowing meanwhile. An event out of attempts goes to the
@@ -211,6 +211,12 @@ impl Consumer {
         self.options.max_in_flight
     }
 
+    /// Most events read ahead of delivery: enough for priorities to reorder a backlog,
+    /// bounded so a backlog stays in the log rather than in memory.
+    fn max_ready(&self) -> usize {
+        self.options.max_in_flight.saturating_add(READ_BATCH)
+    }
+
     /// Durable events out with subscribers or gathered in the open window.
     fn in_flight_count(&self) -> usize {
         let windowed = self
@@ -236,7 +242,7 @@ impl Consumer {
             self.fill();
             self.dispatch();
             let wants_log =
-                !self.cut_off && !self.log_closed && self.ready.len() < self.max_in_flight();
+                !self.cut_off && !self.log_closed && self.ready.len() < self.max_ready();
             let wants_ephemeral = !self.cut_off
                 && !self.blocked
                 && self.ephemeral_ready.is_empty()
@@ -302,13 +308,8 @@ impl Consumer {
     fn fill(&mut self) {
         let core = self.core.clone();
         let log = &core.log;
-        while !self.cut_off
-            && self.ready.len() < self.max_in_flight()
-            && self.cursor < log.next_seq()
-        {
-            let want = READ_BATCH
-                .min(self.max_in_flight() - self.ready.len())
-                .max(1);
+        while !self.cut_off && self.ready.len() < self.max_ready() && self.cursor < log.next_seq() {
+            let want = READ_BATCH.min(self.max_ready() - self.ready.len()).max(1);
             let records = match log.read(self.cursor, want) {
                 Ok(records) => records,
                 Err(e) => {

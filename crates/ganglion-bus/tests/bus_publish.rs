@@ -1,0 +1,276 @@
+//! Publishing: idempotency keys, validation, ephemeral topics, replay and topics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ganglion_bus::Bus;
+use ganglion_core::bus::{StartPosition, StorageClass, SubscribeOptions};
+use ganglion_core::{Clock, EventBus};
+
+fn keyed(t: &str, payload: &str, key: &str) -> ganglion_core::Event {
+    event(t, payload).with_header("idempotency_key", key)
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_appended_once_within_the_window() {
+    let h = harness();
+    let first = h
+        .bus
+        .publish(keyed("orders.new", "a", "order-1"))
+        .await
+        .unwrap();
+    let again = h
+        .bus
+        .publish(keyed("orders.new", "a (retry)", "order-1"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!((again.seq, &again.id), (first.seq, &first.id));
+    assert_eq!(h.bus.log().next_seq(), 2, "the duplicate appended nothing");
+
+    // Twice in one batch: the second is a duplicate of the first.
+    let acks = h
+        .bus
+        .publish_batch(vec![
+            keyed("orders.new", "b", "order-2"),
+            keyed("orders.new", "b", "order-2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].seq, acks[1].seq);
+    assert_eq!((acks[0].duplicate, acks[1].duplicate), (false, true));
+
+    // After the window (2 min) the key is new again.
+    h.clock.advance(Duration::from_secs(121));
+    let later = h
+        .bus
+        .publish(keyed("orders.new", "a", "order-1"))
+        .await
+        .unwrap();
+    assert!(!later.duplicate);
+    assert_ne!(later.seq, first.seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publications_of_one_key_append_it_once() {
+    let h = harness();
+    let bus = h.bus.clone();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.publish(keyed("pay.x", &i.to_string(), "same"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.push(t.await.unwrap());
+    }
+    assert_eq!(acks.iter().filter(|a| !a.duplicate).count(), 1);
+    assert!(acks.iter().all(|a| a.seq == acks[0].seq));
+    assert_eq!(h.bus.log().next_seq(), 2);
+}
+
+#[tokio::test]
+async fn idempotency_keys_survive_a_restart_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ganglion_core::ManualClock::at_fixed_instant();
+    let first = {
+        let bus = Bus::open(options(dir.path(), &clock)).unwrap();
+        let ack = bus.publish(keyed("orders.new", "a", "k")).await.unwrap();
+        bus.shutdown().await.unwrap();
+        ack
+    };
+    clock.advance(Duration::from_secs(60));
+    let bus = Bus::open(options(dir.path(), &clock)).unwrap();
+    let again = bus.publish(keyed("orders.new", "a", "k")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.seq, first.seq);
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_naming_the_field() {
+    let h = harness_with(|o| ganglion_bus::BusOptions {
+        max_event_bytes: 1000,
+        ..o
+    });
+    let big = event("a.b", &"x".repeat(2000));
+    let err = h
+        .bus
+        .publish_batch(vec![event("a.b", "ok"), big])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().as_str(), "INVALID_ARGUMENT");
+    assert!(
+        err.to_string()
+            .starts_with("events[1].payload: the event is 20"),
+        "{err}"
+    );
+    assert_eq!(h.bus.log().next_seq(), 1, "a refused batch appends nothing");
+
+    let long_type = event("a.b", "x").with_type("t".repeat(300));
+    let err = h.bus.publish(long_type).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "events[0].type: is 300 bytes; at most 256 are allowed"
+    );
+    let err = h.bus.publish_batch(vec![]).await.unwrap_err();
+    assert_eq!(err.to_string(), "events: at least one event is required");
+    let err = h
+        .bus
+        .subscribe(
+            pattern("a.>"),
+            SubscribeOptions {
+                max_in_flight: 0,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "max_in_flight: must be at least 1");
+}
+
+#[tokio::test]
+async fn ephemeral_topics_skip_the_log_and_reach_only_current_subscribers() {
+    let h = harness_with(|o| ganglion_bus::BusOptions {
+        storage: vec![(pattern("game.state.>"), StorageClass::Ephemeral)],
+        ..o
+    });
+    let mut sub = h
+        .bus
+        .subscribe(pattern("game.>"), SubscribeOptions::default())
+        .await
+        .unwrap();
+    let ack = h
+        .bus
+        .publish(event("game.state.update", "tick"))
+        .await
+        .unwrap();
+    assert_eq!(ack.seq, 0);
+    assert_eq!(h.bus.log().next_seq(), 1, "nothing logged");
+    let d = next(&mut sub).await;
+    assert_eq!((payload(&d), d.seqs.len()), ("tick".to_string(), 0));
+
+    h.bus
+        .publish(event("game.hand.played", "durable"))
+        .await
+        .unwrap();
+    let replayed = h
+        .bus
+        .replay(pattern("game.>"), StartPosition::All, 10)
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1, "ephemeral events are not replayable");
+    assert_eq!(replayed[0].topic.as_str(), "game.hand.played");
+
+    let mut late = h
+        .bus
+        .subscribe(
+            pattern("game.>"),
+            SubscribeOptions {
+                start: StartPosition::All,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(payload(&next(&mut late).await), "durable");
+    settle().await;
+    assert!(
+        late.try_next().is_none(),
+        "a later subscriber never sees the earlier tick"
+    );
+    let topics = h.bus.topics().await.unwrap();
+    let state = topics
+        .iter()
+        .find(|t| t.topic.as_str() == "game.state.update")
+        .unwrap();
+    assert_eq!((state.storage, state.events), (StorageClass::Ephemeral, 1));
+}
+
+#[tokio::test]
+async fn a_subscriber_that_cannot_keep_up_with_ephemeral_events_is_closed_with_a_reason() {
+    let h = harness_with(|o| ganglion_bus::BusOptions {
+        storage: vec![(pattern("fast.>"), StorageClass::Ephemeral)],
+        ephemeral_buffer: 8,
+        ..o
+    });
+    let mut slow = h
+        .bus
+        .subscribe(
+            pattern("fast.>"),
+            SubscribeOptions {
+                max_in_flight: 4,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    for i in 0..200 {
+        h.bus
+            .publish(event("fast.tick", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    settle().await;
+    let mut received = 0;
+    while tokio::time::timeout(Duration::from_secs(10), slow.next())
+        .await
+        .unwrap()
+        .is_some()
+    {
+        received += 1;
+    }
+    assert!(received < 200, "memory stayed bounded: {received} buffered");
+    let reason = slow.closed_reason().expect("closed with a reason");
+    assert!(reason.starts_with("slow consumer"), "{reason}");
+}
+
+#[tokio::test]
+async fn replay_returns_a_patterns_events_from_a_sequence_or_a_time() {
+    let h = harness();
+    h.bus.publish(event("game.a", "1")).await.unwrap();
+    h.bus.publish(event("chat.a", "c")).await.unwrap();
+    h.clock.advance(Duration::from_secs(10));
+    let since = h.clock.now();
+    h.bus.publish(event("game.b", "2")).await.unwrap();
+    h.bus.publish(event("game.c", "3")).await.unwrap();
+
+    let all = h
+        .bus
+        .replay(pattern("game.>"), StartPosition::All, 100)
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3, 4]);
+    let from_seq = h
+        .bus
+        .replay(pattern("game.>"), StartPosition::Seq(2), 1)
+        .await
+        .unwrap();
+    assert_eq!(from_seq.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+    let from_time = h
+        .bus
+        .replay(pattern("game.>"), StartPosition::Time(since), 100)
+        .await
+        .unwrap();
+    assert_eq!(from_time.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    let err = h
+        .bus
+        .replay(pattern("game.>"), StartPosition::New, 10)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("from: replay needs a position"),
+        "{err}"
+    );
+
+    let topics = h.bus.topics().await.unwrap();
+    let names: Vec<_> = topics.iter().map(|t| t.topic.as_str()).collect();
+    assert_eq!(names, ["chat.a", "game.a", "game.b", "game.c"]);
+}
