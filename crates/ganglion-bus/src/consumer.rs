@@ -21,7 +21,7 @@ use ganglion_core::{Clock, Event, Pattern, Topic};
 use tokio::sync::mpsc;
 
 use crate::codec;
-use crate::state::{self, DurableState};
+use crate::state::DurableState;
 use crate::{Core, dlq};
 
 /// How long acks may gather before a durable consumer's state is written.
@@ -155,6 +155,9 @@ pub(crate) struct Consumer {
     blocked: bool,
     cut_off: bool,
     log_closed: bool,
+    /// The cursor has been read from once (a gap after that means the log's retention
+    /// overtook this consumer).
+    has_read: bool,
     cursor: u64,
     ready: BinaryHeap<Ready>,
     ephemeral_ready: VecDeque<Arc<Event>>,
@@ -190,6 +193,7 @@ impl Consumer {
             blocked: false,
             cut_off: false,
             log_closed: false,
+            has_read: false,
             cursor: spec.cursor,
             ready: BinaryHeap::new(),
             ephemeral_ready: VecDeque::new(),
@@ -319,6 +323,21 @@ impl Consumer {
                 }
             };
             let Some(last) = records.last() else { break };
+            let first = records[0].seq;
+            if first > self.cursor && self.has_read {
+                let lost = format!(
+                    "{} events ({}..={}) were deleted by retention before delivery",
+                    first - self.cursor,
+                    self.cursor,
+                    first - 1
+                );
+                if !self.durable {
+                    self.cut_off(format!("fell behind: {lost}"));
+                    return;
+                }
+                tracing::error!(consumer = %self.name, "durable consumer fell behind: {lost}");
+            }
+            self.has_read = true;
             self.cursor = last.seq + 1;
             for record in records {
                 let seq = record.seq;
@@ -807,7 +826,7 @@ impl Consumer {
             done: self.done.clone(),
             attempts,
         };
-        match state::save(&self.core.consumers_dir, &self.name, &state) {
+        match self.core.states.save(&self.name, &state) {
             Ok(()) => self.dirty = false,
             Err(e) => {
                 tracing::error!(consumer = %self.name, error = %e, "saving consumer state failed; will retry");

@@ -6,7 +6,7 @@
 //! `publish_batch` checks every event (the error names the field), drops duplicates by
 //! idempotency key, and appends the durable ones to the event log in one append: when it
 //! returns, they are durable under the log's policy (fsync before ack by default).
-//! Ephemeral events (per [`BusOptions::storage`]) skip the log and go straight to the
+//! Ephemeral events (per [`BusOptions::storage_classes`]) skip the log and go straight to the
 //! consumers connected now.
 //!
 //! Each subscription is served by a *consumer* (shared by the members of a queue group,
@@ -34,6 +34,7 @@ mod consumer;
 mod dedupe;
 mod dlq;
 mod state;
+pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use codec::{DecodeError, decode, encode, peek_topic};
 pub use dlq::REDRIVEN_TYPE;
+/// The event log under the bus, for its options.
+pub use ganglion_log as log;
 
 use consumer::{Consumer, ConsumerShared, ConsumerSpec, Control, Member};
 use dedupe::{Check, Dedupe};
@@ -75,12 +78,15 @@ pub struct BusOptions {
     pub dedupe_window: Duration,
     /// Storage class per topic pattern; the first match wins, and a topic no pattern
     /// matches is durable.
-    pub storage: Vec<(Pattern, StorageClass)>,
+    pub storage_classes: Vec<(Pattern, StorageClass)>,
     /// Ephemeral events a consumer may hold before its subscribers are closed as too
     /// slow. Default 65,536.
     pub ephemeral_buffer: usize,
     /// Where time comes from (timestamps, deadlines, backoff, windows, dedupe).
     pub clock: Arc<dyn Clock>,
+    /// Keep the log and the consumers' state in memory instead of `data_dir` (for
+    /// tests: see [`testing::TestBus`]). Nothing survives the bus.
+    pub in_memory: bool,
 }
 
 impl BusOptions {
@@ -91,14 +97,15 @@ impl BusOptions {
             log: LogOptions::default(),
             max_event_bytes: 1024 * 1024,
             dedupe_window: Duration::from_secs(120),
-            storage: Vec::new(),
+            storage_classes: Vec::new(),
+            in_memory: false,
             ephemeral_buffer: 65_536,
             clock: Arc::new(SystemClock),
         }
     }
 
     fn storage_class(&self, topic: &Topic) -> StorageClass {
-        self.storage
+        self.storage_classes
             .iter()
             .find(|(p, _)| p.matches(topic))
             .map_or(StorageClass::Durable, |(_, class)| *class)
@@ -143,7 +150,7 @@ struct Registry {
 pub(crate) struct Core {
     pub(crate) log: Log,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) consumers_dir: PathBuf,
+    pub(crate) states: state::StateStore,
     options: BusOptions,
     dedupe: Mutex<Dedupe>,
     topics: Mutex<BTreeMap<Topic, TopicStats>>,
@@ -341,21 +348,17 @@ impl Core {
                 ..a
             });
         }
-        let ephemeral: Vec<usize> = (0..events.len())
-            .filter(|&i| classes[i] == StorageClass::Ephemeral)
-            .collect();
-        if !ephemeral.is_empty() {
-            let mut shared = Vec::with_capacity(ephemeral.len());
-            for &i in &ephemeral {
-                acks[i] = Some(PublishAck {
-                    seq: 0,
-                    id: events[i].id.clone(),
-                    duplicate: false,
-                });
-                shared.push(Arc::new(std::mem::replace(
-                    &mut events[i],
-                    Event::new(Topic::new("x").expect("valid"), Bytes::new()),
-                )));
+        if classes.contains(&StorageClass::Ephemeral) {
+            let mut shared = Vec::new();
+            for (i, event) in events.into_iter().enumerate() {
+                if classes[i] == StorageClass::Ephemeral {
+                    acks[i] = Some(PublishAck {
+                        seq: 0,
+                        id: event.id.clone(),
+                        duplicate: false,
+                    });
+                    shared.push(Arc::new(event));
+                }
             }
             self.route_ephemeral(shared);
         }
@@ -472,7 +475,7 @@ impl Core {
         {
             return Ok(entry.dlq_topic.clone());
         }
-        if let Ok(Some(state)) = state::load(&self.consumers_dir, name)
+        if let Ok(Some(state)) = self.states.load(name)
             && let Ok(topic) = Topic::new(&state.dlq_topic)
         {
             return Ok(topic);
@@ -507,21 +510,28 @@ impl Bus {
     /// Opens the bus in `options.data_dir`, recovering its log, topics, idempotency keys
     /// and (as their subscribers return) its durable consumers.
     pub fn open(options: BusOptions) -> Result<Bus, BusError> {
-        let log_dir = options.data_dir.join("log");
-        let consumers_dir = options.data_dir.join("consumers");
-        std::fs::create_dir_all(&consumers_dir).map_err(|e| {
-            BusError::Unavailable(format!("creating {}: {e}", consumers_dir.display()))
-        })?;
         let log_options = LogOptions {
             clock: options.clock.clone(),
             ..options.log.clone()
         };
-        let log =
-            Log::open(&log_dir, log_options).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let unavailable = |e: LogError| BusError::Unavailable(e.to_string());
+        let (log, states) = if options.in_memory {
+            let storage = Arc::new(ganglion_log::storage::MemStorage::new());
+            let log = Log::open_with_storage(storage, "/ganglion/log", log_options)
+                .map_err(unavailable)?;
+            (log, state::StateStore::Memory(Mutex::default()))
+        } else {
+            let consumers_dir = options.data_dir.join("consumers");
+            std::fs::create_dir_all(&consumers_dir).map_err(|e| {
+                BusError::Unavailable(format!("creating {}: {e}", consumers_dir.display()))
+            })?;
+            let log = Log::open(options.data_dir.join("log"), log_options).map_err(unavailable)?;
+            (log, state::StateStore::Dir(consumers_dir))
+        };
         let core = Core {
             log,
             clock: options.clock.clone(),
-            consumers_dir,
+            states,
             options,
             dedupe: Mutex::new(Dedupe::default()),
             topics: Mutex::new(BTreeMap::new()),
@@ -616,7 +626,7 @@ impl Bus {
 
         // A new consumer. A durable one resumes from its saved state.
         let saved = if options.durable.is_some() {
-            state::load(&core.consumers_dir, &name).map_err(BusError::Internal)?
+            core.states.load(&name).map_err(BusError::Internal)?
         } else {
             None
         };

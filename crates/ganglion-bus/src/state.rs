@@ -10,10 +10,11 @@
 //! attempts 20:2 21:3  deliveries so far of sequences not done
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 const MAGIC: &str = "ganglion-consumer 1";
 
@@ -24,6 +25,40 @@ pub(crate) struct DurableState {
     pub(crate) floor: u64,
     pub(crate) done: BTreeSet<u64>,
     pub(crate) attempts: BTreeMap<u64, u32>,
+}
+
+/// Where durable consumers keep their state: files in a directory, or memory (for an
+/// in-memory bus in tests).
+#[derive(Debug)]
+pub(crate) enum StateStore {
+    Dir(PathBuf),
+    Memory(Mutex<HashMap<String, DurableState>>),
+}
+
+impl StateStore {
+    pub(crate) fn save(&self, name: &str, state: &DurableState) -> io::Result<()> {
+        match self {
+            StateStore::Dir(dir) => save(dir, name, state),
+            StateStore::Memory(states) => {
+                states
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_owned(), state.clone());
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn load(&self, name: &str) -> Result<Option<DurableState>, String> {
+        match self {
+            StateStore::Dir(dir) => load(dir, name),
+            StateStore::Memory(states) => Ok(states
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned()),
+        }
+    }
 }
 
 pub(crate) fn path(dir: &Path, name: &str) -> PathBuf {
@@ -48,7 +83,7 @@ fn render(state: &DurableState) -> String {
 }
 
 /// Writes the state so that a crash leaves either the old file or the new one.
-pub(crate) fn save(dir: &Path, name: &str, state: &DurableState) -> io::Result<()> {
+fn save(dir: &Path, name: &str, state: &DurableState) -> io::Result<()> {
     let target = path(dir, name);
     let tmp = dir.join(format!("{name}.state.tmp"));
     let mut file = fs::File::create(&tmp)?;
@@ -60,7 +95,7 @@ pub(crate) fn save(dir: &Path, name: &str, state: &DurableState) -> io::Result<(
 
 /// Reads a saved state; `Ok(None)` if there is none. A damaged file is an error naming
 /// the file and line, never a silent reset to the start.
-pub(crate) fn load(dir: &Path, name: &str) -> Result<Option<DurableState>, String> {
+fn load(dir: &Path, name: &str) -> Result<Option<DurableState>, String> {
     let file = path(dir, name);
     let text = match fs::read_to_string(&file) {
         Ok(text) => text,

@@ -84,7 +84,7 @@ async fn a_full_window_is_delivered_before_its_time() {
 #[tokio::test]
 async fn keep_last_coalesces_high_frequency_updates_per_key() {
     let h = harness_with(|o| ganglion_bus::BusOptions {
-        storage: vec![(pattern("game.state.>"), StorageClass::Ephemeral)],
+        storage_classes: vec![(pattern("game.state.>"), StorageClass::Ephemeral)],
         ..o
     });
     let options = batched(

@@ -288,3 +288,57 @@ async fn start_positions_pick_where_a_subscription_begins() {
     h.bus.publish(event("s.x", "4")).await.unwrap();
     assert_eq!(payload(&next(&mut new_only).await), "4");
 }
+
+#[tokio::test]
+async fn a_subscriber_overtaken_by_retention_is_closed_with_a_reason() {
+    let h = harness_with(|o| ganglion_bus::BusOptions {
+        log: ganglion_log::LogOptions {
+            segment_bytes: 4096,
+            retention: ganglion_log::Retention {
+                max_bytes: Some(16 * 1024),
+                ..ganglion_log::Retention::default()
+            },
+            ..ganglion_log::LogOptions::default()
+        },
+        ..o
+    });
+    let mut lagging = h
+        .bus
+        .subscribe(
+            pattern("t.>"),
+            SubscribeOptions {
+                max_in_flight: 1,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    h.bus.publish(event("t.x", "0")).await.unwrap();
+    let held = next(&mut lagging).await;
+    for chunk in 0..20 {
+        let batch = (0..100)
+            .map(|i| event("t.x", &format!("{chunk}-{i}-{}", "p".repeat(40))))
+            .collect();
+        h.bus.publish_batch(batch).await.unwrap();
+    }
+    assert!(
+        h.bus.log().first_seq() > 300,
+        "retention deleted the head of the log"
+    );
+    held.ack();
+    let mut rest = 0;
+    while tokio::time::timeout(Duration::from_secs(10), lagging.next())
+        .await
+        .unwrap()
+        .is_some()
+    {
+        rest += 1;
+    }
+    let reason = lagging.closed_reason().expect("closed with a reason");
+    assert!(reason.starts_with("fell behind: "), "{reason}");
+    assert!(
+        reason.contains("deleted by retention before delivery"),
+        "{reason}"
+    );
+    assert!(rest < 300);
+}

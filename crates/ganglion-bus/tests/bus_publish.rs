@@ -139,7 +139,7 @@ async fn bad_events_are_refused_naming_the_field() {
 #[tokio::test]
 async fn ephemeral_topics_skip_the_log_and_reach_only_current_subscribers() {
     let h = harness_with(|o| ganglion_bus::BusOptions {
-        storage: vec![(pattern("game.state.>"), StorageClass::Ephemeral)],
+        storage_classes: vec![(pattern("game.state.>"), StorageClass::Ephemeral)],
         ..o
     });
     let mut sub = h
@@ -197,7 +197,7 @@ async fn ephemeral_topics_skip_the_log_and_reach_only_current_subscribers() {
 #[tokio::test]
 async fn a_subscriber_that_cannot_keep_up_with_ephemeral_events_is_closed_with_a_reason() {
     let h = harness_with(|o| ganglion_bus::BusOptions {
-        storage: vec![(pattern("fast.>"), StorageClass::Ephemeral)],
+        storage_classes: vec![(pattern("fast.>"), StorageClass::Ephemeral)],
         ephemeral_buffer: 8,
         ..o
     });

@@ -4,20 +4,31 @@
 //! # Delivery semantics
 //!
 //! - **Durable topics** (the default storage class): an event is in the event log before
-//!   `publish` returns, and is delivered **at least once** to every matching subscription
-//!   (to one member of a queue group). A delivery is done when acked; a nack, or no ack
-//!   within the ack deadline, redelivers it later with exponential backoff, without
-//!   holding back the events behind it. After `max_deliveries` attempts, or a `term`, it
-//!   goes to the subscription's dead-letter topic.
+//!   `publish` returns (fsynced, under the log's default policy), and is delivered **at
+//!   least once** to every matching subscription (to one member of a queue group).
+//! - **What an ack means**: the subscriber is done with the event; it will not be
+//!   delivered to this subscription again. A nack, or no ack within the ack deadline,
+//!   redelivers it after an exponential backoff (a timer, never a sleeping handler), so a
+//!   failing event does not hold back the events behind it. After `max_deliveries`
+//!   attempts, or on `term`, it goes to the subscription's dead-letter topic with its
+//!   origin, attempts and last error. Every delivery carries its attempt number.
 //! - **Ephemeral topics**: memory only, **at most once**, to the subscriptions connected
 //!   when it is published; no acks, no replay.
-//! - **Order**: events of one topic are delivered in publication order, except that a
-//!   redelivered event comes after the events that overtook it, and a `prioritized`
-//!   subscription lets higher-priority events overtake lower ones.
-//! - **Backpressure**: a subscription never has more than `max_in_flight` unacked events
-//!   outstanding; the rest wait in the log, not in memory. A subscriber of ephemeral
-//!   events that cannot keep up is closed with a reason, see
-//!   [`Subscription::closed_reason`].
+//! - **Order**: a subscription receives a topic's events in publication order, except
+//!   that a redelivered event arrives after the events that overtook it, the members of
+//!   a queue group each see a subset, and a `prioritized` subscription lets
+//!   higher-priority events overtake lower ones.
+//! - **Backpressure, not dropping**: a subscription never has more than `max_in_flight`
+//!   unacked events outstanding; the rest wait in the log, not in memory, and publishers
+//!   are slowed by the log's bounded queue rather than refused. Two cases drop a
+//!   subscriber, with a reason it can read ([`Subscription::closed_reason`]): an
+//!   ephemeral subscriber that lets its bounded buffer fill, and a non-durable subscriber
+//!   that the log's retention overtakes (its events are gone).
+//! - **What survives a restart**: every acknowledged publication; a durable
+//!   subscription's position (what was acked, and how often unacked events were
+//!   delivered) — it resumes where acks stopped, and events delivered but not acked are
+//!   delivered again; dead letters and what was redriven; idempotency keys within the
+//!   dedupe window. Non-durable subscriptions and ephemeral events do not survive.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,172 @@
+//! Testing support for components that use the bus: an in-memory bus on a virtual
+//! clock that records what was published, so a component's tests can assert "this
+//! handler published X" without a server or a disk.
+//!
+//! ```
+//! use ganglion_bus::testing::TestBus;
+//! use ganglion_core::bus::SubscribeOptions;
+//! use ganglion_core::{Event, EventBus, Pattern, Topic};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let bus = TestBus::new();
+//! // The component under test: answers every hand with a strategy hint.
+//! let mut hands = bus.subscribe(Pattern::new("game.hand.*").unwrap(), SubscribeOptions::default()).await.unwrap();
+//! bus.publish(Event::new(Topic::new("game.hand.played").unwrap(), "pair of kings")).await.unwrap();
+//! let hand = hands.next().await.unwrap();
+//! bus.publish(Event::new(Topic::new("strategy.hint").unwrap(), "raise")).await.unwrap();
+//! hand.ack();
+//!
+//! let hints = bus.published_on("strategy.>");
+//! assert_eq!(hints.len(), 1);
+//! assert_eq!(hints[0].payload, "raise");
+//! # });
+//! ```
+
+use std::sync::{Arc, Mutex};
+
+use ganglion_core::bus::{
+    DeadLetter, PublishAck, StartPosition, SubscribeOptions, Subscription, SubscriptionId,
+    TopicInfo,
+};
+use ganglion_core::{BoxFuture, BusError, Event, EventBus, ManualClock, Pattern};
+
+use crate::{Bus, BusOptions};
+
+/// An in-memory [`Bus`] on a [`ManualClock`] that remembers every event published
+/// through it. Clones share the bus, the clock and the record.
+#[derive(Debug, Clone)]
+pub struct TestBus {
+    bus: Bus,
+    clock: ManualClock,
+    published: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Default for TestBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestBus {
+    /// A fresh bus whose clock stands at 2026-01-01T00:00:00Z.
+    pub fn new() -> Self {
+        Self::with_options(|options| options)
+    }
+
+    /// A fresh bus with options adjusted by `f` (storage classes, limits, …); it stays
+    /// in memory and on the virtual clock.
+    pub fn with_options(f: impl FnOnce(BusOptions) -> BusOptions) -> Self {
+        let clock = ManualClock::at_fixed_instant();
+        let options = BusOptions {
+            clock: Arc::new(clock.clone()),
+            in_memory: true,
+            ..f(BusOptions::new("/ganglion"))
+        };
+        let bus = Bus::open(options).expect("an in-memory bus opens");
+        TestBus {
+            bus,
+            clock,
+            published: Arc::default(),
+        }
+    }
+
+    /// The virtual clock: `advance` it to fire deadlines, backoffs and batch windows.
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+
+    /// The bus itself.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Every event published through this handle (and its clones), in order, with the
+    /// sequence numbers the bus gave them.
+    pub fn published(&self) -> Vec<Event> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The published events whose topic matches `pattern`.
+    ///
+    /// # Panics
+    /// If `pattern` is not a valid pattern.
+    pub fn published_on(&self, pattern: &str) -> Vec<Event> {
+        let pattern = Pattern::new(pattern).expect("a valid pattern");
+        self.published()
+            .into_iter()
+            .filter(|e| pattern.matches(&e.topic))
+            .collect()
+    }
+
+    /// Forgets what was published so far.
+    pub fn clear(&self) {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+impl EventBus for TestBus {
+    fn publish_batch(
+        &self,
+        events: Vec<Event>,
+    ) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+        Box::pin(async move {
+            let acks = self.bus.publish_batch(events.clone()).await?;
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            for (mut event, ack) in events.into_iter().zip(&acks) {
+                if !ack.duplicate {
+                    event.seq = ack.seq;
+                    event.id.clone_from(&ack.id);
+                    published.push(event);
+                }
+            }
+            Ok(acks)
+        })
+    }
+
+    fn subscribe(
+        &self,
+        pattern: Pattern,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        self.bus.subscribe(pattern, options)
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> BoxFuture<'_, Result<(), BusError>> {
+        self.bus.unsubscribe(id)
+    }
+
+    fn replay(
+        &self,
+        pattern: Pattern,
+        from: StartPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
+        self.bus.replay(pattern, from, limit)
+    }
+
+    fn dead_letters(
+        &self,
+        subscription: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadLetter>, BusError>> {
+        self.bus.dead_letters(subscription, limit)
+    }
+
+    fn redrive(
+        &self,
+        subscription: String,
+        seqs: Vec<u64>,
+    ) -> BoxFuture<'_, Result<u64, BusError>> {
+        self.bus.redrive(subscription, seqs)
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>, BusError>> {
+        self.bus.topics()
+    }
+}
