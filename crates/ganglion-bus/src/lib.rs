@@ -500,10 +500,24 @@ impl Core {
     }
 }
 
-/// The embedded event bus. Cheap to clone; every clone is the same bus.
+/// The embedded event bus. Cheap to clone; every clone is the same bus. When the last
+/// clone is dropped the consumers stop (durable ones save their state) and the log
+/// closes once they have; [`Bus::shutdown`] does the same and waits for it.
 #[derive(Debug, Clone)]
 pub struct Bus {
     core: Arc<Core>,
+    _handle: Arc<Handle>,
+}
+
+/// Stops the consumers when the last [`Bus`] clone goes (they hold the core, so the
+/// core alone would keep them, and the log, alive).
+#[derive(Debug)]
+struct Handle(Arc<Core>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.stop_consumers();
+    }
 }
 
 impl Bus {
@@ -540,8 +554,10 @@ impl Bus {
             closed: AtomicBool::new(false),
         };
         core.rebuild()?;
+        let core = Arc::new(core);
         Ok(Bus {
-            core: Arc::new(core),
+            _handle: Arc::new(Handle(core.clone())),
+            core,
         })
     }
 
@@ -553,18 +569,7 @@ impl Bus {
     /// Stops every consumer (durable ones save their state), refuses further calls, and
     /// syncs the log. Subscribers see their subscriptions end.
     pub async fn shutdown(&self) -> Result<(), BusError> {
-        self.core.closed.store(true, Ordering::Release);
-        let finished: Vec<watch::Receiver<bool>> = {
-            let mut registry = lock(&self.core.registry);
-            let mut finished: Vec<_> = registry.retiring.drain().map(|(_, f)| f).collect();
-            for (_, entry) in registry.consumers.drain() {
-                let _ = entry.control.send(Control::Stop);
-                finished.push(entry.finished);
-            }
-            registry.members.clear();
-            finished
-        };
-        for mut f in finished {
+        for mut f in self.core.stop_consumers() {
             let _ = f.wait_for(|done| *done).await;
         }
         self.core.log.sync().await.map_err(log_error)
@@ -813,6 +818,20 @@ impl SubscriptionControl for MemberControl {
 }
 
 impl Core {
+    /// Refuses further calls and tells every consumer to stop; returns their
+    /// completion signals.
+    fn stop_consumers(&self) -> Vec<watch::Receiver<bool>> {
+        self.closed.store(true, Ordering::Release);
+        let mut registry = lock(&self.registry);
+        let mut finished: Vec<_> = registry.retiring.drain().map(|(_, f)| f).collect();
+        for (_, entry) in registry.consumers.drain() {
+            let _ = entry.control.send(Control::Stop);
+            finished.push(entry.finished);
+        }
+        registry.members.clear();
+        finished
+    }
+
     /// Rebuilds the topic list and the idempotency keys still in the window from the log.
     fn rebuild(&self) -> Result<(), BusError> {
         let window = self.options.dedupe_window.as_micros() as u64;
