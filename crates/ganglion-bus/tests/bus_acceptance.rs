@@ -34,7 +34,7 @@ async fn a_poison_event_is_tried_max_deliveries_times_on_schedule_then_dead_lett
             h.clock.monotonic() - start < Duration::from_secs(5),
             "the schedule ran out"
         );
-        if h.clock.monotonic().as_millis() % 50 == 0 {
+        if h.clock.monotonic().as_millis().is_multiple_of(50) {
             h.bus.publish(event("game.hand", "healthy")).await.unwrap();
             healthy_published += 1;
         }
