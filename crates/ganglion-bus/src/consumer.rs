@@ -249,7 +249,7 @@ impl Consumer {
                 !self.cut_off && !self.log_closed && self.ready.len() < self.max_ready();
             let wants_ephemeral = !self.cut_off
                 && !self.blocked
-                && self.ephemeral_ready.is_empty()
+                && self.ephemeral_ready.len() < READ_BATCH
                 && !self.members.is_empty();
             let log_wait = self.core.log.wait_for_seq(self.cursor);
             let timer = self.next_timer().map(|at| self.clock.sleep_until(at));
@@ -289,10 +289,17 @@ impl Consumer {
                 }
                 _ = wait_unblocked, if self.blocked => self.blocked = false,
                 event = ephemeral.recv(), if wants_ephemeral => {
-                    if let Some(event) = event
-                        && self.options.filter.accepts(&event)
-                    {
-                        self.ephemeral_ready.push_back(event);
+                    // Take what is waiting in bulk: one turn of this loop per batch.
+                    let mut next = event;
+                    while let Some(event) = next {
+                        if self.options.filter.accepts(&event) {
+                            self.ephemeral_ready.push_back(event);
+                        }
+                        next = if self.ephemeral_ready.len() < READ_BATCH {
+                            ephemeral.try_recv().ok()
+                        } else {
+                            None
+                        };
                     }
                 }
                 result = log_wait, if wants_log => {

@@ -79,9 +79,12 @@ pub struct BusOptions {
     /// Storage class per topic pattern; the first match wins, and a topic no pattern
     /// matches is durable.
     pub storage_classes: Vec<(Pattern, StorageClass)>,
-    /// Ephemeral events a consumer may hold before its subscribers are closed as too
-    /// slow. Default 65,536.
+    /// Ephemeral events a consumer may hold. When it is full, publishers wait for room
+    /// (flow control) for up to `slow_consumer_grace`. Default 65,536.
     pub ephemeral_buffer: usize,
+    /// How long publishers wait for a consumer with a full ephemeral buffer before its
+    /// subscribers are closed as too slow. Default 1 s.
+    pub slow_consumer_grace: Duration,
     /// Where time comes from (timestamps, deadlines, backoff, windows, dedupe).
     pub clock: Arc<dyn Clock>,
     /// Keep the log and the consumers' state in memory instead of `data_dir` (for
@@ -100,6 +103,7 @@ impl BusOptions {
             storage_classes: Vec::new(),
             in_memory: false,
             ephemeral_buffer: 65_536,
+            slow_consumer_grace: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
         }
     }
@@ -144,6 +148,9 @@ struct Registry {
     /// Durable consumers that were stopped and may still be writing their state.
     retiring: HashMap<String, watch::Receiver<bool>>,
 }
+
+/// A consumer's key, its ephemeral queue, and the events of one publication for it.
+type EphemeralTarget = (String, mpsc::Sender<Arc<Event>>, Vec<Arc<Event>>);
 
 /// State shared by every handle of one bus and its consumer tasks.
 #[derive(Debug)]
@@ -360,7 +367,7 @@ impl Core {
                     shared.push(Arc::new(event));
                 }
             }
-            self.route_ephemeral(shared);
+            self.route_ephemeral(shared).await;
         }
         Ok(acks
             .into_iter()
@@ -368,36 +375,77 @@ impl Core {
             .collect())
     }
 
-    /// Hands ephemeral events to the consumers whose pattern matches; a consumer whose
-    /// queue is full has its subscribers closed as too slow.
-    fn route_ephemeral(&self, events: Vec<Arc<Event>>) {
-        let mut topics = lock(&self.topics);
-        let mut registry = lock(&self.registry);
-        let registry = &mut *registry;
-        for event in events {
-            let stats = topics.entry(event.topic.clone()).or_default();
-            stats.storage = StorageClass::Ephemeral;
-            stats.events += 1;
-            let mut slow = Vec::new();
-            registry.ephemeral.for_each_match(&event.topic, |key| {
-                if let Some(entry) = registry.consumers.get(key)
-                    && !entry.cut_off
-                    && let Err(mpsc::error::TrySendError::Full(_)) =
-                        entry.ephemeral.try_send(event.clone())
-                {
-                    slow.push(key.clone());
+    /// Hands ephemeral events to the consumers whose pattern matches. A consumer whose
+    /// queue is full slows the publisher down for up to `slow_consumer_grace`; if it
+    /// still has no room, its subscribers are closed as too slow.
+    async fn route_ephemeral(&self, events: Vec<Arc<Event>>) {
+        // Under the locks: count the topics and sort the events per consumer.
+        let mut targets: Vec<EphemeralTarget> = Vec::new();
+        {
+            let mut topics = lock(&self.topics);
+            let registry = lock(&self.registry);
+            let mut last_topic: Option<&Topic> = None;
+            let mut stats: Option<&mut TopicStats> = None;
+            for event in &events {
+                if last_topic != Some(&event.topic) {
+                    let s = topics.entry(event.topic.clone()).or_default();
+                    s.storage = StorageClass::Ephemeral;
+                    stats = Some(s);
+                    last_topic = Some(&event.topic);
                 }
-            });
-            for key in slow {
-                if let Some(entry) = registry.consumers.get_mut(&key) {
-                    entry.cut_off = true;
-                    let reason = format!(
-                        "slow consumer: {} ephemeral events waiting, the most allowed",
-                        self.options.ephemeral_buffer
-                    );
-                    let _ = entry.control.send(Control::CutOff(reason));
+                if let Some(s) = stats.as_deref_mut() {
+                    s.events += 1;
+                }
+                registry.ephemeral.for_each_match(&event.topic, |key| {
+                    match targets.iter_mut().find(|t| t.0 == *key) {
+                        Some(target) => target.2.push(event.clone()),
+                        None => {
+                            if let Some(entry) = registry.consumers.get(key).filter(|e| !e.cut_off)
+                            {
+                                targets.push((
+                                    key.clone(),
+                                    entry.ephemeral.clone(),
+                                    vec![event.clone()],
+                                ));
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        for (key, tx, events) in targets {
+            for event in events {
+                match tx.try_send(event) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    Err(mpsc::error::TrySendError::Full(event)) => {
+                        let deadline = self.clock.monotonic() + self.options.slow_consumer_grace;
+                        let sent = tokio::select! {
+                            sent = tx.send(event) => sent.is_ok(),
+                            _ = self.clock.sleep_until(deadline) => false,
+                        };
+                        if !sent {
+                            self.cut_off_slow(&key);
+                            break;
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    fn cut_off_slow(&self, key: &str) {
+        let mut registry = lock(&self.registry);
+        if let Some(entry) = registry.consumers.get_mut(key)
+            && !entry.cut_off
+        {
+            entry.cut_off = true;
+            let reason = format!(
+                "slow consumer: {} ephemeral events waited more than {} ms for it",
+                self.options.ephemeral_buffer,
+                self.options.slow_consumer_grace.as_millis()
+            );
+            let _ = entry.control.send(Control::CutOff(reason));
         }
     }
 

@@ -194,41 +194,99 @@ async fn ephemeral_topics_skip_the_log_and_reach_only_current_subscribers() {
     assert_eq!((state.storage, state.events), (StorageClass::Ephemeral, 1));
 }
 
-#[tokio::test]
-async fn a_subscriber_that_cannot_keep_up_with_ephemeral_events_is_closed_with_a_reason() {
-    let h = harness_with(|o| ganglion_bus::BusOptions {
+fn fast_topics(o: ganglion_bus::BusOptions) -> ganglion_bus::BusOptions {
+    ganglion_bus::BusOptions {
         storage_classes: vec![(pattern("fast.>"), StorageClass::Ephemeral)],
         ephemeral_buffer: 8,
         ..o
-    });
-    let mut slow = h
+    }
+}
+
+fn small_in_flight() -> SubscribeOptions {
+    SubscribeOptions {
+        max_in_flight: 4,
+        ..SubscribeOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_momentarily_slow_ephemeral_subscriber_slows_the_publisher_down_and_misses_nothing() {
+    let h = harness_with(fast_topics);
+    let mut sub = h
         .bus
-        .subscribe(
-            pattern("fast.>"),
-            SubscribeOptions {
-                max_in_flight: 4,
-                ..SubscribeOptions::default()
-            },
-        )
+        .subscribe(pattern("fast.>"), small_in_flight())
         .await
         .unwrap();
+    let bus = h.bus.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 0..200 {
+            bus.publish(event("fast.tick", &i.to_string()))
+                .await
+                .unwrap();
+        }
+    });
+    settle().await;
+    assert!(!publisher.is_finished(), "the publisher waits for room");
     for i in 0..200 {
-        h.bus
-            .publish(event("fast.tick", &i.to_string()))
-            .await
-            .unwrap();
+        assert_eq!(payload(&next(&mut sub).await), i.to_string());
+    }
+    publisher.await.unwrap();
+    assert!(sub.closed_reason().is_none());
+}
+
+#[tokio::test]
+async fn an_ephemeral_subscriber_that_stays_stuck_is_closed_with_a_reason() {
+    let h = harness_with(fast_topics);
+    let mut stuck = h
+        .bus
+        .subscribe(pattern("fast.>"), small_in_flight())
+        .await
+        .unwrap();
+    let mut healthy = h
+        .bus
+        .subscribe(pattern("fast.>"), SubscribeOptions::default())
+        .await
+        .unwrap();
+    let bus = h.bus.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 0..200 {
+            bus.publish(event("fast.tick", &i.to_string()))
+                .await
+                .unwrap();
+        }
+    });
+    let mut healthy_got = 0;
+    while !publisher.is_finished() {
+        // The stuck subscriber holds the publisher up for the grace period only.
+        while healthy.try_next().is_some() {
+            healthy_got += 1;
+        }
+        settle().await;
+        h.clock.advance(Duration::from_millis(100));
+    }
+    publisher.await.unwrap();
+    while let Some(d) = healthy.try_next() {
+        drop(d);
+        healthy_got += 1;
     }
     settle().await;
+    while healthy.try_next().is_some() {
+        healthy_got += 1;
+    }
+    assert_eq!(healthy_got, 200, "the healthy subscriber got everything");
     let mut received = 0;
-    while tokio::time::timeout(Duration::from_secs(10), slow.next())
+    while tokio::time::timeout(Duration::from_secs(10), stuck.next())
         .await
         .unwrap()
         .is_some()
     {
         received += 1;
     }
-    assert!(received < 200, "memory stayed bounded: {received} buffered");
-    let reason = slow.closed_reason().expect("closed with a reason");
+    assert!(
+        received < 200,
+        "memory stayed bounded: {received} were buffered"
+    );
+    let reason = stuck.closed_reason().expect("closed with a reason");
     assert!(reason.starts_with("slow consumer"), "{reason}");
 }
 

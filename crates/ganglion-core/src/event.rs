@@ -21,8 +21,37 @@ pub mod headers {
 }
 
 /// A new event id: a UUIDv7 (time-ordered) in its hyphenated form.
+///
+/// The random bits come from a per-thread generator seeded from the operating system
+/// once, not from a system call per id: ids are made at publication rates.
 pub fn new_event_id() -> String {
-    uuid::Uuid::now_v7().hyphenated().to_string()
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(crate::unix_micros(std::time::SystemTime::now()));
+            h.finish()
+        });
+    }
+    let next = || {
+        STATE.with(|s| {
+            // splitmix64
+            let z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s.set(z);
+            let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    };
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&next().to_le_bytes());
+    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+    let millis = crate::unix_micros(std::time::SystemTime::now()) / 1000;
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 /// One event. Payloads are [`Bytes`], so fanning an event out never copies them.

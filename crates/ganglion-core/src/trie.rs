@@ -98,8 +98,7 @@ impl<T> PatternIndex<T> {
 
     /// Calls `f` with every value whose pattern matches `topic`.
     pub fn for_each_match<'a>(&'a self, topic: &Topic, mut f: impl FnMut(&'a T)) {
-        let tokens: Vec<&str> = topic.tokens().collect();
-        visit(&self.root, &tokens, &mut f);
+        visit(&self.root, topic.tokens(), &mut f);
     }
 
     /// The values whose pattern matches `topic`.
@@ -110,17 +109,21 @@ impl<T> PatternIndex<T> {
     }
 }
 
-fn visit<'a, T>(node: &'a Node<T>, tokens: &[&str], f: &mut impl FnMut(&'a T)) {
-    let Some((first, rest)) = tokens.split_first() else {
+fn visit<'a, T>(
+    node: &'a Node<T>,
+    mut tokens: std::str::Split<'_, char>,
+    f: &mut impl FnMut(&'a T),
+) {
+    let Some(first) = tokens.next() else {
         node.here.iter().for_each(&mut *f);
         return;
     };
     node.tail.iter().for_each(&mut *f);
-    if let Some(child) = node.literals.get(*first) {
-        visit(child, rest, f);
+    if let Some(child) = node.literals.get(first) {
+        visit(child, tokens.clone(), f);
     }
     if let Some(child) = &node.any {
-        visit(child, rest, f);
+        visit(child, tokens, f);
     }
 }
 

@@ -1,0 +1,120 @@
+//! In-process publish → deliver throughput of 128-byte events.
+//!
+//! Run with: `cargo bench -p ganglion-bus --bench bus_publish_deliver`
+//!
+//! One "element" is one event received by every subscriber. Publishers send batches of
+//! 1,000 (`publish_batch`); subscribers take deliveries as they come (auto ack).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ganglion_bus::{Bus, BusOptions};
+use ganglion_core::bus::{AckMode, StorageClass, SubscribeOptions};
+use ganglion_core::{Event, EventBus, Pattern, Topic};
+
+const BATCH: u64 = 1000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn open(dir: &std::path::Path, ephemeral: bool) -> Bus {
+    let mut options = BusOptions::new(dir);
+    if ephemeral {
+        options.storage_classes = vec![(Pattern::new(">").unwrap(), StorageClass::Ephemeral)];
+    }
+    Bus::open(options).unwrap()
+}
+
+/// Publishes `total` events from `publishers` tasks and waits until each of the
+/// subscribers on `patterns` has received them all.
+async fn run(bus: &Bus, patterns: &[&str], publishers: u64, total: u64) -> Duration {
+    let options = SubscribeOptions {
+        ack_mode: AckMode::Auto,
+        max_in_flight: 10_000,
+        ..SubscribeOptions::default()
+    };
+    let mut subs = Vec::new();
+    for p in patterns {
+        subs.push(
+            bus.subscribe(Pattern::new(p).unwrap(), options.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let topic = Topic::new("bench.events.x").unwrap();
+    let payload = Bytes::from(vec![7u8; 128]);
+    let per_publisher = total.div_ceil(publishers);
+    let started = Instant::now();
+    let receivers: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move {
+                let mut got = 0;
+                while got < per_publisher * publishers {
+                    let d = sub.next().await.expect("subscription open");
+                    got += d.events.len() as u64;
+                }
+            })
+        })
+        .collect();
+    let senders: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (bus, topic, payload) = (bus.clone(), topic.clone(), payload.clone());
+            tokio::spawn(async move {
+                let mut sent = 0;
+                while sent < per_publisher {
+                    let n = BATCH.min(per_publisher - sent);
+                    let events = (0..n)
+                        .map(|_| Event::new(topic.clone(), payload.clone()))
+                        .collect();
+                    bus.publish_batch(events).await.unwrap();
+                    sent += n;
+                }
+            })
+        })
+        .collect();
+    for t in senders.into_iter().chain(receivers) {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let cases: &[(&str, bool, &[&str], u64)] = &[
+        ("ephemeral/one_exact", true, &["bench.events.x"], 1),
+        ("ephemeral/one_wildcard", true, &["bench.events.*"], 1),
+        ("ephemeral/fan_out_10", true, &["bench.events.*"; 10], 1),
+        ("durable/one_wildcard", false, &["bench.events.*"], 1),
+        (
+            "durable/one_wildcard_8_publishers",
+            false,
+            &["bench.events.*"],
+            8,
+        ),
+        ("durable/fan_out_10", false, &["bench.events.*"; 10], 1),
+    ];
+    let mut group = c.benchmark_group("bus_publish_deliver_128B");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(1));
+    for &(name, ephemeral, patterns, publishers) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(open(dir.path(), ephemeral));
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter_custom(|iters| rt.block_on(run(&bus, patterns, publishers, iters.max(BATCH))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
