@@ -30,6 +30,15 @@ const PERSIST_EVERY: Duration = Duration::from_millis(100);
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// Records read from the log per read.
 const READ_BATCH: usize = 256;
+/// Most deliveries handed to a subscriber in one channel operation.
+const MAX_CHUNK: usize = 256;
+
+/// Deliveries per chunk, and chunks a subscriber's channel holds: together about
+/// `max_in_flight`, so that bounds what waits for a subscriber in every ack mode.
+pub(crate) fn member_channel(max_in_flight: usize) -> (usize, usize) {
+    let chunk = MAX_CHUNK.min(max_in_flight).max(1);
+    (chunk, (max_in_flight / chunk).max(1))
+}
 
 /// What reaches a consumer task from its subscribers and from the bus.
 #[derive(Debug)]
@@ -55,14 +64,27 @@ pub(crate) enum Control {
 #[derive(Debug)]
 pub(crate) struct Member {
     pub(crate) id: SubscriptionId,
-    pub(crate) tx: mpsc::Sender<Delivery>,
+    /// Deliveries go over in chunks; see [`member_channel`].
+    pub(crate) tx: mpsc::Sender<Vec<Delivery>>,
     pub(crate) control: Arc<dyn SubscriptionControl>,
 }
 
 /// What the consumer shares with its subscribers' handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConsumerShared {
     pub(crate) closed_reason: Mutex<Option<String>>,
+    /// One permit per ephemeral event this consumer may still take: publishers take
+    /// permits before handing events over, the consumer returns them as events leave.
+    pub(crate) ephemeral_permits: tokio::sync::Semaphore,
+}
+
+impl ConsumerShared {
+    pub(crate) fn new(ephemeral_buffer: usize) -> Self {
+        ConsumerShared {
+            closed_reason: Mutex::new(None),
+            ephemeral_permits: tokio::sync::Semaphore::new(ephemeral_buffer),
+        }
+    }
 }
 
 /// Everything a consumer task starts from.
@@ -240,7 +262,7 @@ impl Consumer {
     pub(crate) async fn run(
         mut self,
         mut control: mpsc::UnboundedReceiver<Control>,
-        mut ephemeral: mpsc::Receiver<Arc<Event>>,
+        mut ephemeral: mpsc::UnboundedReceiver<Vec<Arc<Event>>>,
     ) {
         loop {
             self.fill();
@@ -288,13 +310,14 @@ impl Consumer {
                     }
                 }
                 _ = wait_unblocked, if self.blocked => self.blocked = false,
-                event = ephemeral.recv(), if wants_ephemeral => {
+                events = ephemeral.recv(), if wants_ephemeral => {
                     // Take what is waiting in bulk: one turn of this loop per batch.
-                    let mut next = event;
-                    while let Some(event) = next {
-                        if self.options.filter.accepts(&event) {
-                            self.ephemeral_ready.push_back(event);
-                        }
+                    let mut next = events;
+                    while let Some(events) = next {
+                        let before = events.len();
+                        self.ephemeral_ready
+                            .extend(events.into_iter().filter(|e| self.options.filter.accepts(e)));
+                        self.return_permits(before - (self.ephemeral_ready.len().min(before)));
                         next = if self.ephemeral_ready.len() < READ_BATCH {
                             ephemeral.try_recv().ok()
                         } else {
@@ -390,7 +413,7 @@ impl Consumer {
         });
     }
 
-    /// Hands ready events to subscribers, or into the batch window.
+    /// Hands ready events to subscribers, in chunks, or into the batch window.
     fn dispatch(&mut self) {
         if self.cut_off || self.members.is_empty() || self.blocked {
             return;
@@ -399,31 +422,96 @@ impl Consumer {
             self.fill_window();
             return;
         }
-        while let Some(event) = self.ephemeral_ready.pop_front() {
-            let delivered = DeliveredEvent {
-                event: event.clone(),
-                attempt: 1,
-                coalesced: 1,
-            };
-            if self.send(vec![delivered], Vec::new(), Vec::new()).is_none() {
-                self.ephemeral_ready.push_front(event);
+        loop {
+            let open: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].tx.capacity() > 0)
+                .collect();
+            if open.is_empty() {
+                self.blocked = self.has_deliverable();
+                return;
+            }
+            // One chunk per open member, filled round robin.
+            let mut chunks: Vec<Vec<Delivery>> = open.iter().map(|_| Vec::new()).collect();
+            let mut turn = self.next_member;
+            let mut released = 0;
+            let mut built = 0;
+            let (chunk_size, _) = member_channel(self.max_in_flight());
+            while built < open.len() * chunk_size {
+                let slot = turn % open.len();
+                let member = &self.members[open[slot]];
+                let delivery = if let Some(event) = self.ephemeral_ready.pop_front() {
+                    released += 1;
+                    let delivered = DeliveredEvent {
+                        event,
+                        attempt: 1,
+                        coalesced: 1,
+                    };
+                    Delivery::new(
+                        vec![delivered],
+                        Vec::new(),
+                        Vec::new(),
+                        member.control.clone(),
+                    )
+                } else if self.in_flight.len() < self.max_in_flight()
+                    && let Some(ready) = self.ready.pop()
+                {
+                    let delivered = DeliveredEvent {
+                        event: ready.event.clone(),
+                        attempt: ready.attempt,
+                        coalesced: 1,
+                    };
+                    let delivery = Delivery::new(
+                        vec![delivered],
+                        Vec::new(),
+                        vec![ready.seq],
+                        member.control.clone(),
+                    );
+                    let id = member.id;
+                    self.delivered(ready.seq, ready.event, ready.attempt, id);
+                    delivery
+                } else {
+                    break;
+                };
+                chunks[slot].push(delivery);
+                built += 1;
+                turn += 1;
+            }
+            self.next_member = turn;
+            self.return_permits(released);
+            if built == 0 {
+                return;
+            }
+            let mut gone = Vec::new();
+            for (slot, chunk) in chunks.into_iter().enumerate() {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let member = &self.members[open[slot]];
+                // This consumer is the channel's only sender and saw room in it.
+                if member.tx.try_send(chunk).is_err() {
+                    gone.push(member.id);
+                }
+            }
+            for id in gone {
+                self.members.retain(|m| m.id != id);
+                self.requeue_member(id);
+            }
+            if self.members.is_empty() {
                 return;
             }
         }
-        while self.in_flight.len() < self.max_in_flight() {
-            let Some(ready) = self.ready.pop() else { break };
-            let delivered = DeliveredEvent {
-                event: ready.event.clone(),
-                attempt: ready.attempt,
-                coalesced: 1,
-            };
-            match self.send(vec![delivered], Vec::new(), vec![ready.seq]) {
-                Some(member) => self.delivered(ready.seq, ready.event, ready.attempt, member),
-                None => {
-                    self.ready.push(ready);
-                    return;
-                }
-            }
+    }
+
+    /// Whether something could be delivered if a subscriber had room.
+    fn has_deliverable(&self) -> bool {
+        !self.ephemeral_ready.is_empty()
+            || (!self.ready.is_empty() && self.in_flight.len() < self.max_in_flight())
+    }
+
+    /// Gives publishers of ephemeral events room for `n` more.
+    fn return_permits(&self, n: usize) {
+        if n > 0 {
+            self.shared.ephemeral_permits.add_permits(n);
         }
     }
 
@@ -465,14 +553,14 @@ impl Consumer {
             let i = self.next_member % self.members.len();
             let member = &self.members[i];
             let delivery = Delivery::new(events, counts, seqs, member.control.clone());
-            match member.tx.try_send(delivery) {
+            match member.tx.try_send(vec![delivery]) {
                 Ok(()) => {
                     self.next_member = i + 1;
                     return Some(member.id);
                 }
                 Err(e) => {
                     let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
-                    let mut back = e.into_inner();
+                    let mut back = e.into_inner().pop().expect("one delivery");
                     (events, counts, seqs) = (
                         std::mem::take(&mut back.events),
                         std::mem::take(&mut back.counts),
@@ -506,6 +594,7 @@ impl Consumer {
                 continue;
             }
             let item = if let Some(event) = self.ephemeral_ready.pop_front() {
+                self.return_permits(1);
                 (event, 1)
             } else if self.in_flight_count() < self.max_in_flight()
                 && let Some(ready) = self.ready.pop()
@@ -707,7 +796,10 @@ impl Consumer {
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.cut_off = true;
         self.members.clear();
+        self.return_permits(self.ephemeral_ready.len());
         self.ephemeral_ready.clear();
+        // Publishers waiting for room stop waiting.
+        self.shared.ephemeral_permits.close();
     }
 
     /// Puts a departed member's unacked events back for redelivery (each counts as a

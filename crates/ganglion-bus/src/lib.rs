@@ -132,7 +132,7 @@ struct Entry {
     queue_group: Option<String>,
     dlq_topic: Topic,
     control: mpsc::UnboundedSender<Control>,
-    ephemeral: mpsc::Sender<Arc<Event>>,
+    ephemeral: mpsc::UnboundedSender<Vec<Arc<Event>>>,
     members: HashSet<SubscriptionId>,
     finished: watch::Receiver<bool>,
     shared: Arc<ConsumerShared>,
@@ -149,8 +149,14 @@ struct Registry {
     retiring: HashMap<String, watch::Receiver<bool>>,
 }
 
-/// A consumer's key, its ephemeral queue, and the events of one publication for it.
-type EphemeralTarget = (String, mpsc::Sender<Arc<Event>>, Vec<Arc<Event>>);
+/// A consumer's key, its ephemeral queue and permits, and the events of one
+/// publication for it.
+type EphemeralTarget = (
+    String,
+    mpsc::UnboundedSender<Vec<Arc<Event>>>,
+    Arc<ConsumerShared>,
+    Vec<Arc<Event>>,
+);
 
 /// State shared by every handle of one bus and its consumer tasks.
 #[derive(Debug)]
@@ -398,13 +404,14 @@ impl Core {
                 }
                 registry.ephemeral.for_each_match(&event.topic, |key| {
                     match targets.iter_mut().find(|t| t.0 == *key) {
-                        Some(target) => target.2.push(event.clone()),
+                        Some(target) => target.3.push(event.clone()),
                         None => {
                             if let Some(entry) = registry.consumers.get(key).filter(|e| !e.cut_off)
                             {
                                 targets.push((
                                     key.clone(),
                                     entry.ephemeral.clone(),
+                                    entry.shared.clone(),
                                     vec![event.clone()],
                                 ));
                             }
@@ -413,23 +420,33 @@ impl Core {
                 });
             }
         }
-        for (key, tx, events) in targets {
-            for event in events {
-                match tx.try_send(event) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                    Err(mpsc::error::TrySendError::Full(event)) => {
+        let buffer = self.options.ephemeral_buffer.max(1);
+        for (key, tx, shared, mut events) in targets {
+            while !events.is_empty() {
+                let rest = events.split_off(events.len().min(buffer));
+                let n = events.len() as u32;
+                let permits = &shared.ephemeral_permits;
+                let granted = match permits.try_acquire_many(n) {
+                    Ok(permit) => Some(permit),
+                    Err(tokio::sync::TryAcquireError::Closed) => None,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
                         let deadline = self.clock.monotonic() + self.options.slow_consumer_grace;
-                        let sent = tokio::select! {
-                            sent = tx.send(event) => sent.is_ok(),
-                            _ = self.clock.sleep_until(deadline) => false,
-                        };
-                        if !sent {
-                            self.cut_off_slow(&key);
-                            break;
+                        tokio::select! {
+                            permit = permits.acquire_many(n) => permit.ok(),
+                            _ = self.clock.sleep_until(deadline) => {
+                                self.cut_off_slow(&key);
+                                None
+                            }
                         }
                     }
+                };
+                let Some(permit) = granted else { break };
+                // The consumer returns the permits as the events leave it.
+                permit.forget();
+                if tx.send(events).is_err() {
+                    break;
                 }
+                events = rest;
             }
         }
     }
@@ -641,7 +658,7 @@ impl Bus {
         {
             registry.retiring.remove(&key);
         }
-        let (tx, rx) = mpsc::channel(options.max_in_flight.saturating_add(16));
+        let (tx, rx) = mpsc::channel(consumer::member_channel(options.max_in_flight).1);
         if let Some(entry) = registry.consumers.get_mut(&key) {
             if entry.pattern != pattern {
                 return Err(BusError::invalid(
@@ -707,9 +724,9 @@ impl Bus {
                 Default::default(),
             ),
         };
-        let consumer_shared = Arc::new(ConsumerShared::default());
+        let consumer_shared = Arc::new(ConsumerShared::new(core.options.ephemeral_buffer.max(1)));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let (ephemeral_tx, ephemeral_rx) = mpsc::channel(core.options.ephemeral_buffer.max(1));
+        let (ephemeral_tx, ephemeral_rx) = mpsc::unbounded_channel();
         let control: Arc<dyn SubscriptionControl> = Arc::new(MemberControl {
             control: control_tx.clone(),
             shared: consumer_shared.clone(),
@@ -760,7 +777,7 @@ impl Bus {
         &self,
         id: SubscriptionId,
         name: String,
-        rx: mpsc::Receiver<ganglion_core::bus::Delivery>,
+        rx: mpsc::Receiver<Vec<ganglion_core::bus::Delivery>>,
         control: Arc<dyn SubscriptionControl>,
     ) -> Subscription {
         let guard = LeaveOnDrop {

@@ -467,11 +467,15 @@ impl Delivery {
 }
 
 /// A live subscription: a stream of deliveries. Dropping it unsubscribes.
+///
+/// Engines hand deliveries over in chunks (one channel operation for many deliveries);
+/// the subscription yields them one at a time.
 #[derive(Debug)]
 pub struct Subscription {
     id: SubscriptionId,
     name: String,
-    deliveries: mpsc::Receiver<Delivery>,
+    deliveries: mpsc::Receiver<Vec<Delivery>>,
+    buffered: std::collections::VecDeque<Delivery>,
     control: Arc<dyn SubscriptionControl>,
     _guard: Option<DropGuard>,
 }
@@ -489,13 +493,14 @@ impl Subscription {
     pub fn new(
         id: SubscriptionId,
         name: String,
-        deliveries: mpsc::Receiver<Delivery>,
+        deliveries: mpsc::Receiver<Vec<Delivery>>,
         control: Arc<dyn SubscriptionControl>,
     ) -> Self {
         Subscription {
             id,
             name,
             deliveries,
+            buffered: std::collections::VecDeque::new(),
             control,
             _guard: None,
         }
@@ -521,12 +526,18 @@ impl Subscription {
     /// The next delivery; `None` once the subscription is closed (by `unsubscribe`, by
     /// the bus shutting down, or by the engine: see [`closed_reason`](Self::closed_reason)).
     pub async fn next(&mut self) -> Option<Delivery> {
-        self.deliveries.recv().await
+        while self.buffered.is_empty() {
+            self.buffered.extend(self.deliveries.recv().await?);
+        }
+        self.buffered.pop_front()
     }
 
     /// A delivery if one is ready now.
     pub fn try_next(&mut self) -> Option<Delivery> {
-        self.deliveries.try_recv().ok()
+        while self.buffered.is_empty() {
+            self.buffered.extend(self.deliveries.try_recv().ok()?);
+        }
+        self.buffered.pop_front()
     }
 
     pub fn ack(&self, seqs: &[u64]) {
