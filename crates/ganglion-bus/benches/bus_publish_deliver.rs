@@ -48,7 +48,7 @@ async fn run(bus: &Bus, patterns: &[&str], publishers: u64, total: u64) -> Durat
                 .unwrap(),
         );
     }
-    let topic = Topic::new("bench.events.x").unwrap();
+    let topic = Topic::new("bench.events().x").unwrap();
     let payload = Bytes::from(vec![7u8; 128]);
     let per_publisher = total.div_ceil(publishers);
     let started = Instant::now();
@@ -59,7 +59,7 @@ async fn run(bus: &Bus, patterns: &[&str], publishers: u64, total: u64) -> Durat
                 let mut got = 0;
                 while got < per_publisher * publishers {
                     let d = sub.next().await.expect("subscription open");
-                    got += d.events.len() as u64;
+                    got += d.events().len() as u64;
                 }
             })
         })
@@ -89,17 +89,17 @@ async fn run(bus: &Bus, patterns: &[&str], publishers: u64, total: u64) -> Durat
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let cases: &[(&str, bool, &[&str], u64)] = &[
-        ("ephemeral/one_exact", true, &["bench.events.x"], 1),
-        ("ephemeral/one_wildcard", true, &["bench.events.*"], 1),
-        ("ephemeral/fan_out_10", true, &["bench.events.*"; 10], 1),
-        ("durable/one_wildcard", false, &["bench.events.*"], 1),
+        ("ephemeral/one_exact", true, &["bench.events().x"], 1),
+        ("ephemeral/one_wildcard", true, &["bench.events().*"], 1),
+        ("ephemeral/fan_out_10", true, &["bench.events().*"; 10], 1),
+        ("durable/one_wildcard", false, &["bench.events().*"], 1),
         (
             "durable/one_wildcard_8_publishers",
             false,
-            &["bench.events.*"],
+            &["bench.events().*"],
             8,
         ),
-        ("durable/fan_out_10", false, &["bench.events.*"; 10], 1),
+        ("durable/fan_out_10", false, &["bench.events().*"; 10], 1),
     ];
     let mut group = c.benchmark_group("bus_publish_deliver_128B");
     group

@@ -342,8 +342,24 @@ impl Consumer {
     fn fill(&mut self) {
         let core = self.core.clone();
         let log = &core.log;
+        let mut recent = Vec::new();
         while !self.cut_off && self.ready.len() < self.max_ready() && self.cursor < log.next_seq() {
             let want = READ_BATCH.min(self.max_ready() - self.ready.len()).max(1);
+            // Recently published events come decoded from memory, shared with every
+            // other consumer; older ones from the log.
+            // (Not for events retention already deleted: the log decides what exists.)
+            recent.clear();
+            if self.cursor >= log.first_seq() {
+                core.recent.run(self.cursor, want, &mut recent);
+            }
+            if !recent.is_empty() {
+                self.has_read = true;
+                for event in recent.drain(..) {
+                    self.cursor = event.seq + 1;
+                    self.offer(event);
+                }
+                continue;
+            }
             let records = match log.read(self.cursor, want) {
                 Ok(records) => records,
                 Err(e) => {
@@ -389,13 +405,22 @@ impl Consumer {
                         continue;
                     }
                 };
-                if !self.options.filter.accepts(&event) {
-                    continue;
-                }
-                let attempt = self.resumed_attempts.remove(&seq).unwrap_or(0) + 1;
-                self.push_ready(Arc::new(event), attempt);
+                self.offer(Arc::new(event));
             }
         }
+    }
+
+    /// Takes a logged event into the ready queue if this consumer wants it.
+    fn offer(&mut self, event: Arc<Event>) {
+        let seq = event.seq;
+        if !self.pattern.matches(&event.topic)
+            || self.done.contains(&seq)
+            || !self.options.filter.accepts(&event)
+        {
+            return;
+        }
+        let attempt = self.resumed_attempts.remove(&seq).unwrap_or(0) + 1;
+        self.push_ready(event, attempt);
     }
 
     fn push_ready(&mut self, event: Arc<Event>, attempt: u32) {
@@ -446,12 +471,7 @@ impl Consumer {
                         attempt: 1,
                         coalesced: 1,
                     };
-                    Delivery::new(
-                        vec![delivered],
-                        Vec::new(),
-                        Vec::new(),
-                        member.control.clone(),
-                    )
+                    Delivery::single(delivered, None, member.control.clone())
                 } else if self.in_flight.len() < self.max_in_flight()
                     && let Some(ready) = self.ready.pop()
                 {
@@ -460,12 +480,8 @@ impl Consumer {
                         attempt: ready.attempt,
                         coalesced: 1,
                     };
-                    let delivery = Delivery::new(
-                        vec![delivered],
-                        Vec::new(),
-                        vec![ready.seq],
-                        member.control.clone(),
-                    );
+                    let delivery =
+                        Delivery::single(delivered, Some(ready.seq), member.control.clone());
                     let id = member.id;
                     self.delivered(ready.seq, ready.event, ready.attempt, id);
                     delivery
@@ -552,7 +568,7 @@ impl Consumer {
             tries -= 1;
             let i = self.next_member % self.members.len();
             let member = &self.members[i];
-            let delivery = Delivery::new(events, counts, seqs, member.control.clone());
+            let delivery = Delivery::batch(events, counts, seqs, member.control.clone());
             match member.tx.try_send(vec![delivery]) {
                 Ok(()) => {
                     self.next_member = i + 1;
@@ -560,12 +576,8 @@ impl Consumer {
                 }
                 Err(e) => {
                     let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
-                    let mut back = e.into_inner().pop().expect("one delivery");
-                    (events, counts, seqs) = (
-                        std::mem::take(&mut back.events),
-                        std::mem::take(&mut back.counts),
-                        std::mem::take(&mut back.seqs),
-                    );
+                    let back = e.into_inner().pop().expect("one delivery");
+                    (events, counts, seqs) = back.into_parts();
                     if closed {
                         let id = self.members[i].id;
                         self.members.remove(i);

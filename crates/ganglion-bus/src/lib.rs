@@ -33,6 +33,7 @@ mod codec;
 mod consumer;
 mod dedupe;
 mod dlq;
+mod recent;
 mod state;
 pub mod testing;
 
@@ -168,6 +169,7 @@ pub(crate) struct Core {
     dedupe: Mutex<Dedupe>,
     topics: Mutex<BTreeMap<Topic, TopicStats>>,
     registry: Mutex<Registry>,
+    pub(crate) recent: recent::Recent,
     next_id: AtomicU64,
     closed: AtomicBool,
 }
@@ -347,6 +349,7 @@ impl Core {
                     dedupe.settle(key, Some((published.clone(), expires)));
                 }
                 acks[i] = Some(published);
+                events[i].seq = seq;
                 let stats = topics.entry(events[i].topic.clone()).or_default();
                 stats.events += 1;
                 stats.last_seq = seq;
@@ -361,19 +364,25 @@ impl Core {
                 ..a
             });
         }
-        if classes.contains(&StorageClass::Ephemeral) {
-            let mut shared = Vec::new();
-            for (i, event) in events.into_iter().enumerate() {
-                if classes[i] == StorageClass::Ephemeral {
-                    acks[i] = Some(PublishAck {
-                        seq: 0,
-                        id: event.id.clone(),
-                        duplicate: false,
-                    });
-                    shared.push(Arc::new(event));
-                }
+        let mut logged = Vec::with_capacity(to_log.len());
+        let mut ephemeral = Vec::new();
+        for (i, event) in events.into_iter().enumerate() {
+            if classes[i] == StorageClass::Ephemeral {
+                acks[i] = Some(PublishAck {
+                    seq: 0,
+                    id: event.id.clone(),
+                    duplicate: false,
+                });
+                ephemeral.push(Arc::new(event));
+            } else if event.seq != 0 {
+                logged.push(Arc::new(event));
             }
-            self.route_ephemeral(shared).await;
+        }
+        if !logged.is_empty() {
+            self.recent.add(logged);
+        }
+        if !ephemeral.is_empty() {
+            self.route_ephemeral(ephemeral).await;
         }
         Ok(acks
             .into_iter()
@@ -390,34 +399,40 @@ impl Core {
         {
             let mut topics = lock(&self.topics);
             let registry = lock(&self.registry);
+            // Events of one topic usually come in runs: match each run once.
             let mut last_topic: Option<&Topic> = None;
             let mut stats: Option<&mut TopicStats> = None;
+            let mut matched: Vec<usize> = Vec::new();
             for event in &events {
                 if last_topic != Some(&event.topic) {
                     let s = topics.entry(event.topic.clone()).or_default();
                     s.storage = StorageClass::Ephemeral;
                     stats = Some(s);
                     last_topic = Some(&event.topic);
+                    matched.clear();
+                    registry.ephemeral.for_each_match(&event.topic, |key| {
+                        if let Some(i) = targets.iter().position(|t| t.0 == *key) {
+                            matched.push(i);
+                        } else if let Some(entry) =
+                            registry.consumers.get(key).filter(|e| !e.cut_off)
+                        {
+                            let target = (
+                                key.clone(),
+                                entry.ephemeral.clone(),
+                                entry.shared.clone(),
+                                Vec::new(),
+                            );
+                            targets.push(target);
+                            matched.push(targets.len() - 1);
+                        }
+                    });
                 }
                 if let Some(s) = stats.as_deref_mut() {
                     s.events += 1;
                 }
-                registry.ephemeral.for_each_match(&event.topic, |key| {
-                    match targets.iter_mut().find(|t| t.0 == *key) {
-                        Some(target) => target.3.push(event.clone()),
-                        None => {
-                            if let Some(entry) = registry.consumers.get(key).filter(|e| !e.cut_off)
-                            {
-                                targets.push((
-                                    key.clone(),
-                                    entry.ephemeral.clone(),
-                                    entry.shared.clone(),
-                                    vec![event.clone()],
-                                ));
-                            }
-                        }
-                    }
-                });
+                for &i in &matched {
+                    targets[i].3.push(event.clone());
+                }
             }
         }
         let buffer = self.options.ephemeral_buffer.max(1);
@@ -615,6 +630,7 @@ impl Bus {
             dedupe: Mutex::new(Dedupe::default()),
             topics: Mutex::new(BTreeMap::new()),
             registry: Mutex::new(Registry::default()),
+            recent: recent::Recent::default(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         };

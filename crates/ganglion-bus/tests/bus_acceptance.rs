@@ -122,9 +122,9 @@ async fn keep_last_over_1000_updates_to_10_keys_delivers_10_events_per_window() 
         settle().await;
         h.clock.advance(Duration::from_millis(100));
         let batch = next(&mut strategy).await;
-        assert_eq!(batch.events.len(), 10, "window {window}");
+        assert_eq!(batch.events().len(), 10, "window {window}");
         let latest: HashMap<String, String> = batch
-            .events
+            .events()
             .iter()
             .map(|e| {
                 let key = e.event.header("game_id").unwrap().to_owned();
@@ -134,7 +134,7 @@ async fn keep_last_over_1000_updates_to_10_keys_delivers_10_events_per_window() 
         for k in 0..10 {
             assert_eq!(latest[&format!("g{k}")], format!("w{window}-u{}", 990 + k));
         }
-        assert!(batch.events.iter().all(|e| e.coalesced == 100));
+        assert!(batch.events().iter().all(|e| e.coalesced == 100));
     }
 }
 

@@ -23,7 +23,7 @@ fn batched(aggregation: Aggregation, key: GroupKey, max_events: usize) -> Subscr
 }
 
 fn payloads(d: &ganglion_core::bus::Delivery) -> Vec<String> {
-    d.events
+    d.events()
         .iter()
         .map(|e| String::from_utf8(e.event.payload.to_vec()).unwrap())
         .collect()
@@ -50,7 +50,7 @@ async fn a_window_delivers_everything_that_arrived_within_100_ms_together() {
     h.clock.advance(Duration::from_millis(1));
     let batch = next(&mut sub).await;
     assert_eq!(payloads(&batch), ["1", "2", "3"]);
-    assert_eq!(batch.seqs, [1, 2, 3]);
+    assert_eq!(batch.seqs(), [1, 2, 3]);
     batch.ack();
 
     // The next window opens with the next event.
@@ -106,7 +106,7 @@ async fn keep_last_coalesces_high_frequency_updates_per_key() {
     h.clock.advance(Duration::from_millis(100));
     let batch = next(&mut strategy).await;
     assert_eq!(payloads(&batch), ["g1-round-3", "g2-round-2"]);
-    let coalesced: Vec<u64> = batch.events.iter().map(|e| e.coalesced).collect();
+    let coalesced: Vec<u64> = batch.events().iter().map(|e| e.coalesced).collect();
     assert_eq!(coalesced, [3, 2]);
 }
 
@@ -129,9 +129,9 @@ async fn count_reports_how_many_events_each_key_had() {
     settle().await;
     h.clock.advance(Duration::from_millis(100));
     let d = next(&mut analytics).await;
-    assert!(d.events.is_empty());
+    assert!(d.events().is_empty());
     assert_eq!(
-        d.counts,
+        d.counts(),
         [
             KeyCount {
                 key: "game.hand".into(),
@@ -144,7 +144,7 @@ async fn count_reports_how_many_events_each_key_had() {
         ]
     );
     assert_eq!(
-        d.seqs,
+        d.seqs(),
         [1, 2, 3, 4],
         "acking the counts acks every counted event"
     );
@@ -175,5 +175,5 @@ async fn a_nacked_batch_is_redelivered_whole_with_its_attempt_numbers() {
     h.clock.advance(Duration::from_millis(100));
     let again = next(&mut sub).await;
     assert_eq!(payloads(&again), ["1", "2"]);
-    assert!(again.events.iter().all(|e| e.attempt == 2));
+    assert!(again.events().iter().all(|e| e.attempt == 2));
 }

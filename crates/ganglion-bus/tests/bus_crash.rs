@@ -46,7 +46,7 @@ fn child_subscriber() {
             // Work a little, so the kill lands mid-stream.
             tokio::time::sleep(Duration::from_micros(200)).await;
             // Report first: whatever the bus may have recorded as acked is reported.
-            writeln!(stdout, "ACK {}", d.seqs[0]).unwrap();
+            writeln!(stdout, "ACK {}", d.seqs()[0]).unwrap();
             stdout.flush().unwrap();
             d.ack();
         }
@@ -123,7 +123,7 @@ async fn a_durable_subscriber_killed_mid_stream_loses_nothing() {
                     panic!("trial {trial}: events {missing:?} were lost")
                 })
                 .unwrap();
-            let seq = d.seqs[0];
+            let seq = d.seqs()[0];
             if acked_by_child.contains(&seq) {
                 redelivered += 1;
             }

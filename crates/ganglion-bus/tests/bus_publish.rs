@@ -155,7 +155,7 @@ async fn ephemeral_topics_skip_the_log_and_reach_only_current_subscribers() {
     assert_eq!(ack.seq, 0);
     assert_eq!(h.bus.log().next_seq(), 1, "nothing logged");
     let d = next(&mut sub).await;
-    assert_eq!((payload(&d), d.seqs.len()), ("tick".to_string(), 0));
+    assert_eq!((payload(&d), d.seqs().len()), ("tick".to_string(), 0));
 
     h.bus
         .publish(event("game.hand.played", "durable"))

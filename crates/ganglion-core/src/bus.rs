@@ -420,49 +420,113 @@ pub struct KeyCount {
 /// event it covers.
 #[derive(Debug)]
 pub struct Delivery {
-    pub events: Vec<DeliveredEvent>,
-    /// Per-key counts, for `Aggregation::Count`.
-    pub counts: Vec<KeyCount>,
-    /// Every log sequence this delivery covers (coalesced and counted ones included).
-    pub seqs: Vec<u64>,
+    body: Body,
     control: Arc<dyn SubscriptionControl>,
 }
 
+/// A single event needs no allocation beyond the event itself.
+#[derive(Debug)]
+enum Body {
+    One {
+        event: DeliveredEvent,
+        /// `None` for an ephemeral event.
+        seq: Option<u64>,
+    },
+    Batch {
+        events: Vec<DeliveredEvent>,
+        counts: Vec<KeyCount>,
+        seqs: Vec<u64>,
+    },
+}
+
 impl Delivery {
-    pub fn new(
+    /// One event (with its log sequence, or `None` for an ephemeral event).
+    pub fn single(
+        event: DeliveredEvent,
+        seq: Option<u64>,
+        control: Arc<dyn SubscriptionControl>,
+    ) -> Self {
+        Delivery {
+            body: Body::One { event, seq },
+            control,
+        }
+    }
+
+    /// A batch window: its events, per-key counts, and every log sequence it covers.
+    pub fn batch(
         events: Vec<DeliveredEvent>,
         counts: Vec<KeyCount>,
         seqs: Vec<u64>,
         control: Arc<dyn SubscriptionControl>,
     ) -> Self {
         Delivery {
-            events,
-            counts,
-            seqs,
+            body: Body::Batch {
+                events,
+                counts,
+                seqs,
+            },
             control,
+        }
+    }
+
+    /// The events delivered (one, unless this is a batch window).
+    pub fn events(&self) -> &[DeliveredEvent] {
+        match &self.body {
+            Body::One { event, .. } => std::slice::from_ref(event),
+            Body::Batch { events, .. } => events,
+        }
+    }
+
+    /// Per-key counts, for `Aggregation::Count`.
+    pub fn counts(&self) -> &[KeyCount] {
+        match &self.body {
+            Body::One { .. } => &[],
+            Body::Batch { counts, .. } => counts,
+        }
+    }
+
+    /// Every log sequence this delivery covers (coalesced and counted ones included);
+    /// empty for ephemeral events.
+    pub fn seqs(&self) -> &[u64] {
+        match &self.body {
+            Body::One { seq: Some(seq), .. } => std::slice::from_ref(seq),
+            Body::One { seq: None, .. } => &[],
+            Body::Batch { seqs, .. } => seqs,
+        }
+    }
+
+    /// The parts of a batch delivery, for an engine that must take it back.
+    pub fn into_parts(self) -> (Vec<DeliveredEvent>, Vec<KeyCount>, Vec<u64>) {
+        match self.body {
+            Body::One { event, seq } => (vec![event], Vec::new(), seq.into_iter().collect()),
+            Body::Batch {
+                events,
+                counts,
+                seqs,
+            } => (events, counts, seqs),
         }
     }
 
     /// The first (for an unbatched subscription, the only) event.
     pub fn event(&self) -> Option<&Event> {
-        self.events.first().map(|e| &*e.event)
+        self.events().first().map(|e| &*e.event)
     }
 
     /// The attempt number of the first event.
     pub fn attempt(&self) -> u32 {
-        self.events.first().map_or(1, |e| e.attempt)
+        self.events().first().map_or(1, |e| e.attempt)
     }
 
     pub fn ack(&self) {
-        self.control.ack(&self.seqs);
+        self.control.ack(self.seqs());
     }
 
     pub fn nack(&self, delay: Option<Duration>, error: &str) {
-        self.control.nack(&self.seqs, delay, error);
+        self.control.nack(self.seqs(), delay, error);
     }
 
     pub fn term(&self, reason: &str) {
-        self.control.term(&self.seqs, reason);
+        self.control.term(self.seqs(), reason);
     }
 }
 

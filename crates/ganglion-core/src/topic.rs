@@ -65,8 +65,21 @@ fn check_common(s: &str) -> Result<(), TopicError> {
 }
 
 /// A topic events are published on: no wildcards. Cheap to clone.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Topic(Arc<str>);
+
+impl PartialEq for Topic {
+    fn eq(&self, other: &Self) -> bool {
+        // Clones of one topic share their bytes: compare pointers first.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for Topic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl Topic {
     /// Validates `s` as a topic.
