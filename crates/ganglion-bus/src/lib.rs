@@ -265,9 +265,18 @@ impl Core {
         for (i, event) in events.iter_mut().enumerate() {
             prepare(i, event, now_ms, self.options.max_event_bytes)?;
         }
+        // Events of one topic usually come in runs: classify each run once.
+        let mut run: Option<(&Topic, StorageClass)> = None;
         let classes: Vec<StorageClass> = events
             .iter()
-            .map(|e| self.options.storage_class(&e.topic))
+            .map(|e| match run {
+                Some((topic, class)) if *topic == e.topic => class,
+                _ => {
+                    let class = self.options.storage_class(&e.topic);
+                    run = Some((&e.topic, class));
+                    class
+                }
+            })
             .collect();
         let mut acks: Vec<Option<PublishAck>> = vec![None; events.len()];
 
