@@ -72,7 +72,7 @@ async fn run(bus: &Bus, patterns: &[&str], publishers: u64, total: u64) -> Durat
         .collect();
     let senders: Vec<_> = (0..publishers)
         .map(|_| {
-            let (bus, topic, payload) = (bus.clone(), topic.clone(), payload.clone());
+            let (bus, topic) = (bus.clone(), topic.clone());
             tokio::spawn(async move {
                 let mut sent = 0;
                 while sent < per_publisher {
