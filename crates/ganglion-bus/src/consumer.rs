@@ -33,11 +33,13 @@ const READ_BATCH: usize = 256;
 /// Most deliveries handed to a subscriber in one channel operation.
 const MAX_CHUNK: usize = 256;
 
-/// Deliveries per chunk, and chunks a subscriber's channel holds: together about
-/// `max_in_flight`, so that bounds what waits for a subscriber in every ack mode.
+/// Deliveries per chunk, and chunks a subscriber's channel holds (`max_in_flight`, so
+/// events trickling in one per chunk can still fill the in-flight window). With manual
+/// acks the in-flight cap bounds what waits for a subscriber; with auto acks and for
+/// ephemeral events, at most `max_in_flight` chunks of `min(256, max_in_flight)` do.
 pub(crate) fn member_channel(max_in_flight: usize) -> (usize, usize) {
     let chunk = MAX_CHUNK.min(max_in_flight).max(1);
-    (chunk, (max_in_flight / chunk).max(1))
+    (chunk, max_in_flight.max(1))
 }
 
 /// What reaches a consumer task from its subscribers and from the bus.
@@ -177,6 +179,7 @@ pub(crate) struct Consumer {
     blocked: bool,
     cut_off: bool,
     log_closed: bool,
+    ephemeral_closed: bool,
     /// The cursor has been read from once (a gap after that means the log's retention
     /// overtook this consumer).
     has_read: bool,
@@ -215,6 +218,7 @@ impl Consumer {
             blocked: false,
             cut_off: false,
             log_closed: false,
+            ephemeral_closed: false,
             has_read: false,
             cursor: spec.cursor,
             ready: BinaryHeap::new(),
@@ -270,6 +274,7 @@ impl Consumer {
             let wants_log =
                 !self.cut_off && !self.log_closed && self.ready.len() < self.max_ready();
             let wants_ephemeral = !self.cut_off
+                && !self.ephemeral_closed
                 && !self.blocked
                 && self.ephemeral_ready.len() < READ_BATCH
                 && !self.members.is_empty();
@@ -311,13 +316,17 @@ impl Consumer {
                 }
                 _ = wait_unblocked, if self.blocked => self.blocked = false,
                 events = ephemeral.recv(), if wants_ephemeral => {
+                    if events.is_none() {
+                        self.ephemeral_closed = true;
+                    }
                     // Take what is waiting in bulk: one turn of this loop per batch.
                     let mut next = events;
                     while let Some(events) = next {
-                        let before = events.len();
+                        let (offered, had) = (events.len(), self.ephemeral_ready.len());
                         self.ephemeral_ready
                             .extend(events.into_iter().filter(|e| self.options.filter.accepts(e)));
-                        self.return_permits(before - (self.ephemeral_ready.len().min(before)));
+                        // Filtered-out events leave at once: give their room back.
+                        self.return_permits(offered - (self.ephemeral_ready.len() - had));
                         next = if self.ephemeral_ready.len() < READ_BATCH {
                             ephemeral.try_recv().ok()
                         } else {

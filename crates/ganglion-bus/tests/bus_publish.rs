@@ -332,3 +332,33 @@ async fn replay_returns_a_patterns_events_from_a_sequence_or_a_time() {
     let names: Vec<_> = topics.iter().map(|t| t.topic.as_str()).collect();
     assert_eq!(names, ["chat.a", "game.a", "game.b", "game.c"]);
 }
+
+#[tokio::test]
+async fn ephemeral_events_a_filter_drops_do_not_use_up_the_buffer() {
+    let h = harness_with(fast_topics);
+    let options = SubscribeOptions {
+        filter: ganglion_core::bus::Filter {
+            types: vec!["wanted".into()],
+            ..Default::default()
+        },
+        ..SubscribeOptions::default()
+    };
+    let mut picky = h.bus.subscribe(pattern("fast.>"), options).await.unwrap();
+    for i in 0..100 {
+        // Mostly unwanted events, more than the buffer of 8 holds.
+        let event_type = if i % 10 == 0 { "wanted" } else { "other" };
+        let publish = h
+            .bus
+            .publish(event("fast.tick", &i.to_string()).with_type(event_type));
+        // A publisher waiting for room that never comes would hang: fail instead.
+        tokio::time::timeout(Duration::from_secs(10), publish)
+            .await
+            .expect("the buffer has room")
+            .unwrap();
+        settle().await;
+    }
+    for i in (0..100).step_by(10) {
+        assert_eq!(payload(&next(&mut picky).await), i.to_string());
+    }
+    assert!(picky.closed_reason().is_none());
+}
