@@ -73,13 +73,7 @@ async fn a_poison_event_is_tried_max_deliveries_times_on_schedule_then_dead_lett
     assert_eq!(healthy_delivered, healthy_published);
     assert!(healthy_published > 20);
 
-    let letters = loop {
-        let letters = h.bus.dead_letters("scorer".into(), 10).await.unwrap();
-        if !letters.is_empty() {
-            break letters;
-        }
-        settle().await;
-    };
+    let letters = dead_letters_soon(&h.bus, "scorer").await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 5);
     assert_eq!(letters[0].last_error, "cannot score hand (attempt 5)");

@@ -31,10 +31,22 @@ async fn a_queue_group_gives_each_event_to_exactly_one_member() {
     let mut seen = HashSet::new();
     let (mut from_a, mut from_b) = (0, 0);
     while seen.len() < 100 {
-        tokio::select! {
-            Some(d) = a.next() => { from_a += 1; assert!(seen.insert(payload(&d))); d.ack(); }
-            Some(d) = b.next() => { from_b += 1; assert!(seen.insert(payload(&d))); d.ack(); }
+        let either = async {
+            tokio::select! {
+                Some(d) = a.next() => (true, d),
+                Some(d) = b.next() => (false, d),
+            }
+        };
+        let (from_first, d) = tokio::time::timeout(Duration::from_secs(10), either)
+            .await
+            .expect("a delivery within 10 s");
+        if from_first {
+            from_a += 1;
+        } else {
+            from_b += 1;
         }
+        assert!(seen.insert(payload(&d)), "{} delivered twice", payload(&d));
+        d.ack();
     }
     assert!(
         from_a > 0 && from_b > 0,

@@ -250,13 +250,7 @@ async fn term_sends_an_event_straight_to_the_dead_letter_topic() {
     let d = next(&mut sub).await;
     d.term("cannot parse");
     let name = sub.name().to_owned();
-    let letters = loop {
-        let letters = h.bus.dead_letters(name.clone(), 10).await.unwrap();
-        if !letters.is_empty() {
-            break letters;
-        }
-        settle().await;
-    };
+    let letters = dead_letters_soon(&h.bus, &name).await;
     assert_eq!(
         (letters[0].attempts, letters[0].last_error.as_str()),
         (1, "cannot parse")

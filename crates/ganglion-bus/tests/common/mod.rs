@@ -62,3 +62,26 @@ pub async fn settle() {
 pub fn payload(d: &Delivery) -> String {
     String::from_utf8(d.event().unwrap().payload.to_vec()).unwrap()
 }
+
+/// The dead letters of `subscription`, once there are some (the dead-letter
+/// publication happens in the consumer's task); fails the test rather than hang.
+pub async fn dead_letters_soon(
+    bus: &impl ganglion_core::EventBus,
+    subscription: &str,
+) -> Vec<ganglion_core::bus::DeadLetter> {
+    let wait = async {
+        loop {
+            let letters = bus
+                .dead_letters(subscription.to_owned(), 100)
+                .await
+                .unwrap();
+            if !letters.is_empty() {
+                return letters;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("dead letters within 10 s")
+}
