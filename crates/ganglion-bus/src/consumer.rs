@@ -934,9 +934,15 @@ impl Consumer {
         for ((_, seq), w) in self.retries.iter().chain(&self.dead_pending) {
             attempts.insert(*seq, w.attempt);
         }
-        for r in &self.ready {
-            if r.attempt > 1 {
-                attempts.insert(r.seq, r.attempt - 1);
+        // Waiting events carry the attempt they will be delivered as.
+        let waiting = self.ready.iter().map(|r| (r.seq, r.attempt));
+        let windowed = self
+            .window
+            .iter()
+            .flat_map(|w| w.items.iter().map(|(e, a)| (e.seq, *a)));
+        for (seq, attempt) in waiting.chain(windowed) {
+            if seq != 0 && attempt > 1 {
+                attempts.insert(seq, attempt - 1);
             }
         }
         let state = DurableState {
