@@ -112,7 +112,7 @@ pub fn decode(record: &Bytes, seq: u64) -> Result<Event, DecodeError> {
     let mut r = Reader::start(record, seq)?;
     let topic = r.str16()?;
     let topic = Topic::new(topic).or_else(|_| r.fail("the topic is invalid"))?;
-    let id = r.str16()?.to_owned();
+    let id = std::sync::Arc::from(r.str16()?);
     let event_type = r.str16()?.to_owned();
     let source = r.str16()?.to_owned();
     let content_type = r.str16()?.to_owned();

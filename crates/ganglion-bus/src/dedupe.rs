@@ -109,7 +109,7 @@ mod tests {
     fn ack(seq: u64) -> PublishAck {
         PublishAck {
             seq,
-            id: format!("id-{seq}"),
+            id: format!("id-{seq}").into(),
             duplicate: false,
         }
     }

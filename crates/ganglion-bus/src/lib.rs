@@ -194,10 +194,10 @@ fn prepare(i: usize, event: &mut Event, now_ms: u64, max_bytes: usize) -> Result
         event.id = ganglion_core::new_event_id();
     }
     for (name, value) in [
-        ("id", &event.id),
-        ("type", &event.event_type),
-        ("source", &event.source),
-        ("content_type", &event.content_type),
+        ("id", &*event.id),
+        ("type", event.event_type.as_str()),
+        ("source", event.source.as_str()),
+        ("content_type", event.content_type.as_str()),
     ] {
         if value.len() > MAX_FIELD_BYTES {
             return Err(BusError::invalid(

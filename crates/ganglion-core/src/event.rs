@@ -1,6 +1,7 @@
 //! The event envelope.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -24,7 +25,7 @@ pub mod headers {
 ///
 /// The random bits come from a per-thread generator seeded from the operating system
 /// once, not from a system call per id: ids are made at publication rates.
-pub fn new_event_id() -> String {
+pub fn new_event_id() -> Arc<str> {
     use std::cell::Cell;
     use std::hash::{BuildHasher, Hasher};
 
@@ -51,14 +52,15 @@ pub fn new_event_id() -> String {
     let millis = crate::unix_micros(std::time::SystemTime::now()) / 1000;
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut buf).to_owned()
+    Arc::from(&*id.hyphenated().encode_lower(&mut buf))
 }
 
 /// One event. Payloads are [`Bytes`], so fanning an event out never copies them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Unique id; a UUIDv7 unless the publisher gave one.
-    pub id: String,
+    /// Unique id; a UUIDv7 unless the publisher gave one. Shared, so acks and fan-out
+    /// copy a pointer, not the string.
+    pub id: Arc<str>,
     pub topic: Topic,
     /// What kind of event this is (`GameStateUpdate`); free-form, may be empty.
     pub event_type: String,
