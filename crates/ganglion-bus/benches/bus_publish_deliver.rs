@@ -125,6 +125,7 @@ fn bench(c: &mut Criterion) {
     let rt = runtime();
     let cases: &[(&str, bool, &[&str], u64)] = &[
         ("ephemeral/one_exact", true, &["bench.events.x"], 1),
+        ("ephemeral/one_exact_prebuilt", true, &["bench.events.x"], 1),
         ("ephemeral/one_wildcard", true, &["bench.events.*"], 1),
         ("ephemeral/fan_out_10", true, &["bench.events.*"; 10], 1),
         ("durable/one_wildcard", false, &["bench.events.*"], 1),
