@@ -107,6 +107,19 @@ pub fn peek_topic(record: &[u8], seq: u64) -> Result<&str, DecodeError> {
     Reader::start(record, seq)?.str16()
 }
 
+/// Decodes record `seq` if its topic matches `pattern` (`Ok(None)` if not), reading
+/// only the topic of the records it skips.
+pub(crate) fn decode_matching(
+    record: &Bytes,
+    seq: u64,
+    pattern: &ganglion_core::Pattern,
+) -> Result<Option<Event>, DecodeError> {
+    if !pattern.matches_str(peek_topic(record, seq)?) {
+        return Ok(None);
+    }
+    decode(record, seq).map(Some)
+}
+
 /// Decodes the event stored as log record `seq`.
 pub fn decode(record: &Bytes, seq: u64) -> Result<Event, DecodeError> {
     let mut r = Reader::start(record, seq)?;

@@ -395,26 +395,16 @@ impl Consumer {
             self.has_read = true;
             self.cursor = last.seq + 1;
             for record in records {
-                let seq = record.seq;
-                match codec::peek_topic(&record.payload, seq) {
-                    Ok(topic) if self.pattern.matches_str(topic) => {}
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
-                        continue;
-                    }
-                }
-                if self.done.contains(&seq) {
+                if self.done.contains(&record.seq) {
                     continue;
                 }
-                let event = match codec::decode(&record.payload, seq) {
-                    Ok(event) => event,
+                match codec::decode_matching(&record.payload, record.seq, &self.pattern) {
+                    Ok(Some(event)) => self.offer(Arc::new(event)),
+                    Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
-                        continue;
                     }
-                };
-                self.offer(Arc::new(event));
+                }
             }
         }
     }

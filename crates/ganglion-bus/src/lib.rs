@@ -542,12 +542,9 @@ impl Core {
                 if record.seq >= until || out.len() >= limit {
                     break;
                 }
-                match codec::peek_topic(&record.payload, record.seq) {
-                    Ok(topic) if pattern.matches_str(topic) => {}
-                    _ => continue,
-                }
-                match codec::decode(&record.payload, record.seq) {
-                    Ok(event) => out.push(event),
+                match codec::decode_matching(&record.payload, record.seq, pattern) {
+                    Ok(Some(event)) => out.push(event),
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "skipping undecodable record"),
                 }
             }
@@ -669,7 +666,7 @@ impl Bus {
         &self,
         pattern: Pattern,
         options: SubscribeOptions,
-    ) -> Result<Subscription, BusError> {
+    ) -> Result<Attempt, BusError> {
         let core = &self.core;
         let id = SubscriptionId(core.next_id.fetch_add(1, Ordering::Relaxed));
         let (key, name) = match (&options.durable, &options.queue_group) {
@@ -678,9 +675,12 @@ impl Bus {
             (None, None) => (format!("s:{id}"), id.to_string()),
         };
         let mut registry = lock(&core.registry);
-        if let Some(finished) = registry.retiring.get(&key)
-            && *finished.borrow()
-        {
+        // A durable consumer stopped a moment ago may still be saving its state: wait for
+        // it before loading that state.
+        if let Some(finished) = registry.retiring.get(&key) {
+            if !*finished.borrow() {
+                return Ok(Attempt::Retiring(finished.clone()));
+            }
             registry.retiring.remove(&key);
         }
         let (tx, rx) = mpsc::channel(consumer::member_channel(options.max_in_flight).1);
@@ -716,7 +716,9 @@ impl Bus {
             entry.members.insert(id);
             registry.members.insert(id, key);
             drop(registry);
-            return Ok(self.subscription(id, name, rx, control));
+            return Ok(Attempt::Subscribed(
+                self.subscription(id, name, rx, control),
+            ));
         }
 
         // A new consumer. A durable one resumes from its saved state.
@@ -795,7 +797,9 @@ impl Bus {
         );
         registry.members.insert(id, key);
         drop(registry);
-        Ok(self.subscription(id, name, rx, control))
+        Ok(Attempt::Subscribed(
+            self.subscription(id, name, rx, control),
+        ))
     }
 
     fn subscription(
@@ -852,6 +856,13 @@ impl Bus {
         tracing::info!(subscription = %name, count = chosen.len(), "dead letters redriven");
         Ok(chosen.len() as u64)
     }
+}
+
+/// What one try at subscribing came to.
+enum Attempt {
+    Subscribed(Subscription),
+    /// The consumer of this name is still stopping: wait for it, then try again.
+    Retiring(watch::Receiver<bool>),
 }
 
 /// Unsubscribes when the subscription is dropped.
@@ -987,17 +998,14 @@ impl EventBus for Bus {
                 return Err(BusError::Closed);
             }
             options.validate()?;
-            // A durable consumer stopped a moment ago may still be saving its state.
-            if let Some(durable) = &options.durable {
-                let retiring = lock(&self.core.registry)
-                    .retiring
-                    .get(&format!("d:{durable}"))
-                    .cloned();
-                if let Some(mut finished) = retiring {
-                    let _ = finished.wait_for(|done| *done).await;
+            loop {
+                match self.subscribe_now(pattern.clone(), options.clone())? {
+                    Attempt::Subscribed(subscription) => return Ok(subscription),
+                    Attempt::Retiring(mut finished) => {
+                        let _ = finished.wait_for(|done| *done).await;
+                    }
                 }
             }
-            self.subscribe_now(pattern, options)
         })
     }
 
