@@ -230,13 +230,11 @@ fn prepare(i: usize, event: &mut Event, now_ms: u64, max_bytes: usize) -> Result
         }
     }
     if event.size() > max_bytes {
-        return Err(BusError::invalid(
-            field("payload"),
-            format!(
-                "the event is {} bytes; at most {max_bytes} are allowed",
-                event.size()
-            ),
-        ));
+        return Err(BusError::TooLarge {
+            field: field("payload"),
+            size: event.size(),
+            limit: max_bytes,
+        });
     }
     if event.timestamp_ms == 0 {
         event.timestamp_ms = now_ms;
@@ -610,13 +608,31 @@ impl Bus {
     /// Opens the bus in `options.data_dir`, recovering its log, topics, idempotency keys
     /// and (as their subscribers return) its durable consumers.
     pub fn open(options: BusOptions) -> Result<Bus, BusError> {
+        Bus::open_inner(options, None)
+    }
+
+    /// Opens the bus with its log on `storage` (a `MemStorage` with faults injected, say)
+    /// and its consumers' state in memory: for tests of what clients see when the disk
+    /// fails.
+    pub fn open_on_storage(
+        options: BusOptions,
+        storage: Arc<dyn ganglion_log::storage::Storage>,
+    ) -> Result<Bus, BusError> {
+        Bus::open_inner(options, Some(storage))
+    }
+
+    fn open_inner(
+        options: BusOptions,
+        storage: Option<Arc<dyn ganglion_log::storage::Storage>>,
+    ) -> Result<Bus, BusError> {
         let log_options = LogOptions {
             clock: options.clock.clone(),
             ..options.log.clone()
         };
         let unavailable = |e: LogError| BusError::Unavailable(e.to_string());
-        let (log, states) = if options.in_memory {
-            let storage = Arc::new(ganglion_log::storage::MemStorage::new());
+        let (log, states) = if options.in_memory || storage.is_some() {
+            let storage =
+                storage.unwrap_or_else(|| Arc::new(ganglion_log::storage::MemStorage::new()));
             let log = Log::open_with_storage(storage, "/ganglion/log", log_options)
                 .map_err(unavailable)?;
             (log, state::StateStore::Memory(Mutex::default()))

@@ -69,6 +69,13 @@ pub enum BusError {
     /// The caller sent something invalid; `field` names it (`events[2].topic`).
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
+    /// An event is larger than the bus accepts (HTTP 413; INVALID_ARGUMENT over gRPC).
+    #[error("{field}: the event is {size} bytes; at most {limit} are allowed")]
+    TooLarge {
+        field: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("{what} not found")]
     NotFound { what: String },
     /// A limit was reached; try again after `retry_after`.
@@ -86,11 +93,23 @@ pub enum BusError {
 impl BusError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            BusError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            BusError::InvalidArgument { .. } | BusError::TooLarge { .. } => {
+                ErrorCode::InvalidArgument
+            }
             BusError::NotFound { .. } => ErrorCode::NotFound,
             BusError::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
             BusError::Unavailable(_) | BusError::Closed => ErrorCode::Unavailable,
             BusError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The field an invalid-argument error names, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            BusError::InvalidArgument { field, .. } | BusError::TooLarge { field, .. } => {
+                Some(field)
+            }
+            _ => None,
         }
     }
 
@@ -619,6 +638,12 @@ impl Subscription {
     /// Why the engine closed this subscription (a slow ephemeral subscriber, say).
     pub fn closed_reason(&self) -> Option<String> {
         self.control.closed_reason()
+    }
+
+    /// A handle that settles this subscription's deliveries by sequence from another
+    /// task (a transport reading acks while another task sends deliveries).
+    pub fn control(&self) -> Arc<dyn SubscriptionControl> {
+        self.control.clone()
     }
 }
 

@@ -248,3 +248,66 @@ mod tests {
         assert_eq!(clock.sleepers(), 0);
     }
 }
+
+/// A point in time as people write it on a command line or in a query: milliseconds
+/// since the Unix epoch (`1764300000000`), or an age before `now` (`500ms`, `90s`, `15m`,
+/// `2h`, `1d`). The error says what was expected.
+pub fn parse_since(since: &str, now: SystemTime) -> Result<SystemTime, String> {
+    let bad = || {
+        format!(
+            "{since:?} is neither milliseconds since the epoch nor an age like 90s, 15m, 2h or 1d"
+        )
+    };
+    if let Ok(ms) = since.parse::<u64>() {
+        return Ok(UNIX_EPOCH + Duration::from_millis(ms));
+    }
+    let split = since
+        .find(|c: char| !c.is_ascii_digit())
+        .filter(|&i| i > 0)
+        .ok_or_else(bad)?;
+    let (number, unit) = since.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let age = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(bad()),
+    };
+    Ok(now
+        .checked_sub(age)
+        .filter(|t| *t >= UNIX_EPOCH)
+        .unwrap_or(UNIX_EPOCH))
+}
+
+#[cfg(test)]
+mod since_tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_epoch_millis_or_an_age() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            parse_since("5000", now).unwrap(),
+            UNIX_EPOCH + Duration::from_millis(5000)
+        );
+        assert_eq!(
+            parse_since("15m", now).unwrap(),
+            now - Duration::from_secs(900)
+        );
+        assert_eq!(
+            parse_since("2h", now).unwrap(),
+            now - Duration::from_secs(7200)
+        );
+        assert_eq!(
+            parse_since("250ms", now).unwrap(),
+            now - Duration::from_millis(250)
+        );
+        assert_eq!(parse_since("99999d", now).unwrap(), UNIX_EPOCH);
+        for bad in ["yesterday", "5w", "m", "", "-5m"] {
+            let err = parse_since(bad, now).unwrap_err();
+            assert!(err.contains("neither"), "{bad}: {err}");
+        }
+    }
+}

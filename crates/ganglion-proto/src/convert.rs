@@ -1,0 +1,628 @@
+//! The one mapping between the wire (`v1`) and the bus contract (`ganglion_core::bus`),
+//! used by the server and the client alike, and the one mapping of [`BusError`] to and
+//! from a gRPC [`Status`].
+//!
+//! Wire values that cannot be valid are refused with a [`BusError::InvalidArgument`]
+//! naming the field (`events[3].topic`, `options.backoff.multiplier`); zero values mean
+//! "the default", as the proto file says.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ganglion_core::bus::{
+    AckMode, Aggregation, Backoff, BatchOptions, BusError, DeadLetter, DeliveredEvent, ErrorCode,
+    Filter, GroupKey, KeyCount, PublishAck, StartPosition, StorageClass, SubscribeOptions,
+    TopicInfo,
+};
+use ganglion_core::{Event, Pattern, Topic, new_event_id};
+use tonic::{Code, Status};
+
+use crate::v1;
+
+/// Metadata key naming the offending field of an `INVALID_ARGUMENT` status.
+pub const FIELD_METADATA: &str = "ganglion-field";
+/// Metadata key carrying how long to wait (ms) after a `RESOURCE_EXHAUSTED` status.
+pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+
+// ---- events ----
+
+/// A core event on the wire (moves the payload and headers).
+pub fn event_to_wire(event: Event) -> v1::Event {
+    v1::Event {
+        id: event.id.to_string(),
+        topic: event.topic.as_str().to_owned(),
+        r#type: event.event_type,
+        source: event.source,
+        timestamp_ms: event.timestamp_ms,
+        headers: event.headers,
+        payload: event.payload,
+        content_type: event.content_type,
+        seq: event.seq,
+    }
+}
+
+/// A wire event as a core event; `field` names it in errors (`events[2]`). An empty id
+/// gets a fresh UUIDv7.
+pub fn event_from_wire(event: v1::Event, field: &str) -> Result<Event, BusError> {
+    let topic =
+        Topic::new(&event.topic).map_err(|e| BusError::invalid(format!("{field}.topic"), e))?;
+    let id: Arc<str> = if event.id.is_empty() {
+        new_event_id()
+    } else {
+        Arc::from(event.id)
+    };
+    Ok(Event {
+        id,
+        topic,
+        event_type: event.r#type,
+        source: event.source,
+        timestamp_ms: event.timestamp_ms,
+        headers: event.headers,
+        payload: event.payload,
+        content_type: event.content_type,
+        seq: event.seq,
+    })
+}
+
+/// The events of a publish request, each checked; errors name `events[i]`.
+pub fn events_from_wire(events: Vec<v1::Event>) -> Result<Vec<Event>, BusError> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| event_from_wire(e, &format!("events[{i}]")))
+        .collect()
+}
+
+pub fn ack_to_wire(ack: PublishAck) -> v1::PublishAck {
+    v1::PublishAck {
+        seq: ack.seq,
+        id: ack.id.to_string(),
+        duplicate: ack.duplicate,
+    }
+}
+
+pub fn ack_from_wire(ack: v1::PublishAck) -> PublishAck {
+    PublishAck {
+        seq: ack.seq,
+        id: Arc::from(ack.id),
+        duplicate: ack.duplicate,
+    }
+}
+
+pub fn delivered_to_wire(delivered: &DeliveredEvent) -> v1::DeliveredEvent {
+    v1::DeliveredEvent {
+        event: Some(event_to_wire((*delivered.event).clone())),
+        attempt: delivered.attempt,
+        coalesced: delivered.coalesced,
+    }
+}
+
+pub fn delivered_from_wire(
+    delivered: v1::DeliveredEvent,
+    field: &str,
+) -> Result<DeliveredEvent, BusError> {
+    let event = delivered
+        .event
+        .ok_or_else(|| BusError::invalid(format!("{field}.event"), "is missing"))?;
+    Ok(DeliveredEvent {
+        event: Arc::new(event_from_wire(event, &format!("{field}.event"))?),
+        attempt: delivered.attempt,
+        coalesced: delivered.coalesced,
+    })
+}
+
+pub fn key_count_to_wire(count: &KeyCount) -> v1::KeyCount {
+    v1::KeyCount {
+        key: count.key.clone(),
+        count: count.count,
+    }
+}
+
+pub fn key_count_from_wire(count: v1::KeyCount) -> KeyCount {
+    KeyCount {
+        key: count.key,
+        count: count.count,
+    }
+}
+
+// ---- subscriptions ----
+
+/// Subscribe options from the wire: zero values take the defaults; impossible values are
+/// refused naming `options.<field>`.
+pub fn options_from_wire(
+    options: Option<v1::SubscribeOptions>,
+) -> Result<SubscribeOptions, BusError> {
+    let defaults = SubscribeOptions::default();
+    let Some(o) = options else {
+        return Ok(defaults);
+    };
+    let ack_mode = match v1::AckMode::try_from(o.ack_mode) {
+        Ok(v1::AckMode::Manual) => AckMode::Manual,
+        Ok(v1::AckMode::Auto) => AckMode::Auto,
+        Err(_) => {
+            return Err(BusError::invalid(
+                "options.ack_mode",
+                format!("unknown value {}", o.ack_mode),
+            ));
+        }
+    };
+    let start = match o.start.and_then(|s| s.position) {
+        None | Some(v1::start_position::Position::New(_)) => StartPosition::New,
+        Some(v1::start_position::Position::All(_)) => StartPosition::All,
+        Some(v1::start_position::Position::Seq(seq)) => StartPosition::Seq(seq),
+        Some(v1::start_position::Position::TimeMs(ms)) => {
+            StartPosition::Time(UNIX_EPOCH + Duration::from_millis(ms))
+        }
+    };
+    let backoff = match o.backoff {
+        None => defaults.backoff,
+        Some(b) => Backoff {
+            initial: nonzero_ms(b.initial_ms, defaults.backoff.initial),
+            multiplier: if b.multiplier == 0.0 {
+                defaults.backoff.multiplier
+            } else {
+                b.multiplier
+            },
+            max: nonzero_ms(b.max_ms, defaults.backoff.max),
+            jitter: if b.jitter == 0.0 {
+                defaults.backoff.jitter
+            } else {
+                b.jitter.max(0.0)
+            },
+        },
+    };
+    let dead_letter_topic = match o.dead_letter_topic.as_str() {
+        "" => None,
+        topic => {
+            Some(Topic::new(topic).map_err(|e| BusError::invalid("options.dead_letter_topic", e))?)
+        }
+    };
+    let filter = o
+        .filter
+        .map(|f| Filter {
+            types: f.types,
+            headers: f.headers,
+        })
+        .unwrap_or_default();
+    let batch = match o.batch {
+        None => None,
+        Some(b) => {
+            let d = BatchOptions::default();
+            let aggregation = match v1::Aggregation::try_from(b.aggregation) {
+                Ok(v1::Aggregation::None) => Aggregation::None,
+                Ok(v1::Aggregation::KeepLast) => Aggregation::KeepLast,
+                Ok(v1::Aggregation::Count) => Aggregation::Count,
+                Err(_) => {
+                    return Err(BusError::invalid(
+                        "options.batch.aggregation",
+                        format!("unknown value {}", b.aggregation),
+                    ));
+                }
+            };
+            Some(BatchOptions {
+                window: nonzero_ms(b.window_ms, d.window),
+                max_events: if b.max_events == 0 {
+                    d.max_events
+                } else {
+                    b.max_events as usize
+                },
+                key: if b.key_header.is_empty() {
+                    GroupKey::Topic
+                } else {
+                    GroupKey::Header(b.key_header)
+                },
+                aggregation,
+            })
+        }
+    };
+    let options = SubscribeOptions {
+        durable: nonempty(o.durable),
+        queue_group: nonempty(o.queue_group),
+        start,
+        ack_mode,
+        ack_deadline: nonzero_ms(o.ack_deadline_ms, defaults.ack_deadline),
+        max_in_flight: if o.max_in_flight == 0 {
+            defaults.max_in_flight
+        } else {
+            o.max_in_flight as usize
+        },
+        max_deliveries: if o.max_deliveries == 0 {
+            defaults.max_deliveries
+        } else {
+            o.max_deliveries
+        },
+        backoff,
+        dead_letter_topic,
+        filter,
+        prioritized: o.prioritized,
+        batch,
+    };
+    options.validate().map_err(|e| match e {
+        BusError::InvalidArgument { field, message } => BusError::InvalidArgument {
+            field: format!("options.{field}"),
+            message,
+        },
+        other => other,
+    })?;
+    Ok(options)
+}
+
+/// Subscribe options on the wire (the inverse of [`options_from_wire`]).
+pub fn options_to_wire(o: &SubscribeOptions) -> v1::SubscribeOptions {
+    let position = match o.start {
+        StartPosition::New => v1::start_position::Position::New(true),
+        StartPosition::All => v1::start_position::Position::All(true),
+        StartPosition::Seq(seq) => v1::start_position::Position::Seq(seq),
+        StartPosition::Time(t) => v1::start_position::Position::TimeMs(system_time_ms(t)),
+    };
+    v1::SubscribeOptions {
+        durable: o.durable.clone().unwrap_or_default(),
+        queue_group: o.queue_group.clone().unwrap_or_default(),
+        start: Some(v1::StartPosition {
+            position: Some(position),
+        }),
+        ack_mode: match o.ack_mode {
+            AckMode::Manual => v1::AckMode::Manual,
+            AckMode::Auto => v1::AckMode::Auto,
+        } as i32,
+        ack_deadline_ms: duration_ms(o.ack_deadline),
+        max_in_flight: u32::try_from(o.max_in_flight).unwrap_or(u32::MAX),
+        max_deliveries: o.max_deliveries,
+        backoff: Some(v1::Backoff {
+            initial_ms: duration_ms(o.backoff.initial),
+            multiplier: o.backoff.multiplier,
+            max_ms: duration_ms(o.backoff.max),
+            // 0 on the wire means the default; "no jitter" is sent as negative.
+            jitter: if o.backoff.jitter == 0.0 {
+                -1.0
+            } else {
+                o.backoff.jitter
+            },
+        }),
+        dead_letter_topic: o
+            .dead_letter_topic
+            .as_ref()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        filter: Some(v1::Filter {
+            types: o.filter.types.clone(),
+            headers: o.filter.headers.clone(),
+        }),
+        prioritized: o.prioritized,
+        batch: o.batch.as_ref().map(|b| v1::BatchOptions {
+            window_ms: duration_ms(b.window),
+            max_events: u32::try_from(b.max_events).unwrap_or(u32::MAX),
+            key_header: match &b.key {
+                GroupKey::Topic => String::new(),
+                GroupKey::Header(h) => h.clone(),
+            },
+            aggregation: match b.aggregation {
+                Aggregation::None => v1::Aggregation::None,
+                Aggregation::KeepLast => v1::Aggregation::KeepLast,
+                Aggregation::Count => v1::Aggregation::Count,
+            } as i32,
+        }),
+    }
+}
+
+/// A pattern from the wire; `field` names it in the error.
+pub fn pattern_from_wire(pattern: &str, field: &str) -> Result<Pattern, BusError> {
+    Pattern::new(pattern).map_err(|e| BusError::invalid(field, e))
+}
+
+/// Where a replay starts: at most one of `from_seq` and `since_ms`.
+pub fn replay_start(from_seq: u64, since_ms: u64) -> Result<StartPosition, BusError> {
+    match (from_seq, since_ms) {
+        (0, 0) => Ok(StartPosition::All),
+        (seq, 0) => Ok(StartPosition::Seq(seq)),
+        (0, ms) => Ok(StartPosition::Time(UNIX_EPOCH + Duration::from_millis(ms))),
+        _ => Err(BusError::invalid(
+            "since_ms",
+            "give from_seq or since_ms, not both",
+        )),
+    }
+}
+
+// ---- listings ----
+
+pub fn topic_to_wire(info: TopicInfo) -> v1::TopicInfo {
+    v1::TopicInfo {
+        topic: info.topic.as_str().to_owned(),
+        storage: match info.storage {
+            StorageClass::Durable => v1::StorageClass::Durable,
+            StorageClass::Ephemeral => v1::StorageClass::Ephemeral,
+        } as i32,
+        events: info.events,
+        last_seq: info.last_seq,
+    }
+}
+
+pub fn topic_from_wire(info: v1::TopicInfo) -> Result<TopicInfo, BusError> {
+    Ok(TopicInfo {
+        topic: Topic::new(&info.topic).map_err(|e| BusError::invalid("topic", e))?,
+        storage: match v1::StorageClass::try_from(info.storage) {
+            Ok(v1::StorageClass::Ephemeral) => StorageClass::Ephemeral,
+            _ => StorageClass::Durable,
+        },
+        events: info.events,
+        last_seq: info.last_seq,
+    })
+}
+
+pub fn dead_letter_to_wire(dead: DeadLetter) -> v1::DeadLetter {
+    v1::DeadLetter {
+        event: Some(event_to_wire(dead.event)),
+        origin_topic: dead.origin_topic,
+        origin_seq: dead.origin_seq,
+        subscription: dead.subscription,
+        attempts: dead.attempts,
+        last_error: dead.last_error,
+    }
+}
+
+pub fn dead_letter_from_wire(dead: v1::DeadLetter) -> Result<DeadLetter, BusError> {
+    let event = dead
+        .event
+        .ok_or_else(|| BusError::invalid("dead_letters.event", "is missing"))?;
+    Ok(DeadLetter {
+        event: event_from_wire(event, "dead_letters.event")?,
+        origin_topic: dead.origin_topic,
+        origin_seq: dead.origin_seq,
+        subscription: dead.subscription,
+        attempts: dead.attempts,
+        last_error: dead.last_error,
+    })
+}
+
+// ---- errors ----
+
+/// The gRPC status for a bus error: the code maps one to one, the field and the
+/// retry-after travel as metadata. Internal details are not sent.
+pub fn status_from_error(error: &BusError) -> Status {
+    let code = match error.code() {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Internal => Code::Internal,
+    };
+    let message = match error {
+        BusError::Internal(_) => "internal error".to_owned(),
+        other => other.to_string(),
+    };
+    let mut status = Status::new(code, message);
+    if let Some(value) = error.field().and_then(|f| f.parse().ok()) {
+        status.metadata_mut().insert(FIELD_METADATA, value);
+    }
+    if let BusError::ResourceExhausted { retry_after, .. } = error
+        && let Ok(value) = duration_ms(*retry_after).to_string().parse()
+    {
+        status.metadata_mut().insert(RETRY_AFTER_METADATA, value);
+    }
+    status
+}
+
+/// The bus error a gRPC status stands for (the client's side of [`status_from_error`]).
+pub fn error_from_status(status: &Status) -> BusError {
+    let metadata = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            let field = metadata(FIELD_METADATA).unwrap_or_default();
+            // The message is "field: message" when the server named a field.
+            let message = message
+                .strip_prefix(&format!("{field}: "))
+                .map(str::to_owned)
+                .unwrap_or(message);
+            BusError::InvalidArgument { field, message }
+        }
+        Code::NotFound => BusError::NotFound {
+            what: message.trim_end_matches(" not found").to_owned(),
+        },
+        Code::ResourceExhausted => BusError::ResourceExhausted {
+            retry_after: Duration::from_millis(
+                metadata(RETRY_AFTER_METADATA)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
+            what: message,
+        },
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => {
+            BusError::Unavailable(message)
+        }
+        _ => BusError::Internal(format!("{:?}: {message}", status.code())),
+    }
+}
+
+/// A bus error as the wire's `Error` message (for streams that carry errors in-band).
+pub fn error_to_wire(error: &BusError) -> v1::Error {
+    v1::Error {
+        code: error.code().as_str().to_owned(),
+        message: match error {
+            BusError::InvalidArgument { message, .. } => message.clone(),
+            BusError::TooLarge { size, limit, .. } => {
+                format!("the event is {size} bytes; at most {limit} are allowed")
+            }
+            BusError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        },
+        field: error.field().unwrap_or_default().to_owned(),
+        retry_after_ms: match error {
+            BusError::ResourceExhausted { retry_after, .. } => duration_ms(*retry_after),
+            _ => 0,
+        },
+    }
+}
+
+/// The bus error an in-band wire `Error` stands for.
+pub fn error_from_wire(error: v1::Error) -> BusError {
+    match error.code.as_str() {
+        "INVALID_ARGUMENT" => BusError::InvalidArgument {
+            field: error.field,
+            message: error.message,
+        },
+        "NOT_FOUND" => BusError::NotFound {
+            what: error.message,
+        },
+        "RESOURCE_EXHAUSTED" => BusError::ResourceExhausted {
+            what: error.message,
+            retry_after: Duration::from_millis(error.retry_after_ms),
+        },
+        "UNAVAILABLE" => BusError::Unavailable(error.message),
+        _ => BusError::Internal(error.message),
+    }
+}
+
+// ---- small helpers ----
+
+fn nonempty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn nonzero_ms(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+/// Whole milliseconds, saturating.
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn system_time_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, duration_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_through_the_wire() {
+        let options = SubscribeOptions {
+            durable: Some("analytics".into()),
+            queue_group: Some("workers".into()),
+            start: StartPosition::Seq(42),
+            ack_mode: AckMode::Auto,
+            ack_deadline: Duration::from_secs(5),
+            max_in_flight: 7,
+            max_deliveries: 3,
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                multiplier: 3.0,
+                max: Duration::from_secs(9),
+                jitter: 0.0,
+            },
+            dead_letter_topic: Some(Topic::new("dead.ones").unwrap()),
+            filter: Filter {
+                types: vec!["HandPlayed".into()],
+                headers: [("game".to_owned(), "g1".to_owned())].into(),
+            },
+            prioritized: true,
+            batch: Some(BatchOptions {
+                window: Duration::from_millis(250),
+                max_events: 10,
+                key: GroupKey::Header("game".into()),
+                aggregation: Aggregation::KeepLast,
+            }),
+        };
+        let back = options_from_wire(Some(options_to_wire(&options))).unwrap();
+        assert_eq!(back, options);
+    }
+
+    #[test]
+    fn zero_options_are_the_defaults_and_bad_ones_name_their_field() {
+        let zero = options_from_wire(Some(v1::SubscribeOptions::default())).unwrap();
+        assert_eq!(zero, SubscribeOptions::default());
+
+        let bad = v1::SubscribeOptions {
+            backoff: Some(v1::Backoff {
+                multiplier: 0.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = options_from_wire(Some(bad)).unwrap_err();
+        assert!(
+            matches!(&err, BusError::InvalidArgument { field, .. } if field == "options.backoff.multiplier"),
+            "{err:?}"
+        );
+        let bad_name = v1::SubscribeOptions {
+            durable: "has space".into(),
+            ..Default::default()
+        };
+        let err = options_from_wire(Some(bad_name)).unwrap_err();
+        assert!(
+            matches!(&err, BusError::InvalidArgument { field, .. } if field == "options.durable"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn errors_survive_a_status_round_trip() {
+        let errors = [
+            BusError::invalid("events[2].topic", "empty token"),
+            BusError::NotFound {
+                what: "subscription sub-3".into(),
+            },
+            BusError::ResourceExhausted {
+                what: "too many subscriptions".into(),
+                retry_after: Duration::from_millis(1500),
+            },
+            BusError::Unavailable("log failed".into()),
+        ];
+        for error in errors {
+            let back = error_from_status(&status_from_error(&error));
+            assert_eq!(back.code(), error.code());
+            let wire = error_from_wire(error_to_wire(&error));
+            assert_eq!(wire.code(), error.code());
+            if let BusError::InvalidArgument { field, message } = &error {
+                assert_eq!(
+                    back,
+                    BusError::InvalidArgument {
+                        field: field.clone(),
+                        message: message.clone()
+                    }
+                );
+                assert_eq!(back, wire);
+            }
+            if let BusError::ResourceExhausted { retry_after, .. } = &error {
+                assert!(
+                    matches!(back, BusError::ResourceExhausted { retry_after: r, .. } if r == *retry_after)
+                );
+            }
+        }
+        // Internal details stay on the server.
+        let status = status_from_error(&BusError::Internal("disk at /secret".into()));
+        assert!(!status.message().contains("secret"));
+    }
+
+    #[test]
+    fn a_wire_event_with_a_bad_topic_names_the_field() {
+        let err = events_from_wire(vec![
+            v1::Event {
+                topic: "ok.topic".into(),
+                ..Default::default()
+            },
+            v1::Event {
+                topic: "bad..topic".into(),
+                ..Default::default()
+            },
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(&err, BusError::InvalidArgument { field, .. } if field == "events[1].topic"),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,447 @@
+//! `ganglion.v1.EventBus` over gRPC: each method converts, calls the bus, converts back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use ganglion_bus::Bus;
+use ganglion_core::BusError;
+use ganglion_core::bus::{Delivery, EventBus, Subscription, SubscriptionControl};
+use ganglion_proto::convert::{
+    self, delivered_to_wire, events_from_wire, key_count_to_wire, status_from_error,
+};
+use ganglion_proto::v1::event_bus_server::{EventBus as EventBusService, EventBusServer};
+use ganglion_proto::v1::{self, subscribe_request, subscribe_response};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::State;
+
+/// Publish requests one publish stream may have in flight (acks still come back in
+/// order).
+const PUBLISH_PIPELINE: usize = 64;
+/// A delivery frame holds at most this many events or about this many payload bytes.
+const FRAME_EVENTS: usize = 1024;
+const FRAME_BYTES: usize = 1024 * 1024;
+/// Frames a subscription may have queued for its connection; beyond it the subscription
+/// waits (and, through `max_in_flight`, so does its consumer).
+const FRAME_QUEUE: usize = 4;
+/// Events per replay response message.
+const REPLAY_CHUNK: usize = 512;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Serves the bus, health and reflection on `listener` until the state says stop.
+pub(crate) async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+) -> Result<(), tonic::transport::Error> {
+    let limits = state.limits.clone();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<EventBusServer<GrpcBus>>()
+        .await;
+    tokio::spawn(watch_health(state.clone(), health_reporter));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ganglion_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the committed descriptor set decodes");
+
+    let bus = EventBusServer::new(GrpcBus {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(limits.max_grpc_message_bytes)
+    .max_encoding_message_size(limits.max_grpc_message_bytes);
+
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(bus)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), state.stopped())
+        .await
+}
+
+/// Reports NOT_SERVING while the log refuses writes, SERVING otherwise.
+async fn watch_health(state: Arc<State>, reporter: tonic_health::server::HealthReporter) {
+    let mut serving = true;
+    let mut stopped = std::pin::pin!(state.stopped());
+    loop {
+        let healthy = state.bus.log().failure().is_none();
+        if healthy != serving {
+            serving = healthy;
+            if healthy {
+                reporter.set_serving::<EventBusServer<GrpcBus>>().await;
+            } else {
+                reporter.set_not_serving::<EventBusServer<GrpcBus>>().await;
+            }
+        }
+        tokio::select! {
+            _ = &mut stopped => {
+                reporter.set_not_serving::<EventBusServer<GrpcBus>>().await;
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GrpcBus {
+    state: Arc<State>,
+}
+
+fn status(error: BusError) -> Status {
+    status_from_error(&error)
+}
+
+async fn publish(
+    bus: &Bus,
+    state: &State,
+    events: Vec<v1::Event>,
+) -> Result<Vec<v1::PublishAck>, BusError> {
+    let events = events_from_wire(events)?;
+    let count = events.len() as u64;
+    let acks = bus.publish_batch(events).await?;
+    state.metrics.published(count);
+    Ok(acks.into_iter().map(convert::ack_to_wire).collect())
+}
+
+#[tonic::async_trait]
+impl EventBusService for GrpcBus {
+    async fn publish(
+        &self,
+        request: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        let request = request.into_inner();
+        let acks = publish(&self.state.bus, &self.state, request.events)
+            .await
+            .map_err(|e| self.state.metrics.refused(e))
+            .map_err(status)?;
+        Ok(Response::new(v1::PublishResponse {
+            acks,
+            request_id: request.request_id,
+            error: None,
+        }))
+    }
+
+    type PublishStreamStream = BoxStream<v1::PublishResponse>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<v1::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let state = self.state.clone();
+        // Stop taking requests at shutdown; those in flight still get their responses.
+        let responses = request
+            .into_inner()
+            .take_until(self.state.stopped())
+            .map(move |request| {
+                let state = state.clone();
+                async move {
+                    let request = request?;
+                    let response = match publish(&state.bus, &state, request.events).await {
+                        Ok(acks) => v1::PublishResponse {
+                            acks,
+                            request_id: request.request_id,
+                            error: None,
+                        },
+                        Err(e) => v1::PublishResponse {
+                            acks: Vec::new(),
+                            request_id: request.request_id,
+                            error: Some(convert::error_to_wire(&state.metrics.refused(e))),
+                        },
+                    };
+                    Ok(response)
+                }
+            })
+            .buffered(PUBLISH_PIPELINE);
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    type SubscribeStream = BoxStream<v1::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<v1::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let open = match inbound.message().await? {
+            Some(v1::SubscribeRequest {
+                request: Some(subscribe_request::Request::Open(open)),
+            }) => open,
+            Some(_) => {
+                return Err(status(BusError::invalid(
+                    "request",
+                    "the first request on a subscribe stream must be `open`",
+                )));
+            }
+            None => {
+                return Err(status(BusError::invalid(
+                    "request",
+                    "the stream ended before its `open` request",
+                )));
+            }
+        };
+        let pattern = convert::pattern_from_wire(&open.pattern, "open.pattern").map_err(status)?;
+        let options = convert::options_from_wire(open.options).map_err(|e| match e {
+            BusError::InvalidArgument { field, message } => status(BusError::InvalidArgument {
+                field: format!("open.{field}"),
+                message,
+            }),
+            other => status(other),
+        })?;
+        let slot = self.state.subscription_slot(peer).map_err(status)?;
+        let subscription = self
+            .state
+            .bus
+            .subscribe(pattern, options)
+            .await
+            .map_err(status)?;
+        tracing::debug!(subscription = %subscription.id(), name = subscription.name(), ?peer, "gRPC subscription opened");
+
+        let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+        let subscribed = v1::SubscribeResponse {
+            response: Some(subscribe_response::Response::Subscribed(v1::Subscribed {
+                subscription_id: subscription.id().0,
+                name: subscription.name().to_owned(),
+            })),
+        };
+        tx.send(Ok(subscribed))
+            .await
+            .map_err(|_| Status::cancelled("the client went away"))?;
+
+        // Each loop ends the other: deliveries stop when the client stops settling (its
+        // side of the stream closed), and settling stops when deliveries end (at
+        // shutdown, say), so the stream is released either way.
+        let (inbound_done_tx, inbound_done) = tokio::sync::oneshot::channel::<()>();
+        let (delivery_done_tx, delivery_done) = tokio::sync::oneshot::channel::<()>();
+        // The settle loop holds the response stream only weakly: it must not keep the
+        // stream open once deliveries end (at shutdown, say).
+        tokio::spawn(settle_loop(
+            inbound,
+            subscription.control(),
+            tx.downgrade(),
+            inbound_done_tx,
+            delivery_done,
+        ));
+        self.state.metrics.subscription_opened();
+        tokio::spawn(deliver_loop(
+            self.state.clone(),
+            subscription,
+            tx,
+            inbound_done,
+            delivery_done_tx,
+            slot,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReplayStream = BoxStream<v1::ReplayResponse>;
+
+    async fn replay(
+        &self,
+        request: Request<v1::ReplayRequest>,
+    ) -> Result<Response<Self::ReplayStream>, Status> {
+        let request = request.into_inner();
+        let pattern = convert::pattern_from_wire(&request.pattern, "pattern").map_err(status)?;
+        let start = convert::replay_start(request.from_seq, request.since_ms).map_err(status)?;
+        let limit = replay_limit(request.limit as usize, self.state.limits.max_replay_events)
+            .map_err(status)?;
+        let events = self
+            .state
+            .bus
+            .replay(pattern, start, limit)
+            .await
+            .map_err(status)?;
+        let mut chunks = Vec::with_capacity(events.len().div_ceil(REPLAY_CHUNK));
+        let mut events = events.into_iter().map(convert::event_to_wire).peekable();
+        while events.peek().is_some() {
+            chunks.push(Ok(v1::ReplayResponse {
+                events: events.by_ref().take(REPLAY_CHUNK).collect(),
+            }));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let topics = self.state.bus.topics().await.map_err(status)?;
+        Ok(Response::new(v1::ListTopicsResponse {
+            topics: topics.into_iter().map(convert::topic_to_wire).collect(),
+        }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<v1::ListDeadLettersRequest>,
+    ) -> Result<Response<v1::ListDeadLettersResponse>, Status> {
+        let request = request.into_inner();
+        let limit = if request.limit == 0 {
+            100
+        } else {
+            request.limit as usize
+        };
+        let letters = self
+            .state
+            .bus
+            .dead_letters(request.subscription, limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::ListDeadLettersResponse {
+            dead_letters: letters
+                .into_iter()
+                .map(convert::dead_letter_to_wire)
+                .collect(),
+        }))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<v1::RedriveDeadLettersRequest>,
+    ) -> Result<Response<v1::RedriveDeadLettersResponse>, Status> {
+        let request = request.into_inner();
+        let redriven = self
+            .state
+            .bus
+            .redrive(request.subscription, request.seqs)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::RedriveDeadLettersResponse { redriven }))
+    }
+}
+
+/// A replay limit: 0 means 1000; more than `max` is refused.
+pub(crate) fn replay_limit(limit: usize, max: usize) -> Result<usize, BusError> {
+    match limit {
+        0 => Ok(1000.min(max)),
+        n if n > max => Err(BusError::invalid(
+            "limit",
+            format!("is {n}; at most {max} events per replay"),
+        )),
+        n => Ok(n),
+    }
+}
+
+/// Applies the client's acks, nacks and terms until its side of the stream ends.
+async fn settle_loop(
+    mut inbound: Streaming<v1::SubscribeRequest>,
+    control: Arc<dyn SubscriptionControl>,
+    errors: mpsc::WeakSender<Result<v1::SubscribeResponse, Status>>,
+    _done: tokio::sync::oneshot::Sender<()>,
+    mut delivery_done: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let request = tokio::select! {
+            request = inbound.message() => match request {
+                Ok(Some(request)) => request,
+                Ok(None) | Err(_) => return,
+            },
+            _ = &mut delivery_done => return,
+        };
+        match request.request {
+            Some(subscribe_request::Request::Ack(ack)) => control.ack(&ack.seqs),
+            Some(subscribe_request::Request::Nack(nack)) => control.nack(
+                &nack.seqs,
+                nack.delay_ms.map(Duration::from_millis),
+                &nack.error,
+            ),
+            Some(subscribe_request::Request::Term(term)) => control.term(&term.seqs, &term.reason),
+            Some(subscribe_request::Request::Open(_)) | None => {
+                if let Some(errors) = errors.upgrade() {
+                    let _ = errors
+                        .send(Err(status(BusError::invalid(
+                            "request",
+                            "a subscribe stream is opened once; later requests are ack, nack or term",
+                        ))))
+                        .await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Sends the subscription's deliveries as frames until it closes, the client goes away
+/// or the server stops.
+async fn deliver_loop(
+    state: Arc<State>,
+    mut subscription: Subscription,
+    tx: mpsc::Sender<Result<v1::SubscribeResponse, Status>>,
+    mut inbound_done: tokio::sync::oneshot::Receiver<()>,
+    _done: tokio::sync::oneshot::Sender<()>,
+    _slot: crate::Slot,
+) {
+    let mut stopped = std::pin::pin!(state.stopped());
+    let reason = loop {
+        let first = tokio::select! {
+            delivery = subscription.next() => delivery,
+            _ = &mut stopped => break Some("the server is shutting down".to_owned()),
+            _ = &mut inbound_done => break None,
+        };
+        let Some(first) = first else {
+            break Some(
+                subscription
+                    .closed_reason()
+                    .unwrap_or_else(|| "the subscription was closed".to_owned()),
+            );
+        };
+        let frame = frame(first, &mut subscription);
+        let events = frame
+            .deliveries
+            .iter()
+            .map(|d| d.events.len() as u64)
+            .sum::<u64>();
+        let response = v1::SubscribeResponse {
+            response: Some(subscribe_response::Response::Deliveries(frame)),
+        };
+        if tx.send(Ok(response)).await.is_err() {
+            break None;
+        }
+        state.metrics.delivered(events);
+    };
+    if let Some(reason) = reason {
+        let closed = v1::SubscribeResponse {
+            response: Some(subscribe_response::Response::Closed(v1::Closed { reason })),
+        };
+        let _ = tx.send(Ok(closed)).await;
+    }
+    state.metrics.subscription_closed();
+    tracing::debug!(subscription = %subscription.id(), "gRPC subscription closed");
+}
+
+/// One delivery frame: `first` and whatever else is ready, up to the frame limits.
+fn frame(first: Delivery, subscription: &mut Subscription) -> v1::DeliveryFrame {
+    let mut deliveries = Vec::with_capacity(16);
+    let mut events = 0;
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(delivery) = next.take() {
+        events += delivery.events().len();
+        bytes += delivery
+            .events()
+            .iter()
+            .map(|e| e.event.payload.len())
+            .sum::<usize>();
+        deliveries.push(v1::Delivery {
+            events: delivery.events().iter().map(delivered_to_wire).collect(),
+            counts: delivery.counts().iter().map(key_count_to_wire).collect(),
+            seqs: delivery.seqs().to_vec(),
+        });
+        if events < FRAME_EVENTS && bytes < FRAME_BYTES {
+            next = subscription.try_next();
+        }
+    }
+    v1::DeliveryFrame { deliveries }
+}

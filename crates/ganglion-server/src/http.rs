@@ -1,0 +1,571 @@
+//! The JSON HTTP API. Handlers parse, call the bus, and answer; every error is
+//! `{"error": {"code", "message", "field"?}}` with its status (400, 404, 413, 429, 503).
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /api/v1/health` | 200 `{"status":"ok","components":{…}}`; 503 when the log cannot write |
+//! | `POST /api/v1/events` | one event `{"topic","payload",…}` → `{"seq","id","duplicate"}`; `{"events":[…]}` → `{"acks":[…]}` |
+//! | `GET /api/v1/events?pattern=&from_seq=&since=&limit=` | replay |
+//! | `GET /api/v1/stream?pattern=` | live events as Server-Sent Events |
+//! | `GET /api/v1/topics` | topics with counts |
+//! | `GET /api/v1/metrics` | JSON summary |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Payloads: a JSON `payload` is published as `application/json`; `payload_base64` with
+//! a `content_type` carries anything else. Responses inline JSON payloads and give other
+//! payloads as `payload_base64`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State as Extract};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures_util::Stream;
+use ganglion_core::bus::{AckMode, EventBus, StartPosition, StorageClass, SubscribeOptions};
+use ganglion_core::{BusError, Event, Pattern, Topic, new_event_id, parse_since};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::State;
+use crate::grpc::replay_limit;
+
+/// The HTTP API over `state`.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/events", get(replay).post(publish))
+        .route("/api/v1/stream", get(stream))
+        .route("/api/v1/topics", get(topics))
+        .route("/api/v1/metrics", get(metrics_json))
+        .route("/metrics", get(metrics_prometheus))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error as the API answers it.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::from(BusError::invalid(field.into(), message.into()))
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> ApiError {
+        let status = match &error {
+            BusError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            BusError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BusError::NotFound { .. } => StatusCode::NOT_FOUND,
+            BusError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            BusError::Unavailable(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            BusError::Internal(detail) => {
+                tracing::error!(%detail, "internal error answering an HTTP request");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match &error {
+            BusError::InvalidArgument { message, .. } => message.clone(),
+            BusError::TooLarge { size, limit, .. } => {
+                format!("the event is {size} bytes; at most {limit} are allowed")
+            }
+            BusError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        ApiError {
+            status,
+            code: if matches!(error, BusError::TooLarge { .. }) {
+                "TOO_LARGE"
+            } else {
+                error.code().as_str()
+            },
+            message,
+            field: error.field().map(str::to_owned),
+            retry_after: match error {
+                BusError::ResourceExhausted { retry_after, .. } => Some(retry_after),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn not_found() -> ApiError {
+    ApiError::from(BusError::NotFound {
+        what: "route".to_owned(),
+    })
+}
+
+async fn health(Extract(state): Extract<Arc<State>>) -> Response {
+    let log = state.bus.log();
+    let failure = log.failure();
+    let stopping = *state.stopping.borrow();
+    let ok = failure.is_none() && !stopping;
+    let body = json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "components": {
+            "log": match &failure {
+                None => json!({ "status": "ok", "next_seq": log.next_seq() }),
+                Some(reason) => json!({ "status": "failed", "reason": reason.to_string() }),
+            },
+            "server": json!({ "status": if stopping { "stopping" } else { "ok" } }),
+        },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Reads the body up to the limit (413 beyond it) and parses it as JSON.
+async fn json_body(state: &State, body: Body) -> ApiResult<Value> {
+    let limit = state.limits.max_http_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "TOO_LARGE",
+            message: format!("the request body is larger than {limit} bytes"),
+            field: None,
+            retry_after: None,
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))
+}
+
+async fn publish(Extract(state): Extract<Arc<State>>, body: Body) -> Response {
+    match publish_inner(&state, body).await {
+        Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
+        Err(e) => {
+            if e.status != StatusCode::PAYLOAD_TOO_LARGE {
+                state.metrics.refused(BusError::invalid("", ""));
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn publish_inner(state: &State, body: Body) -> ApiResult<Value> {
+    let body = json_body(state, body).await?;
+    let Value::Object(mut object) = body else {
+        return Err(ApiError::invalid(
+            "body",
+            "must be an event object or {\"events\": [...]}",
+        ));
+    };
+    let batch = object.contains_key("events");
+    let events = if batch {
+        if object.len() != 1 {
+            let other = object.keys().find(|k| *k != "events").cloned();
+            return Err(ApiError::invalid(
+                other.unwrap_or_default(),
+                "a batch body has only `events`",
+            ));
+        }
+        let Some(Value::Array(items)) = object.remove("events") else {
+            return Err(ApiError::invalid("events", "must be an array of events"));
+        };
+        if items.is_empty() {
+            return Err(ApiError::invalid("events", "must hold at least one event"));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| event_from_json(item, &format!("events[{i}]")))
+            .collect::<ApiResult<Vec<_>>>()?
+    } else {
+        vec![event_from_json(Value::Object(object), "")?]
+    };
+    let count = events.len() as u64;
+    let acks = state.bus.publish_batch(events).await.map_err(|e| {
+        // The bus names fields `events[i].x`; a single-event body has no `events`.
+        let e = if batch { e } else { strip_batch_prefix(e) };
+        ApiError::from(e)
+    })?;
+    state.metrics.published(count);
+    let acks: Vec<Value> = acks
+        .into_iter()
+        .map(|a| json!({ "seq": a.seq, "id": &*a.id, "duplicate": a.duplicate }))
+        .collect();
+    Ok(if batch {
+        json!({ "acks": acks })
+    } else {
+        acks.into_iter().next().unwrap_or(Value::Null)
+    })
+}
+
+fn strip_batch_prefix(error: BusError) -> BusError {
+    let strip = |field: String| {
+        field
+            .strip_prefix("events[0].")
+            .map(str::to_owned)
+            .unwrap_or(field)
+    };
+    match error {
+        BusError::InvalidArgument { field, message } => BusError::InvalidArgument {
+            field: strip(field),
+            message,
+        },
+        BusError::TooLarge { field, size, limit } => BusError::TooLarge {
+            field: strip(field),
+            size,
+            limit,
+        },
+        other => other,
+    }
+}
+
+/// One event from its JSON form; `at` prefixes field names (`events[2]`).
+fn event_from_json(value: Value, at: &str) -> ApiResult<Event> {
+    let name = |field: &str| {
+        if at.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{at}.{field}")
+        }
+    };
+    let Value::Object(object) = value else {
+        return Err(ApiError::invalid(
+            if at.is_empty() { "body" } else { at },
+            "must be an object",
+        ));
+    };
+    let string = |object: &Map<String, Value>, field: &str| -> ApiResult<Option<String>> {
+        match object.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid(name(field), "must be a string")),
+        }
+    };
+    for key in object.keys() {
+        if !matches!(
+            key.as_str(),
+            "topic"
+                | "payload"
+                | "payload_base64"
+                | "content_type"
+                | "type"
+                | "source"
+                | "headers"
+                | "id"
+                | "timestamp_ms"
+        ) {
+            return Err(ApiError::invalid(
+                name(key),
+                "is not an event field (expected topic, payload, payload_base64, content_type, type, source, headers, id, timestamp_ms)",
+            ));
+        }
+    }
+    let topic =
+        string(&object, "topic")?.ok_or_else(|| ApiError::invalid(name("topic"), "is required"))?;
+    let topic = Topic::new(&topic).map_err(|e| ApiError::invalid(name("topic"), e.to_string()))?;
+    let (payload, content_type) = match (object.get("payload"), object.get("payload_base64")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                name("payload_base64"),
+                "give payload or payload_base64, not both",
+            ));
+        }
+        (_, Some(Value::String(b64))) => {
+            let bytes = BASE64.decode(b64).map_err(|e| {
+                ApiError::invalid(name("payload_base64"), format!("is not base64: {e}"))
+            })?;
+            let content_type = string(&object, "content_type")?
+                .unwrap_or_else(|| "application/octet-stream".to_owned());
+            (Bytes::from(bytes), content_type)
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                name("payload_base64"),
+                "must be a string",
+            ));
+        }
+        (payload, None) => {
+            if let Some(ct) = string(&object, "content_type")?
+                && ct != "application/json"
+            {
+                return Err(ApiError::invalid(
+                    name("content_type"),
+                    "a JSON payload is application/json; use payload_base64 for other content",
+                ));
+            }
+            let payload = payload.cloned().unwrap_or(Value::Null);
+            let bytes = serde_json::to_vec(&payload)
+                .map_err(|e| ApiError::invalid(name("payload"), e.to_string()))?;
+            (Bytes::from(bytes), "application/json".to_owned())
+        }
+    };
+    let headers = match object.get("headers") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(ApiError::invalid(
+                    name(&format!("headers.{k}")),
+                    "header values must be strings",
+                )),
+            })
+            .collect::<ApiResult<_>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                name("headers"),
+                "must be an object of strings",
+            ));
+        }
+    };
+    let timestamp_ms = match object.get("timestamp_ms") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            ApiError::invalid(
+                name("timestamp_ms"),
+                "must be a whole number of milliseconds",
+            )
+        })?,
+    };
+    Ok(Event {
+        id: match string(&object, "id")? {
+            Some(id) if !id.is_empty() => id.into(),
+            _ => new_event_id(),
+        },
+        topic,
+        event_type: string(&object, "type")?.unwrap_or_default(),
+        source: string(&object, "source")?.unwrap_or_default(),
+        timestamp_ms,
+        headers,
+        payload,
+        content_type,
+        seq: 0,
+    })
+}
+
+/// An event as the API shows it.
+fn event_to_json(event: &Event) -> Value {
+    let mut value = json!({
+        "seq": event.seq,
+        "id": &*event.id,
+        "topic": event.topic.as_str(),
+        "type": event.event_type,
+        "source": event.source,
+        "timestamp_ms": event.timestamp_ms,
+        "headers": event.headers,
+        "content_type": event.content_type,
+    });
+    let json_payload = (event.content_type == "application/json"
+        || event.content_type.ends_with("+json"))
+    .then(|| serde_json::from_slice::<Value>(&event.payload).ok())
+    .flatten();
+    match json_payload {
+        Some(payload) => value["payload"] = payload,
+        None => value["payload_base64"] = json!(BASE64.encode(&event.payload)),
+    }
+    value
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayQuery {
+    pattern: Option<String>,
+    from_seq: Option<u64>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+fn pattern_param(pattern: Option<String>) -> Result<Pattern, BusError> {
+    let pattern = pattern.unwrap_or_else(|| ">".to_owned());
+    Pattern::new(&pattern).map_err(|e| BusError::invalid("pattern", e))
+}
+
+async fn replay(
+    Extract(state): Extract<Arc<State>>,
+    query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let pattern = pattern_param(query.pattern)?;
+    let start = match (query.from_seq, query.since) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "since",
+                "give from_seq or since, not both",
+            ));
+        }
+        (Some(seq), None) => StartPosition::Seq(seq),
+        (None, Some(since)) => StartPosition::Time(
+            parse_since(&since, SystemTime::now()).map_err(|e| BusError::invalid("since", e))?,
+        ),
+        (None, None) => StartPosition::All,
+    };
+    let limit = replay_limit(query.limit.unwrap_or(0), state.limits.max_replay_events)?;
+    let events = state.bus.replay(pattern, start, limit).await?;
+    let next_seq = events.last().map(|e| e.seq + 1);
+    Ok(axum::Json(json!({
+        "events": events.iter().map(event_to_json).collect::<Vec<_>>(),
+        "next_seq": next_seq,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    pattern: Option<String>,
+}
+
+async fn stream(
+    Extract(state): Extract<Arc<State>>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let pattern = pattern_param(query.pattern)?;
+    let options = SubscribeOptions {
+        ack_mode: AckMode::Auto,
+        ..SubscribeOptions::default()
+    };
+    let limit = state.limits.max_sse_clients;
+    if !state.metrics.try_open_sse(limit) {
+        return Err(ApiError::from(BusError::ResourceExhausted {
+            what: format!("{limit} event streams are open, the most allowed"),
+            retry_after: Duration::from_secs(5),
+        }));
+    }
+    let mut subscription = match state.bus.subscribe(pattern, options).await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            state.metrics.sse_closed();
+            return Err(e.into());
+        }
+    };
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut stopped = std::pin::pin!(state.stopped());
+        loop {
+            let delivery = tokio::select! {
+                d = subscription.next() => d,
+                _ = &mut stopped => break,
+                _ = tx.closed() => break,
+            };
+            let Some(delivery) = delivery else {
+                let reason = subscription
+                    .closed_reason()
+                    .unwrap_or_else(|| "the subscription was closed".to_owned());
+                let _ = tx
+                    .send(Ok(SseEvent::default().event("closed").data(reason)))
+                    .await;
+                break;
+            };
+            for delivered in delivery.events() {
+                let mut sse = SseEvent::default()
+                    .event("event")
+                    .data(event_to_json(&delivered.event).to_string());
+                if delivered.event.seq > 0 {
+                    sse = sse.id(delivered.event.seq.to_string());
+                }
+                if tx.send(Ok(sse)).await.is_err() {
+                    break;
+                }
+                state.metrics.delivered(1);
+            }
+        }
+        state.metrics.sse_closed();
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axum::Json<Value>> {
+    let topics = state.bus.topics().await?;
+    Ok(axum::Json(json!({
+        "topics": topics.iter().map(|t| json!({
+            "topic": t.topic.as_str(),
+            "storage": match t.storage { StorageClass::Durable => "durable", StorageClass::Ephemeral => "ephemeral" },
+            "events": t.events,
+            "last_seq": t.last_seq,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn metrics_json(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+    axum::Json(crate::metrics::summary(&state))
+}
+
+async fn metrics_prometheus(Extract(state): Extract<Arc<State>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::metrics::prometheus(&state),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_events_name_the_broken_field() {
+        let err =
+            event_from_json(json!({"topic": "a.b", "headers": {"x": 1}}), "events[3]").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("events[3].headers.x"));
+        let err = event_from_json(json!({"topic": "a..b"}), "").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("topic"));
+        let err = event_from_json(json!({"topic": "a.b", "colour": "red"}), "").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("colour"));
+        let err = event_from_json(json!({"payload": 1}), "").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("topic"));
+    }
+
+    #[test]
+    fn json_payloads_round_trip_inline_and_binary_as_base64() {
+        let event = event_from_json(json!({"topic": "a.b", "payload": {"x": [1, 2]}}), "").unwrap();
+        assert_eq!(event.content_type, "application/json");
+        assert_eq!(event_to_json(&event)["payload"], json!({"x": [1, 2]}));
+
+        let event = event_from_json(
+            json!({"topic": "a.b", "payload_base64": "AAEC", "content_type": "application/x-protobuf"}),
+            "",
+        )
+        .unwrap();
+        assert_eq!(&event.payload[..], &[0, 1, 2]);
+        assert_eq!(event_to_json(&event)["payload_base64"], json!("AAEC"));
+    }
+}

@@ -1,0 +1,234 @@
+//! Ganglion's network surface as a library: the gRPC service `ganglion.v1.EventBus`
+//! (with `grpc.health.v1.Health` and server reflection) and the JSON HTTP API, both thin
+//! adapters over one [`Bus`].
+//!
+//! [`serve`] takes listeners that are already bound and a shutdown future, so tests run
+//! on `127.0.0.1:0`; [`router`] is the HTTP API alone, testable without a socket.
+//!
+//! # Shutdown
+//!
+//! When the shutdown future completes: both servers stop accepting connections; live
+//! streams (subscriptions, SSE, publish streams) finish what is in flight and end, a
+//! subscription with a `closed` frame saying why; unary calls complete; then the bus
+//! stops its consumers (durable cursors are saved) and syncs the log. Whatever is still
+//! open after [`ServerOptions::drain_timeout`] is cut.
+
+mod grpc;
+mod http;
+mod metrics;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ganglion_bus::Bus;
+use ganglion_core::BusError;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use http::router;
+pub use metrics::Metrics;
+
+/// Limits on what one client may ask of the server. Every one is refused with a clear
+/// error, never by dropping data.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest gRPC message the server decodes (a publish batch). Default 16 MiB.
+    pub max_grpc_message_bytes: usize,
+    /// Largest HTTP request body. Default 8 MiB.
+    pub max_http_body_bytes: usize,
+    /// Concurrent HTTP/2 streams per gRPC connection. Default 256.
+    pub max_concurrent_streams: u32,
+    /// Open subscriptions per gRPC connection. Default 64.
+    pub max_subscriptions_per_connection: usize,
+    /// Most events one replay request returns. Default 100,000.
+    pub max_replay_events: usize,
+    /// Server-Sent Events streams open at once (`GET /api/v1/stream`). Default 256.
+    pub max_sse_clients: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_grpc_message_bytes: 16 * 1024 * 1024,
+            max_http_body_bytes: 8 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_subscriptions_per_connection: 64,
+            max_replay_events: 100_000,
+            max_sse_clients: 256,
+        }
+    }
+}
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub limits: Limits,
+    /// How long shutdown waits for open calls and streams before cutting them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("shutting the bus down: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// What the gRPC and HTTP handlers share.
+#[derive(Debug)]
+pub struct State {
+    bus: Bus,
+    limits: Limits,
+    metrics: Metrics,
+    started: Instant,
+    /// Flips to `true` when shutdown begins; streams watch it and end.
+    stopping: watch::Receiver<bool>,
+    /// Open subscriptions per gRPC peer (one peer address is one connection).
+    subscriptions: Mutex<HashMap<SocketAddr, usize>>,
+}
+
+impl State {
+    /// State over `bus`; `stopping` turns `true` when the server shuts down.
+    pub fn new(bus: Bus, limits: Limits, stopping: watch::Receiver<bool>) -> Arc<State> {
+        Arc::new(State {
+            bus,
+            limits,
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            stopping,
+            subscriptions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Resolves once shutdown has begun.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Takes one of `peer`'s subscription slots, or says why not.
+    fn subscription_slot(self: &Arc<Self>, peer: Option<SocketAddr>) -> Result<Slot, BusError> {
+        let Some(peer) = peer else {
+            return Ok(Slot {
+                state: None,
+                peer: None,
+            });
+        };
+        let mut open = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(peer).or_default();
+        if *count >= self.limits.max_subscriptions_per_connection {
+            return Err(BusError::ResourceExhausted {
+                what: format!(
+                    "this connection has {} subscriptions open, the most allowed",
+                    self.limits.max_subscriptions_per_connection
+                ),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        *count += 1;
+        Ok(Slot {
+            state: Some(self.clone()),
+            peer: Some(peer),
+        })
+    }
+}
+
+/// A subscription slot on a connection; dropping it frees the slot.
+struct Slot {
+    state: Option<Arc<State>>,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let (Some(state), Some(peer)) = (&self.state, self.peer) {
+            let mut open = state
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = open.get_mut(&peer) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&peer);
+                }
+            }
+        }
+    }
+}
+
+/// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` completes, then drains and
+/// shuts the bus down (see the module docs).
+pub async fn serve(
+    bus: Bus,
+    grpc: TcpListener,
+    http: TcpListener,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = State::new(bus.clone(), options.limits.clone(), stop_rx);
+
+    let grpc_server = grpc::serve(state.clone(), grpc);
+    let http_server = axum::serve(http, router(state.clone()))
+        .with_graceful_shutdown(state.stopped())
+        .into_future();
+    let mut grpc_task = tokio::spawn(grpc_server);
+    let mut http_task = tokio::spawn(http_server);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining open calls and streams");
+    let _ = stop_tx.send(true);
+
+    let drained = tokio::time::timeout(options.drain_timeout, async {
+        let grpc = (&mut grpc_task).await;
+        let http = (&mut http_task).await;
+        (grpc, http)
+    })
+    .await;
+    let result = match drained {
+        Ok((grpc, http)) => {
+            let grpc = grpc.map_err(|e| ServerError::Http(std::io::Error::other(e)))?;
+            let http = http.map_err(|e| ServerError::Http(std::io::Error::other(e)))?;
+            grpc.map_err(ServerError::from)
+                .and(http.map_err(ServerError::from))
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = options.drain_timeout.as_millis() as u64,
+                "connections still open after the drain timeout; cutting them"
+            );
+            grpc_task.abort();
+            http_task.abort();
+            Ok(())
+        }
+    };
+    bus.shutdown().await?;
+    tracing::info!("bus stopped: log synced, durable cursors saved");
+    result
+}

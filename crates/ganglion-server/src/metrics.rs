@@ -1,0 +1,232 @@
+//! The server's counters, and the two views of them: Prometheus text (`/metrics`) and a
+//! JSON summary (`/api/v1/metrics`). Names follow `ganglion_<subsystem>_<name>_<unit>`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ganglion_core::BusError;
+use ganglion_core::bus::ErrorCode;
+use serde_json::json;
+
+use crate::State;
+
+/// Counters updated by the gRPC and HTTP handlers.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    refused: [AtomicU64; 5],
+    subscriptions_opened: AtomicU64,
+    subscriptions_open: AtomicU64,
+    sse_clients: AtomicU64,
+}
+
+const CODES: [ErrorCode; 5] = [
+    ErrorCode::InvalidArgument,
+    ErrorCode::NotFound,
+    ErrorCode::ResourceExhausted,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+];
+
+fn code_index(code: ErrorCode) -> usize {
+    CODES.iter().position(|c| *c == code).unwrap_or(4)
+}
+
+impl Metrics {
+    pub(crate) fn published(&self, events: u64) {
+        self.published.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn delivered(&self, events: u64) {
+        self.delivered.fetch_add(events, Ordering::Relaxed);
+    }
+
+    /// Counts a refused request; returns the error for the caller to send.
+    pub(crate) fn refused(&self, error: BusError) -> BusError {
+        self.refused[code_index(error.code())].fetch_add(1, Ordering::Relaxed);
+        if let BusError::Internal(detail) = &error {
+            tracing::error!(%detail, "internal error answering a request");
+        }
+        error
+    }
+
+    pub(crate) fn subscription_opened(&self) {
+        self.subscriptions_opened.fetch_add(1, Ordering::Relaxed);
+        self.subscriptions_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn subscription_closed(&self) {
+        self.subscriptions_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a new SSE client unless `limit` are connected already.
+    pub(crate) fn try_open_sse(&self, limit: usize) -> bool {
+        let before = self.sse_clients.fetch_add(1, Ordering::AcqRel);
+        if before >= limit as u64 {
+            self.sse_clients.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn sse_closed(&self) {
+        self.sse_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Events published through this server (gRPC and HTTP).
+    pub fn published_total(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// Events sent to gRPC and SSE subscribers.
+    pub fn delivered_total(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// Prometheus text exposition format, version 0.0.4.
+pub(crate) fn prometheus(state: &State) -> String {
+    let m = &state.metrics;
+    let log = state.bus.log().stats();
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    };
+    metric(
+        "ganglion_server_published_events_total",
+        "counter",
+        "Events published through the gRPC and HTTP APIs.",
+        &[("", load(&m.published))],
+    );
+    metric(
+        "ganglion_server_delivered_events_total",
+        "counter",
+        "Events sent to gRPC and SSE subscribers.",
+        &[("", load(&m.delivered))],
+    );
+    let refused: Vec<(String, u64)> = CODES
+        .iter()
+        .map(|c| {
+            (
+                format!("code=\"{}\"", c.as_str()),
+                load(&m.refused[code_index(*c)]),
+            )
+        })
+        .collect();
+    let refused: Vec<(&str, u64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        "ganglion_server_refused_requests_total",
+        "counter",
+        "Publish requests refused, by error code.",
+        &refused,
+    );
+    metric(
+        "ganglion_server_subscriptions_opened_total",
+        "counter",
+        "gRPC subscriptions opened.",
+        &[("", load(&m.subscriptions_opened))],
+    );
+    metric(
+        "ganglion_server_subscriptions",
+        "gauge",
+        "gRPC subscriptions open now.",
+        &[("", load(&m.subscriptions_open))],
+    );
+    metric(
+        "ganglion_server_sse_clients",
+        "gauge",
+        "Server-Sent Events streams open now.",
+        &[("", load(&m.sse_clients))],
+    );
+    metric(
+        "ganglion_log_appended_records_total",
+        "counter",
+        "Records appended to the event log since start.",
+        &[("", log.appends)],
+    );
+    metric(
+        "ganglion_log_size_bytes",
+        "gauge",
+        "Bytes of committed data in the event log.",
+        &[("", log.bytes)],
+    );
+    metric(
+        "ganglion_log_segments",
+        "gauge",
+        "Segment files of the event log.",
+        &[("", log.segments)],
+    );
+    metric(
+        "ganglion_log_next_sequence",
+        "gauge",
+        "The sequence number the next logged event gets.",
+        &[("", log.next_seq)],
+    );
+    metric(
+        "ganglion_log_fsyncs_total",
+        "counter",
+        "fdatasync calls on the event log.",
+        &[("", log.fsyncs)],
+    );
+    metric(
+        "ganglion_log_fsync_microseconds_total",
+        "counter",
+        "Time spent in fdatasync on the event log.",
+        &[("", log.fsync_micros_total)],
+    );
+    metric(
+        "ganglion_log_healthy",
+        "gauge",
+        "1 while the event log accepts writes, 0 once it has failed.",
+        &[("", u64::from(state.bus.log().failure().is_none()))],
+    );
+    metric(
+        "ganglion_server_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        &[("", state.started.elapsed().as_secs())],
+    );
+    out
+}
+
+/// The JSON summary behind `GET /api/v1/metrics`.
+pub(crate) fn summary(state: &State) -> serde_json::Value {
+    let m = &state.metrics;
+    let log = state.bus.log().stats();
+    json!({
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "events": {
+            "published": load(&m.published),
+            "delivered": load(&m.delivered),
+        },
+        "refused": CODES.iter().map(|c| (c.as_str().to_owned(), json!(load(&m.refused[code_index(*c)])))).collect::<serde_json::Map<_, _>>(),
+        "subscriptions": {
+            "open": load(&m.subscriptions_open),
+            "opened": load(&m.subscriptions_opened),
+            "sse_clients": load(&m.sse_clients),
+        },
+        "log": {
+            "first_seq": log.first_seq,
+            "next_seq": log.next_seq,
+            "segments": log.segments,
+            "bytes": log.bytes,
+            "appends": log.appends,
+            "fsyncs": log.fsyncs,
+            "fsync_micros_total": log.fsync_micros_total,
+            "healthy": state.bus.log().failure().is_none(),
+        },
+    })
+}

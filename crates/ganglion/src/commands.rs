@@ -1,0 +1,266 @@
+//! The client commands: thin wrappers over [`ganglion_client::Client`].
+
+use std::io::Write as _;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use ganglion_client::Client;
+use ganglion_core::bus::{AckMode, EventBus, StartPosition, StorageClass, SubscribeOptions};
+use ganglion_core::{Event, Pattern, Topic, parse_since};
+use serde_json::{Value, json};
+
+use crate::{ClientArgs, Output};
+
+async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    Client::connect(args.server.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.server))
+}
+
+/// Writes one line to stdout; a closed pipe (`| head`) ends the command quietly.
+fn line(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+pub(crate) fn event_json(event: &Event) -> Value {
+    let mut value = json!({
+        "seq": event.seq,
+        "id": &*event.id,
+        "topic": event.topic.as_str(),
+        "type": event.event_type,
+        "source": event.source,
+        "timestamp_ms": event.timestamp_ms,
+        "headers": event.headers,
+        "content_type": event.content_type,
+    });
+    match serde_json::from_slice::<Value>(&event.payload) {
+        Ok(payload) if event.content_type.contains("json") => value["payload"] = payload,
+        _ => {
+            value["payload_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&event.payload))
+        }
+    }
+    value
+}
+
+/// One line per event for people: `#seq topic [type] payload`.
+fn event_line(event: &Event) -> String {
+    let textual = event.content_type.is_empty()
+        || event.content_type.contains("json")
+        || event.content_type.starts_with("text/");
+    let payload = match std::str::from_utf8(&event.payload) {
+        Ok(text) if textual => text.to_owned(),
+        _ => format!("<{} bytes {}>", event.payload.len(), event.content_type),
+    };
+    let seq = if event.seq == 0 {
+        "-".to_owned()
+    } else {
+        format!("#{}", event.seq)
+    };
+    let kind = if event.event_type.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", event.event_type)
+    };
+    format!("{seq} {}{kind} {payload}", event.topic)
+}
+
+pub(crate) async fn publish(
+    args: &ClientArgs,
+    topic: &str,
+    json: &str,
+    event_type: Option<String>,
+    source: Option<String>,
+    headers: &[String],
+) -> anyhow::Result<()> {
+    let topic = Topic::new(topic).with_context(|| format!("topic {topic:?}"))?;
+    let payload: Value =
+        serde_json::from_str(json).context("the payload must be JSON (quote it for the shell)")?;
+    let mut event = Event::new(topic, serde_json::to_vec(&payload)?)
+        .with_content_type("application/json")
+        .with_type(event_type.unwrap_or_default())
+        .with_source(source.unwrap_or_else(|| "ganglion-cli".to_owned()));
+    for header in headers {
+        let Some((name, value)) = header.split_once('=') else {
+            bail!("--header {header:?}: expected NAME=VALUE");
+        };
+        event = event.with_header(name, value);
+    }
+    let client = connect(args).await?;
+    let ack = client.publish(event).await?;
+    match args.output {
+        Output::Json => line(json!({ "seq": ack.seq, "id": &*ack.id, "duplicate": ack.duplicate })),
+        Output::Table => line(format!(
+            "published seq={} id={}{}",
+            ack.seq,
+            ack.id,
+            if ack.duplicate {
+                " (duplicate: already published)"
+            } else {
+                ""
+            }
+        )),
+    }
+}
+
+pub(crate) async fn tail(
+    args: &ClientArgs,
+    pattern: &str,
+    durable: Option<String>,
+    from_seq: Option<u64>,
+) -> anyhow::Result<()> {
+    let pattern = Pattern::new(pattern).with_context(|| format!("pattern {pattern:?}"))?;
+    let client = connect(args).await?;
+    let options = SubscribeOptions {
+        durable,
+        start: from_seq.map_or(StartPosition::New, StartPosition::Seq),
+        ack_mode: AckMode::Manual,
+        ..SubscribeOptions::default()
+    };
+    let mut subscription = client.subscribe(pattern.clone(), options).await?;
+    eprintln!(
+        "tailing {pattern} (subscription {}); Ctrl-C stops",
+        subscription.name()
+    );
+    loop {
+        let delivery = tokio::select! {
+            d = subscription.next() => d,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(delivery) = delivery else {
+            bail!(
+                "the subscription ended: {}",
+                subscription
+                    .closed_reason()
+                    .unwrap_or_else(|| "closed".to_owned())
+            );
+        };
+        for delivered in delivery.events() {
+            match args.output {
+                Output::Json => line(event_json(&delivered.event))?,
+                Output::Table => line(event_line(&delivered.event))?,
+            }
+        }
+        delivery.ack();
+    }
+}
+
+pub(crate) async fn replay(
+    args: &ClientArgs,
+    pattern: &str,
+    from_seq: Option<u64>,
+    since: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let pattern = Pattern::new(pattern).with_context(|| format!("pattern {pattern:?}"))?;
+    let start = match (from_seq, since) {
+        (Some(seq), _) => StartPosition::Seq(seq),
+        (None, Some(since)) => StartPosition::Time(
+            parse_since(since, SystemTime::now()).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        ),
+        (None, None) => StartPosition::All,
+    };
+    let client = connect(args).await?;
+    let events = client.replay(pattern, start, limit).await?;
+    match args.output {
+        Output::Json => {
+            line(json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }))
+        }
+        Output::Table => {
+            for event in &events {
+                line(event_line(event))?;
+            }
+            eprintln!("{} events", events.len());
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn dlq_list(
+    args: &ClientArgs,
+    subscription: String,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let client = connect(args).await?;
+    let letters = client.dead_letters(subscription.clone(), limit).await?;
+    match args.output {
+        Output::Json => line(json!({
+            "dead_letters": letters.iter().map(|d| json!({
+                "seq": d.event.seq,
+                "origin_topic": d.origin_topic,
+                "origin_seq": d.origin_seq,
+                "subscription": d.subscription,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "event": event_json(&d.event),
+            })).collect::<Vec<_>>(),
+        })),
+        Output::Table => {
+            line(format!(
+                "{:>8}  {:<32} {:>10} {:>8}  last error",
+                "seq", "origin topic", "origin seq", "attempts"
+            ))?;
+            for d in &letters {
+                line(format!(
+                    "{:>8}  {:<32} {:>10} {:>8}  {}",
+                    d.event.seq, d.origin_topic, d.origin_seq, d.attempts, d.last_error
+                ))?;
+            }
+            eprintln!("{} dead letters for {subscription}", letters.len());
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn dlq_redrive(
+    args: &ClientArgs,
+    subscription: String,
+    seqs: Vec<u64>,
+) -> anyhow::Result<()> {
+    let client = connect(args).await?;
+    let redriven = client.redrive(subscription.clone(), seqs).await?;
+    match args.output {
+        Output::Json => line(json!({ "redriven": redriven })),
+        Output::Table => line(format!("redrove {redriven} dead letters of {subscription}")),
+    }
+}
+
+pub(crate) async fn topics(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = connect(args).await?;
+    let topics = client.topics().await?;
+    let storage = |s: StorageClass| match s {
+        StorageClass::Durable => "durable",
+        StorageClass::Ephemeral => "ephemeral",
+    };
+    match args.output {
+        Output::Json => line(json!({
+            "topics": topics.iter().map(|t| json!({
+                "topic": t.topic.as_str(),
+                "storage": storage(t.storage),
+                "events": t.events,
+                "last_seq": t.last_seq,
+            })).collect::<Vec<_>>(),
+        })),
+        Output::Table => {
+            line(format!(
+                "{:<40} {:<10} {:>10} {:>10}",
+                "topic", "storage", "events", "last seq"
+            ))?;
+            for t in &topics {
+                line(format!(
+                    "{:<40} {:<10} {:>10} {:>10}",
+                    t.topic.as_str(),
+                    storage(t.storage),
+                    t.events,
+                    t.last_seq
+                ))?;
+            }
+            Ok(())
+        }
+    }
+}

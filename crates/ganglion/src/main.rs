@@ -1,0 +1,202 @@
+//! `ganglion`: the server (`serve`) and the commands people use against it.
+//!
+//! Results go to stdout (`--output table|json`), diagnostics to stderr, progress bars
+//! only on a terminal.
+
+mod bench;
+mod commands;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+// glibc's malloc serialises cross-thread frees (events are allocated by publishers and
+// freed by subscribers); mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ganglion",
+    version,
+    about = "An event bus and resource coordinator for event-driven applications"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the client commands connect, and how they print.
+#[derive(Debug, Clone, clap::Args)]
+struct ClientArgs {
+    /// gRPC address of a running `ganglion serve`.
+    #[arg(
+        long,
+        env = "GANGLION_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+    /// How results are printed.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// For people.
+    Table,
+    /// One JSON document (or one per line for streams), for programs.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: the embedded engine behind gRPC and HTTP.
+    Serve(serve::ServeArgs),
+    /// Publish one event: `ganglion publish game.state.update '{"round": 3}'`.
+    Publish {
+        topic: String,
+        /// The payload, as JSON.
+        json: String,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        /// A header, `name=value` (repeatable); `idempotency_key=…` dedupes.
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print live events matching a pattern until interrupted.
+    Tail {
+        pattern: String,
+        /// Resume a durable subscription of this name (events are acked as printed).
+        #[arg(long)]
+        durable: Option<String>,
+        /// Start from this sequence number instead of new events only.
+        #[arg(long)]
+        from_seq: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print logged events matching a pattern, from a sequence number or a time.
+    Replay {
+        pattern: String,
+        #[arg(long, conflicts_with = "since")]
+        from_seq: Option<u64>,
+        /// Milliseconds since the epoch, or an age: 90s, 15m, 2h, 1d.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Inspect and redrive dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// List the topics the bus has seen.
+    Topics {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Measure a running server: W1 (ephemeral throughput), W2 (durable publish and
+    /// consume), W3 (latency at a steady rate).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Dead letters of a subscription, oldest first.
+    List {
+        subscription: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Republish dead letters to their origin topics (these sequences, or all).
+    Redrive {
+        subscription: String,
+        seqs: Vec<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Publish {
+            topic,
+            json,
+            event_type,
+            source,
+            headers,
+            client,
+        } => commands::publish(&client, &topic, &json, event_type, source, &headers).await,
+        Command::Tail {
+            pattern,
+            durable,
+            from_seq,
+            client,
+        } => commands::tail(&client, &pattern, durable, from_seq).await,
+        Command::Replay {
+            pattern,
+            from_seq,
+            since,
+            limit,
+            client,
+        } => commands::replay(&client, &pattern, from_seq, since.as_deref(), limit).await,
+        Command::Dlq { command } => match command {
+            DlqCommand::List {
+                subscription,
+                limit,
+                client,
+            } => commands::dlq_list(&client, subscription, limit).await,
+            DlqCommand::Redrive {
+                subscription,
+                seqs,
+                client,
+            } => commands::dlq_redrive(&client, subscription, seqs).await,
+        },
+        Command::Topics { client } => commands::topics(&client).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// The default data directory, relative to where the server starts.
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./ganglion-data")
+}
