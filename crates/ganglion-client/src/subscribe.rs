@@ -10,7 +10,8 @@ use ganglion_core::bus::{
     Delivery, SubscribeOptions, Subscription, SubscriptionControl, SubscriptionId,
 };
 use ganglion_proto::convert::{
-    delivered_from_wire, duration_ms, error_from_status, key_count_from_wire, options_to_wire,
+    TopicCache, delivered_from_wire, duration_ms, error_from_status, key_count_from_wire,
+    options_to_wire,
 };
 use ganglion_proto::v1::event_bus_client::EventBusClient;
 use ganglion_proto::v1::{self, subscribe_request, subscribe_response};
@@ -207,6 +208,7 @@ async fn run(
 
 fn deliveries(frame: v1::DeliveryFrame, control: &Arc<Control>) -> Result<Vec<Delivery>, BusError> {
     let control: Arc<dyn SubscriptionControl> = control.clone();
+    let mut topics = TopicCache::default();
     frame
         .deliveries
         .into_iter()
@@ -214,7 +216,7 @@ fn deliveries(frame: v1::DeliveryFrame, control: &Arc<Control>) -> Result<Vec<De
             let mut events = d
                 .events
                 .into_iter()
-                .map(|e| delivered_from_wire(e, "deliveries.events"))
+                .map(|e| delivered_from_wire(e, &mut topics))
                 .collect::<Result<Vec<_>, _>>()?;
             let counts: Vec<_> = d.counts.into_iter().map(key_count_from_wire).collect();
             if events.len() == 1 && counts.is_empty() && d.seqs.len() <= 1 {

@@ -26,10 +26,28 @@ pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
 
 // ---- events ----
 
+/// Parses topics, reusing the last one when the next is the same string (events of a
+/// batch or a frame mostly share their topic): one validation and no allocation each.
+#[derive(Debug, Default)]
+pub struct TopicCache(Option<Topic>);
+
+impl TopicCache {
+    pub fn topic(&mut self, s: &str, field: impl FnOnce() -> String) -> Result<Topic, BusError> {
+        if let Some(topic) = &self.0
+            && topic.as_str() == s
+        {
+            return Ok(topic.clone());
+        }
+        let topic = Topic::new(s).map_err(|e| BusError::invalid(field(), e))?;
+        self.0 = Some(topic.clone());
+        Ok(topic)
+    }
+}
+
 /// A core event on the wire (moves the payload and headers).
 pub fn event_to_wire(event: Event) -> v1::Event {
     v1::Event {
-        id: event.id.to_string(),
+        id: String::from(&*event.id),
         topic: event.topic.as_str().to_owned(),
         r#type: event.event_type,
         source: event.source,
@@ -44,8 +62,16 @@ pub fn event_to_wire(event: Event) -> v1::Event {
 /// A wire event as a core event; `field` names it in errors (`events[2]`). An empty id
 /// gets a fresh UUIDv7.
 pub fn event_from_wire(event: v1::Event, field: &str) -> Result<Event, BusError> {
-    let topic =
-        Topic::new(&event.topic).map_err(|e| BusError::invalid(format!("{field}.topic"), e))?;
+    event_from_wire_cached(event, &mut TopicCache::default(), || field.to_owned())
+}
+
+/// [`event_from_wire`] with a topic cache; `field` is only called for an error.
+pub fn event_from_wire_cached(
+    event: v1::Event,
+    topics: &mut TopicCache,
+    field: impl Fn() -> String,
+) -> Result<Event, BusError> {
+    let topic = topics.topic(&event.topic, || format!("{}.topic", field()))?;
     let id: Arc<str> = if event.id.is_empty() {
         new_event_id()
     } else {
@@ -66,17 +92,18 @@ pub fn event_from_wire(event: v1::Event, field: &str) -> Result<Event, BusError>
 
 /// The events of a publish request, each checked; errors name `events[i]`.
 pub fn events_from_wire(events: Vec<v1::Event>) -> Result<Vec<Event>, BusError> {
+    let mut topics = TopicCache::default();
     events
         .into_iter()
         .enumerate()
-        .map(|(i, e)| event_from_wire(e, &format!("events[{i}]")))
+        .map(|(i, e)| event_from_wire_cached(e, &mut topics, || format!("events[{i}]")))
         .collect()
 }
 
 pub fn ack_to_wire(ack: PublishAck) -> v1::PublishAck {
     v1::PublishAck {
         seq: ack.seq,
-        id: ack.id.to_string(),
+        id: String::from(&*ack.id),
         duplicate: ack.duplicate,
     }
 }
@@ -89,9 +116,12 @@ pub fn ack_from_wire(ack: v1::PublishAck) -> PublishAck {
     }
 }
 
-pub fn delivered_to_wire(delivered: &DeliveredEvent) -> v1::DeliveredEvent {
+/// A delivered event on the wire; the event is moved out when this was its last
+/// reference (one subscriber of an ephemeral event), copied otherwise.
+pub fn delivered_to_wire(delivered: DeliveredEvent) -> v1::DeliveredEvent {
+    let event = Arc::try_unwrap(delivered.event).unwrap_or_else(|shared| (*shared).clone());
     v1::DeliveredEvent {
-        event: Some(event_to_wire((*delivered.event).clone())),
+        event: Some(event_to_wire(event)),
         attempt: delivered.attempt,
         coalesced: delivered.coalesced,
     }
@@ -99,13 +129,15 @@ pub fn delivered_to_wire(delivered: &DeliveredEvent) -> v1::DeliveredEvent {
 
 pub fn delivered_from_wire(
     delivered: v1::DeliveredEvent,
-    field: &str,
+    topics: &mut TopicCache,
 ) -> Result<DeliveredEvent, BusError> {
     let event = delivered
         .event
-        .ok_or_else(|| BusError::invalid(format!("{field}.event"), "is missing"))?;
+        .ok_or_else(|| BusError::invalid("deliveries.events.event", "is missing"))?;
     Ok(DeliveredEvent {
-        event: Arc::new(event_from_wire(event, &format!("{field}.event"))?),
+        event: Arc::new(event_from_wire_cached(event, topics, || {
+            "deliveries.events.event".to_owned()
+        })?),
         attempt: delivered.attempt,
         coalesced: delivered.coalesced,
     })

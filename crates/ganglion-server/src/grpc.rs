@@ -58,15 +58,22 @@ pub(crate) async fn serve(
     .max_decoding_message_size(limits.max_grpc_message_bytes)
     .max_encoding_message_size(limits.max_grpc_message_bytes);
 
+    // The builder's `tcp_nodelay` covers only listeners it binds itself: set it on each
+    // accepted stream, or Nagle holds small frames (one event at a time to a subscriber
+    // that sends nothing back) until the peer's delayed ACK, about 2 ms here.
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(bus)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), state.stopped())
+        .serve_with_incoming_shutdown(incoming, state.stopped())
         .await
 }
 
@@ -428,16 +435,16 @@ fn frame(first: Delivery, subscription: &mut Subscription) -> v1::DeliveryFrame 
     let mut bytes = 0;
     let mut next = Some(first);
     while let Some(delivery) = next.take() {
-        events += delivery.events().len();
-        bytes += delivery
-            .events()
+        let (delivered, counts, seqs) = delivery.into_parts();
+        events += delivered.len();
+        bytes += delivered
             .iter()
             .map(|e| e.event.payload.len())
             .sum::<usize>();
         deliveries.push(v1::Delivery {
-            events: delivery.events().iter().map(delivered_to_wire).collect(),
-            counts: delivery.counts().iter().map(key_count_to_wire).collect(),
-            seqs: delivery.seqs().to_vec(),
+            events: delivered.into_iter().map(delivered_to_wire).collect(),
+            counts: counts.iter().map(key_count_to_wire).collect(),
+            seqs,
         });
         if events < FRAME_EVENTS && bytes < FRAME_BYTES {
             next = subscription.try_next();

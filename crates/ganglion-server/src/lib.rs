@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt as _;
 use ganglion_bus::Bus;
 use ganglion_core::BusError;
 use tokio::net::TcpListener;
@@ -195,9 +196,14 @@ pub async fn serve(
     let state = State::new(bus.clone(), options.limits.clone(), stop_rx);
 
     let grpc_server = grpc::serve(state.clone(), grpc);
-    let http_server = axum::serve(http, router(state.clone()))
-        .with_graceful_shutdown(state.stopped())
-        .into_future();
+    let http_server = axum::serve(
+        http.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        router(state.clone()),
+    )
+    .with_graceful_shutdown(state.stopped())
+    .into_future();
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(http_server);
 

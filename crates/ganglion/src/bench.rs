@@ -389,26 +389,32 @@ async fn w3(
         received
     });
 
+    // Pace on a thread of its own: std's sleep is accurate to tens of microseconds
+    // where tokio's timers tick in milliseconds, and it does not spin a core the server
+    // needs.
     let interval = Duration::from_secs_f64(1.0 / args.w3_rate.max(1) as f64);
     let start = Instant::now();
-    let mut pending = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        let due = start + interval.mul_f64(i as f64);
-        // tokio's timers tick in milliseconds: sleep while far from due, then yield.
-        while Instant::now() < due {
-            if due - Instant::now() > Duration::from_millis(2) {
-                tokio::time::sleep(due - Instant::now() - Duration::from_millis(1)).await;
-            } else {
-                tokio::task::yield_now().await;
+    let runtime = tokio::runtime::Handle::current();
+    let client = publisher.clone();
+    let pacing_topic = topic.clone();
+    let pending = tokio::task::spawn_blocking(move || {
+        let mut pending = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let due = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
             }
+            let mut body = Vec::with_capacity(128);
+            body.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+            body.resize(128, b'x');
+            let client = client.clone();
+            let event = Event::new(pacing_topic.clone(), body);
+            pending.push(runtime.spawn(async move { client.publish(event).await }));
         }
-        let mut body = Vec::with_capacity(128);
-        body.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-        body.resize(128, b'x');
-        let client = publisher.clone();
-        let event = Event::new(topic.clone(), body);
-        pending.push(tokio::spawn(async move { client.publish(event).await }));
-    }
+        pending
+    })
+    .await?;
     for p in pending {
         p.await?.context("publishing")?;
     }
