@@ -1,0 +1,192 @@
+//! The real binary: `serve` on ephemeral ports, the client commands against it, and a
+//! graceful stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ganglion");
+
+struct Served {
+    child: Child,
+    grpc: String,
+    http: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ganglion serve` on ports the OS picks and reads them off its start-up line.
+fn serve(data_dir: &std::path::Path) -> Served {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ganglion serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a start-up line within 30 s");
+        if line.contains("ganglion serving") {
+            break line;
+        }
+    };
+    let after = |marker: &str| {
+        let rest = &line[line
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} in {line}"))
+            + marker.len()..];
+        rest.split(|c: char| c == ',' || c.is_whitespace())
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(line.contains(&data_dir.display().to_string()), "{line}");
+    Served {
+        grpc: format!("http://{}", after("gRPC on ")),
+        http: after("HTTP on "),
+        child,
+        log,
+    }
+}
+
+fn ganglion(server: &Served, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--server", &server.grpc])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    assert!(!server.http.is_empty());
+
+    let (ok, out, err) = ganglion(
+        &server,
+        &[
+            "publish",
+            "game.state.update",
+            r#"{"round": 3}"#,
+            "--type",
+            "GameStateUpdate",
+            "--header",
+            "idempotency_key=once",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let ack = json(&out);
+    assert_eq!(ack["duplicate"], false);
+    let seq = ack["seq"].as_u64().unwrap();
+    let (ok, out, _) = ganglion(
+        &server,
+        &[
+            "publish",
+            "game.state.update",
+            r#"{"round": 3}"#,
+            "--header",
+            "idempotency_key=once",
+        ],
+    );
+    assert!(
+        ok && out.contains(&format!("seq={seq}")) && out.contains("duplicate"),
+        "{out}"
+    );
+
+    let (ok, out, err) = ganglion(
+        &server,
+        &["replay", "game.>", "--from-seq", "1", "--output", "json"],
+    );
+    assert!(ok, "{err}");
+    let events = json(&out)["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["payload"], serde_json::json!({"round": 3}));
+    assert_eq!(events[0]["type"], "GameStateUpdate");
+    let (ok, out, _) = ganglion(&server, &["replay", "game.*.update", "--since", "1h"]);
+    assert!(
+        ok && out.contains(r#"game.state.update [GameStateUpdate] {"round":3}"#),
+        "{out}"
+    );
+
+    let (ok, out, _) = ganglion(&server, &["topics", "--output", "json"]);
+    assert!(ok);
+    assert_eq!(json(&out)["topics"][0]["topic"], "game.state.update");
+    let (ok, out, _) = ganglion(&server, &["dlq", "list", "nobody", "--output", "json"]);
+    assert!(ok);
+    assert_eq!(json(&out)["dead_letters"], serde_json::json!([]));
+
+    // Bad input: a clear error naming what was wrong, and a failing exit status.
+    let (ok, _, err) = ganglion(&server, &["publish", "game..x", "{}"]);
+    assert!(!ok && err.contains("game..x"), "{err}");
+    let (ok, _, err) = ganglion(&server, &["publish", "game.x", "{not json"]);
+    assert!(!ok && err.contains("JSON"), "{err}");
+    let (ok, _, err) = ganglion(&server, &["replay", ">", "--since", "yesterday"]);
+    assert!(!ok && err.contains("--since"), "{err}");
+
+    // SIGTERM: a graceful stop, exit status 0.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = (0..300)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            server.child.try_wait().unwrap()
+        })
+        .expect("the server exits within 30 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let log: Vec<String> = server.log.iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM received")),
+        "{log:?}"
+    );
+    assert!(log.iter().any(|l| l.contains("stopped cleanly")), "{log:?}");
+
+    // The data survived: a new server replays it.
+    let server = serve(dir.path());
+    let (ok, out, _) = ganglion(&server, &["replay", ">", "--output", "json"]);
+    assert!(ok);
+    assert_eq!(json(&out)["events"].as_array().unwrap().len(), 1);
+}
