@@ -1044,12 +1044,7 @@ impl EventBus for Bus {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
         Box::pin(async move {
-            if from == StartPosition::New {
-                return Err(BusError::invalid(
-                    "from",
-                    "replay needs a position: all, a sequence number or a time",
-                ));
-            }
+            let from = from.for_replay()?;
             let core = self.core.clone();
             tokio::task::spawn_blocking(move || {
                 let start = core.start_seq(from)?;

@@ -195,14 +195,8 @@ impl EventBus for Client {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
         Box::pin(async move {
-            let (from_seq, since_ms) = match from {
-                StartPosition::New => {
-                    return Err(BusError::invalid(
-                        "from",
-                        "replay needs a position: all, a sequence number or a time",
-                    ));
-                }
-                StartPosition::All => (0, 0),
+            let (from_seq, since_ms) = match from.for_replay()? {
+                StartPosition::New | StartPosition::All => (0, 0),
                 StartPosition::Seq(0) => (0, 0),
                 StartPosition::Seq(seq) => (seq, 0),
                 StartPosition::Time(t) => (0, system_time_ms(t).max(1)),

@@ -156,6 +156,19 @@ pub enum StartPosition {
     Time(SystemTime),
 }
 
+impl StartPosition {
+    /// Where a replay starts; `New` has no events to replay and is refused.
+    pub fn for_replay(self) -> Result<StartPosition, BusError> {
+        if self == StartPosition::New {
+            return Err(BusError::invalid(
+                "from",
+                "replay needs a position: all, a sequence number or a time",
+            ));
+        }
+        Ok(self)
+    }
+}
+
 /// Who acknowledges deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AckMode {

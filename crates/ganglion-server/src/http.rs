@@ -379,8 +379,9 @@ fn event_from_json(value: Value, at: &str) -> ApiResult<Event> {
     })
 }
 
-/// An event as the API shows it.
-fn event_to_json(event: &Event) -> Value {
+/// An event as the HTTP API (and the CLI's `--output json`) shows it: JSON payloads
+/// inline as `payload`, anything else as `payload_base64`.
+pub fn event_to_json(event: &Event) -> Value {
     let mut value = json!({
         "seq": event.seq,
         "id": &*event.id,

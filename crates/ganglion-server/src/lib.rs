@@ -29,7 +29,7 @@ use ganglion_core::BusError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use http::router;
+pub use http::{event_to_json, router};
 pub use metrics::Metrics;
 
 /// Limits on what one client may ask of the server. Every one is refused with a clear

@@ -4,10 +4,10 @@ use std::io::Write as _;
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
 use ganglion_client::Client;
 use ganglion_core::bus::{AckMode, EventBus, StartPosition, StorageClass, SubscribeOptions};
 use ganglion_core::{Event, Pattern, Topic, parse_since};
+use ganglion_server::event_to_json;
 use serde_json::{Value, json};
 
 use crate::{ClientArgs, Output};
@@ -25,27 +25,6 @@ fn line(text: impl std::fmt::Display) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),
     }
-}
-
-pub(crate) fn event_json(event: &Event) -> Value {
-    let mut value = json!({
-        "seq": event.seq,
-        "id": &*event.id,
-        "topic": event.topic.as_str(),
-        "type": event.event_type,
-        "source": event.source,
-        "timestamp_ms": event.timestamp_ms,
-        "headers": event.headers,
-        "content_type": event.content_type,
-    });
-    match serde_json::from_slice::<Value>(&event.payload) {
-        Ok(payload) if event.content_type.contains("json") => value["payload"] = payload,
-        _ => {
-            value["payload_base64"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(&event.payload))
-        }
-    }
-    value
 }
 
 /// One line per event for people: `#seq topic [type] payload`.
@@ -142,7 +121,7 @@ pub(crate) async fn tail(
         };
         for delivered in delivery.events() {
             match args.output {
-                Output::Json => line(event_json(&delivered.event))?,
+                Output::Json => line(event_to_json(&delivered.event))?,
                 Output::Table => line(event_line(&delivered.event))?,
             }
         }
@@ -169,7 +148,7 @@ pub(crate) async fn replay(
     let events = client.replay(pattern, start, limit).await?;
     match args.output {
         Output::Json => {
-            line(json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }))
+            line(json!({ "events": events.iter().map(event_to_json).collect::<Vec<_>>() }))
         }
         Output::Table => {
             for event in &events {
@@ -197,7 +176,7 @@ pub(crate) async fn dlq_list(
                 "subscription": d.subscription,
                 "attempts": d.attempts,
                 "last_error": d.last_error,
-                "event": event_json(&d.event),
+                "event": event_to_json(&d.event),
             })).collect::<Vec<_>>(),
         })),
         Output::Table => {
