@@ -44,7 +44,10 @@ pub struct ClientOptions {
     /// `http://host:port` of a `ganglion serve` gRPC listener.
     pub endpoint: String,
     pub connect_timeout: Duration,
-    /// Most events in one coalesced publish frame.
+    /// Most events in one coalesced publish frame. A caller's batch at least this large
+    /// is sent as a frame of its own; smaller ones are packed together up to it. (A
+    /// packed frame keeps a copy of its events, to resend each caller's batch alone if
+    /// the server refuses the frame, so packing stops where batching has paid off.)
     pub max_frame_events: usize,
     /// Most payload bytes in one coalesced publish frame (a single larger batch is sent
     /// alone).
@@ -63,7 +66,7 @@ impl ClientOptions {
         ClientOptions {
             endpoint: endpoint.into(),
             connect_timeout: Duration::from_secs(5),
-            max_frame_events: 4096,
+            max_frame_events: 256,
             max_frame_bytes: 4 * 1024 * 1024,
             pipeline: 32,
             max_message_bytes: 16 * 1024 * 1024,
