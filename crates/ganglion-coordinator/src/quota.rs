@@ -1,0 +1,664 @@
+//! Exact quotas: at most `limit` grants in **every** trailing `window`.
+//!
+//! # How it is exact
+//!
+//! A quota keeps the time of each grant still inside the window (a sliding log). A grant
+//! at `t` is allowed only if fewer than `limit` grants lie in `(t − window, t]`, so any
+//! two grants `limit` apart are at least `window` apart, and no interval of length
+//! `window` ever holds `limit + 1` of them. (A fixed-window counter admits `2 × limit`
+//! across a boundary; a token bucket of burst `limit` admits up to `2 × limit − 1` in
+//! some window.) Decisions take one mutex, so concurrency cannot add grants. Time that
+//! goes backwards is treated as standing still.
+//!
+//! # Waiting, priority and shares
+//!
+//! [`Quota::acquire`] waits up to a timeout. When a grant frees up it goes to the waiter
+//! with the highest priority; among equal priorities, to the component furthest below its
+//! weighted share of the grants in the window (weights from [`QuotaSpec::shares`],
+//! default 1), then first come first served. A [`Quota::try_acquire`] never overtakes a
+//! waiter.
+//!
+//! # Upstream limits and restarts
+//!
+//! [`Quota::report_upstream_limit`] suspends grants (the provider answered 429 with a
+//! retry-after). With a journal directory, every grant and suspension is appended and
+//! fdatasynced **before** it is returned, and reopening restores them: a restart never
+//! forgets a grant that was handed out. A torn last line is a grant that was never
+//! returned, and is ignored.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ganglion_core::Clock;
+use tokio::sync::{oneshot, watch};
+
+use crate::CoordinatorError;
+
+/// A quota's definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaSpec {
+    /// A name of letters, digits, `-` and `_` (`claude`).
+    pub name: String,
+    /// Most grants in any trailing `window`.
+    pub limit: u32,
+    pub window: Duration,
+    /// Weights of components sharing the quota when it is saturated; others weigh 1.
+    pub shares: BTreeMap<String, u32>,
+    /// The fraction of `limit` in use at which the near-limit signal turns on.
+    pub near_limit: f64,
+}
+
+impl QuotaSpec {
+    /// `name` with `limit` per `window`, equal shares, near-limit at 80%.
+    pub fn new(name: impl Into<String>, limit: u32, window: Duration) -> QuotaSpec {
+        QuotaSpec {
+            name: name.into(),
+            limit,
+            window,
+            shares: BTreeMap::new(),
+            near_limit: 0.8,
+        }
+    }
+
+    /// Parses `"100 per 1h"` (units `ms`, `s`, `m`, `h`, `d`).
+    pub fn parse(name: impl Into<String>, rule: &str) -> Result<QuotaSpec, CoordinatorError> {
+        let bad = || {
+            CoordinatorError::invalid(
+                "rule",
+                format!("{rule:?} is not `<count> per <duration>`, like `100 per 1h`"),
+            )
+        };
+        let mut words = rule.split_whitespace();
+        let (Some(count), Some("per"), Some(window), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return Err(bad());
+        };
+        let limit: u32 = count.parse().map_err(|_| bad())?;
+        let split = window
+            .find(|c: char| !c.is_ascii_digit())
+            .filter(|&i| i > 0)
+            .ok_or_else(bad)?;
+        let (n, unit) = window.split_at(split);
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let window = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86_400),
+            _ => return Err(bad()),
+        };
+        let spec = QuotaSpec::new(name, limit, window);
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), CoordinatorError> {
+        check_name("name", &self.name)?;
+        if self.limit == 0 {
+            return Err(CoordinatorError::invalid("limit", "must be at least 1"));
+        }
+        if self.window < Duration::from_millis(1) {
+            return Err(CoordinatorError::invalid("window", "must be at least 1 ms"));
+        }
+        if !(self.near_limit > 0.0 && self.near_limit <= 1.0) {
+            return Err(CoordinatorError::invalid("near_limit", "must be in (0, 1]"));
+        }
+        for (component, weight) in &self.shares {
+            check_name(&format!("shares.{component}"), component)?;
+            if *weight == 0 {
+                return Err(CoordinatorError::invalid(
+                    format!("shares.{component}"),
+                    "a weight must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), CoordinatorError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordinatorError::invalid(
+            field,
+            format!("{name:?} must be 1 to 64 letters, digits, '-' or '_'"),
+        ))
+    }
+}
+
+/// A granted call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    pub quota: String,
+    pub component: String,
+    /// Wall-clock microseconds since the Unix epoch.
+    pub granted_at_micros: u64,
+    /// Grants in the window, this one included, and how many remain.
+    pub used: u32,
+    pub remaining: u32,
+}
+
+/// A quota's state at a glance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaStatus {
+    pub name: String,
+    pub limit: u32,
+    pub window: Duration,
+    pub used: u32,
+    pub remaining: u32,
+    pub near_limit: bool,
+    /// How long grants stay suspended by an upstream limit.
+    pub suspended_for: Duration,
+    pub waiters: usize,
+    /// Grants in the window per component.
+    pub by_component: BTreeMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Grant {
+    at: u64,
+    component: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    priority: i32,
+    component: Arc<str>,
+    tx: oneshot::Sender<Permit>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    grants: VecDeque<Grant>,
+    per_component: HashMap<Arc<str>, u32>,
+    /// The latest time seen: time never runs backwards for a quota.
+    last_at: u64,
+    suspended_until: u64,
+    waiters: Vec<Waiter>,
+    next_waiter: u64,
+    journal: Option<Journal>,
+}
+
+/// A named quota. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Quota {
+    spec: QuotaSpec,
+    window_micros: u64,
+    clock: Arc<dyn Clock>,
+    inner: Mutex<Inner>,
+    near: watch::Sender<bool>,
+}
+
+impl Quota {
+    /// A quota kept in memory only.
+    pub fn new(spec: QuotaSpec, clock: Arc<dyn Clock>) -> Result<Quota, CoordinatorError> {
+        spec.validate()?;
+        Ok(Quota {
+            window_micros: u64::try_from(spec.window.as_micros()).unwrap_or(u64::MAX),
+            spec,
+            clock,
+            inner: Mutex::new(Inner::default()),
+            near: watch::channel(false).0,
+        })
+    }
+
+    /// A quota whose grants are journaled in `dir/<name>.quota` and restored from it.
+    pub fn open(
+        spec: QuotaSpec,
+        clock: Arc<dyn Clock>,
+        dir: &Path,
+    ) -> Result<Quota, CoordinatorError> {
+        let quota = Quota::new(spec, clock)?;
+        let path = dir.join(format!("{}.quota", quota.spec.name));
+        let (grants, suspended_until) = Journal::read(&path)?;
+        {
+            let mut inner = quota.lock();
+            for (at, component) in grants {
+                let component: Arc<str> = component.into();
+                *inner.per_component.entry(component.clone()).or_default() += 1;
+                inner.last_at = inner.last_at.max(at);
+                inner.grants.push_back(Grant { at, component });
+            }
+            inner.suspended_until = suspended_until;
+            let now = quota.now(&mut inner);
+            quota.expire(&mut inner, now);
+            inner.journal = Some(Journal::open(path, &inner)?);
+            quota.signal(&inner);
+        }
+        Ok(quota)
+    }
+
+    pub fn spec(&self) -> &QuotaSpec {
+        &self.spec
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self, inner: &mut Inner) -> u64 {
+        let now = self.clock.now_micros().max(inner.last_at);
+        inner.last_at = now;
+        now
+    }
+
+    fn expire(&self, inner: &mut Inner, now: u64) {
+        while let Some(front) = inner.grants.front() {
+            if front.at.saturating_add(self.window_micros) > now {
+                break;
+            }
+            let gone = inner.grants.pop_front().expect("front exists");
+            if let Some(count) = inner.per_component.get_mut(&gone.component) {
+                *count -= 1;
+                if *count == 0 {
+                    inner.per_component.remove(&gone.component);
+                }
+            }
+        }
+    }
+
+    /// How long until a grant could be made, or `None` if one can be now.
+    fn wait_needed(&self, inner: &Inner, now: u64) -> Option<u64> {
+        if inner.suspended_until > now {
+            return Some(inner.suspended_until - now);
+        }
+        if inner.grants.len() < self.spec.limit as usize {
+            return None;
+        }
+        let oldest = inner.grants.front().map_or(now, |g| g.at);
+        Some(
+            oldest
+                .saturating_add(self.window_micros)
+                .saturating_sub(now)
+                .max(1),
+        )
+    }
+
+    fn weight(&self, component: &str) -> f64 {
+        f64::from(self.spec.shares.get(component).copied().unwrap_or(1))
+    }
+
+    /// Records a grant (journaled first when there is a journal).
+    fn record(
+        &self,
+        inner: &mut Inner,
+        now: u64,
+        component: &Arc<str>,
+    ) -> Result<Permit, CoordinatorError> {
+        if let Some(journal) = inner.journal.as_mut() {
+            journal.grant(now, component)?;
+        }
+        inner.grants.push_back(Grant {
+            at: now,
+            component: component.clone(),
+        });
+        *inner.per_component.entry(component.clone()).or_default() += 1;
+        if let Some(journal) = &inner.journal
+            && journal.lines > journal.compact_at
+        {
+            let compacted = Journal::open(journal.path.clone(), inner)?;
+            inner.journal = Some(compacted);
+        }
+        let used = inner.grants.len() as u32;
+        Ok(Permit {
+            quota: self.spec.name.clone(),
+            component: component.to_string(),
+            granted_at_micros: now,
+            used,
+            remaining: self.spec.limit - used,
+        })
+    }
+
+    fn unrecord(&self, inner: &mut Inner) {
+        // Only the newest grant is ever taken back (its waiter had gone); a journaled
+        // record of it stays and errs on the safe side after a restart.
+        if let Some(gone) = inner.grants.pop_back()
+            && let Some(count) = inner.per_component.get_mut(&gone.component)
+        {
+            *count -= 1;
+            if *count == 0 {
+                inner.per_component.remove(&gone.component);
+            }
+        }
+    }
+
+    /// Grants to waiters while there is room, best waiter first.
+    fn pump(&self, inner: &mut Inner, now: u64) {
+        while !inner.waiters.is_empty() && self.wait_needed(inner, now).is_none() {
+            let best = (0..inner.waiters.len())
+                .min_by(|&a, &b| {
+                    let (wa, wb) = (&inner.waiters[a], &inner.waiters[b]);
+                    let share = |w: &Waiter| {
+                        f64::from(inner.per_component.get(&w.component).copied().unwrap_or(0))
+                            / self.weight(&w.component)
+                    };
+                    wb.priority
+                        .cmp(&wa.priority)
+                        .then(share(wa).total_cmp(&share(wb)))
+                        .then(wa.id.cmp(&wb.id))
+                })
+                .expect("waiters is not empty");
+            let waiter = inner.waiters.swap_remove(best);
+            let permit = match self.record(inner, now, &waiter.component) {
+                Ok(permit) => permit,
+                Err(error) => {
+                    tracing::error!(quota = %self.spec.name, %error, "cannot journal a grant; waiters keep waiting");
+                    inner.waiters.push(waiter);
+                    return;
+                }
+            };
+            tracing::debug!(quota = %self.spec.name, component = %waiter.component, priority = waiter.priority, used = permit.used, "granted to a waiter");
+            if waiter.tx.send(permit).is_err() {
+                self.unrecord(inner);
+            }
+        }
+    }
+
+    fn signal(&self, inner: &Inner) {
+        let near = inner.grants.len() as f64 >= self.spec.near_limit * f64::from(self.spec.limit);
+        self.near.send_if_modified(|current| {
+            let changed = *current != near;
+            *current = near;
+            changed
+        });
+    }
+
+    /// Grants a call to `component` now, or says how long until one could be granted.
+    pub fn try_acquire(&self, component: &str) -> Result<Permit, CoordinatorError> {
+        check_name("component", component)?;
+        let mut inner = self.lock();
+        let now = self.now(&mut inner);
+        self.expire(&mut inner, now);
+        self.pump(&mut inner, now);
+        let wait = self.wait_needed(&inner, now).or_else(|| {
+            // Room, but others queued first (they are being woken): do not overtake.
+            (!inner.waiters.is_empty()).then_some(1)
+        });
+        let result = match wait {
+            None => self.record(&mut inner, now, &Arc::from(component)),
+            Some(micros) => {
+                let retry_after = Duration::from_micros(micros);
+                tracing::debug!(quota = %self.spec.name, component, retry_after_ms = retry_after.as_millis() as u64, "denied");
+                Err(CoordinatorError::ResourceExhausted {
+                    what: format!(
+                        "quota {} is used up ({} per {:?})",
+                        self.spec.name, self.spec.limit, self.spec.window
+                    ),
+                    retry_after,
+                })
+            }
+        };
+        self.signal(&inner);
+        result
+    }
+
+    /// Waits up to `timeout` for a grant, in priority order (higher first).
+    pub async fn acquire(
+        &self,
+        component: &str,
+        priority: i32,
+        timeout: Duration,
+    ) -> Result<Permit, CoordinatorError> {
+        check_name("component", component)?;
+        let deadline = self.clock.monotonic() + timeout;
+        let (tx, mut rx) = oneshot::channel();
+        let id = {
+            let mut inner = self.lock();
+            let id = inner.next_waiter;
+            inner.next_waiter += 1;
+            inner.waiters.push(Waiter {
+                id,
+                priority,
+                component: Arc::from(component),
+                tx,
+            });
+            tracing::debug!(quota = %self.spec.name, component, priority, queued_behind = inner.waiters.len() - 1, "waiting");
+            id
+        };
+        let _leave = Leave { quota: self, id };
+        loop {
+            let wait = {
+                let mut inner = self.lock();
+                let now = self.now(&mut inner);
+                self.expire(&mut inner, now);
+                self.pump(&mut inner, now);
+                self.signal(&inner);
+                self.wait_needed(&inner, now).unwrap_or(1)
+            };
+            if let Ok(permit) = rx.try_recv() {
+                return Ok(permit);
+            }
+            let mono = self.clock.monotonic();
+            if mono >= deadline {
+                return Err(CoordinatorError::DeadlineExceeded(format!(
+                    "no grant from quota {} within {} ms",
+                    self.spec.name,
+                    timeout.as_millis()
+                )));
+            }
+            let wake = (mono + Duration::from_micros(wait)).min(deadline);
+            tokio::select! {
+                permit = &mut rx => if let Ok(permit) = permit { return Ok(permit) },
+                _ = self.clock.sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// The provider said "too many requests": grant nothing for `retry_after`.
+    pub fn report_upstream_limit(&self, retry_after: Duration) -> Result<(), CoordinatorError> {
+        let mut inner = self.lock();
+        let now = self.now(&mut inner);
+        let until = now.saturating_add(u64::try_from(retry_after.as_micros()).unwrap_or(u64::MAX));
+        if until > inner.suspended_until {
+            if let Some(journal) = inner.journal.as_mut() {
+                journal.suspend(until)?;
+            }
+            inner.suspended_until = until;
+            tracing::warn!(quota = %self.spec.name, retry_after_ms = retry_after.as_millis() as u64, "upstream limit: grants suspended");
+        }
+        Ok(())
+    }
+
+    /// `true` while at least `near_limit` of the quota is in use.
+    pub fn near_limit(&self) -> watch::Receiver<bool> {
+        self.near.subscribe()
+    }
+
+    pub fn status(&self) -> QuotaStatus {
+        let mut inner = self.lock();
+        let now = self.now(&mut inner);
+        self.expire(&mut inner, now);
+        self.pump(&mut inner, now);
+        self.signal(&inner);
+        let used = inner.grants.len() as u32;
+        QuotaStatus {
+            name: self.spec.name.clone(),
+            limit: self.spec.limit,
+            window: self.spec.window,
+            used,
+            remaining: self.spec.limit.saturating_sub(used),
+            near_limit: *self.near.borrow(),
+            suspended_for: Duration::from_micros(inner.suspended_until.saturating_sub(now)),
+            waiters: inner.waiters.len(),
+            by_component: inner
+                .per_component
+                .iter()
+                .map(|(c, n)| (c.to_string(), *n))
+                .collect(),
+        }
+    }
+}
+
+/// Removes a waiter that stopped waiting (timed out or dropped).
+struct Leave<'a> {
+    quota: &'a Quota,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.quota.lock();
+        inner.waiters.retain(|w| w.id != self.id);
+    }
+}
+
+/// The append-only journal: `g <micros> <component>` per grant, `s <micros>` per
+/// suspension, each line fdatasynced before the grant is returned. Compacted (rewritten
+/// with the live grants, then renamed over) when it grows past its live content.
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: File,
+    lines: usize,
+    compact_at: usize,
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> CoordinatorError {
+    CoordinatorError::Unavailable(format!("quota journal {}: {e}", path.display()))
+}
+
+impl Journal {
+    fn read(path: &Path) -> Result<(Vec<(u64, String)>, u64), CoordinatorError> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(io_error(path, e)),
+        };
+        let mut grants = Vec::new();
+        let mut suspended = 0;
+        let mut reader = BufReader::new(file);
+        let mut line = String::new();
+        let mut number = 0;
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(|e| io_error(path, e))?;
+            if n == 0 {
+                break;
+            }
+            number += 1;
+            if !line.ends_with('\n') {
+                tracing::warn!(path = %path.display(), line = number, "ignoring a torn last journal line (that grant was never returned)");
+                break;
+            }
+            let mut parts = line.trim_end().split(' ');
+            let parsed = match (
+                parts.next(),
+                parts.next().map(str::parse::<u64>),
+                parts.next(),
+            ) {
+                (Some("g"), Some(Ok(at)), Some(component)) => {
+                    grants.push((at, component.to_owned()));
+                    true
+                }
+                (Some("s"), Some(Ok(until)), None) => {
+                    suspended = until;
+                    true
+                }
+                _ => false,
+            };
+            if !parsed {
+                return Err(CoordinatorError::Unavailable(format!(
+                    "quota journal {} line {number} is damaged: {:?}",
+                    path.display(),
+                    line.trim_end()
+                )));
+            }
+        }
+        grants.sort_by_key(|(at, _)| *at);
+        Ok((grants, suspended))
+    }
+
+    /// Rewrites the journal with what is live, then appends from there.
+    fn open(path: PathBuf, inner: &Inner) -> Result<Journal, CoordinatorError> {
+        let tmp = path.with_extension("quota.tmp");
+        let mut text = String::new();
+        for grant in &inner.grants {
+            text.push_str(&format!("g {} {}\n", grant.at, grant.component));
+        }
+        if inner.suspended_until > 0 {
+            text.push_str(&format!("s {}\n", inner.suspended_until));
+        }
+        let write = || -> std::io::Result<File> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            OpenOptions::new().append(true).open(&path)
+        };
+        let file = write().map_err(|e| io_error(&path, e))?;
+        let lines = inner.grants.len() + 1;
+        Ok(Journal {
+            path,
+            file,
+            lines,
+            compact_at: (lines * 4).max(1024),
+        })
+    }
+
+    fn append(&mut self, line: &str) -> Result<(), CoordinatorError> {
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io_error(&self.path, e))?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn grant(&mut self, at: u64, component: &str) -> Result<(), CoordinatorError> {
+        self.append(&format!("g {at} {component}\n"))
+    }
+
+    fn suspend(&mut self, until: u64) -> Result<(), CoordinatorError> {
+        self.append(&format!("s {until}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse_and_bad_ones_say_why() {
+        let spec = QuotaSpec::parse("claude", "100 per 1h").unwrap();
+        assert_eq!((spec.limit, spec.window), (100, Duration::from_secs(3600)));
+        assert_eq!(
+            QuotaSpec::parse("x", "5 per 250ms").unwrap().window,
+            Duration::from_millis(250)
+        );
+        for bad in [
+            "100/h",
+            "100 per",
+            "per 1h",
+            "0 per 1h",
+            "10 per 1w",
+            "10 per h",
+            "10 per 1h extra",
+        ] {
+            let err = QuotaSpec::parse("x", bad).unwrap_err();
+            assert!(
+                matches!(err, CoordinatorError::InvalidArgument { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+        let err = QuotaSpec::parse("has space", "1 per 1s").unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::InvalidArgument { ref field, .. } if field == "name")
+        );
+    }
+}
