@@ -3,12 +3,15 @@
 //! - [`quota`]: named rate limits that are **exact over every trailing window** (a
 //!   sliding log): `100 per 1h` never grants a 101st call within any hour, whatever the
 //!   concurrency, and survives restarts.
+//! - [`lease`]: resource pools (GPUs, connections) handed out as fenced leases with
+//!   priority, aging, TTL reclaim and a maximum hold time.
 //! - [`breaker`]: circuit breakers per dependency (closed, open, half-open).
 //!
 //! Time comes from an injected [`ganglion_core::Clock`], so an hour of quota behaviour is
 //! tested in milliseconds.
 
 pub mod breaker;
+pub mod lease;
 pub mod quota;
 
 use std::time::Duration;
@@ -21,6 +24,11 @@ pub enum CoordinatorError {
     /// Not granted now; the earliest a grant could succeed is after `retry_after`.
     #[error("{what}; retry after {} ms", retry_after.as_millis())]
     ResourceExhausted { what: String, retry_after: Duration },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// The caller's lease is no longer valid (revoked, expired or released).
+    #[error("{0}")]
+    Stale(String),
     /// A wait ran out before a grant.
     #[error("{0}")]
     DeadlineExceeded(String),

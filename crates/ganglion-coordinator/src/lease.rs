@@ -1,0 +1,861 @@
+//! Resource pools handed out as fenced leases.
+//!
+//! # Guarantees
+//!
+//! - **Capacity**: a pool's units are never held by more leases than it has units; a
+//!   unit belongs to at most one live lease.
+//! - **Fencing**: every grant carries a token, strictly increasing per pool and never
+//!   reused (the counter is persisted before a grant is returned). [`Pools::check_fence`]
+//!   accepts only tokens of leases that are live now, so a holder that paused past its
+//!   TTL, or was revoked, is refused by a sink that checks.
+//! - **Order**: waiters are served by priority (higher first), first come first served
+//!   within a priority; a waiter that has waited [`PoolsOptions::aging`] (default
+//!   10 min) goes before every waiter that has not, so the lowest priority is served
+//!   within that bound plus the time holders take to release. A waiter at the head is
+//!   never overtaken by a smaller request behind it. Each release grants to the waiters
+//!   it can satisfy, in that order, and wakes only them.
+//! - **Liveness**: a lease not renewed within its TTL is reclaimed. One held past its
+//!   `max_hold` gets a warning at 90%, is revoked at the limit (its token stops passing
+//!   `check_fence`), and is released after `grace` if its holder has not let go.
+//! - **Restarts**: with a state directory, pools' token counters and live leases are
+//!   written (fsynced, atomically renamed) on every change, and restored on open: a lease
+//!   survives a coordinator restart within its TTL.
+//!
+//! Time-driven steps (reclaim, warnings, revocation) happen in [`Pools::tick`]; a server
+//! runs [`Pools::run_timers`], tests call `tick` after moving a virtual clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ganglion_core::Clock;
+use tokio::sync::{Notify, broadcast, oneshot};
+
+use crate::CoordinatorError;
+
+/// What a pool hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolKind {
+    /// GPUs: units are device ids, and a lease carries `CUDA_VISIBLE_DEVICES`.
+    Gpu,
+    /// Anything counted (connections, slots): units are `0..capacity`.
+    Counted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub kind: PoolKind,
+    pub units: Vec<String>,
+}
+
+impl PoolSpec {
+    /// A pool of `capacity` interchangeable units.
+    pub fn counted(name: impl Into<String>, capacity: usize) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            kind: PoolKind::Counted,
+            units: (0..capacity).map(|i| i.to_string()).collect(),
+        }
+    }
+
+    /// GPUs with these device ids.
+    pub fn gpus(name: impl Into<String>, devices: &[&str]) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            kind: PoolKind::Gpu,
+            units: devices.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+}
+
+/// Defaults for leases and waiting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolsOptions {
+    /// A lease not renewed for this long is reclaimed. Default 30 s.
+    pub ttl: Duration,
+    /// Longest a lease may be held. Default 300 s.
+    pub max_hold: Duration,
+    /// After revocation, how long the holder has to release. Default 30 s.
+    pub grace: Duration,
+    /// A waiter this old goes before all younger ones. Default 10 min.
+    pub aging: Duration,
+}
+
+impl Default for PoolsOptions {
+    fn default() -> Self {
+        PoolsOptions {
+            ttl: Duration::from_secs(30),
+            max_hold: Duration::from_secs(300),
+            grace: Duration::from_secs(30),
+            aging: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A request for units of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcquireRequest {
+    pub pool: String,
+    pub holder: String,
+    pub priority: i32,
+    pub amount: u32,
+    /// How long to wait in line; zero means "only if free now".
+    pub wait_timeout: Duration,
+    /// Overrides [`PoolsOptions::max_hold`] (it can only be shorter).
+    pub max_hold: Option<Duration>,
+}
+
+impl AcquireRequest {
+    pub fn new(pool: impl Into<String>, holder: impl Into<String>) -> AcquireRequest {
+        AcquireRequest {
+            pool: pool.into(),
+            holder: holder.into(),
+            priority: 0,
+            amount: 1,
+            wait_timeout: Duration::ZERO,
+            max_hold: None,
+        }
+    }
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+    pub pool: String,
+    pub holder: String,
+    /// Unit ids (device ids for GPUs).
+    pub units: Vec<String>,
+    /// For GPU pools, the value to export as `CUDA_VISIBLE_DEVICES`.
+    pub cuda_visible_devices: Option<String>,
+    pub fencing_token: u64,
+    pub granted_at_micros: u64,
+    /// Reclaimed unless renewed before this (wall-clock µs).
+    pub expires_at_micros: u64,
+    /// Revoked at this time (wall-clock µs).
+    pub max_hold_until_micros: u64,
+}
+
+/// What happens to leases, for whoever watches (the server publishes these on the bus
+/// as `coordinator.lease.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Granted(Lease),
+    /// 90% of the maximum hold time has passed.
+    Warning {
+        lease: u64,
+        pool: String,
+        holder: String,
+        revoked_in: Duration,
+    },
+    /// The maximum hold time passed: stop using the units; they are taken back after
+    /// `release_in`.
+    Revoked {
+        lease: u64,
+        pool: String,
+        holder: String,
+        release_in: Duration,
+    },
+    Released {
+        lease: u64,
+        pool: String,
+        holder: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    lease: Lease,
+    units: Vec<usize>,
+    warned: bool,
+    revoked_at: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    holder: String,
+    priority: i32,
+    amount: usize,
+    since: u64,
+    max_hold: Duration,
+    tx: oneshot::Sender<Lease>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    spec: PoolSpec,
+    free: BTreeSet<usize>,
+    next_token: u64,
+    waiters: Vec<Waiter>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pools: BTreeMap<String, Pool>,
+    leases: HashMap<u64, Held>,
+    next_lease: u64,
+    next_waiter: u64,
+    last_now: u64,
+}
+
+/// The coordinator's pools.
+#[derive(Debug)]
+pub struct Pools {
+    options: PoolsOptions,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    events: broadcast::Sender<LeaseEvent>,
+    changed: Notify,
+    store: Option<PathBuf>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), CoordinatorError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordinatorError::invalid(
+            field,
+            format!("{name:?} must be 1 to 128 letters, digits, '-', '_', '.' or ':'"),
+        ))
+    }
+}
+
+impl Pools {
+    /// Pools kept in memory only.
+    pub fn new(
+        specs: Vec<PoolSpec>,
+        options: PoolsOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Pools, CoordinatorError> {
+        let mut state = State {
+            next_lease: 1,
+            ..State::default()
+        };
+        for spec in specs {
+            check_name("pools.name", &spec.name)?;
+            if spec.units.is_empty() {
+                return Err(CoordinatorError::invalid(
+                    format!("pools.{}.units", spec.name),
+                    "a pool needs at least one unit",
+                ));
+            }
+            if state.pools.contains_key(&spec.name) {
+                return Err(CoordinatorError::invalid(
+                    format!("pools.{}", spec.name),
+                    "is defined twice",
+                ));
+            }
+            let free = (0..spec.units.len()).collect();
+            state.pools.insert(
+                spec.name.clone(),
+                Pool {
+                    spec,
+                    free,
+                    next_token: 1,
+                    waiters: Vec::new(),
+                },
+            );
+        }
+        Ok(Pools {
+            options,
+            clock,
+            state: Mutex::new(state),
+            events: broadcast::channel(1024).0,
+            changed: Notify::new(),
+            store: None,
+        })
+    }
+
+    /// Pools whose token counters and live leases are kept in `dir/leases.state`.
+    pub fn open(
+        specs: Vec<PoolSpec>,
+        options: PoolsOptions,
+        clock: Arc<dyn Clock>,
+        dir: &Path,
+    ) -> Result<Pools, CoordinatorError> {
+        let mut pools = Pools::new(specs, options, clock)?;
+        let path = dir.join("leases.state");
+        pools.restore(&path)?;
+        pools.store = Some(path);
+        {
+            let state = pools.lock();
+            pools.persist(&state)?;
+        }
+        Ok(pools)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self, state: &mut State) -> u64 {
+        let now = self.clock.now_micros().max(state.last_now);
+        state.last_now = now;
+        now
+    }
+
+    /// Lease events as they happen.
+    pub fn events(&self) -> broadcast::Receiver<LeaseEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: LeaseEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Waits in line for `request.amount` units, up to `request.wait_timeout`.
+    pub async fn acquire(&self, request: AcquireRequest) -> Result<Lease, CoordinatorError> {
+        check_name("holder", &request.holder)?;
+        let max_hold = request
+            .max_hold
+            .unwrap_or(self.options.max_hold)
+            .min(self.options.max_hold);
+        if max_hold.is_zero() {
+            return Err(CoordinatorError::invalid(
+                "max_hold",
+                "must be longer than zero",
+            ));
+        }
+        let (tx, mut rx) = oneshot::channel();
+        let waiter_id = {
+            let mut state = self.lock();
+            let now = self.now(&mut state);
+            let Some(pool) = state.pools.get(&request.pool) else {
+                return Err(CoordinatorError::NotFound {
+                    what: format!("pool {:?}", request.pool),
+                });
+            };
+            let capacity = pool.spec.units.len();
+            if request.amount == 0 || request.amount as usize > capacity {
+                return Err(CoordinatorError::invalid(
+                    "amount",
+                    format!(
+                        "must be 1 to {capacity} (the pool's size); got {}",
+                        request.amount
+                    ),
+                ));
+            }
+            let id = state.next_waiter;
+            state.next_waiter += 1;
+            let pool = state.pools.get_mut(&request.pool).expect("checked above");
+            let ahead = pool.waiters.len();
+            pool.waiters.push(Waiter {
+                id,
+                holder: request.holder.clone(),
+                priority: request.priority,
+                amount: request.amount as usize,
+                since: now,
+                max_hold,
+                tx,
+            });
+            self.pump(&mut state, &request.pool, now);
+            if ahead > 0 {
+                tracing::debug!(pool = %request.pool, holder = %request.holder, priority = request.priority, queued_behind = ahead, "waiting for a lease");
+            }
+            id
+        };
+        if let Ok(lease) = rx.try_recv() {
+            return Ok(lease);
+        }
+        let deadline = self.clock.monotonic() + request.wait_timeout;
+        let granted = tokio::select! {
+            lease = &mut rx => lease.ok(),
+            _ = self.clock.sleep_until(deadline) => None,
+        };
+        if let Some(lease) = granted {
+            return Ok(lease);
+        }
+        // Out of time: leave the line, unless a grant raced the timeout.
+        {
+            let mut state = self.lock();
+            if let Some(pool) = state.pools.get_mut(&request.pool) {
+                pool.waiters.retain(|w| w.id != waiter_id);
+            }
+        }
+        match rx.try_recv() {
+            Ok(lease) => Ok(lease),
+            Err(_) => Err(CoordinatorError::DeadlineExceeded(format!(
+                "no {} unit(s) of pool {} free within {} ms",
+                request.amount,
+                request.pool,
+                request.wait_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Grants to the head of `pool`'s line while its request fits.
+    fn pump(&self, state: &mut State, pool_name: &str, now: u64) {
+        let aging = micros(self.options.aging);
+        let mut granted = Vec::new();
+        loop {
+            let Some(pool) = state.pools.get_mut(pool_name) else {
+                return;
+            };
+            let Some(best) = (0..pool.waiters.len()).min_by(|&a, &b| {
+                let (wa, wb) = (&pool.waiters[a], &pool.waiters[b]);
+                let aged = |w: &Waiter| now.saturating_sub(w.since) >= aging;
+                aged(wb)
+                    .cmp(&aged(wa))
+                    .then(if aged(wa) && aged(wb) {
+                        std::cmp::Ordering::Equal
+                    } else {
+                        wb.priority.cmp(&wa.priority)
+                    })
+                    .then(wa.id.cmp(&wb.id))
+            }) else {
+                break;
+            };
+            if pool.waiters[best].amount > pool.free.len() {
+                break; // the head waits for room; nobody overtakes it
+            }
+            let waiter = pool.waiters.swap_remove(best);
+            let units: Vec<usize> = pool.free.iter().copied().take(waiter.amount).collect();
+            for u in &units {
+                pool.free.remove(u);
+            }
+            let token = pool.next_token;
+            pool.next_token += 1;
+            let unit_names: Vec<String> =
+                units.iter().map(|&u| pool.spec.units[u].clone()).collect();
+            let lease = Lease {
+                id: state.next_lease,
+                pool: pool_name.to_owned(),
+                holder: waiter.holder.clone(),
+                cuda_visible_devices: (pool.spec.kind == PoolKind::Gpu)
+                    .then(|| unit_names.join(",")),
+                units: unit_names,
+                fencing_token: token,
+                granted_at_micros: now,
+                expires_at_micros: now.saturating_add(micros(self.options.ttl)),
+                max_hold_until_micros: now.saturating_add(micros(waiter.max_hold)),
+            };
+            state.next_lease += 1;
+            let held = Held {
+                lease: lease.clone(),
+                units: units.clone(),
+                warned: false,
+                revoked_at: None,
+            };
+            state.leases.insert(lease.id, held);
+            // The token counter must be on disk before anyone sees the token.
+            if let Err(error) = self.persist(state) {
+                tracing::error!(%error, "cannot persist a grant; it is withdrawn");
+                self.take_back(state, lease.id);
+                let pool = state.pools.get_mut(pool_name).expect("exists");
+                pool.waiters.push(waiter);
+                break;
+            }
+            if waiter.tx.send(lease.clone()).is_err() {
+                // The waiter gave up as we granted: the units go back, the token is spent.
+                self.take_back(state, lease.id);
+                continue;
+            }
+            tracing::info!(pool = pool_name, holder = %lease.holder, lease = lease.id, token = token, units = ?lease.units, "lease granted");
+            granted.push(lease);
+        }
+        for lease in granted {
+            self.emit(LeaseEvent::Granted(lease));
+        }
+        self.changed.notify_one();
+    }
+
+    /// Frees a lease's units (no event, no pump).
+    fn take_back(&self, state: &mut State, id: u64) -> Option<Held> {
+        let held = state.leases.remove(&id)?;
+        if let Some(pool) = state.pools.get_mut(&held.lease.pool) {
+            pool.free.extend(held.units.iter().copied());
+        }
+        Some(held)
+    }
+
+    fn release_now(
+        &self,
+        state: &mut State,
+        id: u64,
+        reason: &str,
+        now: u64,
+    ) -> Result<(), CoordinatorError> {
+        let Some(held) = self.take_back(state, id) else {
+            return Err(CoordinatorError::NotFound {
+                what: format!("lease {id}"),
+            });
+        };
+        tracing::info!(pool = %held.lease.pool, holder = %held.lease.holder, lease = id, reason, "lease released");
+        self.emit(LeaseEvent::Released {
+            lease: id,
+            pool: held.lease.pool.clone(),
+            holder: held.lease.holder.clone(),
+            reason: reason.to_owned(),
+        });
+        self.pump(state, &held.lease.pool, now);
+        self.persist(state)
+    }
+
+    /// Gives a lease back.
+    pub fn release(&self, lease: u64) -> Result<(), CoordinatorError> {
+        let mut state = self.lock();
+        let now = self.now(&mut state);
+        self.release_now(&mut state, lease, "released by its holder", now)
+    }
+
+    /// Extends a lease's TTL from now; refused for a revoked or unknown lease.
+    pub fn renew(&self, lease: u64) -> Result<Lease, CoordinatorError> {
+        let mut state = self.lock();
+        let now = self.now(&mut state);
+        let ttl = micros(self.options.ttl);
+        let Some(held) = state.leases.get_mut(&lease) else {
+            return Err(CoordinatorError::Stale(format!(
+                "lease {lease} is not held (released, reclaimed or never granted)"
+            )));
+        };
+        if held.revoked_at.is_some() {
+            return Err(CoordinatorError::Stale(format!(
+                "lease {lease} was revoked at its maximum hold time"
+            )));
+        }
+        if now >= held.lease.expires_at_micros {
+            return Err(CoordinatorError::Stale(format!(
+                "lease {lease} expired before renewal"
+            )));
+        }
+        held.lease.expires_at_micros = now.saturating_add(ttl);
+        let renewed = held.lease.clone();
+        self.persist(&state)?;
+        Ok(renewed)
+    }
+
+    /// Whether `token` belongs to a lease of `pool` that is live now (granted, not
+    /// expired, not revoked). A protected sink refuses writes that fail this.
+    pub fn check_fence(&self, pool: &str, token: u64) -> Result<(), CoordinatorError> {
+        let mut state = self.lock();
+        let now = self.now(&mut state);
+        if !state.pools.contains_key(pool) {
+            return Err(CoordinatorError::NotFound {
+                what: format!("pool {pool:?}"),
+            });
+        }
+        let live = state.leases.values().any(|h| {
+            h.lease.pool == pool
+                && h.lease.fencing_token == token
+                && h.revoked_at.is_none()
+                && now < h.lease.expires_at_micros
+        });
+        if live {
+            Ok(())
+        } else {
+            Err(CoordinatorError::Stale(format!(
+                "fencing token {token} of pool {pool} is not held by a live lease"
+            )))
+        }
+    }
+
+    /// Applies what time has brought: reclaims leases past their TTL, warns and revokes
+    /// at the maximum hold time, releases revoked leases after the grace, serves waiters
+    /// that aged. Returns when it next needs to run (wall-clock µs), if ever.
+    pub fn tick(&self) -> Option<u64> {
+        let mut state = self.lock();
+        let now = self.now(&mut state);
+        let grace = micros(self.options.grace);
+        let max_hold_total = |h: &Held| h.lease.max_hold_until_micros - h.lease.granted_at_micros;
+        let mut ids: Vec<u64> = state.leases.keys().copied().collect();
+        ids.sort_unstable();
+        let mut changed = false;
+        for id in ids {
+            let Some(held) = state.leases.get_mut(&id) else {
+                continue;
+            };
+            let (pool, holder) = (held.lease.pool.clone(), held.lease.holder.clone());
+            if let Some(revoked_at) = held.revoked_at {
+                if now >= revoked_at.saturating_add(grace) {
+                    let _ = self.release_now(
+                        &mut state,
+                        id,
+                        "forced release after the revocation grace",
+                        now,
+                    );
+                    changed = true;
+                }
+                continue;
+            }
+            if now >= held.lease.expires_at_micros {
+                let _ = self.release_now(&mut state, id, "not renewed within its ttl", now);
+                changed = true;
+                continue;
+            }
+            if now >= held.lease.max_hold_until_micros {
+                held.revoked_at = Some(now);
+                tracing::warn!(%pool, %holder, lease = id, "lease revoked at its maximum hold time");
+                self.emit(LeaseEvent::Revoked {
+                    lease: id,
+                    pool,
+                    holder,
+                    release_in: self.options.grace,
+                });
+                changed = true;
+                continue;
+            }
+            let warn_at = held.lease.granted_at_micros + max_hold_total(held) * 9 / 10;
+            if !held.warned && now >= warn_at {
+                held.warned = true;
+                self.emit(LeaseEvent::Warning {
+                    lease: id,
+                    pool,
+                    holder,
+                    revoked_in: Duration::from_micros(held.lease.max_hold_until_micros - now),
+                });
+                changed = true;
+            }
+        }
+        let names: Vec<String> = state.pools.keys().cloned().collect();
+        for name in names {
+            self.pump(&mut state, &name, now);
+        }
+        if changed && let Err(error) = self.persist(&state) {
+            tracing::error!(%error, "cannot persist lease state");
+        }
+        self.next_deadline(&state, now)
+    }
+
+    fn next_deadline(&self, state: &State, now: u64) -> Option<u64> {
+        let grace = micros(self.options.grace);
+        let aging = micros(self.options.aging);
+        let leases = state.leases.values().map(|h| match h.revoked_at {
+            Some(at) => at.saturating_add(grace),
+            None => {
+                let warn = h.lease.granted_at_micros
+                    + (h.lease.max_hold_until_micros - h.lease.granted_at_micros) * 9 / 10;
+                let mut next = h.lease.expires_at_micros.min(h.lease.max_hold_until_micros);
+                if !h.warned {
+                    next = next.min(warn);
+                }
+                next
+            }
+        });
+        let aging = state
+            .pools
+            .values()
+            .flat_map(|p| p.waiters.iter())
+            .map(|w| w.since.saturating_add(aging))
+            .filter(|&t| t > now);
+        leases.chain(aging).min()
+    }
+
+    /// Runs [`tick`](Self::tick) whenever something is due, until dropped.
+    pub async fn run_timers(self: Arc<Self>) {
+        loop {
+            let next = self.tick();
+            let wait =
+                next.map(|at| Duration::from_micros(at.saturating_sub(self.clock.now_micros())));
+            let changed = self.changed.notified();
+            match wait {
+                Some(wait) => {
+                    let deadline = self.clock.monotonic() + wait;
+                    tokio::select! {
+                        _ = self.clock.sleep_until(deadline) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+
+    /// Holders and waiters per pool.
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let state = self.lock();
+        state
+            .pools
+            .values()
+            .map(|p| PoolStatus {
+                name: p.spec.name.clone(),
+                capacity: p.spec.units.len(),
+                free: p.free.len(),
+                holders: {
+                    let mut held: Vec<Lease> = state
+                        .leases
+                        .values()
+                        .filter(|h| h.lease.pool == p.spec.name)
+                        .map(|h| h.lease.clone())
+                        .collect();
+                    held.sort_by_key(|l| l.id);
+                    held
+                },
+                waiters: p.waiters.len(),
+                next_token: p.next_token,
+            })
+            .collect()
+    }
+
+    // ---- persistence ----
+
+    fn persist(&self, state: &State) -> Result<(), CoordinatorError> {
+        let Some(path) = &self.store else {
+            return Ok(());
+        };
+        let mut text = format!("next_lease {}\n", state.next_lease);
+        for pool in state.pools.values() {
+            text.push_str(&format!("pool {} {}\n", pool.spec.name, pool.next_token));
+        }
+        let mut ids: Vec<&u64> = state.leases.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let h = &state.leases[id];
+            let l = &h.lease;
+            text.push_str(&format!(
+                "lease {} {} {} {} {} {} {} {} {} {}\n",
+                l.id,
+                l.pool,
+                l.holder,
+                l.fencing_token,
+                h.units
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                l.granted_at_micros,
+                l.expires_at_micros,
+                l.max_hold_until_micros,
+                h.revoked_at.unwrap_or(0),
+                u8::from(h.warned),
+            ));
+        }
+        let tmp = path.with_extension("state.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            CoordinatorError::Unavailable(format!("lease state {}: {e}", path.display()))
+        })
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<(), CoordinatorError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(CoordinatorError::Unavailable(format!(
+                    "lease state {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        let damaged = |n: usize, line: &str| {
+            CoordinatorError::Unavailable(format!(
+                "lease state {} line {n} is damaged: {line:?}",
+                path.display()
+            ))
+        };
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let f: Vec<&str> = line.split(' ').collect();
+            let num = |s: &str| s.parse::<u64>().map_err(|_| damaged(n, line));
+            match f.as_slice() {
+                ["next_lease", next] => state.next_lease = state.next_lease.max(num(next)?),
+                ["pool", name, next] => {
+                    // A pool no longer configured keeps nothing; one still here keeps its
+                    // counter, so tokens are never reused.
+                    if let Some(pool) = state.pools.get_mut(*name) {
+                        pool.next_token = pool.next_token.max(num(next)?);
+                    }
+                }
+                [
+                    "lease",
+                    id,
+                    pool,
+                    holder,
+                    token,
+                    units,
+                    granted,
+                    expires,
+                    max_hold,
+                    revoked,
+                    warned,
+                ] => {
+                    let Some(p) = state.pools.get_mut(*pool) else {
+                        tracing::warn!(
+                            pool,
+                            lease = id,
+                            "dropping a lease of a pool no longer configured"
+                        );
+                        continue;
+                    };
+                    let units: Vec<usize> = units
+                        .split(',')
+                        .map(|u| u.parse::<usize>().map_err(|_| damaged(n, line)))
+                        .collect::<Result<_, _>>()?;
+                    if units.iter().any(|u| !p.free.contains(u)) {
+                        tracing::warn!(
+                            pool,
+                            lease = id,
+                            "dropping a lease whose units no longer exist or overlap"
+                        );
+                        continue;
+                    }
+                    for u in &units {
+                        p.free.remove(u);
+                    }
+                    let unit_names: Vec<String> =
+                        units.iter().map(|&u| p.spec.units[u].clone()).collect();
+                    let lease = Lease {
+                        id: num(id)?,
+                        pool: (*pool).to_owned(),
+                        holder: (*holder).to_owned(),
+                        cuda_visible_devices: (p.spec.kind == PoolKind::Gpu)
+                            .then(|| unit_names.join(",")),
+                        units: unit_names,
+                        fencing_token: num(token)?,
+                        granted_at_micros: num(granted)?,
+                        expires_at_micros: num(expires)?,
+                        max_hold_until_micros: num(max_hold)?,
+                    };
+                    let revoked = num(revoked)?;
+                    state.leases.insert(
+                        lease.id,
+                        Held {
+                            lease,
+                            units,
+                            warned: *warned == "1",
+                            revoked_at: (revoked > 0).then_some(revoked),
+                        },
+                    );
+                }
+                _ => return Err(damaged(n, line)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One pool at a glance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub name: String,
+    pub capacity: usize,
+    pub free: usize,
+    pub holders: Vec<Lease>,
+    pub waiters: usize,
+    pub next_token: u64,
+}

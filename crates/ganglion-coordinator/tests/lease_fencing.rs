@@ -1,0 +1,407 @@
+//! Leases on a virtual clock: capacity, fencing, order with aging, TTL reclaim, the
+//! maximum hold time, restarts, and 10,000 random steps of 8 contenders.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ganglion_coordinator::CoordinatorError;
+use ganglion_coordinator::lease::{AcquireRequest, LeaseEvent, PoolSpec, Pools, PoolsOptions};
+use ganglion_core::ManualClock;
+
+fn pools(specs: Vec<PoolSpec>) -> (ManualClock, Arc<Pools>) {
+    let clock = ManualClock::at_fixed_instant();
+    let pools = Pools::new(specs, PoolsOptions::default(), Arc::new(clock.clone())).unwrap();
+    (clock, Arc::new(pools))
+}
+
+fn now_request(pool: &str, holder: &str) -> AcquireRequest {
+    AcquireRequest::new(pool, holder)
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn grants_carry_units_cuda_devices_and_increasing_tokens() {
+    let (_clock, pools) = pools(vec![
+        PoolSpec::gpus("gpu", &["0", "1"]),
+        PoolSpec::counted("redis", 20),
+    ]);
+    let mut two = now_request("gpu", "trainer");
+    two.amount = 2;
+    let lease = pools.acquire(two).await.unwrap();
+    assert_eq!(lease.units, ["0", "1"]);
+    assert_eq!(lease.cuda_visible_devices.as_deref(), Some("0,1"));
+    pools.check_fence("gpu", lease.fencing_token).unwrap();
+    let err = pools
+        .acquire(now_request("gpu", "advisor"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::DeadlineExceeded(_)),
+        "{err:?}"
+    );
+
+    pools.release(lease.id).unwrap();
+    let next = pools.acquire(now_request("gpu", "advisor")).await.unwrap();
+    assert!(next.fencing_token > lease.fencing_token);
+    assert!(
+        pools.check_fence("gpu", lease.fencing_token).is_err(),
+        "a released token is stale"
+    );
+
+    let conn = pools
+        .acquire(now_request("redis", "analytics"))
+        .await
+        .unwrap();
+    assert_eq!(conn.cuda_visible_devices, None);
+
+    // Bad requests say what is wrong.
+    let err = pools.acquire(now_request("tpu", "x")).await.unwrap_err();
+    assert!(matches!(err, CoordinatorError::NotFound { .. }), "{err:?}");
+    let mut too_many = now_request("gpu", "x");
+    too_many.amount = 3;
+    let err = pools.acquire(too_many).await.unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::InvalidArgument { ref field, .. } if field == "amount"),
+        "{err:?}"
+    );
+    let err = pools
+        .acquire(now_request("gpu", "has space"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::InvalidArgument { ref field, .. } if field == "holder")
+    );
+    assert!(matches!(
+        pools.release(999),
+        Err(CoordinatorError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn waiters_go_by_priority_then_arrival_and_one_release_grants_one() {
+    let (_clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
+    let first = pools.acquire(now_request("gpu", "holder")).await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (who, priority) in [("low-a", 0), ("high", 9), ("low-b", 0), ("mid", 5)] {
+        let (pools, order) = (pools.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut request = now_request("gpu", who);
+            request.priority = priority;
+            request.wait_timeout = Duration::from_secs(3600);
+            let lease = pools.acquire(request).await.unwrap();
+            order.lock().unwrap().push(who);
+            lease
+        }));
+        settle().await;
+    }
+    let mut release = first.id;
+    for expected in 1..=4 {
+        pools.release(release).unwrap();
+        settle().await;
+        assert_eq!(
+            order.lock().unwrap().len(),
+            expected,
+            "one release, one grant"
+        );
+        let holder = pools.status()[0].holders[0].clone();
+        release = holder.id;
+    }
+    assert_eq!(*order.lock().unwrap(), ["high", "mid", "low-a", "low-b"]);
+}
+
+#[tokio::test]
+async fn a_low_priority_waiter_is_served_within_the_aging_bound_under_constant_high_load() {
+    let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
+    pools.acquire(now_request("gpu", "first")).await.unwrap();
+    let low = {
+        let pools = pools.clone();
+        tokio::spawn(async move {
+            let mut request = now_request("gpu", "low");
+            request.wait_timeout = Duration::from_secs(3600);
+            pools.acquire(request).await.unwrap()
+        })
+    };
+    settle().await;
+    // High-priority work arrives faster than it is served: each holds a minute while
+    // two more high-priority waiters join.
+    let mut waited = Duration::ZERO;
+    loop {
+        let mut request = now_request("gpu", "high");
+        request.priority = 10;
+        request.wait_timeout = Duration::from_secs(3600);
+        for _ in 0..2 {
+            let (pools, request) = (pools.clone(), request.clone());
+            tokio::spawn(async move {
+                let lease = pools.acquire(request).await.unwrap();
+                lease.id
+            });
+        }
+        settle().await;
+        clock.advance(Duration::from_secs(60));
+        waited += Duration::from_secs(60);
+        let holder = pools.status()[0].holders.first().cloned();
+        if let Some(holder) = holder {
+            if holder.holder == "low" {
+                break;
+            }
+            pools.release(holder.id).unwrap();
+        }
+        settle().await;
+        if low.is_finished() {
+            break;
+        }
+        assert!(
+            waited <= Duration::from_secs(12 * 60),
+            "the low waiter starved"
+        );
+    }
+    let lease = low.await.unwrap();
+    assert_eq!(lease.holder, "low");
+    assert!(
+        waited >= Duration::from_secs(10 * 60),
+        "served only once aged: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unrenewed_lease_is_reclaimed_after_its_ttl_and_its_token_fails_the_fence() {
+    let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
+    let mut events = pools.events();
+    let lease = pools.acquire(now_request("gpu", "crashed")).await.unwrap();
+    let waiter = {
+        let pools = pools.clone();
+        tokio::spawn(async move {
+            let mut request = now_request("gpu", "next");
+            request.wait_timeout = Duration::from_secs(600);
+            pools.acquire(request).await.unwrap()
+        })
+    };
+    settle().await;
+    clock.advance(Duration::from_secs(20));
+    pools.renew(lease.id).unwrap();
+    clock.advance(Duration::from_secs(29));
+    pools.tick();
+    pools.check_fence("gpu", lease.fencing_token).unwrap();
+    clock.advance(Duration::from_secs(1));
+    pools.tick();
+    settle().await;
+    let next = waiter.await.unwrap();
+    assert!(next.fencing_token > lease.fencing_token);
+    assert!(matches!(
+        pools.check_fence("gpu", lease.fencing_token),
+        Err(CoordinatorError::Stale(_))
+    ));
+    assert!(matches!(
+        pools.renew(lease.id),
+        Err(CoordinatorError::Stale(_))
+    ));
+    let mut reasons = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let LeaseEvent::Released { reason, .. } = event {
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(reasons, ["not renewed within its ttl"]);
+}
+
+#[tokio::test]
+async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_after_grace() {
+    let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
+    let mut events = pools.events();
+    let lease = pools.acquire(now_request("gpu", "greedy")).await.unwrap();
+    let mut seen = Vec::new();
+    let renew_and_tick = |secs: u64| {
+        for _ in 0..secs / 10 {
+            clock.advance(Duration::from_secs(10));
+            let _ = pools.renew(lease.id);
+            pools.tick();
+        }
+    };
+    renew_and_tick(260);
+    renew_and_tick(10); // 270 s: 90% of 300
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    assert!(
+        matches!(seen.last(), Some(LeaseEvent::Warning { revoked_in, .. }) if *revoked_in == Duration::from_secs(30)),
+        "{seen:?}"
+    );
+    renew_and_tick(30); // 300 s
+    assert!(
+        matches!(events.try_recv(), Ok(LeaseEvent::Revoked { release_in, .. }) if release_in == Duration::from_secs(30))
+    );
+    assert!(
+        pools.check_fence("gpu", lease.fencing_token).is_err(),
+        "revoked tokens are stale"
+    );
+    assert!(matches!(
+        pools.renew(lease.id),
+        Err(CoordinatorError::Stale(_))
+    ));
+    assert_eq!(
+        pools.status()[0].free,
+        0,
+        "units stay reserved during the grace"
+    );
+    clock.advance(Duration::from_secs(30));
+    pools.tick();
+    assert!(
+        matches!(events.try_recv(), Ok(LeaseEvent::Released { reason, .. }) if reason.contains("grace"))
+    );
+    assert_eq!(pools.status()[0].free, 1);
+}
+
+#[tokio::test]
+async fn leases_and_token_counters_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_fixed_instant();
+    let open = || {
+        Pools::open(
+            vec![PoolSpec::gpus("gpu", &["0", "1"])],
+            PoolsOptions::default(),
+            Arc::new(clock.clone()),
+            dir.path(),
+        )
+        .unwrap()
+    };
+    let (kept, released) = {
+        let pools = open();
+        let kept = pools.acquire(now_request("gpu", "trainer")).await.unwrap();
+        let released = pools.acquire(now_request("gpu", "advisor")).await.unwrap();
+        pools.release(released.id).unwrap();
+        (kept, released)
+    };
+    clock.advance(Duration::from_secs(10));
+    let pools = open();
+    pools.check_fence("gpu", kept.fencing_token).unwrap();
+    assert_eq!(pools.renew(kept.id).unwrap().units, kept.units);
+    let next = pools.acquire(now_request("gpu", "advisor")).await.unwrap();
+    assert!(
+        next.fencing_token > released.fencing_token,
+        "tokens are never reused"
+    );
+    assert!(
+        pools.acquire(now_request("gpu", "third")).await.is_err(),
+        "both units are held"
+    );
+
+    // Past the TTL with nobody renewing, the restarted coordinator reclaims.
+    drop(pools);
+    clock.advance(Duration::from_secs(31));
+    let pools = open();
+    pools.tick();
+    assert_eq!(pools.status()[0].free, 2);
+
+    std::fs::write(
+        dir.path().join("leases.state"),
+        "pool gpu 5\nnonsense here\n",
+    )
+    .unwrap();
+    let err = Pools::open(
+        vec![PoolSpec::gpus("gpu", &["0"])],
+        PoolsOptions::default(),
+        Arc::new(clock.clone()),
+        dir.path(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+/// What a contender is doing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    Idle,
+    /// Holds (it believes) the lease with this id and token, renewing it.
+    Holding(u64, u64),
+    /// Holds (it believes) but is paused: it neither renews nor writes until resumed.
+    Paused(u64, u64),
+    /// Killed while holding: it never releases.
+    Dead,
+}
+
+#[test]
+fn eight_contenders_10000_random_steps_never_two_holders_and_stale_writes_refused() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for seed in [3u64, 11, 2024] {
+        let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
+        let mut rng = seed;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut roles = [Role::Idle; 8];
+        let mut last_accepted_token = 0u64;
+        let mut last_granted_token = 0u64;
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..10_000 {
+            let who = next(8) as usize;
+            match (roles[who], next(6)) {
+                // A killed process comes back later as a new one, knowing nothing.
+                (Role::Dead, 0) => roles[who] = Role::Idle,
+                (Role::Dead, _) => {}
+                (Role::Idle, _) => {
+                    let request = now_request("gpu", &format!("c{who}"));
+                    if let Ok(lease) = runtime.block_on(pools.acquire(request)) {
+                        assert!(lease.fencing_token > last_granted_token);
+                        last_granted_token = lease.fencing_token;
+                        roles[who] = Role::Holding(lease.id, lease.fencing_token);
+                    }
+                }
+                (Role::Holding(id, _), 0) => {
+                    let _ = pools.release(id);
+                    roles[who] = Role::Idle;
+                }
+                (Role::Holding(id, token), 1) => roles[who] = Role::Paused(id, token),
+                (Role::Holding(..), 2) => roles[who] = Role::Dead,
+                (Role::Holding(id, token) | Role::Paused(id, token), step) => {
+                    if matches!(roles[who], Role::Paused(..)) && step < 4 {
+                        continue; // still paused
+                    }
+                    roles[who] = Role::Holding(id, token);
+                    if pools.renew(id).is_err() {
+                        // It learns it lost the lease; a write it attempts anyway must fail.
+                        roles[who] = Role::Idle;
+                    }
+                    // The protected sink: accept only what passes the fence.
+                    if pools.check_fence("gpu", token).is_ok() {
+                        assert!(
+                            token >= last_accepted_token,
+                            "a stale token was accepted after a newer one"
+                        );
+                        last_accepted_token = token;
+                        accepted += 1;
+                    } else {
+                        refused += 1;
+                    }
+                }
+            }
+            if next(4) == 0 {
+                clock.advance(Duration::from_secs(next(25)));
+                pools.tick();
+            }
+            // Never two live holders: at most one believer passes the fence.
+            let live = roles
+                .iter()
+                .filter(|r| matches!(r, Role::Holding(_, t) | Role::Paused(_, t) if pools.check_fence("gpu", *t).is_ok()))
+                .count();
+            assert!(live <= 1, "two live holders: {roles:?}");
+            let status = &pools.status()[0];
+            assert!(status.holders.len() <= 1);
+        }
+        assert!(
+            accepted > 100 && refused > 10,
+            "seed {seed}: accepted {accepted}, refused {refused}"
+        );
+    }
+}
