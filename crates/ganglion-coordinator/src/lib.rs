@@ -5,6 +5,8 @@
 //!   concurrency, and survives restarts.
 //! - [`lease`]: resource pools (GPUs, connections) handed out as fenced leases with
 //!   priority, aging, TTL reclaim and a maximum hold time.
+//! - [`queue`]: a rate-limited request queue with a response cache, single flight and
+//!   fallbacks.
 //! - [`breaker`]: circuit breakers per dependency (closed, open, half-open).
 //!
 //! Time comes from an injected [`ganglion_core::Clock`], so an hour of quota behaviour is
@@ -12,6 +14,7 @@
 
 pub mod breaker;
 pub mod lease;
+pub mod queue;
 pub mod quota;
 
 use std::time::Duration;
