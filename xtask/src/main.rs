@@ -7,7 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const PROTOS: &[&str] = &["ganglion/v1/bus.proto", "ganglion/examples/v1/game.proto"];
+const PROTOS: &[&str] = &[
+    "ganglion/v1/bus.proto",
+    "ganglion/v1/coordinator.proto",
+    "ganglion/examples/v1/game.proto",
+];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);

@@ -364,6 +364,8 @@ impl Pools {
                 tx,
             });
             self.pump(&mut state, &request.pool, now);
+            // A new waiter brings an aging deadline.
+            self.changed.notify_one();
             if ahead > 0 {
                 tracing::debug!(pool = %request.pool, holder = %request.holder, priority = request.priority, queued_behind = ahead, "waiting for a lease");
             }
@@ -468,10 +470,13 @@ impl Pools {
             tracing::info!(pool = pool_name, holder = %lease.holder, lease = lease.id, token = token, units = ?lease.units, "lease granted");
             granted.push(lease);
         }
+        if !granted.is_empty() {
+            // New leases bring new deadlines: let the timer task look again.
+            self.changed.notify_one();
+        }
         for lease in granted {
             self.emit(LeaseEvent::Granted(lease));
         }
-        self.changed.notify_one();
     }
 
     /// Frees a lease's units (no event, no pump).

@@ -13,11 +13,14 @@
 //! tested in milliseconds.
 
 pub mod breaker;
+mod coordinator;
 pub mod lease;
 pub mod queue;
 pub mod quota;
 
 use std::time::Duration;
+
+pub use coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
 
 /// Errors of the coordinator, with the bus's stable codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

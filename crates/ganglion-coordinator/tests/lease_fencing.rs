@@ -405,3 +405,19 @@ fn eight_contenders_10000_random_steps_never_two_holders_and_stale_writes_refuse
         );
     }
 }
+
+#[tokio::test]
+async fn the_timer_task_reclaims_on_its_own_and_sleeps_between_deadlines() {
+    let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
+    let timers = tokio::spawn(pools.clone().run_timers());
+    let lease = pools.acquire(now_request("gpu", "crashed")).await.unwrap();
+    settle().await;
+    // Idle between deadlines: the task waits on the clock instead of spinning (a spinning
+    // task would starve this single-threaded runtime and the test would never return).
+    assert!(clock.sleepers() >= 1);
+    clock.advance(Duration::from_secs(31));
+    settle().await;
+    assert_eq!(pools.status()[0].free, 1, "reclaimed without a manual tick");
+    assert!(pools.check_fence("gpu", lease.fencing_token).is_err());
+    timers.abort();
+}

@@ -44,7 +44,7 @@ pub(crate) async fn serve(
     health_reporter
         .set_serving::<EventBusServer<GrpcBus>>()
         .await;
-    tokio::spawn(watch_health(state.clone(), health_reporter));
+    tokio::spawn(watch_health(state.clone(), health_reporter.clone()));
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ganglion_proto::FILE_DESCRIPTOR_SET)
@@ -66,6 +66,16 @@ pub(crate) async fn serve(
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
+    let coordinator = ganglion_proto::v1::coordinator_server::CoordinatorServer::new(
+        crate::coordinator::GrpcCoordinator {
+            state: state.clone(),
+        },
+    );
+    health_reporter
+        .set_serving::<ganglion_proto::v1::coordinator_server::CoordinatorServer<
+            crate::coordinator::GrpcCoordinator,
+        >>()
+        .await;
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(4 * 1024 * 1024)
@@ -73,6 +83,7 @@ pub(crate) async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(bus)
+        .add_service(coordinator)
         .serve_with_incoming_shutdown(incoming, state.stopped())
         .await
 }

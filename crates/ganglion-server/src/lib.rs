@@ -13,6 +13,7 @@
 //! stops its consumers (durable cursors are saved) and syncs the log. Whatever is still
 //! open after [`ServerOptions::drain_timeout`] is cut.
 
+mod coordinator;
 mod grpc;
 mod http;
 mod metrics;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt as _;
 use ganglion_bus::Bus;
+use ganglion_coordinator::{Coordinator, CoordinatorConfig};
 use ganglion_core::BusError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -95,6 +97,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct State {
     bus: Bus,
+    coordinator: Arc<Coordinator>,
     limits: Limits,
     metrics: Metrics,
     started: Instant,
@@ -106,9 +109,15 @@ pub struct State {
 
 impl State {
     /// State over `bus`; `stopping` turns `true` when the server shuts down.
-    pub fn new(bus: Bus, limits: Limits, stopping: watch::Receiver<bool>) -> Arc<State> {
+    pub fn new(
+        bus: Bus,
+        coordinator: Arc<Coordinator>,
+        limits: Limits,
+        stopping: watch::Receiver<bool>,
+    ) -> Arc<State> {
         Arc::new(State {
             bus,
+            coordinator,
             limits,
             metrics: Metrics::default(),
             started: Instant::now(),
@@ -183,8 +192,7 @@ impl Drop for Slot {
     }
 }
 
-/// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` completes, then drains and
-/// shuts the bus down (see the module docs).
+/// Serves the bus alone (a coordinator with nothing configured); see [`serve_with`].
 pub async fn serve(
     bus: Bus,
     grpc: TcpListener,
@@ -192,8 +200,37 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let coordinator = Coordinator::open(
+        CoordinatorConfig::default(),
+        Arc::new(ganglion_core::SystemClock),
+        None,
+    )
+    .map_err(|e| ServerError::Http(std::io::Error::other(e)))?;
+    serve_with(bus, Arc::new(coordinator), grpc, http, options, shutdown).await
+}
+
+/// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` completes, then drains and
+/// shuts the bus down (see the module docs).
+pub async fn serve_with(
+    bus: Bus,
+    coordinator: Arc<Coordinator>,
+    grpc: TcpListener,
+    http: TcpListener,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = State::new(bus.clone(), options.limits.clone(), stop_rx);
+    let state = State::new(
+        bus.clone(),
+        coordinator.clone(),
+        options.limits.clone(),
+        stop_rx,
+    );
+    let timers = tokio::spawn(coordinator.pools().clone().run_timers());
+    let lease_events = tokio::spawn(coordinator::publish_lease_events(
+        bus.clone(),
+        coordinator.clone(),
+    ));
 
     let grpc_server = grpc::serve(state.clone(), grpc);
     let http_server = axum::serve(
@@ -234,6 +271,8 @@ pub async fn serve(
             Ok(())
         }
     };
+    timers.abort();
+    lease_events.abort();
     bus.shutdown().await?;
     tracing::info!("bus stopped: log synced, durable cursors saved");
     result

@@ -47,21 +47,44 @@ impl Server {
         Server::start_on("127.0.0.1:0".parse().unwrap(), bus, options).await
     }
 
+    pub async fn start_with(
+        bus: Bus,
+        coordinator: Arc<ganglion_coordinator::Coordinator>,
+        options: ServerOptions,
+    ) -> Server {
+        Server::launch(
+            "127.0.0.1:0".parse().unwrap(),
+            bus,
+            Some(coordinator),
+            options,
+        )
+        .await
+    }
+
     pub async fn start_on(grpc_addr: SocketAddr, bus: Bus, options: ServerOptions) -> Server {
+        Server::launch(grpc_addr, bus, None, options).await
+    }
+
+    async fn launch(
+        grpc_addr: SocketAddr,
+        bus: Bus,
+        coordinator: Option<Arc<ganglion_coordinator::Coordinator>>,
+        options: ServerOptions,
+    ) -> Server {
         let grpc = TcpListener::bind(grpc_addr).await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
         let http_addr = http.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ganglion_server::serve(
-            bus,
-            grpc,
-            http,
-            options,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let task = match coordinator {
+            Some(c) => tokio::spawn(ganglion_server::serve_with(
+                bus, c, grpc, http, options, stopped,
+            )),
+            None => tokio::spawn(ganglion_server::serve(bus, grpc, http, options, stopped)),
+        };
         Server {
             grpc: format!("http://{grpc_addr}"),
             grpc_addr,

@@ -4,9 +4,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use ganglion_bus::{Bus, BusOptions};
+use ganglion_coordinator::breaker::BreakerSpec;
+use ganglion_coordinator::lease::PoolSpec;
+use ganglion_coordinator::quota::QuotaSpec;
+use ganglion_coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
 use ganglion_core::Pattern;
+use ganglion_core::SystemClock;
 use ganglion_core::bus::StorageClass;
 use ganglion_server::{Limits, ServerOptions};
 use serde::Deserialize;
@@ -50,6 +58,107 @@ struct FileConfig {
     ephemeral: Option<Vec<String>>,
     bus: BusConfig,
     limits: LimitsConfig,
+    coordinator: CoordinatorFileConfig,
+}
+
+/// `coordinator:` — pools, quotas, request queues, breakers and lease timings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct CoordinatorFileConfig {
+    /// `name: { capacity: N }` or `name: { gpus: ["0", "1"] }`.
+    pools: BTreeMap<String, PoolConfig>,
+    /// `name: { rule: "100 per 1h", shares: { component: weight } }`.
+    quotas: BTreeMap<String, QuotaConfig>,
+    /// `name: { quota: NAME, cache_ttl_s: 3600 }`.
+    queues: BTreeMap<String, QueueConfig>,
+    /// `name: { failure_threshold: 5, recovery_timeout_ms: 30000, half_open_probes: 1 }`.
+    breakers: BTreeMap<String, BreakerConfig>,
+    lease_ttl_ms: Option<u64>,
+    lease_max_hold_ms: Option<u64>,
+    lease_grace_ms: Option<u64>,
+    lease_aging_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolConfig {
+    capacity: Option<usize>,
+    gpus: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaConfig {
+    rule: String,
+    #[serde(default)]
+    shares: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueConfig {
+    quota: String,
+    cache_ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BreakerConfig {
+    failure_threshold: Option<u32>,
+    recovery_timeout_ms: Option<u64>,
+    half_open_probes: Option<u32>,
+}
+
+fn coordinator_config(file: CoordinatorFileConfig) -> anyhow::Result<CoordinatorConfig> {
+    let mut config = CoordinatorConfig::default();
+    for (name, pool) in file.pools {
+        config.pools.push(match (pool.capacity, pool.gpus) {
+            (Some(capacity), None) => PoolSpec::counted(name, capacity),
+            (None, Some(gpus)) => {
+                let ids: Vec<&str> = gpus.iter().map(String::as_str).collect();
+                PoolSpec::gpus(name, &ids)
+            }
+            _ => bail!("coordinator.pools.{name}: give either capacity or gpus"),
+        });
+    }
+    for (name, quota) in file.quotas {
+        let mut spec = QuotaSpec::parse(name.clone(), &quota.rule)
+            .map_err(|e| anyhow::anyhow!("coordinator.quotas.{name}.{e}"))?;
+        spec.shares = quota.shares;
+        config.quotas.push(spec);
+    }
+    for (name, queue) in file.queues {
+        config.queues.push(QueueSpec {
+            name,
+            quota: queue.quota,
+            cache_ttl: Duration::from_secs(queue.cache_ttl_s.unwrap_or(3600)),
+        });
+    }
+    for (name, b) in file.breakers {
+        let mut spec = BreakerSpec::new(name);
+        if let Some(v) = b.failure_threshold {
+            spec.failure_threshold = v;
+        }
+        if let Some(v) = b.recovery_timeout_ms {
+            spec.recovery_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = b.half_open_probes {
+            spec.half_open_probes = v;
+        }
+        config.breakers.push(spec);
+    }
+    let l = &mut config.leases;
+    for (value, field) in [
+        (file.lease_ttl_ms, &mut l.ttl),
+        (file.lease_max_hold_ms, &mut l.max_hold),
+        (file.lease_grace_ms, &mut l.grace),
+        (file.lease_aging_ms, &mut l.aging),
+    ] {
+        if let Some(ms) = value {
+            *field = Duration::from_millis(ms);
+        }
+    }
+    Ok(config)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +189,7 @@ fn load(path: &Path) -> anyhow::Result<FileConfig> {
 /// The server's settings, resolved.
 #[derive(Debug)]
 struct Settings {
+    coordinator: CoordinatorConfig,
     data_dir: PathBuf,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -163,6 +273,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         server.drain_timeout = Duration::from_millis(ms);
     }
     Ok(Settings {
+        coordinator: coordinator_config(file.coordinator)?,
         data_dir,
         grpc_addr,
         http_addr,
@@ -190,6 +301,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP to {}", settings.http_addr))?;
     let data_dir = settings.data_dir.clone();
+    let coordinator = Coordinator::open(
+        settings.coordinator,
+        Arc::new(SystemClock),
+        Some(&data_dir.join("coordinator")),
+    )
+    .context("starting the coordinator")?;
     let bus = tokio::task::spawn_blocking(move || Bus::open(settings.bus))
         .await?
         .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
@@ -202,7 +319,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http.local_addr()?,
         data_dir.display(),
     );
-    ganglion_server::serve(bus, grpc, http, settings.server, shutdown_signal()).await?;
+    ganglion_server::serve_with(
+        bus,
+        Arc::new(coordinator),
+        grpc,
+        http,
+        settings.server,
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

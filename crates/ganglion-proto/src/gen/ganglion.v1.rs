@@ -1103,3 +1103,1156 @@ pub mod event_bus_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AcquireRequest {
+    #[prost(string, tag = "1")]
+    pub pool: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub holder: ::prost::alloc::string::String,
+    /// Higher goes first; waiters that waited the aging bound go before all others.
+    #[prost(int32, tag = "3")]
+    pub priority: i32,
+    /// Units wanted; 0 means 1.
+    #[prost(uint32, tag = "4")]
+    pub amount: u32,
+    /// How long to wait in line; 0 means only if free now.
+    #[prost(uint64, tag = "5")]
+    pub wait_ms: u64,
+    /// Shorter than the server's maximum hold time, if set.
+    #[prost(uint64, tag = "6")]
+    pub max_hold_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Lease {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub pool: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub holder: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "4")]
+    pub units: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// For GPU pools: export as CUDA_VISIBLE_DEVICES.
+    #[prost(string, tag = "5")]
+    pub cuda_visible_devices: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "6")]
+    pub fencing_token: u64,
+    #[prost(uint64, tag = "7")]
+    pub granted_at_ms: u64,
+    #[prost(uint64, tag = "8")]
+    pub expires_at_ms: u64,
+    #[prost(uint64, tag = "9")]
+    pub max_hold_until_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseUpdate {
+    #[prost(oneof = "lease_update::Update", tags = "1, 2, 3, 4")]
+    pub update: ::core::option::Option<lease_update::Update>,
+}
+/// Nested message and enum types in `LeaseUpdate`.
+pub mod lease_update {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Update {
+        #[prost(message, tag = "1")]
+        Granted(super::Lease),
+        /// 90% of the maximum hold time has passed.
+        #[prost(message, tag = "2")]
+        Warning(super::LeaseWarning),
+        /// Stop using the units now; they are taken back after `release_in_ms`.
+        #[prost(message, tag = "3")]
+        Revoked(super::LeaseRevoked),
+        /// The lease ended without the holder releasing it; the stream ends next.
+        #[prost(message, tag = "4")]
+        Released(super::LeaseReleased),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseWarning {
+    #[prost(uint64, tag = "1")]
+    pub revoked_in_ms: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseRevoked {
+    #[prost(uint64, tag = "1")]
+    pub release_in_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseReleased {
+    #[prost(string, tag = "1")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewRequest {
+    #[prost(uint64, tag = "1")]
+    pub lease_id: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseRequest {
+    #[prost(uint64, tag = "1")]
+    pub lease_id: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckFenceRequest {
+    #[prost(string, tag = "1")]
+    pub pool: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub fencing_token: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckFenceResponse {
+    #[prost(bool, tag = "1")]
+    pub valid: bool,
+    /// Why not, when not.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PermitRequest {
+    #[prost(string, tag = "1")]
+    pub quota: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub component: ::prost::alloc::string::String,
+    #[prost(int32, tag = "3")]
+    pub priority: i32,
+    #[prost(uint64, tag = "4")]
+    pub wait_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Permit {
+    #[prost(string, tag = "1")]
+    pub quota: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub component: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub granted_at_ms: u64,
+    #[prost(uint32, tag = "4")]
+    pub used: u32,
+    #[prost(uint32, tag = "5")]
+    pub remaining: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubmitRequest {
+    #[prost(string, tag = "1")]
+    pub queue: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub request: ::prost::bytes::Bytes,
+    #[prost(int32, tag = "3")]
+    pub priority: i32,
+    #[prost(string, tag = "4")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    /// Answered with this, marked degraded, when the quota is used up.
+    #[prost(bytes = "bytes", optional, tag = "5")]
+    pub fallback: ::core::option::Option<::prost::bytes::Bytes>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubmitResponse {
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetResponseRequest {
+    #[prost(string, tag = "1")]
+    pub queue: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub request_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub wait_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetResponseResponse {
+    /// False while the request is still waiting or being worked on.
+    #[prost(bool, tag = "1")]
+    pub ready: bool,
+    #[prost(bool, tag = "4")]
+    pub cached: bool,
+    #[prost(bool, tag = "5")]
+    pub degraded: bool,
+    #[prost(oneof = "get_response_response::Result", tags = "2, 3")]
+    pub result: ::core::option::Option<get_response_response::Result>,
+}
+/// Nested message and enum types in `GetResponseResponse`.
+pub mod get_response_response {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Result {
+        #[prost(bytes, tag = "2")]
+        Response(::prost::bytes::Bytes),
+        #[prost(string, tag = "3")]
+        Error(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TakeRequest {
+    #[prost(string, tag = "1")]
+    pub queue: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub worker: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub wait_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TakeResponse {
+    /// False when nothing could be taken within `wait_ms`.
+    #[prost(bool, tag = "1")]
+    pub taken: bool,
+    #[prost(uint64, tag = "2")]
+    pub request_id: u64,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub request: ::prost::bytes::Bytes,
+    #[prost(int32, tag = "4")]
+    pub priority: i32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CompleteRequest {
+    #[prost(string, tag = "1")]
+    pub queue: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub request_id: u64,
+    #[prost(oneof = "complete_request::Result", tags = "3, 4")]
+    pub result: ::core::option::Option<complete_request::Result>,
+}
+/// Nested message and enum types in `CompleteRequest`.
+pub mod complete_request {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Result {
+        #[prost(bytes, tag = "3")]
+        Response(::prost::bytes::Bytes),
+        #[prost(string, tag = "4")]
+        Error(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CompleteResponse {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StatusRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PoolStatus {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub capacity: u32,
+    #[prost(uint32, tag = "3")]
+    pub free: u32,
+    #[prost(message, repeated, tag = "4")]
+    pub holders: ::prost::alloc::vec::Vec<Lease>,
+    #[prost(uint32, tag = "5")]
+    pub waiters: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct QuotaStatus {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+    #[prost(uint64, tag = "3")]
+    pub window_ms: u64,
+    #[prost(uint32, tag = "4")]
+    pub used: u32,
+    #[prost(uint32, tag = "5")]
+    pub remaining: u32,
+    #[prost(bool, tag = "6")]
+    pub near_limit: bool,
+    #[prost(uint64, tag = "7")]
+    pub suspended_for_ms: u64,
+    #[prost(uint32, tag = "8")]
+    pub waiters: u32,
+    #[prost(btree_map = "string, uint32", tag = "9")]
+    pub by_component: ::prost::alloc::collections::BTreeMap<::prost::alloc::string::String, u32>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QueueStatus {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub quota: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub depth: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BreakerStatus {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// closed, open or half_open.
+    #[prost(string, tag = "2")]
+    pub state: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StatusResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub pools: ::prost::alloc::vec::Vec<PoolStatus>,
+    #[prost(message, repeated, tag = "2")]
+    pub quotas: ::prost::alloc::vec::Vec<QuotaStatus>,
+    #[prost(message, repeated, tag = "3")]
+    pub queues: ::prost::alloc::vec::Vec<QueueStatus>,
+    #[prost(message, repeated, tag = "4")]
+    pub breakers: ::prost::alloc::vec::Vec<BreakerStatus>,
+}
+/// Generated client implementations.
+pub mod coordinator_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value
+    )]
+    use tonic::codegen::http::Uri;
+    use tonic::codegen::*;
+    #[derive(Debug, Clone)]
+    pub struct CoordinatorClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl CoordinatorClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> CoordinatorClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> CoordinatorClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                    http::Request<tonic::body::Body>,
+                    Response = http::Response<
+                        <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                    >,
+                >,
+            <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
+                Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            CoordinatorClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Waits for a lease and holds it for as long as this stream stays open: the server
+        /// keeps it renewed, forwards its warning and revocation, and releases it when the
+        /// stream ends (the holder's process exiting or dying ends it within a second).
+        pub async fn acquire(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AcquireRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::LeaseUpdate>>,
+            tonic::Status,
+        > {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/Acquire");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "Acquire"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// For leases held without a stream: extends the TTL from now.
+        pub async fn renew(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::Lease>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/Renew");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "Renew"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn release(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReleaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReleaseResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/Release");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "Release"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Whether a fencing token belongs to a live lease of the pool (refuse the write if
+        /// not).
+        pub async fn check_fence(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CheckFenceRequest>,
+        ) -> std::result::Result<tonic::Response<super::CheckFenceResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/CheckFence");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "CheckFence"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A quota call now, or RESOURCE_EXHAUSTED with `retry-after-ms`.
+        pub async fn try_acquire_permit(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PermitRequest>,
+        ) -> std::result::Result<tonic::Response<super::Permit>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/TryAcquirePermit");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "ganglion.v1.Coordinator",
+                "TryAcquirePermit",
+            ));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A quota call, waiting up to `wait_ms` in priority order.
+        pub async fn acquire_permit(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PermitRequest>,
+        ) -> std::result::Result<tonic::Response<super::Permit>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/AcquirePermit");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "AcquirePermit"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn submit(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SubmitRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubmitResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/Submit");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "Submit"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_response(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetResponseRequest>,
+        ) -> std::result::Result<tonic::Response<super::GetResponseResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/GetResponse");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "GetResponse"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn take(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TakeRequest>,
+        ) -> std::result::Result<tonic::Response<super::TakeResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/Take");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "Take"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn complete(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CompleteRequest>,
+        ) -> std::result::Result<tonic::Response<super::CompleteResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/Complete");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "Complete"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.Coordinator/Status");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.Coordinator", "Status"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod coordinator_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with CoordinatorServer.
+    #[async_trait]
+    pub trait Coordinator: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Acquire method.
+        type AcquireStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::LeaseUpdate, tonic::Status>,
+            > + std::marker::Send
+            + 'static;
+        /// Waits for a lease and holds it for as long as this stream stays open: the server
+        /// keeps it renewed, forwards its warning and revocation, and releases it when the
+        /// stream ends (the holder's process exiting or dying ends it within a second).
+        async fn acquire(
+            &self,
+            request: tonic::Request<super::AcquireRequest>,
+        ) -> std::result::Result<tonic::Response<Self::AcquireStream>, tonic::Status>;
+        /// For leases held without a stream: extends the TTL from now.
+        async fn renew(
+            &self,
+            request: tonic::Request<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::Lease>, tonic::Status>;
+        async fn release(
+            &self,
+            request: tonic::Request<super::ReleaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReleaseResponse>, tonic::Status>;
+        /// Whether a fencing token belongs to a live lease of the pool (refuse the write if
+        /// not).
+        async fn check_fence(
+            &self,
+            request: tonic::Request<super::CheckFenceRequest>,
+        ) -> std::result::Result<tonic::Response<super::CheckFenceResponse>, tonic::Status>;
+        /// A quota call now, or RESOURCE_EXHAUSTED with `retry-after-ms`.
+        async fn try_acquire_permit(
+            &self,
+            request: tonic::Request<super::PermitRequest>,
+        ) -> std::result::Result<tonic::Response<super::Permit>, tonic::Status>;
+        /// A quota call, waiting up to `wait_ms` in priority order.
+        async fn acquire_permit(
+            &self,
+            request: tonic::Request<super::PermitRequest>,
+        ) -> std::result::Result<tonic::Response<super::Permit>, tonic::Status>;
+        async fn submit(
+            &self,
+            request: tonic::Request<super::SubmitRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubmitResponse>, tonic::Status>;
+        async fn get_response(
+            &self,
+            request: tonic::Request<super::GetResponseRequest>,
+        ) -> std::result::Result<tonic::Response<super::GetResponseResponse>, tonic::Status>;
+        async fn take(
+            &self,
+            request: tonic::Request<super::TakeRequest>,
+        ) -> std::result::Result<tonic::Response<super::TakeResponse>, tonic::Status>;
+        async fn complete(
+            &self,
+            request: tonic::Request<super::CompleteRequest>,
+        ) -> std::result::Result<tonic::Response<super::CompleteResponse>, tonic::Status>;
+        async fn status(
+            &self,
+            request: tonic::Request<super::StatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
+    }
+    #[derive(Debug)]
+    pub struct CoordinatorServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> CoordinatorServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(inner: T, interceptor: F) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for CoordinatorServer<T>
+    where
+        T: Coordinator,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/ganglion.v1.Coordinator/Acquire" => {
+                    #[allow(non_camel_case_types)]
+                    struct AcquireSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator>
+                        tonic::server::ServerStreamingService<super::AcquireRequest>
+                        for AcquireSvc<T>
+                    {
+                        type Response = super::LeaseUpdate;
+                        type ResponseStream = T::AcquireStream;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AcquireRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Coordinator>::acquire(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AcquireSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/Renew" => {
+                    #[allow(non_camel_case_types)]
+                    struct RenewSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::RenewRequest> for RenewSvc<T> {
+                        type Response = super::Lease;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RenewRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Coordinator>::renew(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RenewSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/Release" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReleaseSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::ReleaseRequest> for ReleaseSvc<T> {
+                        type Response = super::ReleaseResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReleaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Coordinator>::release(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReleaseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/CheckFence" => {
+                    #[allow(non_camel_case_types)]
+                    struct CheckFenceSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::CheckFenceRequest> for CheckFenceSvc<T> {
+                        type Response = super::CheckFenceResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CheckFenceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Coordinator>::check_fence(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CheckFenceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/TryAcquirePermit" => {
+                    #[allow(non_camel_case_types)]
+                    struct TryAcquirePermitSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::PermitRequest> for TryAcquirePermitSvc<T> {
+                        type Response = super::Permit;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PermitRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Coordinator>::try_acquire_permit(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TryAcquirePermitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/AcquirePermit" => {
+                    #[allow(non_camel_case_types)]
+                    struct AcquirePermitSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::PermitRequest> for AcquirePermitSvc<T> {
+                        type Response = super::Permit;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PermitRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Coordinator>::acquire_permit(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AcquirePermitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/Submit" => {
+                    #[allow(non_camel_case_types)]
+                    struct SubmitSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::SubmitRequest> for SubmitSvc<T> {
+                        type Response = super::SubmitResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SubmitRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Coordinator>::submit(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SubmitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/GetResponse" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetResponseSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::GetResponseRequest> for GetResponseSvc<T> {
+                        type Response = super::GetResponseResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetResponseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Coordinator>::get_response(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetResponseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/Take" => {
+                    #[allow(non_camel_case_types)]
+                    struct TakeSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::TakeRequest> for TakeSvc<T> {
+                        type Response = super::TakeResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TakeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Coordinator>::take(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TakeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/Complete" => {
+                    #[allow(non_camel_case_types)]
+                    struct CompleteSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::CompleteRequest> for CompleteSvc<T> {
+                        type Response = super::CompleteResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CompleteRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Coordinator>::complete(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CompleteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.Coordinator/Status" => {
+                    #[allow(non_camel_case_types)]
+                    struct StatusSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::StatusRequest> for StatusSvc<T> {
+                        type Response = super::StatusResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Coordinator>::status(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => Box::pin(async move {
+                    let mut response = http::Response::new(tonic::body::Body::default());
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        tonic::Status::GRPC_STATUS,
+                        (tonic::Code::Unimplemented as i32).into(),
+                    );
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        tonic::metadata::GRPC_CONTENT_TYPE,
+                    );
+                    Ok(response)
+                }),
+            }
+        }
+    }
+    impl<T> Clone for CoordinatorServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "ganglion.v1.Coordinator";
+    impl<T> tonic::server::NamedService for CoordinatorServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

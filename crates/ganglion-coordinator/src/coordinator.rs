@@ -1,0 +1,139 @@
+//! Everything the coordinator serves, built from one configuration.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ganglion_core::Clock;
+
+use crate::CoordinatorError;
+use crate::breaker::{Breaker, BreakerSpec};
+use crate::lease::{PoolSpec, Pools, PoolsOptions};
+use crate::queue::RequestQueue;
+use crate::quota::{Quota, QuotaSpec};
+
+/// A request queue's definition: which quota paces it, how long answers are cached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub quota: String,
+    pub cache_ttl: Duration,
+}
+
+/// What the coordinator manages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoordinatorConfig {
+    pub pools: Vec<PoolSpec>,
+    pub leases: PoolsOptions,
+    pub quotas: Vec<QuotaSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub breakers: Vec<BreakerSpec>,
+}
+
+/// Pools, quotas, queues and breakers, by name.
+#[derive(Debug)]
+pub struct Coordinator {
+    pools: Arc<Pools>,
+    quotas: BTreeMap<String, Arc<Quota>>,
+    queues: BTreeMap<String, (String, Arc<RequestQueue>)>,
+    breakers: BTreeMap<String, Arc<Breaker>>,
+}
+
+fn not_found(kind: &str, name: &str) -> CoordinatorError {
+    CoordinatorError::NotFound {
+        what: format!("{kind} {name:?}"),
+    }
+}
+
+impl Coordinator {
+    /// Builds everything; with `dir`, lease state and quota journals live there.
+    pub fn open(
+        config: CoordinatorConfig,
+        clock: Arc<dyn Clock>,
+        dir: Option<&Path>,
+    ) -> Result<Coordinator, CoordinatorError> {
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                CoordinatorError::Unavailable(format!("creating {}: {e}", dir.display()))
+            })?;
+        }
+        let pools = match dir {
+            Some(dir) => Pools::open(config.pools, config.leases, clock.clone(), dir)?,
+            None => Pools::new(config.pools, config.leases, clock.clone())?,
+        };
+        let mut quotas = BTreeMap::new();
+        for spec in config.quotas {
+            let name = spec.name.clone();
+            let quota = match dir {
+                Some(dir) => Quota::open(spec, clock.clone(), dir)?,
+                None => Quota::new(spec, clock.clone())?,
+            };
+            if quotas.insert(name.clone(), Arc::new(quota)).is_some() {
+                return Err(CoordinatorError::invalid(
+                    format!("quotas.{name}"),
+                    "is defined twice",
+                ));
+            }
+        }
+        let mut queues = BTreeMap::new();
+        for spec in config.queues {
+            let quota = quotas.get(&spec.quota).cloned().ok_or_else(|| {
+                CoordinatorError::invalid(
+                    format!("queues.{}.quota", spec.name),
+                    format!("no quota named {:?}", spec.quota),
+                )
+            })?;
+            let queue = RequestQueue::new(spec.name.clone(), quota, spec.cache_ttl, clock.clone());
+            queues.insert(spec.name, (spec.quota, Arc::new(queue)));
+        }
+        let mut breakers = BTreeMap::new();
+        for spec in config.breakers {
+            breakers.insert(spec.name.clone(), Breaker::new(spec, clock.clone())?);
+        }
+        Ok(Coordinator {
+            pools: Arc::new(pools),
+            quotas,
+            queues,
+            breakers,
+        })
+    }
+
+    pub fn pools(&self) -> &Arc<Pools> {
+        &self.pools
+    }
+
+    pub fn quota(&self, name: &str) -> Result<&Arc<Quota>, CoordinatorError> {
+        self.quotas
+            .get(name)
+            .ok_or_else(|| not_found("quota", name))
+    }
+
+    pub fn queue(&self, name: &str) -> Result<&Arc<RequestQueue>, CoordinatorError> {
+        self.queues
+            .get(name)
+            .map(|(_, q)| q)
+            .ok_or_else(|| not_found("queue", name))
+    }
+
+    pub fn breaker(&self, name: &str) -> Result<&Arc<Breaker>, CoordinatorError> {
+        self.breakers
+            .get(name)
+            .ok_or_else(|| not_found("breaker", name))
+    }
+
+    pub fn quotas(&self) -> impl Iterator<Item = &Arc<Quota>> {
+        self.quotas.values()
+    }
+
+    /// Queues with the name of the quota pacing each.
+    pub fn queues(&self) -> impl Iterator<Item = (&str, &str, &Arc<RequestQueue>)> {
+        self.queues
+            .iter()
+            .map(|(name, (quota, queue))| (name.as_str(), quota.as_str(), queue))
+    }
+
+    pub fn breakers(&self) -> impl Iterator<Item = (&str, &Arc<Breaker>)> {
+        self.breakers.iter().map(|(n, b)| (n.as_str(), b))
+    }
+}

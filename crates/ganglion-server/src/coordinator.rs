@@ -1,0 +1,432 @@
+//! `ganglion.v1.Coordinator` over gRPC, and the bus events of leases.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use ganglion_bus::Bus;
+use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseEvent};
+use ganglion_coordinator::{Coordinator, CoordinatorError};
+use ganglion_core::bus::EventBus;
+use ganglion_core::{Event, Topic};
+use ganglion_proto::convert::{FIELD_METADATA, RETRY_AFTER_METADATA, duration_ms};
+use ganglion_proto::v1::coordinator_server::Coordinator as CoordinatorService;
+use ganglion_proto::v1::{self, lease_update};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::State;
+
+/// The one mapping of coordinator errors to gRPC statuses.
+pub(crate) fn status(error: CoordinatorError) -> Status {
+    let code = match &error {
+        CoordinatorError::InvalidArgument { .. } => Code::InvalidArgument,
+        CoordinatorError::ResourceExhausted { .. } => Code::ResourceExhausted,
+        CoordinatorError::NotFound { .. } => Code::NotFound,
+        CoordinatorError::Stale(_) => Code::FailedPrecondition,
+        CoordinatorError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        CoordinatorError::Unavailable(_) => Code::Unavailable,
+    };
+    let mut status = Status::new(code, error.to_string());
+    match &error {
+        CoordinatorError::InvalidArgument { field, .. } => {
+            if let Ok(v) = field.parse() {
+                status.metadata_mut().insert(FIELD_METADATA, v);
+            }
+        }
+        CoordinatorError::ResourceExhausted { retry_after, .. } => {
+            if let Ok(v) = duration_ms(*retry_after).max(1).to_string().parse() {
+                status.metadata_mut().insert(RETRY_AFTER_METADATA, v);
+            }
+        }
+        _ => {}
+    }
+    status
+}
+
+fn ms(micros: u64) -> u64 {
+    micros / 1000
+}
+
+pub(crate) fn lease_to_wire(lease: &Lease) -> v1::Lease {
+    v1::Lease {
+        id: lease.id,
+        pool: lease.pool.clone(),
+        holder: lease.holder.clone(),
+        units: lease.units.clone(),
+        cuda_visible_devices: lease.cuda_visible_devices.clone().unwrap_or_default(),
+        fencing_token: lease.fencing_token,
+        granted_at_ms: ms(lease.granted_at_micros),
+        expires_at_ms: ms(lease.expires_at_micros),
+        max_hold_until_ms: ms(lease.max_hold_until_micros),
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct GrpcCoordinator {
+    pub(crate) state: Arc<State>,
+}
+
+impl GrpcCoordinator {
+    fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.state.coordinator
+    }
+}
+
+type LeaseStream = Pin<Box<dyn Stream<Item = Result<v1::LeaseUpdate, Status>> + Send + 'static>>;
+
+fn update(update: lease_update::Update) -> Result<v1::LeaseUpdate, Status> {
+    Ok(v1::LeaseUpdate {
+        update: Some(update),
+    })
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for GrpcCoordinator {
+    type AcquireStream = LeaseStream;
+
+    async fn acquire(
+        &self,
+        request: Request<v1::AcquireRequest>,
+    ) -> Result<Response<Self::AcquireStream>, Status> {
+        let r = request.into_inner();
+        let pools = self.coordinator().pools().clone();
+        let mut events = pools.events();
+        let lease = pools
+            .acquire(AcquireRequest {
+                pool: r.pool,
+                holder: r.holder,
+                priority: r.priority,
+                amount: r.amount.max(1),
+                wait_timeout: Duration::from_millis(r.wait_ms),
+                max_hold: (r.max_hold_ms > 0).then(|| Duration::from_millis(r.max_hold_ms)),
+            })
+            .await
+            .map_err(status)?;
+        let (tx, rx) = mpsc::channel(8);
+        let _ = tx
+            .send(update(lease_update::Update::Granted(lease_to_wire(&lease))))
+            .await;
+        let state = self.state.clone();
+        // The stream holds the lease: renewed while it is open, released when it ends.
+        tokio::spawn(async move {
+            let id = lease.id;
+            let mut renew = tokio::time::interval(Duration::from_secs(1));
+            let mut stopped = std::pin::pin!(state.stopped());
+            let ended = loop {
+                tokio::select! {
+                    _ = tx.closed() => break None,
+                    _ = &mut stopped => break None,
+                    _ = renew.tick() => {
+                        if let Err(e) = pools.renew(id) {
+                            // Revoked: keep the stream until the forced release arrives.
+                            if !matches!(e, CoordinatorError::Stale(ref m) if m.contains("revoked")) {
+                                break Some(e.to_string());
+                            }
+                        }
+                    }
+                    event = events.recv() => match event {
+                        Ok(LeaseEvent::Warning { lease, revoked_in, .. }) if lease == id => {
+                            let _ = tx.send(update(lease_update::Update::Warning(v1::LeaseWarning { revoked_in_ms: duration_ms(revoked_in) }))).await;
+                        }
+                        Ok(LeaseEvent::Revoked { lease, release_in, .. }) if lease == id => {
+                            let _ = tx.send(update(lease_update::Update::Revoked(v1::LeaseRevoked { release_in_ms: duration_ms(release_in) }))).await;
+                        }
+                        Ok(LeaseEvent::Released { lease, reason, .. }) if lease == id => break Some(reason),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break Some("the coordinator stopped".into()),
+                        _ => {}
+                    },
+                }
+            };
+            match ended {
+                Some(reason) => {
+                    let _ = tx
+                        .send(update(lease_update::Update::Released(v1::LeaseReleased {
+                            reason,
+                        })))
+                        .await;
+                }
+                None => {
+                    if pools.release(id).is_ok() {
+                        tracing::info!(lease = id, "lease released: its stream ended");
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::Lease>, Status> {
+        let lease = self
+            .coordinator()
+            .pools()
+            .renew(request.into_inner().lease_id)
+            .map_err(status)?;
+        Ok(Response::new(lease_to_wire(&lease)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.coordinator()
+            .pools()
+            .release(request.into_inner().lease_id)
+            .map_err(status)?;
+        Ok(Response::new(v1::ReleaseResponse {}))
+    }
+
+    async fn check_fence(
+        &self,
+        request: Request<v1::CheckFenceRequest>,
+    ) -> Result<Response<v1::CheckFenceResponse>, Status> {
+        let r = request.into_inner();
+        let response = match self
+            .coordinator()
+            .pools()
+            .check_fence(&r.pool, r.fencing_token)
+        {
+            Ok(()) => v1::CheckFenceResponse {
+                valid: true,
+                reason: String::new(),
+            },
+            Err(CoordinatorError::Stale(reason)) => v1::CheckFenceResponse {
+                valid: false,
+                reason,
+            },
+            Err(e) => return Err(status(e)),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn try_acquire_permit(
+        &self,
+        request: Request<v1::PermitRequest>,
+    ) -> Result<Response<v1::Permit>, Status> {
+        let r = request.into_inner();
+        let quota = self.coordinator().quota(&r.quota).map_err(status)?;
+        let permit = quota.try_acquire(&r.component).map_err(status)?;
+        Ok(Response::new(permit_to_wire(permit)))
+    }
+
+    async fn acquire_permit(
+        &self,
+        request: Request<v1::PermitRequest>,
+    ) -> Result<Response<v1::Permit>, Status> {
+        let r = request.into_inner();
+        let quota = self.coordinator().quota(&r.quota).map_err(status)?.clone();
+        let permit = quota
+            .acquire(&r.component, r.priority, Duration::from_millis(r.wait_ms))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(permit_to_wire(permit)))
+    }
+
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let r = request.into_inner();
+        let queue = self.coordinator().queue(&r.queue).map_err(status)?;
+        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key.as_str());
+        let id = queue
+            .submit(r.request, r.priority, key, r.fallback)
+            .map_err(status)?;
+        Ok(Response::new(v1::SubmitResponse { request_id: id }))
+    }
+
+    async fn get_response(
+        &self,
+        request: Request<v1::GetResponseRequest>,
+    ) -> Result<Response<v1::GetResponseResponse>, Status> {
+        let r = request.into_inner();
+        let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
+        let outcome = queue
+            .get_response(r.request_id, Duration::from_millis(r.wait_ms))
+            .await
+            .map_err(status)?;
+        let response = match outcome {
+            None => v1::GetResponseResponse::default(),
+            Some(o) => v1::GetResponseResponse {
+                ready: true,
+                result: Some(match o.response {
+                    Ok(body) => v1::get_response_response::Result::Response(body),
+                    Err(error) => v1::get_response_response::Result::Error(error),
+                }),
+                cached: o.cached,
+                degraded: o.degraded,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn take(
+        &self,
+        request: Request<v1::TakeRequest>,
+    ) -> Result<Response<v1::TakeResponse>, Status> {
+        let r = request.into_inner();
+        let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
+        let taken = queue
+            .take(&r.worker, Duration::from_millis(r.wait_ms))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match taken {
+            None => v1::TakeResponse::default(),
+            Some(t) => v1::TakeResponse {
+                taken: true,
+                request_id: t.id,
+                request: t.request,
+                priority: t.priority,
+            },
+        }))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<v1::CompleteRequest>,
+    ) -> Result<Response<v1::CompleteResponse>, Status> {
+        let r = request.into_inner();
+        let queue = self.coordinator().queue(&r.queue).map_err(status)?;
+        let result = match r.result {
+            Some(v1::complete_request::Result::Response(body)) => Ok(body),
+            Some(v1::complete_request::Result::Error(error)) => Err(error),
+            None => Ok(Bytes::new()),
+        };
+        queue.complete(r.request_id, result).map_err(status)?;
+        Ok(Response::new(v1::CompleteResponse {}))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        Ok(Response::new(status_of(self.coordinator())))
+    }
+}
+
+fn permit_to_wire(p: ganglion_coordinator::quota::Permit) -> v1::Permit {
+    v1::Permit {
+        quota: p.quota,
+        component: p.component,
+        granted_at_ms: ms(p.granted_at_micros),
+        used: p.used,
+        remaining: p.remaining,
+    }
+}
+
+/// Pools, quotas, queues and breakers at a glance (gRPC `Status`, HTTP resources).
+pub(crate) fn status_of(c: &Coordinator) -> v1::StatusResponse {
+    v1::StatusResponse {
+        pools: c
+            .pools()
+            .status()
+            .into_iter()
+            .map(|p| v1::PoolStatus {
+                name: p.name,
+                capacity: p.capacity as u32,
+                free: p.free as u32,
+                holders: p.holders.iter().map(lease_to_wire).collect(),
+                waiters: p.waiters as u32,
+            })
+            .collect(),
+        quotas: c
+            .quotas()
+            .map(|q| {
+                let s = q.status();
+                v1::QuotaStatus {
+                    name: s.name,
+                    limit: s.limit,
+                    window_ms: duration_ms(s.window),
+                    used: s.used,
+                    remaining: s.remaining,
+                    near_limit: s.near_limit,
+                    suspended_for_ms: duration_ms(s.suspended_for),
+                    waiters: s.waiters as u32,
+                    by_component: s.by_component.into_iter().collect(),
+                }
+            })
+            .collect(),
+        queues: c
+            .queues()
+            .map(|(name, quota, queue)| v1::QueueStatus {
+                name: name.to_owned(),
+                quota: quota.to_owned(),
+                depth: queue.depth() as u32,
+            })
+            .collect(),
+        breakers: c
+            .breakers()
+            .map(|(name, b)| v1::BreakerStatus {
+                name: name.to_owned(),
+                state: b.state().as_str().to_owned(),
+            })
+            .collect(),
+    }
+}
+
+/// Publishes every lease event on the bus as `coordinator.lease.<kind>` (JSON).
+pub(crate) async fn publish_lease_events(bus: Bus, coordinator: Arc<Coordinator>) {
+    let mut events = coordinator.pools().events();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "lease events were not all published on the bus");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let (kind, body) = match &event {
+            LeaseEvent::Granted(l) => (
+                "granted",
+                serde_json::json!({"lease": l.id, "pool": l.pool, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token}),
+            ),
+            LeaseEvent::Warning {
+                lease,
+                pool,
+                holder,
+                revoked_in,
+            } => (
+                "warning",
+                serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "revoked_in_ms": duration_ms(*revoked_in)}),
+            ),
+            LeaseEvent::Revoked {
+                lease,
+                pool,
+                holder,
+                release_in,
+            } => (
+                "revoked",
+                serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "release_in_ms": duration_ms(*release_in)}),
+            ),
+            LeaseEvent::Released {
+                lease,
+                pool,
+                holder,
+                reason,
+            } => (
+                "released",
+                serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "reason": reason}),
+            ),
+        };
+        let Ok(topic) = Topic::new(&format!("coordinator.lease.{kind}")) else {
+            continue;
+        };
+        let event = Event::new(topic, body.to_string())
+            .with_type(format!("Lease{}", kind[..1].to_uppercase() + &kind[1..]))
+            .with_source("ganglion-coordinator")
+            .with_content_type("application/json");
+        if let Err(error) = bus.publish(event).await {
+            tracing::warn!(%error, "cannot publish a lease event");
+            if matches!(error, ganglion_core::BusError::Closed) {
+                return;
+            }
+        }
+    }
+}

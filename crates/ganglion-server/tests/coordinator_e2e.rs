@@ -1,0 +1,353 @@
+//! The coordinator over gRPC: leases held by a stream (and released when its process is
+//! SIGKILLed), fencing, permits, the request queue, status, and their errors.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Server, bus_options, soon};
+use ganglion_bus::Bus;
+use ganglion_coordinator::lease::PoolSpec;
+use ganglion_coordinator::quota::QuotaSpec;
+use ganglion_coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
+use ganglion_core::SystemClock;
+use ganglion_proto::v1;
+use ganglion_proto::v1::coordinator_client::CoordinatorClient;
+use ganglion_server::ServerOptions;
+use tonic::transport::Channel;
+
+fn config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        pools: vec![PoolSpec::gpus("gpu", &["0"])],
+        quotas: vec![QuotaSpec::parse("claude", "2 per 1h").unwrap()],
+        queues: vec![QueueSpec {
+            name: "claude".into(),
+            quota: "claude".into(),
+            cache_ttl: Duration::from_secs(3600),
+        }],
+        ..CoordinatorConfig::default()
+    }
+}
+
+async fn start(dir: &std::path::Path) -> Server {
+    let bus = Bus::open(bus_options(dir)).unwrap();
+    let coordinator = Coordinator::open(
+        config(),
+        Arc::new(SystemClock),
+        Some(&dir.join("coordinator")),
+    )
+    .unwrap();
+    Server::start_with(bus, Arc::new(coordinator), ServerOptions::default()).await
+}
+
+async fn client(server: &Server) -> CoordinatorClient<Channel> {
+    CoordinatorClient::connect(server.grpc.clone())
+        .await
+        .unwrap()
+}
+
+fn acquire(holder: &str, wait_ms: u64) -> v1::AcquireRequest {
+    v1::AcquireRequest {
+        pool: "gpu".into(),
+        holder: holder.into(),
+        wait_ms,
+        ..Default::default()
+    }
+}
+
+async fn granted(stream: &mut tonic::Streaming<v1::LeaseUpdate>) -> v1::Lease {
+    match soon("a grant", stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .update
+    {
+        Some(v1::lease_update::Update::Granted(lease)) => lease,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_fences_permits_queue_and_status_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+
+    // A lease held by its stream; the GPU's device id comes with it.
+    let mut held = c.acquire(acquire("trainer", 0)).await.unwrap().into_inner();
+    let lease = granted(&mut held).await;
+    assert_eq!(lease.cuda_visible_devices, "0");
+    let fence = |token| v1::CheckFenceRequest {
+        pool: "gpu".into(),
+        fencing_token: token,
+    };
+    assert!(
+        c.check_fence(fence(lease.fencing_token))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    let busy = c.acquire(acquire("advisor", 0)).await.unwrap_err();
+    assert_eq!(busy.code(), tonic::Code::DeadlineExceeded);
+
+    // Ending the stream releases it; the next holder gets a newer token.
+    drop(held);
+    let mut next = soon("the next grant", async {
+        loop {
+            match c.acquire(acquire("advisor", 2000)).await {
+                Ok(stream) => return stream.into_inner(),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    let second = granted(&mut next).await;
+    assert!(second.fencing_token > lease.fencing_token);
+    let stale = c
+        .check_fence(fence(lease.fencing_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.valid && !stale.reason.is_empty());
+    c.renew(v1::RenewRequest {
+        lease_id: second.id,
+    })
+    .await
+    .unwrap();
+    c.release(v1::ReleaseRequest {
+        lease_id: second.id,
+    })
+    .await
+    .unwrap();
+    let err = c
+        .release(v1::ReleaseRequest {
+            lease_id: second.id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = c
+        .acquire(v1::AcquireRequest {
+            pool: "tpu".into(),
+            holder: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = c
+        .acquire(v1::AcquireRequest {
+            amount: 5,
+            ..acquire("x", 0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.metadata().get("ganglion-field").unwrap(), "amount");
+
+    // Permits: 2 per hour, then RESOURCE_EXHAUSTED with a retry-after.
+    let permit = |component: &str| v1::PermitRequest {
+        quota: "claude".into(),
+        component: component.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.try_acquire_permit(permit("advisor"))
+            .await
+            .unwrap()
+            .into_inner()
+            .remaining,
+        1
+    );
+    assert_eq!(
+        c.acquire_permit(permit("advisor"))
+            .await
+            .unwrap()
+            .into_inner()
+            .remaining,
+        0
+    );
+    let denied = c.try_acquire_permit(permit("advisor")).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::ResourceExhausted);
+    let retry: u64 = denied
+        .metadata()
+        .get("retry-after-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 3_500_000, "{retry}");
+    let err = c
+        .try_acquire_permit(v1::PermitRequest {
+            quota: "nope".into(),
+            ..permit("a")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // The queue: the quota is used up, so a fallback answers at once, degraded; a
+    // request without one waits, and no worker can take it within its wait.
+    let submitted = c
+        .submit(v1::SubmitRequest {
+            queue: "claude".into(),
+            request: Bytes::from_static(b"q"),
+            fallback: Some(Bytes::from_static(b"safe")),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = c
+        .get_response(v1::GetResponseRequest {
+            queue: "claude".into(),
+            request_id: submitted.request_id,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.ready && answer.degraded);
+    assert_eq!(
+        answer.result,
+        Some(v1::get_response_response::Result::Response(
+            Bytes::from_static(b"safe")
+        ))
+    );
+    let waiting = c
+        .submit(v1::SubmitRequest {
+            queue: "claude".into(),
+            request: Bytes::from_static(b"q2"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pending = c
+        .get_response(v1::GetResponseRequest {
+            queue: "claude".into(),
+            request_id: waiting.request_id,
+            wait_ms: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!pending.ready);
+    let taken = c
+        .take(v1::TakeRequest {
+            queue: "claude".into(),
+            worker: "w".into(),
+            wait_ms: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!taken.taken, "the quota grants no call for an hour");
+    let err = c
+        .complete(v1::CompleteRequest {
+            queue: "claude".into(),
+            request_id: 999,
+            result: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let status = c.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.pools[0].name, "gpu");
+    assert_eq!(status.pools[0].free, 1);
+    assert_eq!(status.quotas[0].used, 2);
+    assert!(status.quotas[0].near_limit);
+    assert_eq!(status.queues[0].depth, 1);
+
+    drop(c);
+    server.stop().await.unwrap();
+}
+
+/// Run by the test below as a child process: holds the GPU over a stream until killed.
+#[allow(clippy::print_stdout)] // the child's report to its parent
+#[tokio::test]
+#[ignore = "a child process of a_holder_killed_with_sigkill_loses_its_lease_within_a_second"]
+async fn child_holder() {
+    let url = std::env::var("GANGLION_TEST_SERVER").expect("run by its parent test");
+    let mut c = CoordinatorClient::connect(url).await.unwrap();
+    let mut stream = c.acquire(acquire("doomed", 0)).await.unwrap().into_inner();
+    let lease = granted(&mut stream).await;
+    println!("GRANTED {}", lease.fencing_token);
+    loop {
+        let _ = stream.message().await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_with_sigkill_loses_its_lease_within_a_second() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_holder", "--nocapture"])
+        .env("GANGLION_TEST_SERVER", &server.grpc)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let token: u64 = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("GRANTED ").map(|t| t.parse().unwrap()))
+            .expect("the child reports its grant")
+    })
+    .await
+    .unwrap();
+
+    let mut c = client(&server).await;
+    let waiter = {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let mut stream = c
+                .acquire(acquire("next", 30_000))
+                .await
+                .unwrap()
+                .into_inner();
+            let lease = granted(&mut stream).await;
+            (lease, Instant::now(), stream)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "the child still holds the GPU");
+
+    let killed = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = child.wait();
+    let (lease, granted_at, _stream) = soon("the waiter's grant", waiter).await.unwrap();
+    let took = granted_at.duration_since(killed);
+    assert!(
+        took < Duration::from_secs(1),
+        "the next waiter waited {took:?} after the holder died"
+    );
+    assert!(lease.fencing_token > token);
+    let stale = c
+        .check_fence(v1::CheckFenceRequest {
+            pool: "gpu".into(),
+            fencing_token: token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.valid);
+    drop(_stream);
+    server.stop().await.unwrap();
+}
