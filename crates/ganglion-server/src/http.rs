@@ -22,11 +22,12 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::{Query, State as Extract};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -40,6 +41,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::State;
 use crate::grpc::replay_limit;
+use ganglion_coordinator::CoordinatorError;
+use ganglion_coordinator::lease::AcquireRequest;
 
 /// The HTTP API over `state`.
 pub fn router(state: Arc<State>) -> Router {
@@ -49,6 +52,11 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/topics", get(topics))
         .route("/api/v1/metrics", get(metrics_json))
+        .route("/api/v1/resources", get(resources))
+        .route("/api/v1/resources/{pool}/acquire", post(acquire_lease))
+        .route("/api/v1/leases/{id}/renew", post(renew_lease))
+        .route("/api/v1/leases/{id}/release", post(release_lease))
+        .route("/api/v1/quotas/{quota}/permits", post(acquire_permit))
         .route("/metrics", get(metrics_prometheus))
         .fallback(not_found)
         .with_state(state)
@@ -102,6 +110,41 @@ impl From<BusError> for ApiError {
             field: error.field().map(str::to_owned),
             retry_after: match error {
                 BusError::ResourceExhausted { retry_after, .. } => Some(retry_after),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(error: CoordinatorError) -> ApiError {
+        let (status, code) = match &error {
+            CoordinatorError::InvalidArgument { .. } => {
+                (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
+            }
+            CoordinatorError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            CoordinatorError::ResourceExhausted { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED")
+            }
+            CoordinatorError::DeadlineExceeded(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "DEADLINE_EXCEEDED")
+            }
+            CoordinatorError::Stale(_) => (StatusCode::CONFLICT, "STALE"),
+            CoordinatorError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        };
+        ApiError {
+            status,
+            code,
+            message: match &error {
+                CoordinatorError::InvalidArgument { message, .. } => message.clone(),
+                other => other.to_string(),
+            },
+            field: match &error {
+                CoordinatorError::InvalidArgument { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+            retry_after: match error {
+                CoordinatorError::ResourceExhausted { retry_after, .. } => Some(retry_after),
                 _ => None,
             },
         }
@@ -536,6 +579,132 @@ async fn metrics_prometheus(Extract(state): Extract<Arc<State>>) -> Response {
         crate::metrics::prometheus(&state),
     )
         .into_response()
+}
+
+/// `GET /api/v1/resources`: pools with holders and waiters, quotas used and remaining,
+/// queues, breakers.
+async fn resources(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+    axum::Json(crate::coordinator::status_json(&state.coordinator))
+}
+
+/// A JSON request body as an object, refusing keys outside `allowed`.
+async fn object_body(state: &State, body: Body, allowed: &[&str]) -> ApiResult<Map<String, Value>> {
+    let Value::Object(object) = json_body(state, body).await? else {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    };
+    if let Some(key) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            key.clone(),
+            format!("is not a field here (expected {})", allowed.join(", ")),
+        ));
+    }
+    Ok(object)
+}
+
+fn field_u64(object: &Map<String, Value>, field: &str) -> ApiResult<Option<u64>> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
+    }
+}
+
+fn field_i32(object: &Map<String, Value>, field: &str) -> ApiResult<i32> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
+    }
+}
+
+fn field_str(object: &Map<String, Value>, field: &str) -> ApiResult<String> {
+    match object.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Err(ApiError::invalid(field, "is required")),
+        Some(_) => Err(ApiError::invalid(field, "must be a string")),
+    }
+}
+
+/// `POST /api/v1/resources/{pool}/acquire` `{"holder", "priority"?, "amount"?, "wait_ms"?,
+/// "max_hold_ms"?}`: a lease to renew within its TTL and release.
+async fn acquire_lease(
+    Extract(state): Extract<Arc<State>>,
+    Path(pool): Path<String>,
+    body: Body,
+) -> ApiResult<axum::Json<Value>> {
+    let o = object_body(
+        &state,
+        body,
+        &["holder", "priority", "amount", "wait_ms", "max_hold_ms"],
+    )
+    .await?;
+    let amount = field_u64(&o, "amount")?.unwrap_or(1);
+    let request = AcquireRequest {
+        pool,
+        holder: field_str(&o, "holder")?,
+        priority: field_i32(&o, "priority")?,
+        amount: u32::try_from(amount).map_err(|_| ApiError::invalid("amount", "is too large"))?,
+        wait_timeout: Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0)),
+        max_hold: field_u64(&o, "max_hold_ms")?.map(Duration::from_millis),
+    };
+    let lease = state.coordinator.pools().acquire(request).await?;
+    Ok(axum::Json(crate::coordinator::lease_json(&lease)))
+}
+
+fn lease_id(id: &str) -> ApiResult<u64> {
+    id.parse()
+        .map_err(|_| ApiError::invalid("id", format!("{id:?} is not a lease id")))
+}
+
+async fn renew_lease(
+    Extract(state): Extract<Arc<State>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let lease = state.coordinator.pools().renew(lease_id(&id)?)?;
+    Ok(axum::Json(crate::coordinator::lease_json(&lease)))
+}
+
+async fn release_lease(
+    Extract(state): Extract<Arc<State>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    state.coordinator.pools().release(lease_id(&id)?)?;
+    Ok(axum::Json(json!({ "released": true })))
+}
+
+/// `POST /api/v1/quotas/{quota}/permits` `{"component", "priority"?, "wait_ms"?}`: a call,
+/// or 429 with `Retry-After`.
+async fn acquire_permit(
+    Extract(state): Extract<Arc<State>>,
+    Path(quota): Path<String>,
+    body: Body,
+) -> ApiResult<axum::Json<Value>> {
+    let o = object_body(&state, body, &["component", "priority", "wait_ms"]).await?;
+    let quota = state.coordinator.quota(&quota)?.clone();
+    let component = field_str(&o, "component")?;
+    let permit = match field_u64(&o, "wait_ms")? {
+        None | Some(0) => quota.try_acquire(&component)?,
+        Some(ms) => {
+            quota
+                .acquire(
+                    &component,
+                    field_i32(&o, "priority")?,
+                    Duration::from_millis(ms),
+                )
+                .await?
+        }
+    };
+    Ok(axum::Json(json!({
+        "quota": permit.quota,
+        "component": permit.component,
+        "granted_at_ms": permit.granted_at_micros / 1000,
+        "used": permit.used,
+        "remaining": permit.remaining,
+    })))
 }
 
 #[cfg(test)]

@@ -351,3 +351,124 @@ async fn a_holder_killed_with_sigkill_loses_its_lease_within_a_second() {
     drop(_stream);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_resources_routes() {
+    use common::http;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.http;
+
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/resources/gpu/acquire",
+        Some(r#"{"holder":"trainer","priority":3}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lease = r.json();
+    assert_eq!(lease["cuda_visible_devices"], "0");
+    let id = lease["id"].as_u64().unwrap();
+
+    let r = http(addr, "GET", "/api/v1/resources", None).await;
+    assert_eq!(r.status, 200);
+    let resources = r.json();
+    assert_eq!(resources["pools"][0]["free"], 0);
+    assert_eq!(resources["pools"][0]["holders"][0]["holder"], "trainer");
+    assert_eq!(resources["quotas"][0]["name"], "claude");
+    assert_eq!(resources["queues"][0]["quota"], "claude");
+
+    // Busy: 429 after the wait; unknown pool 404; bad bodies 400 naming the field.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/resources/gpu/acquire",
+        Some(r#"{"holder":"advisor","wait_ms":10}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (429, json!("DEADLINE_EXCEEDED"))
+    );
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/resources/tpu/acquire",
+        Some(r#"{"holder":"x"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/resources/gpu/acquire",
+        Some(r#"{"holder":"x","colour":1}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, json!("colour"))
+    );
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/resources/gpu/acquire",
+        Some(r#"{"priority":1}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, json!("holder"))
+    );
+
+    let r = http(addr, "POST", &format!("/api/v1/leases/{id}/renew"), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(addr, "POST", &format!("/api/v1/leases/{id}/release"), None).await;
+    assert_eq!(r.status, 200);
+    let r = http(addr, "POST", &format!("/api/v1/leases/{id}/renew"), None).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (409, json!("STALE"))
+    );
+    let r = http(addr, "POST", "/api/v1/leases/abc/release", None).await;
+    assert_eq!(r.status, 400);
+
+    // Permits: two, then 429 with a Retry-After of about an hour.
+    for remaining in [1, 0] {
+        let r = http(
+            addr,
+            "POST",
+            "/api/v1/quotas/claude/permits",
+            Some(r#"{"component":"advisor"}"#),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json()["remaining"].clone()),
+            (200, json!(remaining)),
+            "{}",
+            r.body
+        );
+    }
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/quotas/claude/permits",
+        Some(r#"{"component":"advisor"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((3500..=3600).contains(&retry), "{retry}");
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/quotas/nope/permits",
+        Some(r#"{"component":"a"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+
+    server.stop().await.unwrap();
+}

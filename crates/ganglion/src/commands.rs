@@ -243,3 +243,101 @@ pub(crate) async fn topics(args: &ClientArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+pub(crate) async fn resources(args: &ClientArgs, watch: bool) -> anyhow::Result<()> {
+    use ganglion_proto::v1::StatusRequest;
+    use ganglion_proto::v1::coordinator_client::CoordinatorClient;
+    let mut client = CoordinatorClient::connect(args.server.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.server))?;
+    loop {
+        let s = client.status(StatusRequest {}).await?.into_inner();
+        match args.output {
+            Output::Json => line(json!({
+                "pools": s.pools.iter().map(|p| json!({
+                    "name": p.name, "capacity": p.capacity, "free": p.free, "waiters": p.waiters,
+                    "holders": p.holders.iter().map(|l| json!({"id": l.id, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "quotas": s.quotas.iter().map(|q| json!({
+                    "name": q.name, "limit": q.limit, "window_ms": q.window_ms, "used": q.used,
+                    "remaining": q.remaining, "near_limit": q.near_limit, "suspended_for_ms": q.suspended_for_ms,
+                })).collect::<Vec<_>>(),
+                "queues": s.queues.iter().map(|q| json!({"name": q.name, "quota": q.quota, "depth": q.depth})).collect::<Vec<_>>(),
+                "breakers": s.breakers.iter().map(|b| json!({"name": b.name, "state": b.state})).collect::<Vec<_>>(),
+            }))?,
+            Output::Table => {
+                if watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    line("\x1b[2J\x1b[H")?;
+                }
+                line(format!(
+                    "{:<20} {:>8} {:>6} {:>8}  holders",
+                    "pool", "capacity", "free", "waiters"
+                ))?;
+                for p in &s.pools {
+                    let holders: Vec<String> = p
+                        .holders
+                        .iter()
+                        .map(|l| {
+                            format!(
+                                "{} [{}] token {}",
+                                l.holder,
+                                l.units.join(","),
+                                l.fencing_token
+                            )
+                        })
+                        .collect();
+                    line(format!(
+                        "{:<20} {:>8} {:>6} {:>8}  {}",
+                        p.name,
+                        p.capacity,
+                        p.free,
+                        p.waiters,
+                        holders.join("; ")
+                    ))?;
+                }
+                line("")?;
+                line(format!(
+                    "{:<20} {:>12} {:>10} {:>9} {:>8}  state",
+                    "quota", "used/limit", "window", "remaining", "waiters"
+                ))?;
+                for q in &s.quotas {
+                    let state = match (q.suspended_for_ms, q.near_limit) {
+                        (0, false) => "ok".to_owned(),
+                        (0, true) => "near limit".to_owned(),
+                        (ms, _) => format!("suspended {} s (upstream limit)", ms.div_ceil(1000)),
+                    };
+                    line(format!(
+                        "{:<20} {:>12} {:>9}s {:>9} {:>8}  {state}",
+                        q.name,
+                        format!("{}/{}", q.used, q.limit),
+                        q.window_ms / 1000,
+                        q.remaining,
+                        q.waiters
+                    ))?;
+                }
+                if !s.queues.is_empty() {
+                    line("")?;
+                    for q in &s.queues {
+                        line(format!(
+                            "queue {:<14} quota {:<14} depth {}",
+                            q.name, q.quota, q.depth
+                        ))?;
+                    }
+                }
+                if !s.breakers.is_empty() {
+                    line("")?;
+                    for b in &s.breakers {
+                        line(format!("breaker {:<12} {}", b.name, b.state))?;
+                    }
+                }
+            }
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}

@@ -106,6 +106,14 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Pools with holders and waiters, quotas used and remaining, queues, breakers.
+    Resources {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Measure a running server: W1 (ephemeral throughput), W2 (durable publish and
     /// consume), W3 (latency at a steady rate).
     Bench(bench::BenchArgs),
@@ -192,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } => commands::dlq_redrive(&client, subscription, seqs).await,
         },
         Command::Topics { client } => commands::topics(&client).await,
+        Command::Resources { watch, client } => commands::resources(&client, watch).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -24,6 +24,12 @@ impl Drop for Served {
 
 /// Starts `ganglion serve` on ports the OS picks and reads them off its start-up line.
 fn serve(data_dir: &std::path::Path) -> Served {
+    let config = data_dir.with_extension("yaml");
+    std::fs::write(
+        &config,
+        "coordinator:\n  pools:\n    gpu: { gpus: [\"0\"] }\n    redis: { capacity: 20 }\n  quotas:\n    claude: { rule: \"100 per 1h\", shares: { advisor: 2 } }\n",
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -31,8 +37,10 @@ fn serve(data_dir: &std::path::Path) -> Served {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
-            "--data-dir",
+            "--config",
         ])
+        .arg(&config)
+        .arg("--data-dir")
         .arg(data_dir)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -151,6 +159,19 @@ fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
     let (ok, out, _) = ganglion(&server, &["dlq", "list", "nobody", "--output", "json"]);
     assert!(ok);
     assert_eq!(json(&out)["dead_letters"], serde_json::json!([]));
+
+    // The coordinator configured in the YAML file.
+    let (ok, out, err) = ganglion(&server, &["resources", "--output", "json"]);
+    assert!(ok, "{err}");
+    let resources = json(&out);
+    assert_eq!(resources["pools"][0]["name"], "gpu", "{out}");
+    assert_eq!(resources["pools"][1]["free"], 20);
+    assert_eq!(resources["quotas"][0]["limit"], 100);
+    let (ok, out, _) = ganglion(&server, &["resources"]);
+    assert!(
+        ok && out.contains("claude") && out.contains("0/100"),
+        "{out}"
+    );
 
     // Bad input: a clear error naming what was wrong, and a failing exit status.
     let (ok, _, err) = ganglion(&server, &["publish", "game..x", "{}"]);
