@@ -7,6 +7,8 @@
 //!   its ack; then a subscriber reads them from the log and acks every one.
 //! - **W3** latency: events at a steady rate, publish-to-receive time of each, ephemeral
 //!   and durable.
+//! - **C1** (`--workloads c1`): a lease acquired and released over gRPC, one after the
+//!   other, on the `bench` pool; the time of each round trip.
 //!
 //! Publisher and subscriber use separate connections, as separate components would.
 
@@ -40,6 +42,9 @@ pub(crate) struct BenchArgs {
     /// W3 events per run (ephemeral, then durable).
     #[arg(long, default_value_t = 20_000)]
     w3_events: u64,
+    /// C1 lease round trips (acquire, then release, over gRPC on the `bench` pool).
+    #[arg(long, default_value_t = 10_000)]
+    c1_rounds: u64,
     /// W3 publish rate, events per second.
     #[arg(long, default_value_t = 5_000)]
     w3_rate: u64,
@@ -127,7 +132,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let topic = format!("bench.latency.r{run_id}");
                 rows.push(w3(&args, &publisher, &subscriber, &topic, "W3 durable").await?);
             }
-            other => bail!("--workloads: unknown workload {other:?} (expected w1, w2, w3)"),
+            "c1" => rows.push(c1(&args).await?),
+            other => bail!("--workloads: unknown workload {other:?} (expected w1, w2, w3, c1)"),
         }
     }
     print(&rows, args.client.output)
@@ -434,6 +440,62 @@ async fn w3(
             h.max(),
         ]),
         note: format!("{} events/s steady, 128 B, topic {topic}", args.w3_rate),
+        ..Row::default()
+    })
+}
+
+async fn c1(args: &BenchArgs) -> anyhow::Result<Row> {
+    use ganglion_proto::v1::coordinator_client::CoordinatorClient;
+    use ganglion_proto::v1::{AcquireRequest, ReleaseRequest, lease_update};
+    let mut client = CoordinatorClient::connect(args.client.server.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.client.server))?;
+    let rounds = args.c1_rounds;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
+    let bar = progress(rounds, "C1 lease");
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let began = Instant::now();
+        let mut stream = client
+            .acquire(AcquireRequest {
+                pool: "bench".into(),
+                holder: "ganglion-bench".into(),
+                wait_ms: 5_000,
+                ..Default::default()
+            })
+            .await
+            .context("acquiring a lease on the `bench` pool")?
+            .into_inner();
+        let lease = match stream.message().await?.and_then(|u| u.update) {
+            Some(lease_update::Update::Granted(lease)) => lease,
+            other => bail!("expected a grant, got {other:?}"),
+        };
+        client
+            .release(ReleaseRequest { lease_id: lease.id })
+            .await?;
+        let micros = u64::try_from(began.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        h.saturating_record(micros);
+        // Read the stream to its end (the server closes it after the release) rather
+        // than resetting it: h2 servers cut connections that reset streams by the
+        // thousand.
+        while stream.message().await?.is_some() {}
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Row {
+        workload: "C1 lease",
+        events: rounds,
+        received: rounds,
+        publish_per_sec: Some(rounds as f64 / start.elapsed().as_secs_f64()),
+        latency_us: Some([
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.max(),
+        ]),
+        note: "acquire (stream) + release over gRPC, one at a time".into(),
         ..Row::default()
     })
 }

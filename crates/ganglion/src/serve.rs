@@ -109,8 +109,13 @@ struct BreakerConfig {
     half_open_probes: Option<u32>,
 }
 
-fn coordinator_config(file: CoordinatorFileConfig) -> anyhow::Result<CoordinatorConfig> {
+fn coordinator_config(mut file: CoordinatorFileConfig) -> anyhow::Result<CoordinatorConfig> {
     let mut config = CoordinatorConfig::default();
+    // Like `bench.events.>`: a pool `ganglion bench` can lease unless configured otherwise.
+    file.pools.entry("bench".to_owned()).or_insert(PoolConfig {
+        capacity: Some(1),
+        gpus: None,
+    });
     for (name, pool) in file.pools {
         config.pools.push(match (pool.capacity, pool.gpus) {
             (Some(capacity), None) => PoolSpec::counted(name, capacity),

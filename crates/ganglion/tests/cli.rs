@@ -164,8 +164,10 @@ fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
     let (ok, out, err) = ganglion(&server, &["resources", "--output", "json"]);
     assert!(ok, "{err}");
     let resources = json(&out);
-    assert_eq!(resources["pools"][0]["name"], "gpu", "{out}");
-    assert_eq!(resources["pools"][1]["free"], 20);
+    // `bench` is there by default, for `ganglion bench`.
+    assert_eq!(resources["pools"][0]["name"], "bench", "{out}");
+    assert_eq!(resources["pools"][1]["name"], "gpu", "{out}");
+    assert_eq!(resources["pools"][2]["free"], 20);
     assert_eq!(resources["quotas"][0]["limit"], 100);
     let (ok, out, _) = ganglion(&server, &["resources"]);
     assert!(
