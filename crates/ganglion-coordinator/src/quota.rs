@@ -79,20 +79,7 @@ impl QuotaSpec {
             return Err(bad());
         };
         let limit: u32 = count.parse().map_err(|_| bad())?;
-        let split = window
-            .find(|c: char| !c.is_ascii_digit())
-            .filter(|&i| i > 0)
-            .ok_or_else(bad)?;
-        let (n, unit) = window.split_at(split);
-        let n: u64 = n.parse().map_err(|_| bad())?;
-        let window = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
-            _ => return Err(bad()),
-        };
+        let window = ganglion_core::parse_duration(window).ok_or_else(bad)?;
         let spec = QuotaSpec::new(name, limit, window);
         spec.validate()?;
         Ok(spec)
@@ -123,12 +110,7 @@ impl QuotaSpec {
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), CoordinatorError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if ganglion_core::is_valid_name(name) {
         Ok(())
     } else {
         Err(CoordinatorError::invalid(

@@ -356,14 +356,18 @@ impl Default for SubscribeOptions {
     }
 }
 
-/// Names may be used in topics (`dlq.<name>`): one token of letters, digits, `-` and `_`.
-fn check_name(field: &str, name: &str) -> Result<(), BusError> {
-    let ok = !name.is_empty()
+/// Whether `name` can name a subscription, a quota or a component: 1 to 64 letters,
+/// digits, `-` and `_` (so it also fits in one topic token, as in `dlq.<name>`).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), BusError> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(BusError::invalid(

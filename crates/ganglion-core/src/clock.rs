@@ -249,6 +249,22 @@ mod tests {
     }
 }
 
+/// A duration as people write it: a whole number and a unit, `250ms`, `90s`, `15m`,
+/// `2h`, `1d` (saturating); `None` for anything else.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).filter(|&i| i > 0)?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return None,
+    })
+}
+
 /// A point in time as people write it on a command line or in a query: milliseconds
 /// since the Unix epoch (`1764300000000`), or an age before `now` (`500ms`, `90s`, `15m`,
 /// `2h`, `1d`). The error says what was expected.
@@ -261,20 +277,7 @@ pub fn parse_since(since: &str, now: SystemTime) -> Result<SystemTime, String> {
     if let Ok(ms) = since.parse::<u64>() {
         return Ok(UNIX_EPOCH + Duration::from_millis(ms));
     }
-    let split = since
-        .find(|c: char| !c.is_ascii_digit())
-        .filter(|&i| i > 0)
-        .ok_or_else(bad)?;
-    let (number, unit) = since.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let age = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        _ => return Err(bad()),
-    };
+    let age = parse_duration(since).ok_or_else(bad)?;
     Ok(now
         .checked_sub(age)
         .filter(|t| *t >= UNIX_EPOCH)

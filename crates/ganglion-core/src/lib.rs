@@ -10,11 +10,11 @@ mod event;
 mod topic;
 mod trie;
 
-pub use bus::{BusError, ErrorCode, EventBus};
+pub use bus::{BusError, ErrorCode, EventBus, is_valid_name};
 
 /// A boxed, sendable future, as trait methods that must stay object-safe return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-pub use clock::{Clock, ManualClock, SystemClock, parse_since, unix_micros};
+pub use clock::{Clock, ManualClock, SystemClock, parse_duration, parse_since, unix_micros};
 pub use event::{Event, headers, new_event_id};
 pub use topic::{MAX_TOPIC_BYTES, Pattern, PatternToken, Topic, TopicError};
 pub use trie::PatternIndex;
