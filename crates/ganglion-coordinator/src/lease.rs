@@ -18,11 +18,11 @@
 //!   `max_hold` gets a warning at 90%, is revoked at the limit (its token stops passing
 //!   `check_fence`), and is released after `grace` if its holder has not let go.
 //! - **Restarts**: with a state directory, live leases and token counters are written
-//!   (atomically renamed) on every change and restored on open, so a lease survives a
-//!   restart within its TTL. Tokens are reserved in blocks whose ceiling is fsynced
-//!   before any token of the block is handed out; other changes reach the disk within a
-//!   second. After a crash, what changed in that last second may be lost, and fencing
-//!   keeps that safe: a lost grant's token is not live after the restart (refused), a
+//!   (fsynced, atomically renamed) within 50 ms of a change, at shutdown and when the
+//!   pools are dropped, and restored on open, so a lease survives a restart within its
+//!   TTL. Tokens are reserved in blocks whose ceiling is fsynced before any token of the
+//!   block is handed out. After a crash, what changed in the last 50 ms may be lost, and
+//!   fencing keeps that safe: a lost grant's token is not live after the restart (refused), a
 //!   lost release only delays the units until the TTL, and tokens are never reused
 //!   (counting restarts from the reserved ceiling). Durable grants would cost an fsync
 //!   per acquire and per release (~1 ms per round trip measured here).
@@ -228,6 +228,17 @@ pub struct Pools {
 /// Fencing tokens reserved (fsynced as a ceiling) at a time.
 const TOKEN_BLOCK: u64 = 1024;
 
+/// Lease state changes are written at most this often (and at shutdown).
+const WRITE_EVERY: Duration = Duration::from_millis(50);
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        if let Err(error) = self.flush() {
+            tracing::error!(%error, "cannot write lease state at shutdown");
+        }
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -309,7 +320,7 @@ impl Pools {
         pools.store = Some(path);
         {
             let state = pools.lock();
-            pools.persist_with(&state, true)?;
+            pools.write_now(&state)?;
         }
         Ok(pools)
     }
@@ -474,7 +485,12 @@ impl Pools {
             };
             state.leases.insert(lease.id, held);
             // The token counter must be on disk before anyone sees the token.
-            if let Err(error) = self.persist_with(state, durable) {
+            let persisted = if durable {
+                self.write_now(state)
+            } else {
+                self.persist(state)
+            };
+            if let Err(error) = persisted {
                 tracing::error!(%error, "cannot persist a grant; it is withdrawn");
                 self.take_back(state, lease.id);
                 let pool = state.pools.get_mut(pool_name).expect("exists");
@@ -681,10 +697,25 @@ impl Pools {
 
     /// Runs [`tick`](Self::tick) whenever something is due, until dropped.
     pub async fn run_timers(self: Arc<Self>) {
+        let mut last_write = Duration::ZERO;
         loop {
             let next = self.tick();
-            let wait =
+            let mut wait =
                 next.map(|at| Duration::from_micros(at.saturating_sub(self.clock.now_micros())));
+            if self.dirty.load(std::sync::atomic::Ordering::Acquire) {
+                // Changes are written (and fsynced) at most every WRITE_EVERY, so a burst
+                // of grants and releases costs one write.
+                let since = self.clock.monotonic().saturating_sub(last_write);
+                if since >= WRITE_EVERY {
+                    if let Err(error) = self.flush() {
+                        tracing::error!(%error, "cannot write lease state");
+                    }
+                    last_write = self.clock.monotonic();
+                } else {
+                    let left = WRITE_EVERY - since;
+                    wait = Some(wait.map_or(left, |w| w.min(left)));
+                }
+            }
             let changed = self.changed.notified();
             match wait {
                 Some(wait) => {
@@ -727,33 +758,27 @@ impl Pools {
 
     // ---- persistence ----
 
-    /// Writes the state; fsynced within a second (see the module docs).
-    fn persist(&self, state: &State) -> Result<(), CoordinatorError> {
-        self.persist_with(state, false)
+    /// Notes a change; [`run_timers`](Self::run_timers) writes it within
+    /// `WRITE_EVERY` (see the module docs), and [`flush`](Self::flush) at once.
+    fn persist(&self, _state: &State) -> Result<(), CoordinatorError> {
+        if self.store.is_some() && !self.dirty.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.changed.notify_one();
+        }
+        Ok(())
     }
 
-    /// Fsyncs what [`persist`](Self::persist) wrote, if anything is pending.
+    /// Writes and fsyncs the state now if anything changed since the last write (the
+    /// server calls it at shutdown; dropping the pools calls it too).
     pub fn flush(&self) -> Result<(), CoordinatorError> {
-        let Some(path) = &self.store else {
-            return Ok(());
-        };
-        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if !self.dirty.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        let sync = || -> std::io::Result<()> {
-            File::open(path)?.sync_data()?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        sync().map_err(|e| {
-            self.dirty.store(true, std::sync::atomic::Ordering::Release);
-            CoordinatorError::Unavailable(format!("lease state {}: {e}", path.display()))
-        })
+        let state = self.lock();
+        self.write_now(&state)
     }
 
-    fn persist_with(&self, state: &State, durable: bool) -> Result<(), CoordinatorError> {
+    /// Writes and fsyncs a snapshot of `state` now.
+    fn write_now(&self, state: &State) -> Result<(), CoordinatorError> {
         let Some(path) = &self.store else {
             return Ok(());
         };
@@ -793,18 +818,16 @@ impl Pools {
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
-            if durable {
-                f.sync_data()?;
-            }
+            f.sync_data()?;
             std::fs::rename(&tmp, path)?;
-            if durable && let Some(dir) = path.parent() {
+            if let Some(dir) = path.parent() {
                 File::open(dir)?.sync_all()?;
             }
             Ok(())
         };
-        if !durable {
-            self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        }
+        // Everything up to this state is on disk once the write succeeds.
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
         write().map_err(|e| {
             CoordinatorError::Unavailable(format!("lease state {}: {e}", path.display()))
         })

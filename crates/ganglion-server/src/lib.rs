@@ -273,6 +273,9 @@ pub async fn serve_with(
     };
     timers.abort();
     lease_events.abort();
+    if let Err(error) = coordinator.pools().flush() {
+        tracing::error!(%error, "cannot write the lease state at shutdown");
+    }
     bus.shutdown().await?;
     tracing::info!("bus stopped: log synced, durable cursors saved");
     result
