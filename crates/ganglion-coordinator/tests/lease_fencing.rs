@@ -421,3 +421,37 @@ async fn the_timer_task_reclaims_on_its_own_and_sleeps_between_deadlines() {
     assert!(pools.check_fence("gpu", lease.fencing_token).is_err());
     timers.abort();
 }
+
+#[tokio::test]
+async fn the_timer_task_writes_changes_within_50_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_fixed_instant();
+    let pools = Arc::new(
+        Pools::open(
+            vec![PoolSpec::counted("gpu", 1)],
+            PoolsOptions::default(),
+            Arc::new(clock.clone()),
+            dir.path(),
+        )
+        .unwrap(),
+    );
+    let timers = tokio::spawn(pools.clone().run_timers());
+    settle().await;
+    let path = dir.path().join("leases.state");
+    let lease = pools.acquire(now_request("gpu", "trainer")).await.unwrap();
+    settle().await;
+    clock.advance(Duration::from_millis(50));
+    settle().await;
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written.contains(&format!("lease {} gpu trainer", lease.id)),
+        "{written}"
+    );
+    pools.release(lease.id).unwrap();
+    settle().await;
+    clock.advance(Duration::from_millis(50));
+    settle().await;
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(!written.contains("\nlease "), "{written}");
+    timers.abort();
+}
