@@ -78,6 +78,28 @@ impl PoolSpec {
     }
 }
 
+/// The GPUs NVIDIA's driver reports, as device indices (`"0"`, `"1"`, …, what
+/// `CUDA_VISIBLE_DEVICES` takes), or why there are none to report: no driver library, no
+/// driver loaded, no permission. The driver library is loaded at run time, so a machine
+/// without one only gets the reason.
+pub fn discover_gpus() -> Result<Vec<String>, String> {
+    let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML is not available: {e}"))?;
+    let count = nvml
+        .device_count()
+        .map_err(|e| format!("NVML cannot count devices: {e}"))?;
+    (0..count)
+        .map(|i| {
+            let device = nvml
+                .device_by_index(i)
+                .map_err(|e| format!("NVML cannot open device {i}: {e}"))?;
+            device
+                .index()
+                .map(|index| index.to_string())
+                .map_err(|e| format!("NVML cannot read device {i}'s index: {e}"))
+        })
+        .collect()
+}
+
 /// Defaults for leases and waiting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolsOptions {
@@ -417,12 +439,15 @@ impl Pools {
         }
         match rx.try_recv() {
             Ok(lease) => Ok(lease),
-            Err(_) => Err(CoordinatorError::DeadlineExceeded(format!(
-                "no {} unit(s) of pool {} free within {} ms",
-                request.amount,
-                request.pool,
-                request.wait_timeout.as_millis()
-            ))),
+            Err(_) => {
+                tracing::debug!(pool = %request.pool, holder = %request.holder, wait_ms = request.wait_timeout.as_millis() as u64, "denied: no units free within the wait");
+                Err(CoordinatorError::DeadlineExceeded(format!(
+                    "no {} unit(s) of pool {} free within {} ms",
+                    request.amount,
+                    request.pool,
+                    request.wait_timeout.as_millis()
+                )))
+            }
         }
     }
 

@@ -455,3 +455,13 @@ async fn the_timer_task_writes_changes_within_50_ms() {
     assert!(!written.contains("\nlease "), "{written}");
     timers.abort();
 }
+
+#[test]
+fn gpu_discovery_reports_devices_or_a_reason_without_failing() {
+    // Machines with a driver list device indices; without one, the reason is reported
+    // (this is what CI and the development machine see).
+    match ganglion_coordinator::lease::discover_gpus() {
+        Ok(gpus) => assert!(gpus.iter().all(|g| g.parse::<u32>().is_ok()), "{gpus:?}"),
+        Err(reason) => assert!(reason.starts_with("NVML"), "{reason}"),
+    }
+}

@@ -193,6 +193,91 @@ pub(crate) fn prometheus(state: &State) -> String {
         "1 while the event log accepts writes, 0 once it has failed.",
         &[("", u64::from(state.bus.log().failure().is_none()))],
     );
+    // The coordinator: labels are configured names (bounded).
+    let c = crate::coordinator::status_of(&state.coordinator);
+    let labelled = |label: &str, rows: Vec<(String, u64)>| -> Vec<(String, u64)> {
+        rows.into_iter()
+            .map(|(name, v)| (format!("{label}=\"{name}\""), v))
+            .collect()
+    };
+    let pools = |f: fn(&ganglion_proto::v1::PoolStatus) -> u64| {
+        labelled(
+            "pool",
+            c.pools.iter().map(|p| (p.name.clone(), f(p))).collect(),
+        )
+    };
+    let quotas = |f: fn(&ganglion_proto::v1::QuotaStatus) -> u64| {
+        labelled(
+            "quota",
+            c.quotas.iter().map(|q| (q.name.clone(), f(q))).collect(),
+        )
+    };
+    let mut coordinator_metric = |name: &str, help: &str, rows: Vec<(String, u64)>| {
+        let rows: Vec<(&str, u64)> = rows.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        if !rows.is_empty() {
+            metric(name, "gauge", help, &rows);
+        }
+    };
+    coordinator_metric(
+        "ganglion_coordinator_pool_capacity_units",
+        "Units in a resource pool.",
+        pools(|p| u64::from(p.capacity)),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_pool_free_units",
+        "Units of a pool not leased.",
+        pools(|p| u64::from(p.free)),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_pool_holders",
+        "Leases held on a pool.",
+        pools(|p| p.holders.len() as u64),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_pool_waiters",
+        "Requests waiting for a pool.",
+        pools(|p| u64::from(p.waiters)),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_quota_limit_calls",
+        "Calls a quota allows per window.",
+        quotas(|q| u64::from(q.limit)),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_quota_used_calls",
+        "Calls granted in the quota's current trailing window.",
+        quotas(|q| u64::from(q.used)),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_quota_remaining_calls",
+        "Calls a quota can still grant now.",
+        quotas(|q| u64::from(q.remaining)),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_quota_near_limit",
+        "1 while a quota is at or above its near-limit fraction.",
+        quotas(|q| u64::from(q.near_limit)),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_quota_suspended_seconds",
+        "How long a quota stays suspended by an upstream limit.",
+        quotas(|q| q.suspended_for_ms / 1000),
+    );
+    coordinator_metric(
+        "ganglion_coordinator_breaker_state",
+        "1 for the state a circuit breaker is in.",
+        c.breakers
+            .iter()
+            .flat_map(|b| {
+                ["closed", "open", "half_open"].into_iter().map(move |s| {
+                    (
+                        format!("breaker=\"{}\",state=\"{s}\"", b.name),
+                        u64::from(b.state == s),
+                    )
+                })
+            })
+            .collect(),
+    );
     metric(
         "ganglion_server_uptime_seconds",
         "gauge",
@@ -218,6 +303,7 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "opened": load(&m.subscriptions_opened),
             "sse_clients": load(&m.sse_clients),
         },
+        "coordinator": crate::coordinator::status_json(&state.coordinator),
         "log": {
             "first_seq": log.first_seq,
             "next_seq": log.next_seq,

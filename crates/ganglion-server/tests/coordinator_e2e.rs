@@ -470,5 +470,23 @@ async fn the_http_resources_routes() {
     .await;
     assert_eq!(r.status, 404);
 
+    // Quotas and pools in the Prometheus text and the JSON summary.
+    let r = http(addr, "GET", "/metrics", None).await;
+    for line in [
+        "ganglion_coordinator_quota_used_calls{quota=\"claude\"} 2",
+        "ganglion_coordinator_quota_remaining_calls{quota=\"claude\"} 0",
+        "ganglion_coordinator_quota_near_limit{quota=\"claude\"} 1",
+        "ganglion_coordinator_pool_free_units{pool=\"gpu\"} 1",
+        "ganglion_coordinator_pool_capacity_units{pool=\"gpu\"} 1",
+    ] {
+        assert!(
+            r.body.contains(&format!("\n{line}\n")),
+            "{line} missing from:\n{}",
+            r.body
+        );
+    }
+    let r = http(addr, "GET", "/api/v1/metrics", None).await;
+    assert_eq!(r.json()["coordinator"]["quotas"][0]["used"], 2);
+
     server.stop().await.unwrap();
 }

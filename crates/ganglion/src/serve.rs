@@ -111,6 +111,25 @@ struct BreakerConfig {
 
 fn coordinator_config(mut file: CoordinatorFileConfig) -> anyhow::Result<CoordinatorConfig> {
     let mut config = CoordinatorConfig::default();
+    // `gpu` unless configured: the devices NVML reports, if there is a driver.
+    if !file.pools.contains_key("gpu") {
+        match ganglion_coordinator::lease::discover_gpus() {
+            Ok(gpus) if !gpus.is_empty() => {
+                tracing::info!(?gpus, "gpu pool discovered through NVML");
+                file.pools.insert(
+                    "gpu".to_owned(),
+                    PoolConfig {
+                        capacity: None,
+                        gpus: Some(gpus),
+                    },
+                );
+            }
+            Ok(_) => tracing::info!("NVML reports no GPUs: no gpu pool"),
+            Err(reason) => {
+                tracing::info!(%reason, "no gpu pool discovered (set coordinator.pools.gpu.gpus to configure one)")
+            }
+        }
+    }
     // Like `bench.events.>`: a pool `ganglion bench` can lease unless configured otherwise.
     file.pools.entry("bench".to_owned()).or_insert(PoolConfig {
         capacity: Some(1),
