@@ -245,6 +245,8 @@ pub struct Pools {
     store: Option<PathBuf>,
     /// Written but not yet fsynced.
     dirty: std::sync::atomic::AtomicBool,
+    /// When the timer task next wakes on its own (monotonic µs; `u64::MAX`: never).
+    next_wake: std::sync::atomic::AtomicU64,
 }
 
 /// Fencing tokens reserved (fsynced as a ceiling) at a time.
@@ -326,6 +328,7 @@ impl Pools {
             changed: Notify::new(),
             store: None,
             dirty: std::sync::atomic::AtomicBool::new(false),
+            next_wake: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -355,6 +358,15 @@ impl Pools {
         let now = self.clock.now_micros().max(state.last_now);
         state.last_now = now;
         now
+    }
+
+    /// Wakes the timer task if it plans to sleep longer than `within` from now.
+    fn wake_timer_before(&self, within: Duration) {
+        let planned = self.next_wake.load(std::sync::atomic::Ordering::Acquire);
+        let due = micros(self.clock.monotonic().saturating_add(within));
+        if due < planned {
+            self.changed.notify_one();
+        }
     }
 
     /// Lease events as they happen.
@@ -412,8 +424,14 @@ impl Pools {
                 tx,
             });
             self.pump(&mut state, &request.pool, now);
-            // A new waiter brings an aging deadline.
-            self.changed.notify_one();
+            // A waiter left in line brings an aging deadline.
+            let queued = state.pools[&request.pool]
+                .waiters
+                .iter()
+                .any(|w| w.id == id);
+            if queued {
+                self.wake_timer_before(self.options.aging);
+            }
             if ahead > 0 {
                 tracing::debug!(pool = %request.pool, holder = %request.holder, priority = request.priority, queued_behind = ahead, "waiting for a lease");
             }
@@ -530,9 +548,16 @@ impl Pools {
             tracing::info!(pool = pool_name, holder = %lease.holder, lease = lease.id, token = token, units = ?lease.units, "lease granted");
             granted.push(lease);
         }
-        if !granted.is_empty() {
-            // New leases bring new deadlines: let the timer task look again.
-            self.changed.notify_one();
+        if let Some(first) = granted
+            .iter()
+            .map(|l| {
+                let hold = l.max_hold_until_micros - l.granted_at_micros;
+                (l.expires_at_micros - l.granted_at_micros).min(hold * 9 / 10)
+            })
+            .min()
+        {
+            // New leases bring new deadlines.
+            self.wake_timer_before(Duration::from_micros(first));
         }
         for lease in granted {
             self.emit(LeaseEvent::Granted(lease));
@@ -742,9 +767,13 @@ impl Pools {
                 }
             }
             let changed = self.changed.notified();
-            match wait {
-                Some(wait) => {
-                    let deadline = self.clock.monotonic() + wait;
+            let deadline = wait.map(|w| self.clock.monotonic() + w);
+            self.next_wake.store(
+                deadline.map_or(u64::MAX, micros),
+                std::sync::atomic::Ordering::Release,
+            );
+            match deadline {
+                Some(deadline) => {
                     tokio::select! {
                         _ = self.clock.sleep_until(deadline) => {}
                         _ = changed => {}
@@ -752,6 +781,9 @@ impl Pools {
                 }
                 None => changed.await,
             }
+            // Awake: changes made now are seen by the next tick.
+            self.next_wake
+                .store(0, std::sync::atomic::Ordering::Release);
         }
     }
 

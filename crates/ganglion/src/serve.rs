@@ -21,8 +21,10 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 /// Topics kept in memory only unless configured otherwise: the `ganglion bench`
-/// throughput and ephemeral-latency workloads publish there.
-const DEFAULT_EPHEMERAL: &[&str] = &["bench.events.>"];
+/// throughput and ephemeral-latency workloads publish on `bench.events.>`; the
+/// coordinator's lease events are advisories (as NATS's are), the lease state itself is
+/// persisted by the coordinator.
+const DEFAULT_EPHEMERAL: &[&str] = &["bench.events.>", "coordinator.>"];
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
@@ -39,7 +41,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// A topic pattern kept in memory only, delivered at most once (repeatable; replaces
-    /// the default `bench.events.>`).
+    /// the defaults `bench.events.>` and `coordinator.>`).
     #[arg(long, value_name = "PATTERN")]
     ephemeral: Vec<String>,
     /// Log filter, as RUST_LOG [default: info].
