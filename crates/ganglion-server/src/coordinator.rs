@@ -114,7 +114,11 @@ impl CoordinatorService for GrpcCoordinator {
         // The stream holds the lease: renewed while it is open, released when it ends.
         tokio::spawn(async move {
             let id = lease.id;
-            let mut renew = tokio::time::interval(Duration::from_secs(1));
+            // Renew every second, the first time a second from now (not at once).
+            let mut renew = tokio::time::interval_at(
+                tokio::time::Instant::now() + Duration::from_secs(1),
+                Duration::from_secs(1),
+            );
             let mut stopped = std::pin::pin!(state.stopped());
             let ended = loop {
                 tokio::select! {
