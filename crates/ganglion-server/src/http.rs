@@ -32,7 +32,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures_util::Stream;
-use ganglion_core::bus::{AckMode, EventBus, StartPosition, StorageClass, SubscribeOptions};
+use ganglion_core::bus::{
+    AckMode, ErrorCode, EventBus, StartPosition, StorageClass, SubscribeOptions,
+};
 use ganglion_core::{BusError, Event, Pattern, Topic, new_event_id, parse_since};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -73,6 +75,17 @@ struct ApiError {
 }
 
 impl ApiError {
+    /// The stable code a refusal is counted under (a 413 is a bad argument).
+    fn error_code(&self) -> ErrorCode {
+        match self.status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::InvalidArgument,
+            StatusCode::NOT_FOUND => ErrorCode::NotFound,
+            StatusCode::TOO_MANY_REQUESTS => ErrorCode::ResourceExhausted,
+            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+
     fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::from(BusError::invalid(field.into(), message.into()))
     }
@@ -220,9 +233,7 @@ async fn publish(Extract(state): Extract<Arc<State>>, body: Body) -> Response {
     match publish_inner(&state, body).await {
         Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
         Err(e) => {
-            if e.status != StatusCode::PAYLOAD_TOO_LARGE {
-                state.metrics.refused(BusError::invalid("", ""));
-            }
+            state.metrics.refused_code(e.error_code());
             e.into_response()
         }
     }

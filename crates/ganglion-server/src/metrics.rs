@@ -42,9 +42,14 @@ impl Metrics {
         self.delivered.fetch_add(events, Ordering::Relaxed);
     }
 
+    /// Counts a refused publish request under `code`.
+    pub(crate) fn refused_code(&self, code: ErrorCode) {
+        self.refused[code_index(code)].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a refused request; returns the error for the caller to send.
     pub(crate) fn refused(&self, error: BusError) -> BusError {
-        self.refused[code_index(error.code())].fetch_add(1, Ordering::Relaxed);
+        self.refused_code(error.code());
         if let BusError::Internal(detail) = &error {
             tracing::error!(%detail, "internal error answering a request");
         }

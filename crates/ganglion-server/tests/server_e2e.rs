@@ -595,6 +595,10 @@ async fn a_failed_log_answers_503_and_not_serving() {
     .await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "UNAVAILABLE");
+    // Both refusals (gRPC and HTTP) are counted as UNAVAILABLE, not as bad input.
+    let r = http(server.http, "GET", "/api/v1/metrics", None).await;
+    assert_eq!(r.json()["refused"]["UNAVAILABLE"], 2, "{}", r.body);
+    assert_eq!(r.json()["refused"]["INVALID_ARGUMENT"], 0, "{}", r.body);
     let r = http(server.http, "GET", "/api/v1/health", None).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["components"]["log"]["status"], "failed");
