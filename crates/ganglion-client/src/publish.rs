@@ -117,6 +117,7 @@ async fn run(
             Gathered::Solo(job) => {
                 let id = next_request_id;
                 next_request_id += 1;
+                let count = job.events.len();
                 (
                     v1::PublishRequest {
                         events: job.events,
@@ -124,7 +125,7 @@ async fn run(
                     },
                     InFlight {
                         request_id: id,
-                        jobs: vec![(0, job.reply)],
+                        jobs: vec![(count, job.reply)],
                         events: None,
                     },
                 )
@@ -135,11 +136,6 @@ async fn run(
                 gather(job, &mut jobs, &mut carry, &options, id)
             }
         };
-        let mut flight = flight;
-        if let [(count, _)] = flight.jobs.as_mut_slice() {
-            *count = request.events.len();
-        }
-
         if stream.is_none() {
             match open(&mut rpc, options.pipeline).await {
                 Ok(s) => {
