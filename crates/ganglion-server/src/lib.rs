@@ -91,6 +91,10 @@ pub enum ServerError {
     Http(#[from] std::io::Error),
     #[error("shutting the bus down: {0}")]
     Bus(#[from] BusError),
+    #[error("starting the coordinator: {0}")]
+    Coordinator(#[from] ganglion_coordinator::CoordinatorError),
+    #[error("a server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What the gRPC and HTTP handlers share.
@@ -205,7 +209,7 @@ pub async fn serve(
         Arc::new(ganglion_core::SystemClock),
         None,
     )
-    .map_err(|e| ServerError::Http(std::io::Error::other(e)))?;
+    .map_err(ServerError::Coordinator)?;
     serve_with(bus, Arc::new(coordinator), grpc, http, options, shutdown).await
 }
 
@@ -256,8 +260,7 @@ pub async fn serve_with(
     .await;
     let result = match drained {
         Ok((grpc, http)) => {
-            let grpc = grpc.map_err(|e| ServerError::Http(std::io::Error::other(e)))?;
-            let http = http.map_err(|e| ServerError::Http(std::io::Error::other(e)))?;
+            let (grpc, http) = (grpc?, http?);
             grpc.map_err(ServerError::from)
                 .and(http.map_err(ServerError::from))
         }
