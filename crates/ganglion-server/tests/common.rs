@@ -273,3 +273,21 @@ impl Sse {
 pub fn shared<T>(value: T) -> Arc<T> {
     Arc::new(value)
 }
+
+/// Opens the bus in `dir` again after a server on it stopped: `serve` returns once the
+/// log is synced, but connection tasks may drop their last handle on the old bus (and
+/// its directory lock) a moment later.
+pub async fn reopen_bus(dir: &std::path::Path) -> Bus {
+    soon("the old bus to let go of its directory", async {
+        loop {
+            match Bus::open(bus_options(dir)) {
+                Ok(bus) => return bus,
+                Err(e) if e.to_string().contains("locked") => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("reopening the bus: {e}"),
+            }
+        }
+    })
+    .await
+}

@@ -655,7 +655,7 @@ async fn shutdown_ends_streams_with_a_reason_and_keeps_what_was_acknowledged() {
         Some("the server is shutting down")
     );
 
-    let bus = open_bus(dir.path());
+    let bus = common::reopen_bus(dir.path()).await;
     let kept = bus
         .replay(pattern("keep.>"), StartPosition::All, 10)
         .await
@@ -693,7 +693,12 @@ async fn the_client_reconnects_and_a_durable_subscription_resumes_after_a_restar
     // reconnecting (the server said why).
     assert!(soon("closed", sub.next()).await.is_none());
 
-    let server = Server::start_on(addr, open_bus(dir.path()), ServerOptions::default()).await;
+    let server = Server::start_on(
+        addr,
+        common::reopen_bus(dir.path()).await,
+        ServerOptions::default(),
+    )
+    .await;
     // Publishing reconnects on its own (the first attempt may race the restart).
     let ack = soon("publish after restart", async {
         loop {
