@@ -1,0 +1,301 @@
+//! The typed configuration. Every field has a default in code and a doc comment, which
+//! becomes its description in the JSON Schema (`ganglion config schema`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// Ganglion's whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the server listens and keeps its data. Changes need a restart.
+    pub server: ServerConfig,
+    /// Limits on what one client may ask of the server. Changes need a restart.
+    pub limits: LimitsConfig,
+    /// The event bus.
+    pub bus: BusConfig,
+    /// Resource pools, leases, quotas, request queues and circuit breakers.
+    pub coordinator: CoordinatorConfig,
+    /// Logs, metrics and traces.
+    pub telemetry: TelemetryConfig,
+    /// Feature flags. An enabled flag's `set` is applied over the layers below it.
+    pub features: BTreeMap<String, Feature>,
+}
+
+impl Config {
+    /// Whether the feature flag `name` is on.
+    pub fn feature(&self, name: &str) -> bool {
+        self.features.get(name).is_some_and(|f| f.enabled)
+    }
+}
+
+/// `server:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the event log, durable subscriptions and coordinator state live.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (`host:port`).
+    pub grpc_addr: String,
+    /// HTTP listen address (`host:port`).
+    pub http_addr: String,
+    /// How long shutdown waits for open calls and streams before cutting them.
+    #[schemars(range(min = 1))]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("ganglion-data"),
+            grpc_addr: "127.0.0.1:50051".to_owned(),
+            http_addr: "127.0.0.1:8080".to_owned(),
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `limits:` — every one is refused with a clear error, never by dropping data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message the server decodes (a publish batch).
+    #[schemars(range(min = 1))]
+    pub max_grpc_message_bytes: u64,
+    /// Largest HTTP request body.
+    #[schemars(range(min = 1))]
+    pub max_http_body_bytes: u64,
+    /// Concurrent HTTP/2 streams per gRPC connection.
+    #[schemars(range(min = 1))]
+    pub max_concurrent_streams: u32,
+    /// Open subscriptions per gRPC connection.
+    #[schemars(range(min = 1))]
+    pub max_subscriptions_per_connection: u64,
+    /// Most events one replay request returns.
+    #[schemars(range(min = 1))]
+    pub max_replay_events: u64,
+    /// Server-Sent Events streams open at once.
+    #[schemars(range(min = 1))]
+    pub max_sse_clients: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_grpc_message_bytes: 16 * 1024 * 1024,
+            max_http_body_bytes: 8 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_subscriptions_per_connection: 64,
+            max_replay_events: 100_000,
+            max_sse_clients: 256,
+        }
+    }
+}
+
+/// `bus:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// Largest event (payload and headers) the bus accepts. Needs a restart.
+    #[schemars(range(min = 1))]
+    pub max_event_bytes: u64,
+    /// How long a publisher's idempotency key is remembered. Needs a restart.
+    pub dedupe_window_ms: u64,
+    /// The batch window of subscriptions that ask for batches without giving one.
+    /// Applies live: the next window opened uses the new value.
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub batch_window_ms: u64,
+    /// Topic patterns kept in memory only, delivered at most once to the subscribers
+    /// connected now. Needs a restart.
+    pub ephemeral: Vec<String>,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            max_event_bytes: 1024 * 1024,
+            dedupe_window_ms: 120_000,
+            batch_window_ms: 100,
+            ephemeral: vec!["bench.events.>".to_owned(), "coordinator.>".to_owned()],
+        }
+    }
+}
+
+/// `coordinator:`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Resource pools by name: `{ capacity: N }` or `{ gpus: ["0", "1"] }`. `gpu` is
+    /// discovered through NVML when not configured; `bench` (capacity 1) always exists.
+    /// Needs a restart.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Lease timings. `max_hold_ms` and `grace_ms` apply live.
+    pub leases: LeaseConfig,
+    /// Rate limits by name. Their rules and shares apply live.
+    pub quotas: BTreeMap<String, QuotaConfig>,
+    /// Rate-limited request queues by name. Needs a restart.
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// Circuit breakers by dependency name. Thresholds apply live.
+    pub breakers: BTreeMap<String, BreakerConfig>,
+}
+
+/// A resource pool: a count of interchangeable units, or named GPU devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// How many units the pool holds (give this or `gpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub capacity: Option<u64>,
+    /// GPU device ids, as `CUDA_VISIBLE_DEVICES` names them (give this or `capacity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<String>>,
+}
+
+/// `coordinator.leases:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// A lease not renewed for this long is reclaimed.
+    #[schemars(range(min = 1))]
+    pub ttl_ms: u64,
+    /// Longest a lease may be held: a warning at 90%, revocation at the limit. Live.
+    #[schemars(range(min = 1))]
+    pub max_hold_ms: u64,
+    /// After revocation, how long the holder has to release before it is forced. Live.
+    pub grace_ms: u64,
+    /// A waiter this old goes before all younger ones, whatever its priority.
+    #[schemars(range(min = 1))]
+    pub aging_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            ttl_ms: 30_000,
+            max_hold_ms: 300_000,
+            grace_ms: 30_000,
+            aging_ms: 600_000,
+        }
+    }
+}
+
+/// A named rate limit, exact over every trailing window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// `<count> per <duration>`, like `100 per 1h` (units ms, s, m, h, d).
+    pub rule: String,
+    /// Weights of components sharing the quota when it is saturated; others weigh 1.
+    #[serde(default)]
+    pub shares: BTreeMap<String, u32>,
+}
+
+/// A request queue paced by a quota.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The quota that paces the queue's upstream calls.
+    pub quota: String,
+    /// How long a response is cached, keyed by the request's content.
+    #[serde(default = "default_cache_ttl_s")]
+    pub cache_ttl_s: u64,
+}
+
+fn default_cache_ttl_s() -> u64 {
+    3600
+}
+
+/// A circuit breaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open a closed breaker.
+    #[schemars(range(min = 1))]
+    pub failure_threshold: u32,
+    /// How long an open breaker refuses calls before letting probes through.
+    #[schemars(range(min = 1))]
+    pub recovery_timeout_ms: u64,
+    /// Concurrent trial calls when half-open, and the successes that close it.
+    #[schemars(range(min = 1))]
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            recovery_timeout_ms: 30_000,
+            half_open_probes: 1,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, coloured on a terminal.
+    Pretty,
+}
+
+/// `telemetry:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The log filter, as `RUST_LOG` (`info`, `ganglion_bus=debug,info`). Live.
+    pub log_level: String,
+    /// `auto`, `json` or `pretty`. Needs a restart.
+    pub log_format: LogFormat,
+    /// An OTLP/gRPC collector (`http://127.0.0.1:4317`); traces are off without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// A bearer token sent to the collector. A secret: only from the environment
+    /// (`GANGLION__TELEMETRY__OTLP_TOKEN`) or `otlp_token_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_token: Option<Secret>,
+    /// A file holding `otlp_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_token_file: Option<PathBuf>,
+    /// `service.name` on exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Auto,
+            otlp_endpoint: None,
+            otlp_token: None,
+            otlp_token_file: None,
+            service_name: "ganglion".to_owned(),
+        }
+    }
+}
+
+/// A feature flag.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Feature {
+    /// Whether the flag is on.
+    pub enabled: bool,
+    /// What the flag is for.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Settings applied when the flag is on, over the environment and component layers
+    /// (and under environment variables and flags). Same shape as the whole config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
+    pub set: Option<serde_json::Value>,
+}
