@@ -614,7 +614,7 @@ impl Consumer {
             } else {
                 return;
             };
-            let closes_at = self.now() + batch.window;
+            let closes_at = self.now() + batch.window.unwrap_or_else(|| self.core.batch_window());
             self.window
                 .get_or_insert_with(|| Window {
                     closes_at,
@@ -855,7 +855,10 @@ impl Consumer {
         }
         let unit = self.unit();
         let delay = delay.unwrap_or_else(|| self.options.backoff.delay(attempt, unit));
-        tracing::debug!(consumer = %self.name, seq = event.seq, attempt, ?delay, %error, "redelivery scheduled");
+        tracing::debug!(
+            consumer = %self.name, seq = event.seq, correlation_id = correlation(&event),
+            attempt, ?delay, %error, "redelivery scheduled"
+        );
         let due = self.now() + delay;
         self.retries.insert(
             (due, event.seq),
@@ -873,13 +876,17 @@ impl Consumer {
         match self.core.publish_internal(vec![letter]).await {
             Ok(acks) => {
                 tracing::info!(
-                    consumer = %self.name, seq, topic = %event.topic, attempts, %error,
+                    consumer = %self.name, seq, topic = %event.topic,
+                    correlation_id = correlation(&event), attempts, %error,
                     dead_letter_seq = acks.first().map_or(0, |a| a.seq), "event dead-lettered"
                 );
                 self.mark_done(seq);
             }
             Err(e) => {
-                tracing::warn!(consumer = %self.name, seq, error = %e, "dead-letter publication failed; will retry");
+                tracing::warn!(
+                    consumer = %self.name, seq, correlation_id = correlation(&event), error = %e,
+                    "dead-letter publication failed; will retry"
+                );
                 let due = self.now() + DEAD_LETTER_RETRY;
                 self.dead_pending.insert(
                     (due, seq),
@@ -950,4 +957,9 @@ impl Consumer {
             }
         }
     }
+}
+
+/// The correlation id log lines about `event` carry (its own id when it has none).
+fn correlation(event: &Event) -> &str {
+    event.correlation_id().unwrap_or(&event.id)
 }

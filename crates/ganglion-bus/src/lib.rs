@@ -91,6 +91,9 @@ pub struct BusOptions {
     /// Keep the log and the consumers' state in memory instead of `data_dir` (for
     /// tests: see [`testing::TestBus`]). Nothing survives the bus.
     pub in_memory: bool,
+    /// The window of batch subscriptions that do not give one. Default 100 ms; change it
+    /// live with [`Bus::set_batch_window`].
+    pub batch_window: Duration,
 }
 
 impl BusOptions {
@@ -106,6 +109,7 @@ impl BusOptions {
             ephemeral_buffer: 65_536,
             slow_consumer_grace: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
+            batch_window: Duration::from_millis(100),
         }
     }
 
@@ -172,6 +176,18 @@ pub(crate) struct Core {
     pub(crate) recent: recent::Recent,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// The window of batch subscriptions that give none, in microseconds; live.
+    batch_window_micros: AtomicU64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Core {
+    pub(crate) fn batch_window(&self) -> Duration {
+        Duration::from_micros(self.batch_window_micros.load(Ordering::Relaxed))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -260,7 +276,12 @@ impl Core {
             ));
         }
         let now_ms = self.clock.now_micros() / 1000;
+        // Published while handling another event: carry its correlation and trace on.
+        let context = ganglion_core::EventContext::current();
         for (i, event) in events.iter_mut().enumerate() {
+            if let Some(context) = &context {
+                context.apply(event);
+            }
             prepare(i, event, now_ms, self.options.max_event_bytes)?;
         }
         // Events of one topic usually come in runs: classify each run once.
@@ -644,8 +665,10 @@ impl Bus {
             let log = Log::open(options.data_dir.join("log"), log_options).map_err(unavailable)?;
             (log, state::StateStore::Dir(consumers_dir))
         };
+        let batch_window_micros = AtomicU64::new(micros(options.batch_window));
         let core = Core {
             log,
+            batch_window_micros,
             clock: options.clock.clone(),
             states,
             options,
@@ -662,6 +685,31 @@ impl Bus {
             _handle: Arc::new(Handle(core.clone())),
             core,
         })
+    }
+
+    /// Sets the window of batch subscriptions that do not give one; windows opened from
+    /// now on use it (one already open closes on its old schedule). A zero window is
+    /// refused.
+    pub fn set_batch_window(&self, window: Duration) -> Result<(), BusError> {
+        if window.is_zero() {
+            return Err(BusError::invalid(
+                "batch_window",
+                "must be longer than zero",
+            ));
+        }
+        self.core
+            .batch_window_micros
+            .store(micros(window), Ordering::Relaxed);
+        tracing::info!(
+            window_ms = window.as_millis() as u64,
+            "default batch window set"
+        );
+        Ok(())
+    }
+
+    /// The window of batch subscriptions that do not give one.
+    pub fn batch_window(&self) -> Duration {
+        self.core.batch_window()
     }
 
     /// The event log under the bus.

@@ -113,8 +113,12 @@ impl TestBus {
 impl EventBus for TestBus {
     fn publish_batch(
         &self,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
     ) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+        // What the bus adds from a handler's context is part of what was published.
+        if let Some(context) = ganglion_core::EventContext::current() {
+            events.iter_mut().for_each(|e| context.apply(e));
+        }
         Box::pin(async move {
             let acks = self.bus.publish_batch(events.clone()).await?;
             let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());

@@ -13,7 +13,7 @@ use ganglion_core::bus::{
 fn batched(aggregation: Aggregation, key: GroupKey, max_events: usize) -> SubscribeOptions {
     SubscribeOptions {
         batch: Some(BatchOptions {
-            window: Duration::from_millis(100),
+            window: Some(Duration::from_millis(100)),
             max_events,
             key,
             aggregation,
@@ -176,4 +176,37 @@ async fn a_nacked_batch_is_redelivered_whole_with_its_attempt_numbers() {
     let again = next(&mut sub).await;
     assert_eq!(payloads(&again), ["1", "2"]);
     assert!(again.events().iter().all(|e| e.attempt == 2));
+}
+
+#[tokio::test]
+async fn the_default_window_changes_live_for_subscriptions_that_give_none() {
+    let h = harness();
+    assert_eq!(h.bus.batch_window(), Duration::from_millis(100));
+    let options = SubscribeOptions {
+        batch: Some(BatchOptions::default()),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = h.bus.subscribe(pattern("game.>"), options).await.unwrap();
+
+    // The configured 100 ms.
+    h.bus.publish(event("game.a", "1")).await.unwrap();
+    settle().await;
+    h.clock.advance(Duration::from_millis(99));
+    settle().await;
+    assert!(sub.try_next().is_none());
+    h.clock.advance(Duration::from_millis(1));
+    assert_eq!(payloads(&next(&mut sub).await), ["1"]);
+
+    // Reconfigured to 25 ms while subscribed: the next window closes after 25 ms.
+    h.bus.set_batch_window(Duration::from_millis(25)).unwrap();
+    h.bus.publish(event("game.a", "2")).await.unwrap();
+    settle().await;
+    h.clock.advance(Duration::from_millis(24));
+    settle().await;
+    assert!(sub.try_next().is_none());
+    h.clock.advance(Duration::from_millis(1));
+    assert_eq!(payloads(&next(&mut sub).await), ["2"]);
+
+    assert!(h.bus.set_batch_window(Duration::ZERO).is_err());
+    assert_eq!(h.bus.batch_window(), Duration::from_millis(25));
 }

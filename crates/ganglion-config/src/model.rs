@@ -23,7 +23,8 @@ pub struct Config {
     pub coordinator: CoordinatorConfig,
     /// Logs, metrics and traces.
     pub telemetry: TelemetryConfig,
-    /// Feature flags. An enabled flag's `set` is applied over the layers below it.
+    /// Feature flags. An enabled flag's `set` is applied over the layers below it. Flags
+    /// apply live to code that reads them; their `set` follows the rules of its keys.
     pub features: BTreeMap<String, Feature>,
 }
 
@@ -134,13 +135,13 @@ pub struct CoordinatorConfig {
     /// discovered through NVML when not configured; `bench` (capacity 1) always exists.
     /// Needs a restart.
     pub pools: BTreeMap<String, PoolConfig>,
-    /// Lease timings. `max_hold_ms` and `grace_ms` apply live.
+    /// Lease timings. Needs a restart.
     pub leases: LeaseConfig,
-    /// Rate limits by name. Their rules and shares apply live.
+    /// Rate limits by name. Needs a restart.
     pub quotas: BTreeMap<String, QuotaConfig>,
     /// Rate-limited request queues by name. Needs a restart.
     pub queues: BTreeMap<String, QueueConfig>,
-    /// Circuit breakers by dependency name. Thresholds apply live.
+    /// Circuit breakers by dependency name. Needs a restart.
     pub breakers: BTreeMap<String, BreakerConfig>,
 }
 
@@ -164,10 +165,10 @@ pub struct LeaseConfig {
     /// A lease not renewed for this long is reclaimed.
     #[schemars(range(min = 1))]
     pub ttl_ms: u64,
-    /// Longest a lease may be held: a warning at 90%, revocation at the limit. Live.
+    /// Longest a lease may be held: a warning at 90%, revocation at the limit.
     #[schemars(range(min = 1))]
     pub max_hold_ms: u64,
-    /// After revocation, how long the holder has to release before it is forced. Live.
+    /// After revocation, how long the holder has to release before it is forced.
     pub grace_ms: u64,
     /// A waiter this old goes before all younger ones, whatever its priority.
     #[schemars(range(min = 1))]

@@ -12,15 +12,7 @@ use crate::{Config, Loaded, Loader, Problems};
 
 /// Key paths whose changes apply without a restart (a change under one of them, or to
 /// one of them, is live). Anything else that changes is reported as needing a restart.
-pub const LIVE_KEYS: &[&str] = &[
-    "bus.batch_window_ms",
-    "coordinator.quotas",
-    "coordinator.leases.max_hold_ms",
-    "coordinator.leases.grace_ms",
-    "coordinator.breakers",
-    "telemetry.log_level",
-    "features",
-];
+pub const LIVE_KEYS: &[&str] = &["bus.batch_window_ms", "telemetry.log_level", "features"];
 
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -294,7 +294,10 @@ impl GroupKey {
 /// is delivered together, coalesced per `aggregation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchOptions {
-    pub window: Duration,
+    /// How long a window stays open. `None`: the bus's configured batch window
+    /// (`bus.batch_window_ms`, 100 ms by default), read as each window opens, so a
+    /// configuration reload changes it without resubscribing.
+    pub window: Option<Duration>,
     pub max_events: usize,
     pub key: GroupKey,
     pub aggregation: Aggregation,
@@ -303,7 +306,7 @@ pub struct BatchOptions {
 impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
-            window: Duration::from_millis(100),
+            window: None,
             max_events: 1000,
             key: GroupKey::Topic,
             aggregation: Aggregation::None,
@@ -400,7 +403,7 @@ impl SubscribeOptions {
         }
         self.backoff.validate("backoff")?;
         if let Some(batch) = &self.batch {
-            if batch.window.is_zero() {
+            if batch.window.is_some_and(|w| w.is_zero()) {
                 return Err(BusError::invalid(
                     "batch.window",
                     "must be longer than zero",
@@ -546,6 +549,13 @@ impl Delivery {
     /// The first (for an unbatched subscription, the only) event.
     pub fn event(&self) -> Option<&Event> {
         self.events().first().map(|e| &*e.event)
+    }
+
+    /// The context to handle this delivery in (its first event's correlation id and
+    /// trace parent): run the handler in [`crate::EventContext::scope`] and what it logs
+    /// and publishes carries them.
+    pub fn context(&self) -> Option<crate::EventContext> {
+        self.event().map(crate::EventContext::of)
     }
 
     /// The attempt number of the first event.

@@ -118,6 +118,8 @@ impl Event {
         self.headers.get(name).map(String::as_str)
     }
 
+    /// The correlation id from the headers. (Handlers use [`crate::EventContext::of`],
+    /// which falls back to the event's own id.)
     pub fn correlation_id(&self) -> Option<&str> {
         self.header(headers::CORRELATION_ID)
     }

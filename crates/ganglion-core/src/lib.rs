@@ -6,6 +6,7 @@
 
 pub mod bus;
 mod clock;
+pub mod context;
 mod event;
 mod topic;
 mod trie;
@@ -15,6 +16,7 @@ pub use bus::{BusError, ErrorCode, EventBus, is_valid_name};
 /// A boxed, sendable future, as trait methods that must stay object-safe return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use clock::{Clock, ManualClock, SystemClock, parse_duration, parse_since, unix_micros};
+pub use context::EventContext;
 pub use event::{Event, headers, new_event_id};
 pub use topic::{MAX_TOPIC_BYTES, Pattern, PatternToken, Topic, TopicError};
 pub use trie::PatternIndex;

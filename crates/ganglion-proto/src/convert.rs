@@ -232,7 +232,7 @@ pub fn options_from_wire(
                 }
             };
             Some(BatchOptions {
-                window: nonzero_ms(b.window_ms, d.window),
+                window: (b.window_ms > 0).then(|| Duration::from_millis(b.window_ms)),
                 max_events: if b.max_events == 0 {
                     d.max_events
                 } else {
@@ -322,7 +322,7 @@ pub fn options_to_wire(o: &SubscribeOptions) -> v1::SubscribeOptions {
         }),
         prioritized: o.prioritized,
         batch: o.batch.as_ref().map(|b| v1::BatchOptions {
-            window_ms: duration_ms(b.window),
+            window_ms: b.window.map_or(0, duration_ms),
             max_events: u32::try_from(b.max_events).unwrap_or(u32::MAX),
             key_header: match &b.key {
                 GroupKey::Topic => String::new(),
@@ -562,7 +562,7 @@ mod tests {
             },
             prioritized: true,
             batch: Some(BatchOptions {
-                window: Duration::from_millis(250),
+                window: Some(Duration::from_millis(250)),
                 max_events: 10,
                 key: GroupKey::Header("game".into()),
                 aggregation: Aggregation::KeepLast,

@@ -341,3 +341,63 @@ pub(crate) async fn resources(args: &ClientArgs, watch: bool) -> anyhow::Result<
         }
     }
 }
+
+/// `ganglion config validate`: every problem on stderr, one per line; exit 1 if any.
+pub(crate) fn config_validate(loader: &ganglion_config::Loader) -> anyhow::Result<()> {
+    let loaded = loader
+        .load()
+        .map_err(|problems| anyhow::anyhow!("{problems}"))?;
+    let files: Vec<String> = loaded
+        .files()
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if files.is_empty() {
+        writeln!(out, "ok: the defaults (no config file found)")?;
+    } else {
+        writeln!(out, "ok: {}", files.join(", "))?;
+    }
+    Ok(())
+}
+
+/// `ganglion config show`: `key = value  # origin`, secrets redacted.
+pub(crate) fn config_show(
+    loader: &ganglion_config::Loader,
+    output: crate::Output,
+) -> anyhow::Result<()> {
+    let loaded = loader
+        .load()
+        .map_err(|problems| anyhow::anyhow!("{problems}"))?;
+    let mut out = std::io::stdout().lock();
+    let settings = loaded.show();
+    match output {
+        crate::Output::Json => {
+            let rows: Vec<serde_json::Value> = settings
+                .into_iter()
+                .map(|(key, value, origin)| {
+                    serde_json::json!({"key": key, "value": value, "source": origin.to_string()})
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        }
+        crate::Output::Table => {
+            let width = settings.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
+            for (key, value, origin) in settings {
+                writeln!(out, "{key:width$} = {value}  # {origin}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ganglion config schema`.
+pub(crate) fn config_schema() -> anyhow::Result<()> {
+    let schema = ganglion_config::schema();
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(&schema)?
+    )?;
+    Ok(())
+}

@@ -7,7 +7,6 @@ mod bench;
 mod commands;
 mod serve;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -117,6 +116,31 @@ enum Command {
     /// Measure a running server: W1 (ephemeral throughput), W2 (durable publish and
     /// consume), W3 (latency at a steady rate).
     Bench(bench::BenchArgs),
+    /// Check, print or describe the layered configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check every layer; report each problem with its file, line and key path; exit 1
+    /// if there is one.
+    Validate {
+        #[command(flatten)]
+        layers: serve::ConfigArgs,
+    },
+    /// Print the merged configuration, each value with where it came from (secrets
+    /// redacted).
+    Show {
+        #[command(flatten)]
+        layers: serve::ConfigArgs,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Print the JSON Schema of the configuration.
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,10 +226,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics { client } => commands::topics(&client).await,
         Command::Resources { watch, client } => commands::resources(&client, watch).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Config { command } => match command {
+            ConfigCommand::Validate { layers } => commands::config_validate(&layers.loader()),
+            ConfigCommand::Show { layers, output } => {
+                commands::config_show(&layers.loader(), output)
+            }
+            ConfigCommand::Schema => commands::config_schema(),
+        },
     }
-}
-
-/// The default data directory, relative to where the server starts.
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("./ganglion-data")
 }

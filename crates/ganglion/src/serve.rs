@@ -1,126 +1,123 @@
-//! `ganglion serve`: settings from built-in defaults, then `--config FILE`, then flags.
+//! `ganglion serve`: settings from the configuration layers (see `ganglion_config`),
+//! flags last; live settings follow configuration reloads.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ganglion_bus::{Bus, BusOptions};
+use ganglion_config::{self as config, Config, ConfigHandle, Loader};
 use ganglion_coordinator::breaker::BreakerSpec;
-use ganglion_coordinator::lease::PoolSpec;
+use ganglion_coordinator::lease::{PoolSpec, PoolsOptions};
 use ganglion_coordinator::quota::QuotaSpec;
 use ganglion_coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
 use ganglion_core::Pattern;
 use ganglion_core::SystemClock;
 use ganglion_core::bus::StorageClass;
 use ganglion_server::{Limits, ServerOptions};
-use serde::Deserialize;
+use ganglion_telemetry::{Format, Logs};
 use tokio::net::TcpListener;
-
-/// Topics kept in memory only unless configured otherwise: the `ganglion bench`
-/// throughput and ephemeral-latency workloads publish on `bench.events.>`; the
-/// coordinator's lease events are advisories (as NATS's are), the lease state itself is
-/// persisted by the coordinator.
-const DEFAULT_EPHEMERAL: &[&str] = &["bench.events.>", "coordinator.>"];
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// Where the event log and durable subscriptions live [default: ./ganglion-data].
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where the event log and durable subscriptions live (server.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051].
+    /// gRPC listen address (server.grpc_addr).
     #[arg(long)]
     grpc_addr: Option<SocketAddr>,
-    /// HTTP listen address [default: 127.0.0.1:8080].
+    /// HTTP listen address (server.http_addr).
     #[arg(long)]
     http_addr: Option<SocketAddr>,
-    /// A YAML file of settings; flags given here override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// A topic pattern kept in memory only, delivered at most once (repeatable; replaces
-    /// the defaults `bench.events.>` and `coordinator.>`).
+    /// bus.ephemeral, by default `bench.events.>` and `coordinator.>`).
     #[arg(long, value_name = "PATTERN")]
     ephemeral: Vec<String>,
-    /// Log filter, as RUST_LOG [default: info].
+    /// Log filter, as RUST_LOG (telemetry.log_level).
     #[arg(long, env = "GANGLION_LOG")]
     log: Option<String>,
 }
 
-/// The settings file. Every key is optional; unknown keys are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    grpc_addr: Option<SocketAddr>,
-    http_addr: Option<SocketAddr>,
-    /// Topic patterns kept in memory only.
-    ephemeral: Option<Vec<String>>,
-    bus: BusConfig,
-    limits: LimitsConfig,
-    coordinator: CoordinatorFileConfig,
+/// Where the configuration layers come from (shared by `serve` and `config`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ConfigArgs {
+    /// The config directory (holding ganglion.yaml, environments/, components/), or a
+    /// file used as its ganglion.yaml.
+    #[arg(long, value_name = "PATH", default_value = "config")]
+    config: PathBuf,
+    /// The environment layer: development, staging, production.
+    #[arg(long = "env", env = "GANGLION_ENV", value_name = "ENV")]
+    environment: Option<String>,
+    /// The component layer (config/components/<NAME>.yaml).
+    #[arg(long, env = "GANGLION_COMPONENT", value_name = "NAME")]
+    component: Option<String>,
 }
 
-/// `coordinator:` — pools, quotas, request queues, breakers and lease timings.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct CoordinatorFileConfig {
-    /// `name: { capacity: N }` or `name: { gpus: ["0", "1"] }`.
-    pools: BTreeMap<String, PoolConfig>,
-    /// `name: { rule: "100 per 1h", shares: { component: weight } }`.
-    quotas: BTreeMap<String, QuotaConfig>,
-    /// `name: { quota: NAME, cache_ttl_s: 3600 }`.
-    queues: BTreeMap<String, QueueConfig>,
-    /// `name: { failure_threshold: 5, recovery_timeout_ms: 30000, half_open_probes: 1 }`.
-    breakers: BTreeMap<String, BreakerConfig>,
-    lease_ttl_ms: Option<u64>,
-    lease_max_hold_ms: Option<u64>,
-    lease_grace_ms: Option<u64>,
-    lease_aging_ms: Option<u64>,
+impl ConfigArgs {
+    /// Every layer but flags, with the checks only the server's types can make.
+    pub(crate) fn loader(&self) -> Loader {
+        Loader::at(&self.config)
+            .environment(self.environment.clone())
+            .component(self.component.clone())
+            .with_process_env()
+            .validate_with(|config| match settings(config, false) {
+                Ok(_) => Vec::new(),
+                Err(problem) => vec![problem],
+            })
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolConfig {
-    capacity: Option<usize>,
-    gpus: Option<Vec<String>>,
+impl ServeArgs {
+    fn loader(&self) -> Loader {
+        let mut loader = self.config.loader();
+        if let Some(dir) = &self.data_dir {
+            loader = loader.flag("server.data_dir", dir.display().to_string(), "--data-dir");
+        }
+        if let Some(addr) = self.grpc_addr {
+            loader = loader.flag("server.grpc_addr", addr.to_string(), "--grpc-addr");
+        }
+        if let Some(addr) = self.http_addr {
+            loader = loader.flag("server.http_addr", addr.to_string(), "--http-addr");
+        }
+        if !self.ephemeral.is_empty() {
+            let list = serde_json::to_string(&self.ephemeral).unwrap_or_default();
+            loader = loader.flag("bus.ephemeral", list, "--ephemeral");
+        }
+        if let Some(filter) = &self.log {
+            // JSON quoting keeps a filter such as `info,ganglion_bus=debug` one string.
+            let quoted = serde_json::to_string(filter).unwrap_or_default();
+            loader = loader.flag("telemetry.log_level", quoted, "--log");
+        }
+        loader
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QuotaConfig {
-    rule: String,
-    #[serde(default)]
-    shares: BTreeMap<String, u32>,
+/// A problem with a key path, for [`Loader::validate_with`].
+type Problem = (String, String);
+
+fn problem(path: impl Into<String>, message: impl ToString) -> Problem {
+    (path.into(), message.to_string())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueueConfig {
-    quota: String,
-    cache_ttl_s: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct BreakerConfig {
-    failure_threshold: Option<u32>,
-    recovery_timeout_ms: Option<u64>,
-    half_open_probes: Option<u32>,
-}
-
-fn coordinator_config(mut file: CoordinatorFileConfig) -> anyhow::Result<CoordinatorConfig> {
-    let mut config = CoordinatorConfig::default();
+/// The coordinator's configuration; `discover` looks for GPUs through NVML when no `gpu`
+/// pool is configured.
+pub(crate) fn coordinator_config(
+    c: &config::CoordinatorConfig,
+    discover: bool,
+) -> Result<CoordinatorConfig, Problem> {
+    let mut pools = c.pools.clone();
     // `gpu` unless configured: the devices NVML reports, if there is a driver.
-    if !file.pools.contains_key("gpu") {
+    if discover && !pools.contains_key("gpu") {
         match ganglion_coordinator::lease::discover_gpus() {
             Ok(gpus) if !gpus.is_empty() => {
                 tracing::info!(?gpus, "gpu pool discovered through NVML");
-                file.pools.insert(
+                pools.insert(
                     "gpu".to_owned(),
-                    PoolConfig {
+                    config::PoolConfig {
                         capacity: None,
                         gpus: Some(gpus),
                     },
@@ -133,83 +130,93 @@ fn coordinator_config(mut file: CoordinatorFileConfig) -> anyhow::Result<Coordin
         }
     }
     // Like `bench.events.>`: a pool `ganglion bench` can lease unless configured otherwise.
-    file.pools.entry("bench".to_owned()).or_insert(PoolConfig {
-        capacity: Some(1),
-        gpus: None,
-    });
-    for (name, pool) in file.pools {
-        config.pools.push(match (pool.capacity, pool.gpus) {
-            (Some(capacity), None) => PoolSpec::counted(name, capacity),
+    pools
+        .entry("bench".to_owned())
+        .or_insert(config::PoolConfig {
+            capacity: Some(1),
+            gpus: None,
+        });
+    let mut out = CoordinatorConfig::default();
+    for (name, pool) in pools {
+        out.pools.push(match (pool.capacity, pool.gpus) {
+            (Some(capacity), None) => {
+                PoolSpec::counted(name, usize::try_from(capacity).unwrap_or(usize::MAX))
+            }
             (None, Some(gpus)) => {
                 let ids: Vec<&str> = gpus.iter().map(String::as_str).collect();
                 PoolSpec::gpus(name, &ids)
             }
-            _ => bail!("coordinator.pools.{name}: give either capacity or gpus"),
+            _ => {
+                return Err(problem(
+                    format!("coordinator.pools.{name}"),
+                    "give either capacity or gpus",
+                ));
+            }
         });
     }
-    for (name, quota) in file.quotas {
-        let mut spec = QuotaSpec::parse(name.clone(), &quota.rule)
-            .map_err(|e| anyhow::anyhow!("coordinator.quotas.{name}.{e}"))?;
-        spec.shares = quota.shares;
-        config.quotas.push(spec);
-    }
-    for (name, queue) in file.queues {
-        config.queues.push(QueueSpec {
-            name,
-            quota: queue.quota,
-            cache_ttl: Duration::from_secs(queue.cache_ttl_s.unwrap_or(3600)),
+    out.quotas = quota_specs(c)?;
+    for (name, queue) in &c.queues {
+        if !c.quotas.contains_key(&queue.quota) {
+            return Err(problem(
+                format!("coordinator.queues.{name}.quota"),
+                format!("no quota named {:?}", queue.quota),
+            ));
+        }
+        out.queues.push(QueueSpec {
+            name: name.clone(),
+            quota: queue.quota.clone(),
+            cache_ttl: Duration::from_secs(queue.cache_ttl_s),
         });
     }
-    for (name, b) in file.breakers {
-        let mut spec = BreakerSpec::new(name);
-        if let Some(v) = b.failure_threshold {
-            spec.failure_threshold = v;
-        }
-        if let Some(v) = b.recovery_timeout_ms {
-            spec.recovery_timeout = Duration::from_millis(v);
-        }
-        if let Some(v) = b.half_open_probes {
-            spec.half_open_probes = v;
-        }
-        config.breakers.push(spec);
+    out.breakers = breaker_specs(c)?;
+    out.leases = lease_options(&c.leases);
+    Ok(out)
+}
+
+pub(crate) fn quota_specs(c: &config::CoordinatorConfig) -> Result<Vec<QuotaSpec>, Problem> {
+    c.quotas
+        .iter()
+        .map(|(name, quota)| {
+            let mut spec = QuotaSpec::parse(name.clone(), &quota.rule)
+                .map_err(|e| problem(format!("coordinator.quotas.{name}.{}", field(&e)), &e))?;
+            spec.shares = quota.shares.clone();
+            spec.validate()
+                .map_err(|e| problem(format!("coordinator.quotas.{name}.{}", field(&e)), &e))?;
+            Ok(spec)
+        })
+        .collect()
+}
+
+pub(crate) fn breaker_specs(c: &config::CoordinatorConfig) -> Result<Vec<BreakerSpec>, Problem> {
+    c.breakers
+        .iter()
+        .map(|(name, b)| {
+            let mut spec = BreakerSpec::new(name.clone());
+            spec.failure_threshold = b.failure_threshold;
+            spec.recovery_timeout = Duration::from_millis(b.recovery_timeout_ms);
+            spec.half_open_probes = b.half_open_probes;
+            spec.validate()
+                .map_err(|e| problem(format!("coordinator.breakers.{name}.{}", field(&e)), &e))?;
+            Ok(spec)
+        })
+        .collect()
+}
+
+pub(crate) fn lease_options(l: &config::LeaseConfig) -> PoolsOptions {
+    PoolsOptions {
+        ttl: Duration::from_millis(l.ttl_ms),
+        max_hold: Duration::from_millis(l.max_hold_ms),
+        grace: Duration::from_millis(l.grace_ms),
+        aging: Duration::from_millis(l.aging_ms),
     }
-    let l = &mut config.leases;
-    for (value, field) in [
-        (file.lease_ttl_ms, &mut l.ttl),
-        (file.lease_max_hold_ms, &mut l.max_hold),
-        (file.lease_grace_ms, &mut l.grace),
-        (file.lease_aging_ms, &mut l.aging),
-    ] {
-        if let Some(ms) = value {
-            *field = Duration::from_millis(ms);
-        }
+}
+
+/// The field a coordinator error names (`rule`, `shares.x`), or nothing.
+fn field(e: &ganglion_coordinator::CoordinatorError) -> String {
+    match e {
+        ganglion_coordinator::CoordinatorError::InvalidArgument { field, .. } => field.clone(),
+        _ => String::new(),
     }
-    Ok(config)
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct BusConfig {
-    max_event_bytes: Option<usize>,
-    dedupe_window_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct LimitsConfig {
-    max_grpc_message_bytes: Option<usize>,
-    max_http_body_bytes: Option<usize>,
-    max_concurrent_streams: Option<u32>,
-    max_subscriptions_per_connection: Option<usize>,
-    max_replay_events: Option<usize>,
-    max_sse_clients: Option<usize>,
-    drain_timeout_ms: Option<u64>,
-}
-
-fn load(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the config file {}", path.display()))?;
-    serde_saphyr::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
 }
 
 /// The server's settings, resolved.
@@ -223,83 +230,43 @@ struct Settings {
     server: ServerOptions,
 }
 
-fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
-    let file = match &args.config {
-        Some(path) => load(path)?,
-        None => FileConfig::default(),
+fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
+    let addr = |path: &str, value: &str| {
+        value.parse::<SocketAddr>().map_err(|_| {
+            problem(
+                path,
+                format!("{value:?} is not a socket address like 127.0.0.1:8080"),
+            )
+        })
     };
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or(file.data_dir)
-        .unwrap_or_else(crate::default_data_dir);
-    let grpc_addr = args
-        .grpc_addr
-        .or(file.grpc_addr)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
-    let http_addr = args
-        .http_addr
-        .or(file.http_addr)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let ephemeral: Vec<String> = if !args.ephemeral.is_empty() {
-        args.ephemeral.clone()
-    } else {
-        file.ephemeral
-            .unwrap_or_else(|| DEFAULT_EPHEMERAL.iter().map(|s| s.to_string()).collect())
-    };
-
+    let grpc_addr = addr("server.grpc_addr", &c.server.grpc_addr)?;
+    let http_addr = addr("server.http_addr", &c.server.http_addr)?;
+    let data_dir = c.server.data_dir.clone();
     let mut bus = BusOptions::new(&data_dir);
-    for pattern in &ephemeral {
+    for (i, pattern) in c.bus.ephemeral.iter().enumerate() {
         let pattern =
-            Pattern::new(pattern).with_context(|| format!("ephemeral pattern {pattern:?}"))?;
+            Pattern::new(pattern).map_err(|e| problem(format!("bus.ephemeral.{i}"), e))?;
         bus.storage_classes.push((pattern, StorageClass::Ephemeral));
     }
-    if let Some(max) = file.bus.max_event_bytes {
-        if max == 0 {
-            bail!("bus.max_event_bytes: must be at least 1");
-        }
-        bus.max_event_bytes = max;
-    }
-    if let Some(ms) = file.bus.dedupe_window_ms {
-        bus.dedupe_window = Duration::from_millis(ms);
-    }
+    bus.max_event_bytes = usize::try_from(c.bus.max_event_bytes).unwrap_or(usize::MAX);
+    bus.dedupe_window = Duration::from_millis(c.bus.dedupe_window_ms);
+    bus.batch_window = Duration::from_millis(c.bus.batch_window_ms);
 
-    let mut limits = Limits::default();
-    let l = file.limits;
-    let positive = |name: &str, v: usize| {
-        if v == 0 {
-            bail!("limits.{name}: must be at least 1")
-        } else {
-            Ok(v)
-        }
+    let l = &c.limits;
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let server = ServerOptions {
+        limits: Limits {
+            max_grpc_message_bytes: size(l.max_grpc_message_bytes),
+            max_http_body_bytes: size(l.max_http_body_bytes),
+            max_concurrent_streams: l.max_concurrent_streams,
+            max_subscriptions_per_connection: size(l.max_subscriptions_per_connection),
+            max_replay_events: size(l.max_replay_events),
+            max_sse_clients: size(l.max_sse_clients),
+        },
+        drain_timeout: Duration::from_millis(c.server.drain_timeout_ms),
     };
-    if let Some(v) = l.max_grpc_message_bytes {
-        limits.max_grpc_message_bytes = positive("max_grpc_message_bytes", v)?;
-    }
-    if let Some(v) = l.max_http_body_bytes {
-        limits.max_http_body_bytes = positive("max_http_body_bytes", v)?;
-    }
-    if let Some(v) = l.max_concurrent_streams {
-        limits.max_concurrent_streams = positive("max_concurrent_streams", v as usize)? as u32;
-    }
-    if let Some(v) = l.max_subscriptions_per_connection {
-        limits.max_subscriptions_per_connection = positive("max_subscriptions_per_connection", v)?;
-    }
-    if let Some(v) = l.max_replay_events {
-        limits.max_replay_events = positive("max_replay_events", v)?;
-    }
-    if let Some(v) = l.max_sse_clients {
-        limits.max_sse_clients = positive("max_sse_clients", v)?;
-    }
-    let mut server = ServerOptions {
-        limits,
-        ..ServerOptions::default()
-    };
-    if let Some(ms) = l.drain_timeout_ms {
-        server.drain_timeout = Duration::from_millis(ms);
-    }
     Ok(Settings {
-        coordinator: coordinator_config(file.coordinator)?,
+        coordinator: coordinator_config(&c.coordinator, discover)?,
         data_dir,
         grpc_addr,
         http_addr,
@@ -309,17 +276,27 @@ fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let filter = args.log.clone().unwrap_or_else(|| "info".to_owned());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .with_context(|| format!("--log {filter:?}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
-    let settings = settings(&args)?;
+    let config = ConfigHandle::load(args.loader()).map_err(|problems| {
+        anyhow::anyhow!("{problems}").context("the configuration is not valid")
+    })?;
+    let current = config.get();
+    let telemetry = &current.telemetry;
+    let format = match telemetry.log_format {
+        config::LogFormat::Auto => Format::auto(),
+        config::LogFormat::Json => Format::Json,
+        config::LogFormat::Pretty => Format::Pretty {
+            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        },
+    };
+    let logs = Logs::init(&telemetry.log_level, format)?;
+    if telemetry.otlp_endpoint.is_some() {
+        tracing::warn!(
+            "telemetry.otlp_endpoint is set, but this build exports no traces yet; ignoring it"
+        );
+    }
+    let settings = settings(&current, true).map_err(|(path, message)| {
+        anyhow::anyhow!("{}: {path}: {message}", config.loaded().origin(&path))
+    })?;
     let grpc = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC to {}", settings.grpc_addr))?;
@@ -338,6 +315,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
     let next_seq = bus.log().next_seq();
 
+    // Watch before announcing, so a change made right after start-up is not missed.
+    let _watcher = match config.watch_files(Duration::from_millis(250)) {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            tracing::info!(%error, "not watching the configuration files: changes need a restart");
+            None
+        }
+    };
     tracing::info!(
         next_seq,
         "ganglion serving: gRPC on {}, HTTP on {}, data in {} (embedded engine)",
@@ -345,9 +330,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http.local_addr()?,
         data_dir.display(),
     );
+    let coordinator = Arc::new(coordinator);
+    apply_live_settings(&config, &bus, &logs);
     ganglion_server::serve_with(
         bus,
-        Arc::new(coordinator),
+        coordinator,
         grpc,
         http,
         settings.server,
@@ -356,6 +343,33 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Applies reloaded settings that can change while running: the default batch window
+/// and the log filter. (Quotas, lease max hold and breaker thresholds are read at start:
+/// changing them live is not built yet, so the reload reports them as needing a
+/// restart.)
+fn apply_live_settings(config: &ConfigHandle, bus: &Bus, logs: &Logs) {
+    let mut window = config.watch("bus.batch_window_ms");
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        while window.changed().await.is_ok() {
+            let ms = window.borrow_and_update().bus.batch_window_ms;
+            if let Err(error) = bus.set_batch_window(Duration::from_millis(ms)) {
+                tracing::warn!(%error, "bus.batch_window_ms not applied");
+            }
+        }
+    });
+    let mut level = config.watch("telemetry.log_level");
+    let logs = logs.clone();
+    tokio::spawn(async move {
+        while level.changed().await.is_ok() {
+            let filter = level.borrow_and_update().telemetry.log_level.clone();
+            if let Err(error) = logs.set_filter(&filter) {
+                tracing::warn!(%error, "telemetry.log_level not applied");
+            }
+        }
+    });
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -372,43 +386,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_override_the_file_and_unknown_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ganglion.yaml");
-        std::fs::write(
-            &path,
-            "grpc_addr: 127.0.0.1:6000\nhttp_addr: 127.0.0.1:6001\nephemeral: [\"telemetry.>\"]\nlimits:\n  max_replay_events: 10\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            data_dir: None,
-            grpc_addr: Some("127.0.0.1:7000".parse().unwrap()),
-            http_addr: None,
-            config: Some(path.clone()),
-            ephemeral: Vec::new(),
-            log: None,
-        };
-        let s = settings(&args).unwrap();
-        assert_eq!(s.grpc_addr.port(), 7000);
-        assert_eq!(s.http_addr.port(), 6001);
-        assert_eq!(s.server.limits.max_replay_events, 10);
-        assert_eq!(s.bus.storage_classes.len(), 1);
-        assert_eq!(s.bus.storage_classes[0].0.as_str(), "telemetry.>");
-
-        std::fs::write(&path, "limits:\n  max_replay_event: 10\n").unwrap();
-        let err = format!("{:#}", settings(&args).unwrap_err());
-        assert!(err.contains("max_replay_event"), "{err}");
-
-        std::fs::write(&path, "limits:\n  max_replay_events: 0\n").unwrap();
-        let err = format!("{:#}", settings(&args).unwrap_err());
-        assert!(err.contains("limits.max_replay_events"), "{err}");
     }
 }

@@ -213,3 +213,84 @@ fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
     assert!(ok);
     assert_eq!(json(&out)["events"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_changed_batch_window_applies_to_the_running_server_and_a_bad_change_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let served = serve(&data_dir);
+    let config = data_dir.with_extension("yaml");
+    let wait_for = |what: &str, matches: &dyn Fn(&str) -> bool| loop {
+        let line = served
+            .log
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{what} within 30 s"));
+        if matches(&line) {
+            return line;
+        }
+    };
+    // The start-up configuration is JSON-logged (stderr is not a terminal).
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{original}bus:\n  batch_window_ms: 30\n")).unwrap();
+    let line = wait_for("the new batch window", &|l| {
+        l.contains("default batch window set")
+    });
+    assert!(
+        line.starts_with('{') && line.contains("\"window_ms\":30"),
+        "{line}"
+    );
+
+    // An invalid change is refused with its file and line; the server keeps running.
+    std::fs::write(&config, format!("{original}bus:\n  batch_window_ms: 0\n")).unwrap();
+    let line = wait_for("the refusal", &|l| l.contains("reload refused"));
+    assert!(
+        line.contains("bus.batch_window_ms: must be at least 1"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("{}:", config.display())), "{line}");
+    let (ok, out, _) = ganglion(&served, &["topics", "--output", "json"]);
+    assert!(ok, "the server still answers: {out}");
+}
+
+#[test]
+fn config_validate_names_file_line_and_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ganglion.yaml");
+    std::fs::write(
+        &file,
+        "bus:\n  batch_windw_ms: 5\nlimits:\n  max_sse_clients: 0\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "validate", "--config"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    assert!(
+        stderr.contains(&format!(
+            "{f}:2: bus.batch_windw_ms: unknown key (did you mean `batch_window_ms`?)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{f}:4: limits.max_sse_clients: must be at least 1"
+        )),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "bus:\n  batch_window_ms: 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "validate", "--config"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -121,7 +121,7 @@ pub struct StrategyReport {
 pub fn strategy_options() -> SubscribeOptions {
     SubscribeOptions {
         batch: Some(BatchOptions {
-            window: Duration::from_millis(100),
+            window: Some(Duration::from_millis(100)),
             max_events: 10_000,
             key: GroupKey::Header("game_id".into()),
             aggregation: Aggregation::KeepLast,

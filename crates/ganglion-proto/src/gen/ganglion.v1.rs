@@ -149,7 +149,8 @@ pub struct Filter {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct BatchOptions {
-    /// Default 100.
+    /// 0: the server's configured batch window (`bus.batch_window_ms`, default 100),
+    /// which a configuration reload changes live.
     #[prost(uint64, tag = "1")]
     pub window_ms: u64,
     /// Default 1000.

@@ -1,0 +1,72 @@
+//! The context a handler works in: the correlation id (and trace context) of the event
+//! it is handling, passed on to the events it publishes.
+//!
+//! ```ignore
+//! while let Some(delivery) = sub.next().await {
+//!     delivery.clone_context().scope(async {
+//!         // Log lines here carry the event's correlation_id; events published here
+//!         // inherit its correlation_id and traceparent.
+//!         bus.publish(Event::new(topic, "derived")).await
+//!     }).await?;
+//! }
+//! ```
+
+use std::future::Future;
+
+use tracing::Instrument as _;
+
+use crate::Event;
+use crate::event::headers;
+
+tokio::task_local! {
+    static CURRENT: EventContext;
+}
+
+/// What a handler passes on from the event it handles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventContext {
+    pub correlation_id: String,
+    /// W3C `traceparent`, when the event carried one.
+    pub traceparent: Option<String>,
+}
+
+impl EventContext {
+    /// The context of `event`: its correlation id (its own id when it has none: the
+    /// first event of a piece of work starts the correlation) and trace parent.
+    pub fn of(event: &Event) -> EventContext {
+        EventContext {
+            correlation_id: event.correlation_id().unwrap_or(&event.id).to_owned(),
+            traceparent: event.header(headers::TRACEPARENT).map(str::to_owned),
+        }
+    }
+
+    /// The context of the handler running now, if it runs inside [`scope`](Self::scope).
+    pub fn current() -> Option<EventContext> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `work` in this context, inside a `handle` span whose `correlation_id` field
+    /// puts the id on every log line written within.
+    pub async fn scope<F: Future>(self, work: F) -> F::Output {
+        let span = tracing::info_span!("handle", correlation_id = %self.correlation_id);
+        CURRENT.scope(self, work.instrument(span)).await
+    }
+
+    /// Fills in `event`'s correlation id and trace parent from this context where it has
+    /// none of its own.
+    pub fn apply(&self, event: &mut Event) {
+        if !event.headers.contains_key(headers::CORRELATION_ID) {
+            event.headers.insert(
+                headers::CORRELATION_ID.to_owned(),
+                self.correlation_id.clone(),
+            );
+        }
+        if let Some(traceparent) = &self.traceparent
+            && !event.headers.contains_key(headers::TRACEPARENT)
+        {
+            event
+                .headers
+                .insert(headers::TRACEPARENT.to_owned(), traceparent.clone());
+        }
+    }
+}
