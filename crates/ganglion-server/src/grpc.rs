@@ -128,8 +128,9 @@ async fn publish(
 ) -> Result<Vec<v1::PublishAck>, BusError> {
     let events = events_from_wire(events)?;
     let count = events.len() as u64;
+    let started = std::time::Instant::now();
     let acks = bus.publish_batch(events).await?;
-    state.metrics.published(count);
+    state.metrics.published(count, started.elapsed());
     Ok(acks.into_iter().map(convert::ack_to_wire).collect())
 }
 

@@ -271,12 +271,13 @@ async fn publish_inner(state: &State, body: Body) -> ApiResult<Value> {
         vec![event_from_json(Value::Object(object), "")?]
     };
     let count = events.len() as u64;
+    let started = std::time::Instant::now();
     let acks = state.bus.publish_batch(events).await.map_err(|e| {
         // The bus names fields `events[i].x`; a single-event body has no `events`.
         let e = if batch { e } else { strip_batch_prefix(e) };
         ApiError::from(e)
     })?;
-    state.metrics.published(count);
+    state.metrics.published(count, started.elapsed());
     let acks: Vec<Value> = acks
         .into_iter()
         .map(|a| json!({ "seq": a.seq, "id": &*a.id, "duplicate": a.duplicate }))
@@ -582,12 +583,13 @@ async fn metrics_json(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> 
 }
 
 async fn metrics_prometheus(Extract(state): Extract<Arc<State>>) -> Response {
+    let topics = state.bus.topics().await.unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        crate::metrics::prometheus(&state),
+        crate::metrics::prometheus(&state, &topics),
     )
         .into_response()
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use ganglion_core::BusError;
 use ganglion_core::bus::ErrorCode;
@@ -14,6 +15,8 @@ use crate::State;
 #[derive(Debug, Default)]
 pub struct Metrics {
     published: AtomicU64,
+    /// How long publish calls took, from decoded request to durable acknowledgement.
+    publish_duration: Histogram,
     delivered: AtomicU64,
     refused: [AtomicU64; 5],
     subscriptions_opened: AtomicU64,
@@ -34,8 +37,9 @@ fn code_index(code: ErrorCode) -> usize {
 }
 
 impl Metrics {
-    pub(crate) fn published(&self, events: u64) {
+    pub(crate) fn published(&self, events: u64, took: Duration) {
         self.published.fetch_add(events, Ordering::Relaxed);
+        self.publish_duration.record(took);
     }
 
     pub(crate) fn delivered(&self, events: u64) {
@@ -90,12 +94,62 @@ impl Metrics {
     }
 }
 
+/// Upper bounds of the latency histogram buckets, in seconds (100 µs to 2.5 s).
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A fixed-bucket latency histogram, lock-free.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Observations at or under each bound (not cumulative; summed when rendered).
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn record(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Prometheus text for the histogram `name`.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// A label value with `\\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
 /// Prometheus text exposition format, version 0.0.4.
-pub(crate) fn prometheus(state: &State) -> String {
+pub(crate) fn prometheus(state: &State, topics: &[ganglion_core::bus::TopicInfo]) -> String {
     let m = &state.metrics;
     let log = state.bus.log().stats();
     let mut out = String::with_capacity(2048);
@@ -185,12 +239,6 @@ pub(crate) fn prometheus(state: &State) -> String {
         "counter",
         "fdatasync calls on the event log.",
         &[("", log.fsyncs)],
-    );
-    metric(
-        "ganglion_log_fsync_microseconds_total",
-        "counter",
-        "Time spent in fdatasync on the event log.",
-        &[("", log.fsync_micros_total)],
     );
     metric(
         "ganglion_log_healthy",
@@ -283,13 +331,108 @@ pub(crate) fn prometheus(state: &State) -> String {
             })
             .collect(),
     );
+    let dead_letters: Vec<(String, u64)> = topics
+        .iter()
+        .filter_map(|t| {
+            let subscription = t.topic.as_str().strip_prefix("dlq.")?;
+            Some((
+                format!("subscription=\"{}\"", escape(subscription)),
+                t.events,
+            ))
+        })
+        .collect();
+    let dead_letters: Vec<(&str, u64)> =
+        dead_letters.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        "ganglion_bus_dead_letter_events",
+        "gauge",
+        "Events on each subscription's dead-letter topic (dlq.<subscription>).",
+        &dead_letters,
+    );
     metric(
         "ganglion_server_uptime_seconds",
         "gauge",
         "Seconds since the server started.",
         &[("", state.started.elapsed().as_secs())],
     );
+    let mut seconds = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    };
+    seconds(
+        "ganglion_log_fsync_seconds_total",
+        "counter",
+        "Time spent in fdatasync on the event log.",
+        log.fsync_micros_total as f64 / 1e6,
+    );
+    m.publish_duration.render(
+        &mut out,
+        "ganglion_server_publish_duration_seconds",
+        "Publish calls (gRPC and HTTP), from decoded request to durable acknowledgement.",
+    );
+    process_metrics(&mut out);
     out
+}
+
+/// The standard `process_*` metrics (as every Prometheus client library names them),
+/// read from `/proc/self`; nothing is written where `/proc` is missing.
+fn process_metrics(out: &mut String) {
+    let page_size = 4096.0;
+    let ticks_per_second = 100.0;
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+        && let Some(resident) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+    {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes."
+        );
+        let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
+        let _ = writeln!(
+            out,
+            "process_resident_memory_bytes {}",
+            resident * page_size
+        );
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces, inside parentheses).
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after `)`.
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds."
+        );
+        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {}",
+            ticks / ticks_per_second
+        );
+    }
+    if let Some(limit) = memory_limit() {
+        let _ = writeln!(
+            out,
+            "# HELP ganglion_process_memory_limit_bytes The memory this process may use: its cgroup's limit, or the machine's memory."
+        );
+        let _ = writeln!(out, "# TYPE ganglion_process_memory_limit_bytes gauge");
+        let _ = writeln!(out, "ganglion_process_memory_limit_bytes {limit}");
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Number of open file descriptors."
+        );
+        let _ = writeln!(out, "# TYPE process_open_fds gauge");
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
 }
 
 /// The JSON summary behind `GET /api/v1/metrics`.
@@ -319,5 +462,18 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "fsync_micros_total": log.fsync_micros_total,
             "healthy": state.bus.log().failure().is_none(),
         },
+    })
+}
+
+/// The cgroup v2 memory limit, or else the machine's total memory.
+fn memory_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    cgroup.or_else(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     })
 }

@@ -27,7 +27,7 @@ fn serve(data_dir: &std::path::Path) -> Served {
     let config = data_dir.with_extension("yaml");
     std::fs::write(
         &config,
-        "coordinator:\n  pools:\n    gpu: { gpus: [\"0\"] }\n    redis: { capacity: 20 }\n  quotas:\n    claude: { rule: \"100 per 1h\", shares: { advisor: 2 } }\n",
+        "coordinator:\n  pools:\n    gpu: { gpus: [\"0\"] }\n    redis: { capacity: 20 }\n  quotas:\n    claude: { rule: \"100 per 1h\", shares: { advisor: 2 } }\n  breakers:\n    claude-api: {}\n",
     )
     .unwrap();
     let mut child = Command::new(BIN)
@@ -293,4 +293,109 @@ fn config_validate_names_file_line_and_key_and_exits_non_zero() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs `promtool` with `args`, feeding `stdin`; `None` when promtool is not installed
+/// (then the test skips, except under `CI=true`).
+fn promtool(args: &[&str], stdin: &str) -> Option<(bool, String)> {
+    use std::io::Write as _;
+    let child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "promtool is required under CI=true (Debian package `prometheus`): {e}"
+            );
+            eprintln!("skipping: promtool not found ({e}); install Debian's `prometheus` package");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}
+
+#[test]
+fn the_scrape_and_the_alert_rules_pass_promtool_and_deploy_uses_only_real_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&dir.path().join("data"));
+    let (ok, _, err) = ganglion(&served, &["publish", "game.state.update", "{}"]);
+    assert!(ok, "{err}");
+    let scrape = http_get(&served.http, "/metrics");
+
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let rules = deploy.join("prometheus/alerts.yaml");
+    let dashboard = std::fs::read_to_string(deploy.join("grafana/ganglion.json")).unwrap();
+    let dashboard_json = json(&dashboard);
+    assert_eq!(dashboard_json["uid"], "ganglion");
+
+    // Every ganglion_/process_ series the rules and the dashboard query is exported.
+    let exported: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let text = format!("{}{dashboard}", std::fs::read_to_string(&rules).unwrap());
+    let mut referenced = std::collections::BTreeSet::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("ganglion_") || word.starts_with("process_") {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s).filter(|b| exported.contains(b)))
+                .unwrap_or(word);
+            referenced.insert(base.to_owned());
+        }
+    }
+    let missing: Vec<&String> = referenced
+        .iter()
+        .filter(|name| !exported.contains(name.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}");
+    assert!(referenced.len() >= 15, "{referenced:?}");
+
+    let Some((ok, out)) = promtool(&["check", "metrics"], &scrape) else {
+        return;
+    };
+    assert!(ok, "promtool check metrics: {out}\n{scrape}");
+    let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], "").unwrap();
+    assert!(ok, "promtool check rules: {out}");
+    assert!(out.contains("6 rules found"), "{out}");
+}
+
+/// A GET over a plain TCP connection (the binary's tests carry no HTTP client).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    body.to_owned()
 }
