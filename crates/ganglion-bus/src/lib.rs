@@ -276,12 +276,11 @@ impl Core {
             ));
         }
         let now_ms = self.clock.now_micros() / 1000;
-        // Published while handling another event: carry its correlation and trace on.
-        let context = ganglion_core::EventContext::current();
+        // Published while handling another event: carry its correlation and trace on
+        // (before the checks: the headers added count against the limits). The publish
+        // spans (when traced) end once the events are durable and routed.
+        let _spans = ganglion_core::trace::publishing(&mut events);
         for (i, event) in events.iter_mut().enumerate() {
-            if let Some(context) = &context {
-                context.apply(event);
-            }
             prepare(i, event, now_ms, self.options.max_event_bytes)?;
         }
         // Events of one topic usually come in runs: classify each run once.

@@ -139,8 +139,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl EventBus for Client {
     fn publish_batch(
         &self,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
     ) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+        // Published while handling another event: carry its correlation and trace on.
+        let spans = ganglion_core::trace::publishing(&mut events);
         Box::pin(async move {
             if events.is_empty() {
                 return Err(BusError::invalid(
@@ -148,7 +150,9 @@ impl EventBus for Client {
                     "at least one event is required",
                 ));
             }
-            publish::submit(&self.inner.publisher, events).await
+            let acks = publish::submit(&self.inner.publisher, events).await;
+            drop(spans);
+            acks
         })
     }
 

@@ -461,6 +461,9 @@ pub struct KeyCount {
 pub struct Delivery {
     body: Body,
     control: Arc<dyn SubscriptionControl>,
+    /// The deliver span, when a tracer is installed; boxed to keep untraced deliveries
+    /// small.
+    trace: Option<Box<crate::trace::Traced>>,
 }
 
 /// A single event needs no allocation beyond the event itself.
@@ -488,6 +491,7 @@ impl Delivery {
         Delivery {
             body: Body::One { event, seq },
             control,
+            trace: None,
         }
     }
 
@@ -505,7 +509,19 @@ impl Delivery {
                 seqs,
             },
             control,
+            trace: None,
         }
+    }
+
+    /// Opens the deliver span when a tracer is installed (see [`crate::trace`]).
+    fn traced(mut self, subscription: &str) -> Self {
+        if let Some(tracer) = crate::trace::tracer()
+            && let Some(first) = self.events().first()
+        {
+            let traced = tracer.deliver(&first.event, subscription, first.attempt);
+            self.trace = Some(Box::new(traced));
+        }
+        self
     }
 
     /// The events delivered (one, unless this is a batch window).
@@ -553,9 +569,20 @@ impl Delivery {
 
     /// The context to handle this delivery in (its first event's correlation id and
     /// trace parent): run the handler in [`crate::EventContext::scope`] and what it logs
-    /// and publishes carries them.
+    /// and publishes carries them. When traced, the trace parent is the deliver span.
     pub fn context(&self) -> Option<crate::EventContext> {
-        self.event().map(crate::EventContext::of)
+        let mut context = crate::EventContext::of(self.event()?);
+        if let Some(trace) = &self.trace {
+            context.traceparent = trace.traceparent.clone().or(context.traceparent);
+            context.parent_span = Some(trace.span.clone());
+        }
+        Some(context)
+    }
+
+    /// The deliver span's W3C `traceparent`, when traced (see [`crate::trace`]): what a
+    /// transport puts in the event's headers so the remote handler's spans nest in it.
+    pub fn deliver_traceparent(&self) -> Option<&str> {
+        self.trace.as_ref()?.traceparent.as_deref()
     }
 
     /// The attempt number of the first event.
@@ -639,7 +666,7 @@ impl Subscription {
         while self.buffered.is_empty() {
             self.buffered.extend(self.deliveries.recv().await?);
         }
-        self.buffered.pop_front()
+        self.buffered.pop_front().map(|d| d.traced(&self.name))
     }
 
     /// A delivery if one is ready now.
@@ -647,7 +674,7 @@ impl Subscription {
         while self.buffered.is_empty() {
             self.buffered.extend(self.deliveries.try_recv().ok()?);
         }
-        self.buffered.pop_front()
+        self.buffered.pop_front().map(|d| d.traced(&self.name))
     }
 
     pub fn ack(&self, seqs: &[u64]) {

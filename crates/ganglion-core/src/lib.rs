@@ -9,6 +9,7 @@ mod clock;
 pub mod context;
 mod event;
 mod topic;
+pub mod trace;
 mod trie;
 
 pub use bus::{BusError, ErrorCode, EventBus, is_valid_name};

@@ -447,14 +447,25 @@ fn frame(first: Delivery, subscription: &mut Subscription) -> v1::DeliveryFrame 
     let mut bytes = 0;
     let mut next = Some(first);
     while let Some(delivery) = next.take() {
+        let traceparent = delivery.deliver_traceparent().map(str::to_owned);
         let (delivered, counts, seqs) = delivery.into_parts();
         events += delivered.len();
         bytes += delivered
             .iter()
             .map(|e| e.event.payload.len())
             .sum::<usize>();
+        let mut wire: Vec<v1::DeliveredEvent> =
+            delivered.into_iter().map(delivered_to_wire).collect();
+        // Traced: the subscriber's handling nests in this server's deliver span.
+        if let (Some(traceparent), [one]) = (traceparent, wire.as_mut_slice())
+            && let Some(event) = &mut one.event
+        {
+            event
+                .headers
+                .insert(ganglion_core::headers::TRACEPARENT.to_owned(), traceparent);
+        }
         deliveries.push(v1::Delivery {
-            events: delivered.into_iter().map(delivered_to_wire).collect(),
+            events: wire,
             counts: counts.iter().map(key_count_to_wire).collect(),
             seqs,
         });

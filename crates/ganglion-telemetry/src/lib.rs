@@ -1,4 +1,4 @@
-//! Ganglion's logs.
+//! Ganglion's logs and traces.
 //!
 //! - JSON lines by default; pretty (coloured) on a terminal. Each line carries the fields
 //!   of the spans it is written in, so a handler run in
@@ -7,12 +7,21 @@
 //!   (redelivery, dead-lettering).
 //! - The filter (`RUST_LOG` syntax) changes live: [`Logs::set_filter`], which the server
 //!   calls when `telemetry.log_level` is reloaded.
+//! - Traces ([`trace`]): publish and deliver spans exported over OTLP, installed with
+//!   [`Logs::init_traced`].
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::layer::SubscriberExt as _;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod trace;
+
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Registry, reload};
+
+pub use trace::{OtlpOptions, Traces};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +49,10 @@ pub enum TelemetryError {
     Filter { filter: String, reason: String },
     #[error("installing the log subscriber: {0}")]
     Install(String),
+    #[error("trace exporter for {endpoint:?}: {reason}")]
+    Traces { endpoint: String, reason: String },
+    #[error("exporting spans: {0}")]
+    Export(String),
 }
 
 fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
@@ -70,28 +83,62 @@ impl Logs {
     where
         W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
     {
-        let (filter_layer, handle) = reload::Layer::new(parse_filter(filter)?);
-        let registry = tracing_subscriber::registry().with(filter_layer);
-        let installed = match format {
-            Format::Json => registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .with_current_span(false)
-                        .with_span_list(true)
-                        .flatten_event(true)
-                        .with_writer(writer),
-                )
-                .try_init(),
-            Format::Pretty { ansi } => registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_ansi(ansi)
-                        .with_writer(writer),
-                )
-                .try_init(),
+        Logs::install(filter, format, writer, None)
+    }
+
+    /// Like [`init_with_writer`](Self::init_with_writer), and exports Ganglion's spans
+    /// (with the log lines written inside them, as span events) through `traces`,
+    /// whatever the log filter says.
+    pub fn init_traced<W>(
+        filter: &str,
+        format: Format,
+        writer: W,
+        traces: &Traces,
+    ) -> Result<Logs, TelemetryError>
+    where
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        Logs::install(filter, format, writer, Some(traces))
+    }
+
+    fn install<W>(
+        filter: &str,
+        format: Format,
+        writer: W,
+        traces: Option<&Traces>,
+    ) -> Result<Logs, TelemetryError>
+    where
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        // Each layer has its own filter: the log level applies to log lines only.
+        let (log_filter, handle) = reload::Layer::new(parse_filter(filter)?);
+        let lines = match format {
+            Format::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(false)
+                .with_span_list(true)
+                .flatten_event(true)
+                .with_writer(writer)
+                .with_filter(log_filter)
+                .boxed(),
+            Format::Pretty { ansi } => tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(writer)
+                .with_filter(log_filter)
+                .boxed(),
         };
-        installed.map_err(|e| TelemetryError::Install(e.to_string()))?;
+        let spans = traces.map(|traces| {
+            tracing_opentelemetry::layer()
+                .with_tracer(traces.tracer())
+                // Busy and idle times cost two clock reads per poll of every span.
+                .with_tracked_inactivity(false)
+                .with_filter(Targets::new().with_target("ganglion", tracing::Level::INFO))
+        });
+        tracing_subscriber::registry()
+            .with(lines)
+            .with(spans)
+            .try_init()
+            .map_err(|e| TelemetryError::Install(e.to_string()))?;
         Ok(Logs { filter: handle })
     }
 

@@ -17,7 +17,7 @@ use ganglion_core::Pattern;
 use ganglion_core::SystemClock;
 use ganglion_core::bus::StorageClass;
 use ganglion_server::{Limits, ServerOptions};
-use ganglion_telemetry::{Format, Logs};
+use ganglion_telemetry::{Format, Logs, OtlpOptions, Traces};
 use tokio::net::TcpListener;
 
 #[derive(Debug, clap::Args)]
@@ -288,11 +288,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         },
     };
-    let logs = Logs::init(&telemetry.log_level, format)?;
-    if telemetry.otlp_endpoint.is_some() {
-        tracing::warn!(
-            "telemetry.otlp_endpoint is set, but this build exports no traces yet; ignoring it"
-        );
+    let traces = match &telemetry.otlp_endpoint {
+        Some(endpoint) => Some(Traces::otlp(&OtlpOptions {
+            endpoint: endpoint.clone(),
+            service_name: telemetry.service_name.clone(),
+            token: telemetry.otlp_token.as_ref().map(|t| t.expose().to_owned()),
+            timeout: Duration::from_secs(10),
+        })?),
+        None => None,
+    };
+    let logs = match &traces {
+        Some(traces) => Logs::init_traced(&telemetry.log_level, format, std::io::stderr, traces)?,
+        None => Logs::init(&telemetry.log_level, format)?,
+    };
+    if let Some(endpoint) = &telemetry.otlp_endpoint {
+        tracing::info!(endpoint, "exporting traces over OTLP");
     }
     let settings = settings(&current, true).map_err(|(path, message)| {
         anyhow::anyhow!("{}: {path}: {message}", config.loaded().origin(&path))
@@ -341,6 +351,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    if let Some(traces) = traces {
+        // Blocks until buffered spans are sent (or the export times out).
+        tokio::task::spawn_blocking(move || traces.shutdown())
+            .await?
+            .unwrap_or_else(|error| tracing::warn!(%error, "flushing traces at shutdown"));
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -24,6 +24,11 @@ impl Drop for Served {
 
 /// Starts `ganglion serve` on ports the OS picks and reads them off its start-up line.
 fn serve(data_dir: &std::path::Path) -> Served {
+    serve_with_env(data_dir, &[])
+}
+
+/// [`serve`] with extra environment variables (`GANGLION__…` settings).
+fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
     let config = data_dir.with_extension("yaml");
     std::fs::write(
         &config,
@@ -42,6 +47,7 @@ fn serve(data_dir: &std::path::Path) -> Served {
         .arg(&config)
         .arg("--data-dir")
         .arg(data_dir)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -80,6 +86,25 @@ fn serve(data_dir: &std::path::Path) -> Served {
         child,
         log,
     }
+}
+
+/// Sends SIGTERM and waits (up to 30 s) for a clean exit.
+fn stop(server: &mut Served) {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = (0..300)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            server.child.try_wait().unwrap()
+        })
+        .expect("the server exits within 30 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
 }
 
 fn ganglion(server: &Served, args: &[&str]) -> (bool, String, String) {
@@ -185,21 +210,7 @@ fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
 
     // SIGTERM: a graceful stop, exit status 0.
     let mut server = server;
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = (0..300)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            server.child.try_wait().unwrap()
-        })
-        .expect("the server exits within 30 s of SIGTERM");
-    assert!(status.success(), "{status:?}");
+    stop(&mut server);
     let log: Vec<String> = server.log.iter().collect();
     assert!(
         log.iter().any(|l| l.contains("SIGTERM received")),
@@ -398,4 +409,55 @@ fn http_get(addr: &str, path: &str) -> String {
         "{head}"
     );
     body.to_owned()
+}
+
+#[test]
+fn the_server_exports_its_publish_span_over_otlp_in_the_publishers_trace() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut receiver = runtime
+        .block_on(ganglion_telemetry::testing::OtlpReceiver::start())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve_with_env(
+        &dir.path().join("data"),
+        &[
+            ("GANGLION__TELEMETRY__OTLP_ENDPOINT", receiver.endpoint()),
+            ("GANGLION__TELEMETRY__OTLP_TOKEN", "t0ken"),
+            ("GANGLION__TELEMETRY__SERVICE_NAME", "ganglion-e2e"),
+        ],
+    );
+    // The publisher's own span, as another component would send it.
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let (ok, _, err) = ganglion(
+        &server,
+        &[
+            "publish",
+            "orders.placed",
+            "{}",
+            "--header",
+            &format!("traceparent=00-{trace_id}-{parent}-01"),
+        ],
+    );
+    assert!(ok, "{err}");
+    // Spans still buffered are exported before the server exits.
+    stop(&mut server);
+    let spans = runtime
+        .block_on(receiver.wait_for(Duration::from_secs(10), |spans| {
+            spans.iter().any(|s| s.name == "publish")
+        }))
+        .expect("the publish span reached the collector");
+    let publish = spans.iter().find(|s| s.name == "publish").unwrap();
+    assert_eq!(publish.trace_id, trace_id, "{publish:#?}");
+    assert_eq!(publish.parent_span_id, parent);
+    assert_eq!(publish.service_name, "ganglion-e2e");
+    assert_eq!(publish.authorization.as_deref(), Some("Bearer t0ken"));
+    assert_eq!(
+        publish.attributes["messaging.destination.name"],
+        "orders.placed"
+    );
 }
