@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use model::*;
-pub use reload::{ConfigHandle, FileWatcher, LIVE_KEYS, Reloaded};
+pub use reload::{ConfigHandle, FileWatcher, LIVE_KEYS, Reloaded, is_live};
 pub use tree::Origin;
 
 use check::Checker;

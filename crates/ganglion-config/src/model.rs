@@ -135,13 +135,16 @@ pub struct CoordinatorConfig {
     /// discovered through NVML when not configured; `bench` (capacity 1) always exists.
     /// Needs a restart.
     pub pools: BTreeMap<String, PoolConfig>,
-    /// Lease timings. Needs a restart.
+    /// Lease timings. Live: leases granted or renewed after a change get the new TTL and
+    /// maximum hold; the grace and aging apply at once.
     pub leases: LeaseConfig,
-    /// Rate limits by name. Needs a restart.
+    /// Rate limits by name. A changed rule or shares apply live (grants already made
+    /// count against the new rule); adding or removing a quota needs a restart.
     pub quotas: BTreeMap<String, QuotaConfig>,
     /// Rate-limited request queues by name. Needs a restart.
     pub queues: BTreeMap<String, QueueConfig>,
-    /// Circuit breakers by dependency name. Needs a restart.
+    /// Circuit breakers by dependency name. Changed thresholds apply live; adding or
+    /// removing a breaker needs a restart.
     pub breakers: BTreeMap<String, BreakerConfig>,
 }
 

@@ -10,9 +10,29 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{Config, Loaded, Loader, Problems};
 
-/// Key paths whose changes apply without a restart (a change under one of them, or to
-/// one of them, is live). Anything else that changes is reported as needing a restart.
-pub const LIVE_KEYS: &[&str] = &["bus.batch_window_ms", "telemetry.log_level", "features"];
+/// Key paths whose changes apply without a restart: a change to one of them or under
+/// one is live; `*` stands for any one name (a quota, a breaker). Anything else that
+/// changes, including a quota or breaker added or removed, needs a restart.
+pub const LIVE_KEYS: &[&str] = &[
+    "bus.batch_window_ms",
+    "telemetry.log_level",
+    "features",
+    "coordinator.leases",
+    "coordinator.quotas.*.rule",
+    "coordinator.quotas.*.shares",
+    "coordinator.breakers.*.failure_threshold",
+    "coordinator.breakers.*.recovery_timeout_ms",
+    "coordinator.breakers.*.half_open_probes",
+];
+
+/// Whether a change at `path` applies live: `path` is at or under a [`LIVE_KEYS`] entry.
+pub fn is_live(path: &str) -> bool {
+    LIVE_KEYS.iter().any(|live| {
+        let mut path = path.split('.');
+        live.split('.')
+            .all(|want| path.next().is_some_and(|got| want == "*" || want == got))
+    })
+}
 
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,7 +127,7 @@ impl ConfigHandle {
         diff(old.json(), loaded.json(), "", &mut changed);
         let restart_required: Vec<String> = changed
             .iter()
-            .filter(|path| !LIVE_KEYS.iter().any(|live| overlaps(path, live)))
+            .filter(|path| !is_live(path))
             .cloned()
             .collect();
         let config = loaded.config().clone();
@@ -225,6 +245,23 @@ fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_paths_are_at_or_under_a_live_key() {
+        assert!(is_live("bus.batch_window_ms"));
+        assert!(is_live("features.fast-path.enabled"));
+        assert!(is_live("coordinator.leases.max_hold_ms"));
+        assert!(is_live("coordinator.quotas.claude.rule"));
+        assert!(is_live("coordinator.quotas.claude.shares.advisor"));
+        assert!(is_live("coordinator.breakers.claude-api.failure_threshold"));
+        // A quota or breaker that appears or goes is a whole subtree: restart.
+        assert!(!is_live("coordinator.quotas.openai"));
+        assert!(!is_live("coordinator.breakers.db"));
+        assert!(!is_live("coordinator.pools.gpu.capacity"));
+        assert!(!is_live("coordinator"));
+        assert!(!is_live("bus"));
+        assert!(!is_live("server.grpc_addr"));
+    }
 
     #[test]
     fn overlapping_paths() {

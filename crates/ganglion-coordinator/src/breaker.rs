@@ -82,6 +82,8 @@ impl BreakerState {
 
 #[derive(Debug)]
 struct Inner {
+    /// The thresholds now (they can change: [`Breaker::reconfigure`]).
+    spec: BreakerSpec,
     state: BreakerState,
     consecutive_failures: u32,
     /// Monotonic time when an open breaker turns half-open.
@@ -96,7 +98,7 @@ struct Inner {
 /// A circuit breaker for one dependency. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Breaker {
-    spec: BreakerSpec,
+    name: String,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
 }
@@ -134,9 +136,10 @@ impl Breaker {
     pub fn new(spec: BreakerSpec, clock: Arc<dyn Clock>) -> Result<Arc<Breaker>, CoordinatorError> {
         spec.validate()?;
         Ok(Arc::new(Breaker {
-            spec,
+            name: spec.name.clone(),
             clock,
             inner: Mutex::new(Inner {
+                spec,
                 state: BreakerState::Closed,
                 consecutive_failures: 0,
                 reopens_at: Duration::ZERO,
@@ -153,7 +156,7 @@ impl Breaker {
 
     fn transition(&self, inner: &mut Inner, to: BreakerState) {
         if inner.state != to {
-            tracing::info!(breaker = %self.spec.name, from = inner.state.as_str(), to = to.as_str(), "circuit breaker changed state");
+            tracing::info!(breaker = %self.name, from = inner.state.as_str(), to = to.as_str(), "circuit breaker changed state");
         }
         inner.state = to;
         inner.generation += 1;
@@ -161,8 +164,32 @@ impl Breaker {
         inner.probe_successes = 0;
         inner.consecutive_failures = 0;
         if to == BreakerState::Open {
-            inner.reopens_at = self.clock.monotonic() + self.spec.recovery_timeout;
+            inner.reopens_at = self.clock.monotonic() + inner.spec.recovery_timeout;
         }
+    }
+
+    /// The thresholds in force now.
+    pub fn spec(&self) -> BreakerSpec {
+        self.lock().spec.clone()
+    }
+
+    /// Changes the thresholds of a running breaker (a reloaded config). Its state and
+    /// counts stay: a closed breaker with as many consecutive failures as the new
+    /// threshold opens on the next failure; an open one keeps its reopening time.
+    pub fn reconfigure(&self, spec: BreakerSpec) -> Result<(), CoordinatorError> {
+        spec.validate()?;
+        if spec.name != self.name {
+            return Err(CoordinatorError::invalid(
+                "name",
+                format!("is {:?}; this breaker is {:?}", spec.name, self.name),
+            ));
+        }
+        let mut inner = self.lock();
+        if inner.spec != spec {
+            tracing::info!(breaker = %self.name, failure_threshold = spec.failure_threshold, recovery_timeout = ?spec.recovery_timeout, half_open_probes = spec.half_open_probes, "circuit breaker changed");
+            inner.spec = spec;
+        }
+        Ok(())
     }
 
     /// The state now (an open breaker past its recovery timeout reads half-open).
@@ -186,16 +213,16 @@ impl Breaker {
             BreakerState::Closed => false,
             BreakerState::Open => {
                 return Err(CoordinatorError::ResourceExhausted {
-                    what: format!("circuit breaker {} is open", self.spec.name),
+                    what: format!("circuit breaker {} is open", self.name),
                     retry_after: inner.reopens_at.saturating_sub(self.clock.monotonic()),
                 });
             }
             BreakerState::HalfOpen => {
-                if inner.probes_in_flight + inner.probe_successes >= self.spec.half_open_probes {
+                if inner.probes_in_flight + inner.probe_successes >= inner.spec.half_open_probes {
                     return Err(CoordinatorError::ResourceExhausted {
                         what: format!(
                             "circuit breaker {} is half-open and its probes are out",
-                            self.spec.name
+                            self.name
                         ),
                         retry_after: Duration::from_millis(100),
                     });
@@ -221,14 +248,14 @@ impl Breaker {
             (BreakerState::Closed, true) => inner.consecutive_failures = 0,
             (BreakerState::Closed, false) => {
                 inner.consecutive_failures += 1;
-                if inner.consecutive_failures >= self.spec.failure_threshold {
+                if inner.consecutive_failures >= inner.spec.failure_threshold {
                     self.transition(&mut inner, BreakerState::Open);
                 }
             }
             (BreakerState::HalfOpen, true) if probe => {
                 inner.probes_in_flight -= 1;
                 inner.probe_successes += 1;
-                if inner.probe_successes >= self.spec.half_open_probes {
+                if inner.probe_successes >= inner.spec.half_open_probes {
                     self.transition(&mut inner, BreakerState::Closed);
                 }
             }

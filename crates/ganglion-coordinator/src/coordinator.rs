@@ -40,6 +40,16 @@ pub struct Coordinator {
     breakers: BTreeMap<String, Arc<Breaker>>,
 }
 
+/// Puts `kind.name.` before the field an error names.
+fn within(kind: &str, name: &str, error: CoordinatorError) -> CoordinatorError {
+    match error {
+        CoordinatorError::InvalidArgument { field, message } => {
+            CoordinatorError::invalid(format!("{kind}.{name}.{field}"), message)
+        }
+        other => other,
+    }
+}
+
 fn not_found(kind: &str, name: &str) -> CoordinatorError {
     CoordinatorError::NotFound {
         what: format!("{kind} {name:?}"),
@@ -97,6 +107,55 @@ impl Coordinator {
             queues,
             breakers,
         })
+    }
+
+    /// Applies what can change while running (a reloaded config): lease options, the
+    /// rules and shares of existing quotas, the thresholds of existing breakers. Checks
+    /// everything before changing anything. Pools, queues, and quotas or breakers added
+    /// or removed take a restart; they are returned, by config path, for the caller to
+    /// report.
+    pub fn reconfigure(&self, config: &CoordinatorConfig) -> Result<Vec<String>, CoordinatorError> {
+        let mut needs_restart = Vec::new();
+        let mut quotas = Vec::new();
+        for spec in &config.quotas {
+            spec.validate()
+                .map_err(|e| within("quotas", &spec.name, e))?;
+            match self.quotas.get(&spec.name) {
+                Some(quota) => quotas.push((quota, spec)),
+                None => needs_restart.push(format!("quotas.{}", spec.name)),
+            }
+        }
+        let mut breakers = Vec::new();
+        for spec in &config.breakers {
+            spec.validate()
+                .map_err(|e| within("breakers", &spec.name, e))?;
+            match self.breakers.get(&spec.name) {
+                Some(breaker) => breakers.push((breaker, spec)),
+                None => needs_restart.push(format!("breakers.{}", spec.name)),
+            }
+        }
+        let gone = |kind: &str, names: Vec<&String>, kept: &dyn Fn(&str) -> bool| {
+            names
+                .into_iter()
+                .filter(|n| !kept(n))
+                .map(|n| format!("{kind}.{n}"))
+                .collect::<Vec<_>>()
+        };
+        needs_restart.extend(gone("quotas", self.quotas.keys().collect(), &|n| {
+            config.quotas.iter().any(|q| q.name == n)
+        }));
+        needs_restart.extend(gone("breakers", self.breakers.keys().collect(), &|n| {
+            config.breakers.iter().any(|b| b.name == n)
+        }));
+
+        self.pools.reconfigure(config.leases)?;
+        for (quota, spec) in quotas {
+            quota.reconfigure(spec.clone())?;
+        }
+        for (breaker, spec) in breakers {
+            breaker.reconfigure(spec.clone())?;
+        }
+        Ok(needs_restart)
     }
 
     pub fn pools(&self) -> &Arc<Pools> {

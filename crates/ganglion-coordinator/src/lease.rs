@@ -101,7 +101,7 @@ pub fn discover_gpus() -> Result<Vec<String>, String> {
 }
 
 /// Defaults for leases and waiting.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolsOptions {
     /// A lease not renewed for this long is reclaimed. Default 30 s.
     pub ttl: Duration,
@@ -237,7 +237,8 @@ struct State {
 /// The coordinator's pools.
 #[derive(Debug)]
 pub struct Pools {
-    options: PoolsOptions,
+    /// Changes live: [`Pools::reconfigure`].
+    options: Mutex<PoolsOptions>,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     events: broadcast::Sender<LeaseEvent>,
@@ -267,6 +268,19 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+fn validate_options(options: &PoolsOptions) -> Result<(), CoordinatorError> {
+    for (field, value) in [
+        ("leases.ttl", options.ttl),
+        ("leases.max_hold", options.max_hold),
+        ("leases.aging", options.aging),
+    ] {
+        if value.is_zero() {
+            return Err(CoordinatorError::invalid(field, "must be longer than zero"));
+        }
+    }
+    Ok(())
+}
+
 fn check_name(field: &str, name: &str) -> Result<(), CoordinatorError> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -290,6 +304,7 @@ impl Pools {
         options: PoolsOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Pools, CoordinatorError> {
+        validate_options(&options)?;
         let mut state = State {
             next_lease: 1,
             ..State::default()
@@ -321,7 +336,7 @@ impl Pools {
             );
         }
         Ok(Pools {
-            options,
+            options: Mutex::new(options),
             clock,
             state: Mutex::new(state),
             events: broadcast::channel(1024).0,
@@ -361,6 +376,27 @@ impl Pools {
     }
 
     /// Wakes the timer task if it plans to sleep longer than `within` from now.
+    /// The lease options in force now.
+    pub fn options(&self) -> PoolsOptions {
+        *self.options.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the lease options of running pools (a reloaded config). A lease keeps
+    /// the TTL and maximum hold it was granted with (its holder was told them); leases
+    /// granted or renewed from now on get the new ones. The grace and the aging apply
+    /// at once, to leases already revoked and waiters already waiting.
+    pub fn reconfigure(&self, options: PoolsOptions) -> Result<(), CoordinatorError> {
+        validate_options(&options)?;
+        let mut current = self.options.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != options {
+            tracing::info!(ttl = ?options.ttl, max_hold = ?options.max_hold, grace = ?options.grace, aging = ?options.aging, "lease options changed");
+            *current = options;
+            // Deadlines may have moved closer: let the timer task recompute them.
+            self.changed.notify_one();
+        }
+        Ok(())
+    }
+
     fn wake_timer_before(&self, within: Duration) {
         let planned = self.next_wake.load(std::sync::atomic::Ordering::Acquire);
         let due = micros(self.clock.monotonic().saturating_add(within));
@@ -383,8 +419,8 @@ impl Pools {
         check_name("holder", &request.holder)?;
         let max_hold = request
             .max_hold
-            .unwrap_or(self.options.max_hold)
-            .min(self.options.max_hold);
+            .unwrap_or(self.options().max_hold)
+            .min(self.options().max_hold);
         if max_hold.is_zero() {
             return Err(CoordinatorError::invalid(
                 "max_hold",
@@ -430,7 +466,7 @@ impl Pools {
                 .iter()
                 .any(|w| w.id == id);
             if queued {
-                self.wake_timer_before(self.options.aging);
+                self.wake_timer_before(self.options().aging);
             }
             if ahead > 0 {
                 tracing::debug!(pool = %request.pool, holder = %request.holder, priority = request.priority, queued_behind = ahead, "waiting for a lease");
@@ -471,7 +507,7 @@ impl Pools {
 
     /// Grants to the head of `pool`'s line while its request fits.
     fn pump(&self, state: &mut State, pool_name: &str, now: u64) {
-        let aging = micros(self.options.aging);
+        let aging = micros(self.options().aging);
         let mut granted = Vec::new();
         loop {
             let Some(pool) = state.pools.get_mut(pool_name) else {
@@ -516,7 +552,7 @@ impl Pools {
                 units: unit_names,
                 fencing_token: token,
                 granted_at_micros: now,
-                expires_at_micros: now.saturating_add(micros(self.options.ttl)),
+                expires_at_micros: now.saturating_add(micros(self.options().ttl)),
                 max_hold_until_micros: now.saturating_add(micros(waiter.max_hold)),
             };
             state.next_lease += 1;
@@ -607,7 +643,7 @@ impl Pools {
     pub fn renew(&self, lease: u64) -> Result<Lease, CoordinatorError> {
         let mut state = self.lock();
         let now = self.now(&mut state);
-        let ttl = micros(self.options.ttl);
+        let ttl = micros(self.options().ttl);
         let Some(held) = state.leases.get_mut(&lease) else {
             return Err(CoordinatorError::Stale(format!(
                 "lease {lease} is not held (released, reclaimed or never granted)"
@@ -660,7 +696,7 @@ impl Pools {
     pub fn tick(&self) -> Option<u64> {
         let mut state = self.lock();
         let now = self.now(&mut state);
-        let grace = micros(self.options.grace);
+        let grace = micros(self.options().grace);
         let max_hold_total = |h: &Held| h.lease.max_hold_until_micros - h.lease.granted_at_micros;
         let mut ids: Vec<u64> = state.leases.keys().copied().collect();
         ids.sort_unstable();
@@ -694,7 +730,7 @@ impl Pools {
                     lease: id,
                     pool,
                     holder,
-                    release_in: self.options.grace,
+                    release_in: self.options().grace,
                 });
                 changed = true;
                 continue;
@@ -722,8 +758,8 @@ impl Pools {
     }
 
     fn next_deadline(&self, state: &State, now: u64) -> Option<u64> {
-        let grace = micros(self.options.grace);
-        let aging = micros(self.options.aging);
+        let grace = micros(self.options().grace);
+        let aging = micros(self.options().aging);
         let leases = state.leases.values().map(|h| match h.revoked_at {
             Some(at) => at.saturating_add(grace),
             None => {

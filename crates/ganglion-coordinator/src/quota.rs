@@ -162,8 +162,11 @@ struct Waiter {
     tx: oneshot::Sender<Permit>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// The rule now (it can change: [`Quota::reconfigure`]).
+    spec: QuotaSpec,
+    window_micros: u64,
     grants: VecDeque<Grant>,
     per_component: HashMap<Arc<str>, u32>,
     /// The latest time seen: time never runs backwards for a quota.
@@ -177,8 +180,7 @@ struct Inner {
 /// A named quota. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Quota {
-    spec: QuotaSpec,
-    window_micros: u64,
+    name: String,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
     near: watch::Sender<bool>,
@@ -189,10 +191,19 @@ impl Quota {
     pub fn new(spec: QuotaSpec, clock: Arc<dyn Clock>) -> Result<Quota, CoordinatorError> {
         spec.validate()?;
         Ok(Quota {
-            window_micros: u64::try_from(spec.window.as_micros()).unwrap_or(u64::MAX),
-            spec,
+            name: spec.name.clone(),
             clock,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                window_micros: micros(spec.window),
+                spec,
+                grants: VecDeque::new(),
+                per_component: HashMap::new(),
+                last_at: 0,
+                suspended_until: 0,
+                waiters: Vec::new(),
+                next_waiter: 0,
+                journal: None,
+            }),
             near: watch::channel(false).0,
         })
     }
@@ -204,7 +215,7 @@ impl Quota {
         dir: &Path,
     ) -> Result<Quota, CoordinatorError> {
         let quota = Quota::new(spec, clock)?;
-        let path = dir.join(format!("{}.quota", quota.spec.name));
+        let path = dir.join(format!("{}.quota", quota.name));
         let (grants, suspended_until) = Journal::read(&path)?;
         {
             let mut inner = quota.lock();
@@ -223,8 +234,35 @@ impl Quota {
         Ok(quota)
     }
 
-    pub fn spec(&self) -> &QuotaSpec {
-        &self.spec
+    /// The rule in force now.
+    pub fn spec(&self) -> QuotaSpec {
+        self.lock().spec.clone()
+    }
+
+    /// Changes the rule of a running quota (a reloaded config). The grants already made
+    /// count against the new rule: lowering the limit refuses calls until enough of them
+    /// age out; raising it grants to waiters at once. A wider window counts only the
+    /// grants still remembered (those inside the old window).
+    pub fn reconfigure(&self, spec: QuotaSpec) -> Result<(), CoordinatorError> {
+        spec.validate()?;
+        if spec.name != self.name {
+            return Err(CoordinatorError::invalid(
+                "name",
+                format!("is {:?}; this quota is {:?}", spec.name, self.name),
+            ));
+        }
+        let mut inner = self.lock();
+        if inner.spec == spec {
+            return Ok(());
+        }
+        tracing::info!(quota = %self.name, limit = spec.limit, window = ?spec.window, "quota changed");
+        inner.window_micros = micros(spec.window);
+        inner.spec = spec;
+        let now = self.now(&mut inner);
+        self.expire(&mut inner, now);
+        self.pump(&mut inner, now);
+        self.signal(&inner);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -239,7 +277,7 @@ impl Quota {
 
     fn expire(&self, inner: &mut Inner, now: u64) {
         while let Some(front) = inner.grants.front() {
-            if front.at.saturating_add(self.window_micros) > now {
+            if front.at.saturating_add(inner.window_micros) > now {
                 break;
             }
             let gone = inner.grants.pop_front().expect("front exists");
@@ -257,20 +295,20 @@ impl Quota {
         if inner.suspended_until > now {
             return Some(inner.suspended_until - now);
         }
-        if inner.grants.len() < self.spec.limit as usize {
+        if inner.grants.len() < inner.spec.limit as usize {
             return None;
         }
         let oldest = inner.grants.front().map_or(now, |g| g.at);
         Some(
             oldest
-                .saturating_add(self.window_micros)
+                .saturating_add(inner.window_micros)
                 .saturating_sub(now)
                 .max(1),
         )
     }
 
-    fn weight(&self, component: &str) -> f64 {
-        f64::from(self.spec.shares.get(component).copied().unwrap_or(1))
+    fn weight(inner: &Inner, component: &str) -> f64 {
+        f64::from(inner.spec.shares.get(component).copied().unwrap_or(1))
     }
 
     /// Records a grant (journaled first when there is a journal).
@@ -296,11 +334,11 @@ impl Quota {
         }
         let used = inner.grants.len() as u32;
         Ok(Permit {
-            quota: self.spec.name.clone(),
+            quota: self.name.clone(),
             component: component.to_string(),
             granted_at_micros: now,
             used,
-            remaining: self.spec.limit - used,
+            remaining: inner.spec.limit - used,
         })
     }
 
@@ -325,7 +363,7 @@ impl Quota {
                     let (wa, wb) = (&inner.waiters[a], &inner.waiters[b]);
                     let share = |w: &Waiter| {
                         f64::from(inner.per_component.get(&w.component).copied().unwrap_or(0))
-                            / self.weight(&w.component)
+                            / Quota::weight(inner, &w.component)
                     };
                     wb.priority
                         .cmp(&wa.priority)
@@ -337,12 +375,12 @@ impl Quota {
             let permit = match self.record(inner, now, &waiter.component) {
                 Ok(permit) => permit,
                 Err(error) => {
-                    tracing::error!(quota = %self.spec.name, %error, "cannot journal a grant; waiters keep waiting");
+                    tracing::error!(quota = %self.name, %error, "cannot journal a grant; waiters keep waiting");
                     inner.waiters.push(waiter);
                     return;
                 }
             };
-            tracing::debug!(quota = %self.spec.name, component = %waiter.component, priority = waiter.priority, used = permit.used, "granted to a waiter");
+            tracing::debug!(quota = %self.name, component = %waiter.component, priority = waiter.priority, used = permit.used, "granted to a waiter");
             if waiter.tx.send(permit).is_err() {
                 self.unrecord(inner);
             }
@@ -350,7 +388,7 @@ impl Quota {
     }
 
     fn signal(&self, inner: &Inner) {
-        let near = inner.grants.len() as f64 >= self.spec.near_limit * f64::from(self.spec.limit);
+        let near = inner.grants.len() as f64 >= inner.spec.near_limit * f64::from(inner.spec.limit);
         self.near.send_if_modified(|current| {
             let changed = *current != near;
             *current = near;
@@ -373,11 +411,11 @@ impl Quota {
             None => self.record(&mut inner, now, &Arc::from(component)),
             Some(micros) => {
                 let retry_after = Duration::from_micros(micros);
-                tracing::debug!(quota = %self.spec.name, component, retry_after_ms = retry_after.as_millis() as u64, "denied");
+                tracing::debug!(quota = %self.name, component, retry_after_ms = retry_after.as_millis() as u64, "denied");
                 Err(CoordinatorError::ResourceExhausted {
                     what: format!(
                         "quota {} is used up ({} per {:?})",
-                        self.spec.name, self.spec.limit, self.spec.window
+                        self.name, inner.spec.limit, inner.spec.window
                     ),
                     retry_after,
                 })
@@ -407,7 +445,7 @@ impl Quota {
                 component: Arc::from(component),
                 tx,
             });
-            tracing::debug!(quota = %self.spec.name, component, priority, queued_behind = inner.waiters.len() - 1, "waiting");
+            tracing::debug!(quota = %self.name, component, priority, queued_behind = inner.waiters.len() - 1, "waiting");
             id
         };
         let _leave = Leave { quota: self, id };
@@ -427,7 +465,7 @@ impl Quota {
             if mono >= deadline {
                 return Err(CoordinatorError::DeadlineExceeded(format!(
                     "no grant from quota {} within {} ms",
-                    self.spec.name,
+                    self.name,
                     timeout.as_millis()
                 )));
             }
@@ -449,7 +487,7 @@ impl Quota {
                 journal.suspend(until)?;
             }
             inner.suspended_until = until;
-            tracing::warn!(quota = %self.spec.name, retry_after_ms = retry_after.as_millis() as u64, "upstream limit: grants suspended");
+            tracing::warn!(quota = %self.name, retry_after_ms = retry_after.as_millis() as u64, "upstream limit: grants suspended");
         }
         Ok(())
     }
@@ -467,11 +505,11 @@ impl Quota {
         self.signal(&inner);
         let used = inner.grants.len() as u32;
         QuotaStatus {
-            name: self.spec.name.clone(),
-            limit: self.spec.limit,
-            window: self.spec.window,
+            name: self.name.clone(),
+            limit: inner.spec.limit,
+            window: inner.spec.window,
             used,
-            remaining: self.spec.limit.saturating_sub(used),
+            remaining: inner.spec.limit.saturating_sub(used),
             near_limit: *self.near.borrow(),
             suspended_for: Duration::from_micros(inner.suspended_until.saturating_sub(now)),
             waiters: inner.waiters.len(),
@@ -506,6 +544,10 @@ struct Journal {
     file: File,
     lines: usize,
     compact_at: usize,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> CoordinatorError {

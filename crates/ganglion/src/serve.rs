@@ -341,7 +341,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display(),
     );
     let coordinator = Arc::new(coordinator);
-    apply_live_settings(&config, &bus, &logs);
+    apply_live_settings(&config, &bus, &logs, &coordinator);
     ganglion_server::serve_with(
         bus,
         coordinator,
@@ -361,28 +361,52 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies reloaded settings that can change while running: the default batch window
-/// and the log filter. (Quotas, lease max hold and breaker thresholds are read at start:
-/// changing them live is not built yet, so the reload reports them as needing a
-/// restart.)
-fn apply_live_settings(config: &ConfigHandle, bus: &Bus, logs: &Logs) {
-    let mut window = config.watch("bus.batch_window_ms");
+/// Applies reloaded settings that can change while running ([`config::LIVE_KEYS`]): the
+/// default batch window, the log filter, lease options, quota rules and breaker
+/// thresholds. What needs a restart is reported by the reload itself.
+fn apply_live_settings(
+    config: &ConfigHandle,
+    bus: &Bus,
+    logs: &Logs,
+    coordinator: &Arc<Coordinator>,
+) {
     let bus = bus.clone();
-    tokio::spawn(async move {
-        while window.changed().await.is_ok() {
-            let ms = window.borrow_and_update().bus.batch_window_ms;
-            if let Err(error) = bus.set_batch_window(Duration::from_millis(ms)) {
-                tracing::warn!(%error, "bus.batch_window_ms not applied");
-            }
-        }
+    on_change(config, "bus.batch_window_ms", move |c| {
+        bus.set_batch_window(Duration::from_millis(c.bus.batch_window_ms))
+            .map_err(|e| e.to_string())
     });
-    let mut level = config.watch("telemetry.log_level");
     let logs = logs.clone();
+    on_change(config, "telemetry.log_level", move |c| {
+        logs.set_filter(&c.telemetry.log_level)
+            .map_err(|e| e.to_string())
+    });
+    let coordinator = coordinator.clone();
+    on_change(config, "coordinator", move |c| {
+        // Pools are not live, so GPUs are not rediscovered.
+        let wanted = coordinator_config(&c.coordinator, false)
+            .map_err(|(path, message)| format!("{path}: {message}"))?;
+        // Added or removed quotas and breakers are reported by the reload as needing
+        // a restart; the rest applies here.
+        coordinator
+            .reconfigure(&wanted)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+}
+
+/// Calls `apply` with the new config each time something at or under `path` changes;
+/// a failure is logged and the running value stays.
+fn on_change(
+    config: &ConfigHandle,
+    path: &'static str,
+    apply: impl Fn(&Config) -> Result<(), String> + Send + 'static,
+) {
+    let mut changes = config.watch(path);
     tokio::spawn(async move {
-        while level.changed().await.is_ok() {
-            let filter = level.borrow_and_update().telemetry.log_level.clone();
-            if let Err(error) = logs.set_filter(&filter) {
-                tracing::warn!(%error, "telemetry.log_level not applied");
+        while changes.changed().await.is_ok() {
+            let latest = changes.borrow_and_update().clone();
+            if let Err(error) = apply(&latest) {
+                tracing::warn!(%error, "{path} not applied");
             }
         }
     });

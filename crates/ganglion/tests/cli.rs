@@ -226,7 +226,8 @@ fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
 }
 
 #[test]
-fn a_changed_batch_window_applies_to_the_running_server_and_a_bad_change_is_refused() {
+fn changed_batch_window_quota_and_breaker_apply_to_the_running_server_and_a_bad_change_is_refused()
+{
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let served = serve(&data_dir);
@@ -250,6 +251,25 @@ fn a_changed_batch_window_applies_to_the_running_server_and_a_bad_change_is_refu
         line.starts_with('{') && line.contains("\"window_ms\":30"),
         "{line}"
     );
+
+    // A quota's rule and a breaker's threshold change live too.
+    let changed = original
+        .replace("100 per 1h", "50 per 1h")
+        .replace("claude-api: {}", "claude-api: { failure_threshold: 2 }");
+    assert_ne!(changed, original);
+    std::fs::write(&config, &changed).unwrap();
+    wait_for("the new quota rule", &|l| l.contains("quota changed"));
+    wait_for("the new breaker threshold", &|l| {
+        l.contains("circuit breaker changed")
+    });
+    let resources = json(&http_get(&served.http, "/api/v1/resources"));
+    let claude = resources["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "claude")
+        .unwrap_or_else(|| panic!("{resources}"));
+    assert_eq!(claude["limit"], 50, "{claude}");
 
     // An invalid change is refused with its file and line; the server keeps running.
     std::fs::write(&config, format!("{original}bus:\n  batch_window_ms: 0\n")).unwrap();
