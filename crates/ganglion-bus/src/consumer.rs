@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::codec;
 use crate::state::DurableState;
+use crate::stats::{ConsumerCounters, add};
 use crate::{Core, dlq};
 
 /// How long acks may gather before a durable consumer's state is written.
@@ -75,15 +76,19 @@ pub(crate) struct Member {
 #[derive(Debug)]
 pub(crate) struct ConsumerShared {
     pub(crate) closed_reason: Mutex<Option<String>>,
+    pub(crate) durable: bool,
+    pub(crate) counters: ConsumerCounters,
     /// One permit per ephemeral event this consumer may still take: publishers take
     /// permits before handing events over, the consumer returns them as events leave.
     pub(crate) ephemeral_permits: tokio::sync::Semaphore,
 }
 
 impl ConsumerShared {
-    pub(crate) fn new(ephemeral_buffer: usize) -> Self {
+    pub(crate) fn new(ephemeral_buffer: usize, durable: bool) -> Self {
         ConsumerShared {
             closed_reason: Mutex::new(None),
+            durable,
+            counters: ConsumerCounters::default(),
             ephemeral_permits: tokio::sync::Semaphore::new(ephemeral_buffer),
         }
     }
@@ -271,6 +276,7 @@ impl Consumer {
         loop {
             self.fill();
             self.dispatch();
+            self.report_gauges();
             let wants_log =
                 !self.cut_off && !self.log_closed && self.ready.len() < self.max_ready();
             let wants_ephemeral = !self.cut_off
@@ -459,6 +465,7 @@ impl Consumer {
             let mut turn = self.next_member;
             let mut released = 0;
             let mut built = 0;
+            let mut redelivered = 0;
             let (chunk_size, _) = member_channel(self.max_in_flight());
             while built < open.len() * chunk_size {
                 let slot = turn % open.len();
@@ -481,6 +488,7 @@ impl Consumer {
                     };
                     let delivery =
                         Delivery::single(delivered, Some(ready.seq), member.control.clone());
+                    redelivered += u64::from(ready.attempt > 1);
                     let id = member.id;
                     self.delivered(ready.seq, ready.event, ready.attempt, id);
                     delivery
@@ -496,6 +504,7 @@ impl Consumer {
             if built == 0 {
                 return;
             }
+            self.count_delivered(built as u64, redelivered, chunks.iter().flatten());
             let mut gone = Vec::new();
             for (slot, chunk) in chunks.into_iter().enumerate() {
                 if chunk.is_empty() {
@@ -515,6 +524,49 @@ impl Consumer {
                 return;
             }
         }
+    }
+
+    /// Counts `n` events handed over (`redelivered` of them again) and samples the
+    /// delivery latency from the first of `chunks`: one clock read per round, not per
+    /// event.
+    fn count_delivered<'a>(
+        &self,
+        n: u64,
+        redelivered: u64,
+        mut chunks: impl Iterator<Item = &'a Delivery>,
+    ) {
+        add(&self.shared.counters.delivered, n);
+        add(&self.shared.counters.redelivered, redelivered);
+        if let Some(first) = chunks.next().and_then(|d| d.events().first())
+            && first.attempt == 1
+        {
+            self.sample_latency(&first.event);
+        }
+    }
+
+    /// Records how old `event` is at its first delivery (its timestamp is in ms).
+    fn sample_latency(&self, event: &Event) {
+        let now_ms = self.clock.now_micros() / 1000;
+        if event.timestamp_ms > 0 {
+            let age = now_ms.saturating_sub(event.timestamp_ms);
+            self.core
+                .delivery_latency
+                .record(Duration::from_millis(age));
+        }
+    }
+
+    fn report_gauges(&self) {
+        let c = &self.shared.counters;
+        let windowed = self.window.as_ref().map_or(0, |w| w.items.len());
+        let ready = self.ready.len() + self.ephemeral_ready.len() + windowed;
+        c.ready
+            .store(ready as u64, std::sync::atomic::Ordering::Relaxed);
+        c.in_flight.store(
+            self.in_flight.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        c.cursor
+            .store(self.cursor, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether something could be delivered if a subscriber had room.
@@ -538,6 +590,7 @@ impl Consumer {
     /// under `AckMode::Auto`.
     fn delivered(&mut self, seq: u64, event: Arc<Event>, attempt: u32, member: SubscriptionId) {
         if self.options.ack_mode == AckMode::Auto {
+            add(&self.shared.counters.acked, 1);
             self.mark_done(seq);
             return;
         }
@@ -683,8 +736,18 @@ impl Consumer {
                 (Vec::new(), counts)
             }
         };
+        let sampled = events
+            .first()
+            .filter(|e| e.attempt == 1)
+            .map(|e| e.event.clone());
         match self.send(events, counts, seqs) {
             Some(member) => {
+                let redelivered = window.items.iter().filter(|(_, a)| *a > 1).count();
+                let covered = window.items.len() as u64;
+                self.count_delivered(covered, redelivered as u64, std::iter::empty());
+                if let Some(event) = sampled {
+                    self.sample_latency(&event);
+                }
                 for (event, attempt) in window.items {
                     if event.seq != 0 {
                         self.delivered(event.seq, event, attempt, member);
@@ -721,6 +784,7 @@ impl Consumer {
             }
             self.deadlines.pop_first();
             if let Some(flight) = self.in_flight.remove(&seq) {
+                add(&self.shared.counters.ack_timeouts, 1);
                 let error = format!(
                     "ack deadline of {} ms exceeded",
                     self.options.ack_deadline.as_millis()
@@ -770,6 +834,7 @@ impl Consumer {
                 for seq in seqs {
                     if let Some(flight) = self.in_flight.remove(&seq) {
                         self.deadlines.remove(&(flight.deadline, seq));
+                        add(&self.shared.counters.acked, 1);
                         self.mark_done(seq);
                     }
                 }
@@ -778,6 +843,7 @@ impl Consumer {
                 for seq in seqs {
                     if let Some(flight) = self.in_flight.remove(&seq) {
                         self.deadlines.remove(&(flight.deadline, seq));
+                        add(&self.shared.counters.nacked, 1);
                         self.fail(flight.event, flight.attempt, error.clone(), delay)
                             .await;
                     }
@@ -880,6 +946,7 @@ impl Consumer {
                     correlation_id = correlation(&event), attempts, %error,
                     dead_letter_seq = acks.first().map_or(0, |a| a.seq), "event dead-lettered"
                 );
+                add(&self.shared.counters.dead_lettered, 1);
                 self.mark_done(seq);
             }
             Err(e) => {

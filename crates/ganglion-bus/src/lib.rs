@@ -35,6 +35,7 @@ mod dedupe;
 mod dlq;
 mod recent;
 mod state;
+mod stats;
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -58,6 +59,7 @@ pub use codec::{DecodeError, decode, encode, peek_topic};
 pub use dlq::REDRIVEN_TYPE;
 /// The event log under the bus, for its options.
 pub use ganglion_log as log;
+pub use stats::SubscriptionStats;
 
 use consumer::{Consumer, ConsumerShared, ConsumerSpec, Control, Member};
 use dedupe::{Check, Dedupe};
@@ -178,6 +180,8 @@ pub(crate) struct Core {
     closed: AtomicBool,
     /// The window of batch subscriptions that give none, in microseconds; live.
     batch_window_micros: AtomicU64,
+    /// Age of events at their first delivery, sampled per delivery round.
+    pub(crate) delivery_latency: ganglion_core::stats::Histogram,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -668,6 +672,7 @@ impl Bus {
         let core = Core {
             log,
             batch_window_micros,
+            delivery_latency: Default::default(),
             clock: options.clock.clone(),
             states,
             options,
@@ -709,6 +714,35 @@ impl Bus {
     /// The window of batch subscriptions that do not give one.
     pub fn batch_window(&self) -> Duration {
         self.core.batch_window()
+    }
+
+    /// Every consumer running now (a subscription, a queue group or a durable name, as
+    /// one), with what it counted since it started in this process.
+    pub fn subscriptions(&self) -> Vec<SubscriptionStats> {
+        let next_seq = self.core.log.next_seq();
+        let registry = lock(&self.core.registry);
+        let mut stats: Vec<SubscriptionStats> = registry
+            .consumers
+            .values()
+            .map(|e| {
+                e.shared.counters.report(
+                    &e.name,
+                    e.pattern.to_string(),
+                    e.queue_group.clone(),
+                    e.shared.durable,
+                    e.members.len(),
+                    next_seq,
+                )
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    /// How old events are at their first delivery (from their timestamp, in whole
+    /// milliseconds), sampled once per delivery round of each consumer.
+    pub fn delivery_latency(&self) -> ganglion_core::stats::HistogramSnapshot {
+        self.core.delivery_latency.snapshot()
     }
 
     /// The event log under the bus.
@@ -814,7 +848,10 @@ impl Bus {
                 Default::default(),
             ),
         };
-        let consumer_shared = Arc::new(ConsumerShared::new(core.options.ephemeral_buffer.max(1)));
+        let consumer_shared = Arc::new(ConsumerShared::new(
+            core.options.ephemeral_buffer.max(1),
+            options.durable.is_some(),
+        ));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (ephemeral_tx, ephemeral_rx) = mpsc::unbounded_channel();
         let control: Arc<dyn SubscriptionControl> = Arc::new(MemberControl {

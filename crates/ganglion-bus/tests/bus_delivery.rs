@@ -152,6 +152,22 @@ async fn an_unacked_delivery_is_redelivered_after_the_ack_deadline() {
     h.clock.advance(Duration::from_millis(100));
     let again = next(&mut sub).await;
     assert_eq!(again.attempt(), 2);
+
+    // What the subscription counted (for /metrics).
+    settle().await;
+    let stats = &h.bus.subscriptions()[0];
+    assert_eq!(stats.name, sub.name());
+    assert_eq!(
+        (stats.delivered, stats.redelivered, stats.ack_timeouts),
+        (2, 1, 1)
+    );
+    assert_eq!((stats.in_flight, stats.acked, stats.lag), (1, 0, 0));
+    again.ack();
+    settle().await;
+    let stats = &h.bus.subscriptions()[0];
+    assert_eq!((stats.in_flight, stats.acked), (0, 1));
+    // Only first deliveries are sampled for latency: the redelivery is not.
+    assert_eq!(h.bus.delivery_latency().count, 1);
 }
 
 #[tokio::test]

@@ -218,6 +218,8 @@ struct Waiter {
 #[derive(Debug)]
 struct Pool {
     spec: PoolSpec,
+    /// How long granted requests waited in line.
+    waited: ganglion_core::stats::Histogram,
     free: BTreeSet<usize>,
     next_token: u64,
     /// Tokens below this are covered by the ceiling on disk.
@@ -328,6 +330,7 @@ impl Pools {
                 spec.name.clone(),
                 Pool {
                     spec,
+                    waited: Default::default(),
                     free,
                     next_token: 1,
                     reserved: 1,
@@ -376,6 +379,16 @@ impl Pools {
     }
 
     /// Wakes the timer task if it plans to sleep longer than `within` from now.
+    /// Per pool, how long granted requests waited in line (zero when units were free).
+    pub fn wait_times(&self) -> Vec<(String, ganglion_core::stats::HistogramSnapshot)> {
+        let state = self.lock();
+        state
+            .pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.waited.snapshot()))
+            .collect()
+    }
+
     /// The lease options in force now.
     pub fn options(&self) -> PoolsOptions {
         *self.options.lock().unwrap_or_else(|e| e.into_inner())
@@ -531,6 +544,8 @@ impl Pools {
                 break; // the head waits for room; nobody overtakes it
             }
             let waiter = pool.waiters.swap_remove(best);
+            pool.waited
+                .record(Duration::from_micros(now.saturating_sub(waiter.since)));
             let units: Vec<usize> = pool.free.iter().copied().take(waiter.amount).collect();
             for u in &units {
                 pool.free.remove(u);

@@ -5,8 +5,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use ganglion_bus::SubscriptionStats;
 use ganglion_core::BusError;
 use ganglion_core::bus::ErrorCode;
+use ganglion_core::stats::{Histogram, HistogramSnapshot};
 use serde_json::json;
 
 use crate::State;
@@ -94,48 +98,6 @@ impl Metrics {
     }
 }
 
-/// Upper bounds of the latency histogram buckets, in seconds (100 µs to 2.5 s).
-const BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-/// A fixed-bucket latency histogram, lock-free.
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Observations at or under each bound (not cumulative; summed when rendered).
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    fn record(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|bound| seconds <= *bound) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    /// Prometheus text for the histogram `name`.
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
 /// A label value with `\\`, `"` and newlines escaped.
 fn escape(value: &str) -> String {
     value
@@ -148,236 +110,388 @@ fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
+/// Prometheus text (exposition format 0.0.4), one metric family at a time.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// A family with one unlabelled sample.
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, kind, help);
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    /// A family with a sample per label set (`label="value"` pairs, already escaped).
+    /// The family is declared even with no samples yet, so every name the server can
+    /// export is in every scrape.
+    fn each<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (String, V)>,
+    ) {
+        self.header(name, kind, help);
+        for (labels, value) in samples {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// A histogram family, a series per label set (`""` for none).
+    fn histograms<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (String, &'a HistogramSnapshot)>,
+    ) {
+        self.header(name, "histogram", help);
+        for (labels, h) in series {
+            let sep = if labels.is_empty() { "" } else { "," };
+            for (bound, count) in &h.buckets {
+                let _ = writeln!(
+                    self.out,
+                    "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                self.out,
+                "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+                h.count
+            );
+            let braces = |s: &str| {
+                if s.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{s}}}")
+                }
+            };
+            let _ = writeln!(self.out, "{name}_sum{} {}", braces(&labels), h.sum_seconds);
+            let _ = writeln!(self.out, "{name}_count{} {}", braces(&labels), h.count);
+        }
+    }
+}
+
+/// `label="value"`, escaped.
+fn label(name: &str, value: &str) -> String {
+    format!("{name}=\"{}\"", escape(value))
+}
+
+/// A per-subscription family: name, help, and the value it reads.
+type PerSubscription = (&'static str, &'static str, fn(&SubscriptionStats) -> u64);
+
+/// A family's name, help and labelled samples.
+type Family = (&'static str, &'static str, Vec<(String, u64)>);
+
+/// Most distinct topic prefixes given their own series; the rest count as `other`.
+const MAX_PREFIXES: usize = 64;
+
 /// Prometheus text exposition format, version 0.0.4.
 pub(crate) fn prometheus(state: &State, topics: &[ganglion_core::bus::TopicInfo]) -> String {
     let m = &state.metrics;
-    let log = state.bus.log().stats();
-    let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {value}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        }
+    let mut x = Exposition {
+        out: String::with_capacity(8192),
     };
-    metric(
+    server_metrics(&mut x, state);
+    bus_metrics(&mut x, state, topics);
+    log_metrics(&mut x, state);
+    coordinator_metrics(&mut x, state);
+    x.histograms(
+        "ganglion_server_publish_duration_seconds",
+        "Publish calls (gRPC and HTTP), from decoded request to durable acknowledgement.",
+        [(String::new(), &m.publish_duration.snapshot())],
+    );
+    process_metrics(&mut x);
+    x.out
+}
+
+fn server_metrics(x: &mut Exposition, state: &State) {
+    let m = &state.metrics;
+    x.one(
         "ganglion_server_published_events_total",
         "counter",
         "Events published through the gRPC and HTTP APIs.",
-        &[("", load(&m.published))],
+        load(&m.published),
     );
-    metric(
+    x.one(
         "ganglion_server_delivered_events_total",
         "counter",
         "Events sent to gRPC and SSE subscribers.",
-        &[("", load(&m.delivered))],
+        load(&m.delivered),
     );
-    let refused: Vec<(String, u64)> = CODES
-        .iter()
-        .map(|c| {
-            (
-                format!("code=\"{}\"", c.as_str()),
-                load(&m.refused[code_index(*c)]),
-            )
-        })
-        .collect();
-    let refused: Vec<(&str, u64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    metric(
+    x.each(
         "ganglion_server_refused_requests_total",
         "counter",
         "Publish requests refused, by error code.",
-        &refused,
+        CODES
+            .iter()
+            .map(|c| (label("code", c.as_str()), load(&m.refused[code_index(*c)]))),
     );
-    metric(
+    x.one(
         "ganglion_server_subscriptions_opened_total",
         "counter",
         "gRPC subscriptions opened.",
-        &[("", load(&m.subscriptions_opened))],
+        load(&m.subscriptions_opened),
     );
-    metric(
+    x.one(
         "ganglion_server_subscriptions",
         "gauge",
         "gRPC subscriptions open now.",
-        &[("", load(&m.subscriptions_open))],
+        load(&m.subscriptions_open),
     );
-    metric(
+    x.one(
         "ganglion_server_sse_clients",
         "gauge",
         "Server-Sent Events streams open now.",
-        &[("", load(&m.sse_clients))],
+        load(&m.sse_clients),
     );
-    metric(
-        "ganglion_log_appended_records_total",
-        "counter",
-        "Records appended to the event log since start.",
-        &[("", log.appends)],
-    );
-    metric(
-        "ganglion_log_size_bytes",
-        "gauge",
-        "Bytes of committed data in the event log.",
-        &[("", log.bytes)],
-    );
-    metric(
-        "ganglion_log_segments",
-        "gauge",
-        "Segment files of the event log.",
-        &[("", log.segments)],
-    );
-    metric(
-        "ganglion_log_next_sequence",
-        "gauge",
-        "The sequence number the next logged event gets.",
-        &[("", log.next_seq)],
-    );
-    metric(
-        "ganglion_log_fsyncs_total",
-        "counter",
-        "fdatasync calls on the event log.",
-        &[("", log.fsyncs)],
-    );
-    metric(
-        "ganglion_log_healthy",
-        "gauge",
-        "1 while the event log accepts writes, 0 once it has failed.",
-        &[("", u64::from(state.bus.log().failure().is_none()))],
-    );
-    // The coordinator: labels are configured names (bounded).
-    let c = crate::coordinator::status_of(&state.coordinator);
-    let labelled = |label: &str, rows: Vec<(String, u64)>| -> Vec<(String, u64)> {
-        rows.into_iter()
-            .map(|(name, v)| (format!("{label}=\"{name}\""), v))
-            .collect()
-    };
-    let pools = |f: fn(&ganglion_proto::v1::PoolStatus) -> u64| {
-        labelled(
-            "pool",
-            c.pools.iter().map(|p| (p.name.clone(), f(p))).collect(),
-        )
-    };
-    let quotas = |f: fn(&ganglion_proto::v1::QuotaStatus) -> u64| {
-        labelled(
-            "quota",
-            c.quotas.iter().map(|q| (q.name.clone(), f(q))).collect(),
-        )
-    };
-    let mut coordinator_metric = |name: &str, help: &str, rows: Vec<(String, u64)>| {
-        let rows: Vec<(&str, u64)> = rows.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        if !rows.is_empty() {
-            metric(name, "gauge", help, &rows);
-        }
-    };
-    coordinator_metric(
-        "ganglion_coordinator_pool_capacity_units",
-        "Units in a resource pool.",
-        pools(|p| u64::from(p.capacity)),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_pool_free_units",
-        "Units of a pool not leased.",
-        pools(|p| u64::from(p.free)),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_pool_holders",
-        "Leases held on a pool.",
-        pools(|p| p.holders.len() as u64),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_pool_waiters",
-        "Requests waiting for a pool.",
-        pools(|p| u64::from(p.waiters)),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_quota_limit_calls",
-        "Calls a quota allows per window.",
-        quotas(|q| u64::from(q.limit)),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_quota_used_calls",
-        "Calls granted in the quota's current trailing window.",
-        quotas(|q| u64::from(q.used)),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_quota_remaining_calls",
-        "Calls a quota can still grant now.",
-        quotas(|q| u64::from(q.remaining)),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_quota_near_limit",
-        "1 while a quota is at or above its near-limit fraction.",
-        quotas(|q| u64::from(q.near_limit)),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_quota_suspended_seconds",
-        "How long a quota stays suspended by an upstream limit.",
-        quotas(|q| q.suspended_for_ms / 1000),
-    );
-    coordinator_metric(
-        "ganglion_coordinator_breaker_state",
-        "1 for the state a circuit breaker is in.",
-        c.breakers
-            .iter()
-            .flat_map(|b| {
-                ["closed", "open", "half_open"].into_iter().map(move |s| {
-                    (
-                        format!("breaker=\"{}\",state=\"{s}\"", b.name),
-                        u64::from(b.state == s),
-                    )
-                })
-            })
-            .collect(),
-    );
-    let dead_letters: Vec<(String, u64)> = topics
-        .iter()
-        .filter_map(|t| {
-            let subscription = t.topic.as_str().strip_prefix("dlq.")?;
-            Some((
-                format!("subscription=\"{}\"", escape(subscription)),
-                t.events,
-            ))
-        })
-        .collect();
-    let dead_letters: Vec<(&str, u64)> =
-        dead_letters.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-    metric(
-        "ganglion_bus_dead_letter_events",
-        "gauge",
-        "Events on each subscription's dead-letter topic (dlq.<subscription>).",
-        &dead_letters,
-    );
-    metric(
+    x.one(
         "ganglion_server_uptime_seconds",
         "gauge",
         "Seconds since the server started.",
-        &[("", state.started.elapsed().as_secs())],
+        state.started.elapsed().as_secs(),
     );
-    let mut seconds = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
+}
+
+fn bus_metrics(x: &mut Exposition, state: &State, topics: &[ganglion_core::bus::TopicInfo]) {
+    // Published, by the first token of the topic (bounded: an application's topic
+    // prefixes are few; past MAX_PREFIXES the rest count as `other`).
+    let mut prefixes: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in topics {
+        let prefix = t.topic.as_str().split('.').next().unwrap_or_default();
+        let key = if prefixes.len() < MAX_PREFIXES || prefixes.contains_key(prefix) {
+            prefix
+        } else {
+            "other"
+        };
+        *prefixes.entry(key).or_default() += t.events;
+    }
+    x.each(
+        "ganglion_bus_published_events_total",
+        "counter",
+        "Events published (logged since the log began, and ephemeral ones since start), by topic prefix (the first token).",
+        prefixes.into_iter().map(|(p, n)| (label("prefix", p), n)),
+    );
+    let subs = state.bus.subscriptions();
+    let per_sub = |f: fn(&SubscriptionStats) -> u64| {
+        subs.iter()
+            .map(move |s| (label("subscription", &s.name), f(s)))
+            .collect::<Vec<_>>()
     };
-    seconds(
+    let counters: [PerSubscription; 6] = [
+        (
+            "ganglion_bus_delivered_events_total",
+            "Events handed to a subscription's subscribers, redeliveries included.",
+            |s| s.delivered,
+        ),
+        (
+            "ganglion_bus_redelivered_events_total",
+            "Deliveries after a first failed attempt.",
+            |s| s.redelivered,
+        ),
+        (
+            "ganglion_bus_acked_events_total",
+            "Logged events acknowledged (by the subscriber, or at delivery under auto ack).",
+            |s| s.acked,
+        ),
+        (
+            "ganglion_bus_nacked_events_total",
+            "Logged events negatively acknowledged by a subscriber.",
+            |s| s.nacked,
+        ),
+        (
+            "ganglion_bus_ack_timeouts_total",
+            "In-flight events whose ack deadline passed.",
+            |s| s.ack_timeouts,
+        ),
+        (
+            "ganglion_bus_dead_lettered_events_total",
+            "Events sent to the subscription's dead-letter topic.",
+            |s| s.dead_lettered,
+        ),
+    ];
+    for (name, help, f) in counters {
+        x.each(name, "counter", help, per_sub(f));
+    }
+    let gauges: [PerSubscription; 4] = [
+        (
+            "ganglion_bus_subscription_ready_events",
+            "Events in memory waiting for a subscriber (the queue depth; a backlog waits in the log).",
+            |s| s.ready,
+        ),
+        (
+            "ganglion_bus_subscription_in_flight_events",
+            "Logged events out with subscribers and not yet acked.",
+            |s| s.in_flight,
+        ),
+        (
+            "ganglion_bus_subscription_lag_records",
+            "Log records the subscription has not read yet (every topic's).",
+            |s| s.lag,
+        ),
+        (
+            "ganglion_bus_subscription_members",
+            "Subscribers attached to the subscription (more than one in a queue group).",
+            |s| s.members as u64,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        x.each(name, "gauge", help, per_sub(f));
+    }
+    x.each(
+        "ganglion_bus_dead_letter_events",
+        "gauge",
+        "Events on each subscription's dead-letter topic (dlq.<subscription>).",
+        topics.iter().filter_map(|t| {
+            let subscription = t.topic.as_str().strip_prefix("dlq.")?;
+            Some((label("subscription", subscription), t.events))
+        }),
+    );
+    x.histograms(
+        "ganglion_bus_delivery_latency_seconds",
+        "End to end: from an event's timestamp (set at publication unless the publisher gave one; whole milliseconds) to its first delivery, sampled once per delivery round.",
+        [(String::new(), &state.bus.delivery_latency())],
+    );
+}
+
+fn log_metrics(x: &mut Exposition, state: &State) {
+    let log = state.bus.log().stats();
+    x.one(
+        "ganglion_log_appended_records_total",
+        "counter",
+        "Records appended to the event log since start.",
+        log.appends,
+    );
+    x.one(
+        "ganglion_log_size_bytes",
+        "gauge",
+        "Bytes of committed data in the event log.",
+        log.bytes,
+    );
+    x.one(
+        "ganglion_log_segments",
+        "gauge",
+        "Segment files of the event log.",
+        log.segments,
+    );
+    x.one(
+        "ganglion_log_next_sequence",
+        "gauge",
+        "The sequence number the next logged event gets.",
+        log.next_seq,
+    );
+    x.one(
+        "ganglion_log_fsyncs_total",
+        "counter",
+        "fdatasync calls on the event log.",
+        log.fsyncs,
+    );
+    x.one(
         "ganglion_log_fsync_seconds_total",
         "counter",
-        "Time spent in fdatasync on the event log.",
+        "Time spent in fdatasync on the event log (divided by ganglion_log_fsyncs_total: the mean fsync latency).",
         log.fsync_micros_total as f64 / 1e6,
     );
-    m.publish_duration.render(
-        &mut out,
-        "ganglion_server_publish_duration_seconds",
-        "Publish calls (gRPC and HTTP), from decoded request to durable acknowledgement.",
+    x.one(
+        "ganglion_log_healthy",
+        "gauge",
+        "1 while the event log accepts writes, 0 once it has failed.",
+        u64::from(state.bus.log().failure().is_none()),
     );
-    process_metrics(&mut out);
-    out
+}
+
+fn coordinator_metrics(x: &mut Exposition, state: &State) {
+    // Labels are configured names (bounded).
+    let c = crate::coordinator::status_of(&state.coordinator);
+    let pools = |f: fn(&ganglion_proto::v1::PoolStatus) -> u64| {
+        c.pools
+            .iter()
+            .map(move |p| (label("pool", &p.name), f(p)))
+            .collect::<Vec<_>>()
+    };
+    let quotas = |f: fn(&ganglion_proto::v1::QuotaStatus) -> u64| {
+        c.quotas
+            .iter()
+            .map(move |q| (label("quota", &q.name), f(q)))
+            .collect::<Vec<_>>()
+    };
+    let gauges: [Family; 9] = [
+        (
+            "ganglion_coordinator_pool_capacity_units",
+            "Units in a resource pool.",
+            pools(|p| u64::from(p.capacity)),
+        ),
+        (
+            "ganglion_coordinator_pool_free_units",
+            "Units of a pool not leased.",
+            pools(|p| u64::from(p.free)),
+        ),
+        (
+            "ganglion_coordinator_pool_holders",
+            "Leases held on a pool.",
+            pools(|p| p.holders.len() as u64),
+        ),
+        (
+            "ganglion_coordinator_pool_waiters",
+            "Requests waiting for a pool.",
+            pools(|p| u64::from(p.waiters)),
+        ),
+        (
+            "ganglion_coordinator_quota_limit_calls",
+            "Calls a quota allows per window.",
+            quotas(|q| u64::from(q.limit)),
+        ),
+        (
+            "ganglion_coordinator_quota_used_calls",
+            "Calls granted in the quota's current trailing window.",
+            quotas(|q| u64::from(q.used)),
+        ),
+        (
+            "ganglion_coordinator_quota_remaining_calls",
+            "Calls a quota can still grant now.",
+            quotas(|q| u64::from(q.remaining)),
+        ),
+        (
+            "ganglion_coordinator_quota_near_limit",
+            "1 while a quota is at or above its near-limit fraction.",
+            quotas(|q| u64::from(q.near_limit)),
+        ),
+        (
+            "ganglion_coordinator_quota_suspended_seconds",
+            "How long a quota stays suspended by an upstream limit.",
+            quotas(|q| q.suspended_for_ms / 1000),
+        ),
+    ];
+    for (name, help, samples) in gauges {
+        x.each(name, "gauge", help, samples);
+    }
+    x.each(
+        "ganglion_coordinator_breaker_state",
+        "gauge",
+        "1 for the state a circuit breaker is in.",
+        c.breakers.iter().flat_map(|b| {
+            ["closed", "open", "half_open"].into_iter().map(move |s| {
+                let labels = format!("{},{}", label("breaker", &b.name), label("state", s));
+                (labels, u64::from(b.state == s))
+            })
+        }),
+    );
+    let waits = state.coordinator.pools().wait_times();
+    x.histograms(
+        "ganglion_coordinator_lease_wait_seconds",
+        "How long granted lease requests waited in line (zero when units were free).",
+        waits.iter().map(|(pool, h)| (label("pool", pool), h)),
+    );
 }
 
 /// The standard `process_*` metrics (as every Prometheus client library names them),
 /// read from `/proc/self`; nothing is written where `/proc` is missing.
-fn process_metrics(out: &mut String) {
+fn process_metrics(x: &mut Exposition) {
     let page_size = 4096.0;
     let ticks_per_second = 100.0;
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
@@ -386,15 +500,11 @@ fn process_metrics(out: &mut String) {
             .nth(1)
             .and_then(|v| v.parse::<f64>().ok())
     {
-        let _ = writeln!(
-            out,
-            "# HELP process_resident_memory_bytes Resident memory size in bytes."
-        );
-        let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
-        let _ = writeln!(
-            out,
-            "process_resident_memory_bytes {}",
-            resident * page_size
+        x.one(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            resident * page_size,
         );
     }
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
@@ -406,32 +516,28 @@ fn process_metrics(out: &mut String) {
             .iter()
             .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
             .sum();
-        let _ = writeln!(
-            out,
-            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds."
-        );
-        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
-        let _ = writeln!(
-            out,
-            "process_cpu_seconds_total {}",
-            ticks / ticks_per_second
+        x.one(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            ticks / ticks_per_second,
         );
     }
     if let Some(limit) = memory_limit() {
-        let _ = writeln!(
-            out,
-            "# HELP ganglion_process_memory_limit_bytes The memory this process may use: its cgroup's limit, or the machine's memory."
+        x.one(
+            "ganglion_process_memory_limit_bytes",
+            "gauge",
+            "The memory this process may use: its cgroup's limit, or the machine's memory.",
+            limit,
         );
-        let _ = writeln!(out, "# TYPE ganglion_process_memory_limit_bytes gauge");
-        let _ = writeln!(out, "ganglion_process_memory_limit_bytes {limit}");
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        let _ = writeln!(
-            out,
-            "# HELP process_open_fds Number of open file descriptors."
+        x.one(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds.count(),
         );
-        let _ = writeln!(out, "# TYPE process_open_fds gauge");
-        let _ = writeln!(out, "process_open_fds {}", fds.count());
     }
 }
 
@@ -450,6 +556,22 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "open": load(&m.subscriptions_open),
             "opened": load(&m.subscriptions_opened),
             "sse_clients": load(&m.sse_clients),
+            "consumers": state.bus.subscriptions().iter().map(|s| json!({
+                "name": s.name,
+                "pattern": s.pattern,
+                "queue_group": s.queue_group,
+                "durable": s.durable,
+                "members": s.members,
+                "delivered": s.delivered,
+                "redelivered": s.redelivered,
+                "acked": s.acked,
+                "nacked": s.nacked,
+                "ack_timeouts": s.ack_timeouts,
+                "dead_lettered": s.dead_lettered,
+                "ready": s.ready,
+                "in_flight": s.in_flight,
+                "lag": s.lag,
+            })).collect::<Vec<_>>(),
         },
         "coordinator": crate::coordinator::status_json(&state.coordinator),
         "log": {

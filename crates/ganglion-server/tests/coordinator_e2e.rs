@@ -478,6 +478,8 @@ async fn the_http_resources_routes() {
         "ganglion_coordinator_quota_near_limit{quota=\"claude\"} 1",
         "ganglion_coordinator_pool_free_units{pool=\"gpu\"} 1",
         "ganglion_coordinator_pool_capacity_units{pool=\"gpu\"} 1",
+        // Granted lease requests, each with its time in line.
+        "ganglion_coordinator_lease_wait_seconds_count{pool=\"gpu\"} 1",
     ] {
         assert!(
             r.body.contains(&format!("\n{line}\n")),

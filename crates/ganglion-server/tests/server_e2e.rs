@@ -27,6 +27,14 @@ fn open_bus(dir: &std::path::Path) -> Bus {
     Bus::open(bus_options(dir)).unwrap()
 }
 
+/// The value of one series (name and labels, as written) in a Prometheus scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
 fn field_of(error: &BusError) -> &str {
     error
         .field()
@@ -158,6 +166,60 @@ async fn grpc_publish_subscribe_settle_dead_letter_redrive_replay_and_topics() {
         names.contains(&"game.state.update") && names.contains(&"dlq.scorer"),
         "{names:?}"
     );
+
+    // Per-subscription metrics: 4 deliveries (first, poison twice, redriven), 2 acks,
+    // 1 nack, 1 redelivery, 1 dead letter. Acks travel on the stream: poll.
+    let scrape = soon("the subscription's counters", async {
+        loop {
+            let body = http(server.http, "GET", "/metrics", None).await.body;
+            if sample(
+                &body,
+                "ganglion_bus_acked_events_total{subscription=\"scorer\"}",
+            ) == Some(2.0)
+            {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for (series, value) in [
+        (
+            "ganglion_bus_delivered_events_total{subscription=\"scorer\"}",
+            4.0,
+        ),
+        (
+            "ganglion_bus_redelivered_events_total{subscription=\"scorer\"}",
+            1.0,
+        ),
+        (
+            "ganglion_bus_nacked_events_total{subscription=\"scorer\"}",
+            1.0,
+        ),
+        (
+            "ganglion_bus_dead_lettered_events_total{subscription=\"scorer\"}",
+            1.0,
+        ),
+        (
+            "ganglion_bus_subscription_in_flight_events{subscription=\"scorer\"}",
+            0.0,
+        ),
+        (
+            "ganglion_bus_subscription_members{subscription=\"scorer\"}",
+            1.0,
+        ),
+        // Three published, one redriven back; the dead letter and its redrive marker.
+        ("ganglion_bus_published_events_total{prefix=\"game\"}", 4.0),
+        ("ganglion_bus_published_events_total{prefix=\"dlq\"}", 2.0),
+    ] {
+        assert_eq!(
+            sample(&scrape, series),
+            Some(value),
+            "{series} in\n{scrape}"
+        );
+    }
+    let latency = sample(&scrape, "ganglion_bus_delivery_latency_seconds_count").unwrap();
+    assert!(latency >= 2.0, "first deliveries are sampled: {latency}");
 
     // Unsubscribe by id ends the stream.
     client.unsubscribe(sub.id()).await.unwrap();
@@ -545,6 +607,9 @@ async fn http_routes_answer_and_errors_have_their_status() {
     assert_eq!(r.json()["events"]["published"], 3);
     assert!(r.json()["refused"]["INVALID_ARGUMENT"].as_u64().unwrap() >= 5);
     assert_eq!(r.json()["subscriptions"]["sse_clients"], 1);
+    let consumers = r.json()["subscriptions"]["consumers"].clone();
+    assert_eq!(consumers.as_array().map(Vec::len), Some(1), "{consumers}");
+    assert_eq!(consumers[0]["members"], 1, "the SSE stream's subscription");
     let r = http(addr, "GET", "/metrics", None).await;
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));

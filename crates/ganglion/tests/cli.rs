@@ -366,9 +366,15 @@ fn promtool(args: &[&str], stdin: &str) -> Option<(bool, String)> {
 fn the_scrape_and_the_alert_rules_pass_promtool_and_deploy_uses_only_real_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let served = serve(&dir.path().join("data"));
+    // A subscription (an SSE stream) is open, so per-subscription series exist.
+    let _stream = open_stream(&served.http, "/api/v1/stream?pattern=game.%3E");
     let (ok, _, err) = ganglion(&served, &["publish", "game.state.update", "{}"]);
     assert!(ok, "{err}");
     let scrape = http_get(&served.http, "/metrics");
+    assert!(
+        scrape.contains("ganglion_bus_delivered_events_total{subscription=\"sub-"),
+        "{scrape}"
+    );
 
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     let rules = deploy.join("prometheus/alerts.yaml");
@@ -407,6 +413,26 @@ fn the_scrape_and_the_alert_rules_pass_promtool_and_deploy_uses_only_real_metric
     let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], "").unwrap();
     assert!(ok, "promtool check rules: {out}");
     assert!(out.contains("6 rules found"), "{out}");
+}
+
+/// Starts a GET whose response streams (SSE) and returns once its head has arrived;
+/// the stream stays open until the connection is dropped.
+fn open_stream(addr: &str, path: &str) -> std::net::TcpStream {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream
 }
 
 /// A GET over a plain TCP connection (the binary's tests carry no HTTP client).
