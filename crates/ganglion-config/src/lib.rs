@@ -61,10 +61,11 @@ use tree::{Node, Tree};
 /// The environment variable prefix of layer 6; path segments are separated by `__`.
 pub const ENV_PREFIX: &str = "GANGLION__";
 
-/// The JSON Schema of [`Config`] (what `ganglion config schema` prints).
-pub fn schema() -> Value {
-    let schema = schemars::schema_for!(Config);
-    serde_json::to_value(schema).unwrap_or(Value::Null)
+/// The JSON Schema of [`Config`] (what `ganglion config schema` prints); generated once.
+pub fn schema() -> &'static Value {
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| serde_json::to_value(schemars::schema_for!(Config)).unwrap_or(Value::Null))
 }
 
 /// A secret value: never printed, never read from a config file.
@@ -395,7 +396,7 @@ impl Loader {
         }
 
         let schema = schema();
-        let checker = Checker::new(&schema);
+        let checker = Checker::new(schema);
         let mut problems = checker.check(&tree, "");
         if let Some(Node {
             value: Tree::Map(features),
@@ -485,7 +486,7 @@ impl Loaded {
     pub fn show(&self) -> Vec<(String, Value, Origin)> {
         let schema = schema();
         let mut out = Vec::new();
-        leaves(&self.tree, "", &schema, &schema, &mut out);
+        leaves(&self.tree, "", schema, schema, &mut out);
         out
     }
 

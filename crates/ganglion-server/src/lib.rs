@@ -36,7 +36,7 @@ pub use metrics::Metrics;
 
 /// Limits on what one client may ask of the server. Every one is refused with a clear
 /// error, never by dropping data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest gRPC message the server decodes (a publish batch). Default 16 MiB.
     pub max_grpc_message_bytes: usize,
@@ -66,7 +66,7 @@ impl Default for Limits {
 }
 
 /// How the server runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerOptions {
     pub limits: Limits,
     /// How long shutdown waits for open calls and streams before cutting them.

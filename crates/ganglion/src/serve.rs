@@ -428,3 +428,35 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config model states every default again (for `config show` and the
+    /// committed `config/ganglion.yaml`); they must be the libraries' own.
+    #[test]
+    fn the_config_defaults_are_the_library_defaults() {
+        let s = settings(&Config::default(), false).unwrap();
+        assert_eq!(s.server, ServerOptions::default());
+        let bus = BusOptions::new(&s.data_dir);
+        assert_eq!(
+            (
+                s.bus.max_event_bytes,
+                s.bus.dedupe_window,
+                s.bus.batch_window
+            ),
+            (bus.max_event_bytes, bus.dedupe_window, bus.batch_window)
+        );
+        assert_eq!(s.coordinator.leases, PoolsOptions::default());
+        let mut with_breaker = Config::default();
+        with_breaker
+            .coordinator
+            .breakers
+            .insert("api".into(), config::BreakerConfig::default());
+        assert_eq!(
+            breaker_specs(&with_breaker.coordinator).unwrap(),
+            [BreakerSpec::new("api")]
+        );
+    }
+}
