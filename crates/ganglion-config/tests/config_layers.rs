@@ -315,6 +315,6 @@ fn the_schema_describes_every_field() {
         }
     }
     let mut missing = Vec::new();
-    walk(&schema, "Config", &mut missing);
+    walk(schema, "Config", &mut missing);
     assert!(missing.is_empty(), "{missing:?}");
 }
