@@ -248,6 +248,8 @@ pub struct Pools {
     store: Option<PathBuf>,
     /// Written but not yet fsynced.
     dirty: std::sync::atomic::AtomicBool,
+    /// One state-file write at a time, taken while holding the state lock.
+    writing: Mutex<()>,
     /// When the timer task next wakes on its own (monotonic µs; `u64::MAX`: never).
     next_wake: std::sync::atomic::AtomicU64,
 }
@@ -346,6 +348,7 @@ impl Pools {
             changed: Notify::new(),
             store: None,
             dirty: std::sync::atomic::AtomicBool::new(false),
+            writing: Mutex::new(()),
             next_wake: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -877,19 +880,38 @@ impl Pools {
 
     /// Writes and fsyncs the state now if anything changed since the last write (the
     /// server calls it at shutdown; dropping the pools calls it too).
+    ///
+    /// The snapshot is taken under the state lock, the write and fsync happen after it is
+    /// let go: acquires and releases do not wait for the disk.
     pub fn flush(&self) -> Result<(), CoordinatorError> {
         if !self.dirty.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
+        let Some(path) = &self.store else {
+            return Ok(());
+        };
         let state = self.lock();
-        self.write_now(&state)
+        let text = self.snapshot(&state);
+        // Taken before the state lock is let go (the order write_now uses too), so no
+        // newer snapshot reaches the disk before this one.
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        drop(state);
+        self.write_text(path, &text)
     }
 
-    /// Writes and fsyncs a snapshot of `state` now.
+    /// Writes and fsyncs a snapshot of `state` now, under the state lock (a grant whose
+    /// fencing token must be durable before anyone sees it).
     fn write_now(&self, state: &State) -> Result<(), CoordinatorError> {
         let Some(path) = &self.store else {
             return Ok(());
         };
+        let text = self.snapshot(state);
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_text(path, &text)
+    }
+
+    /// The state file's text: the lease counter, each pool's token ceiling, the leases.
+    fn snapshot(&self, state: &State) -> String {
         let mut text = format!("next_lease {}\n", state.next_lease);
         for pool in state.pools.values() {
             // The reserved ceiling: a restart resumes counting there.
@@ -922,6 +944,13 @@ impl Pools {
                 u8::from(h.warned),
             ));
         }
+        // Everything up to this state is on disk once the write that follows succeeds.
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
+        text
+    }
+
+    fn write_text(&self, path: &Path, text: &str) -> Result<(), CoordinatorError> {
         let tmp = path.with_extension("state.tmp");
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -933,10 +962,9 @@ impl Pools {
             }
             Ok(())
         };
-        // Everything up to this state is on disk once the write succeeds.
-        self.dirty
-            .store(false, std::sync::atomic::Ordering::Release);
         write().map_err(|e| {
+            // Not on disk: write it again next time.
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
             CoordinatorError::Unavailable(format!("lease state {}: {e}", path.display()))
         })
     }

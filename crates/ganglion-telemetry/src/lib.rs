@@ -62,6 +62,27 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
     })
 }
 
+/// The layer that writes log lines in `format`.
+fn lines<S, W>(format: Format, writer: W) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        Format::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .flatten_event(true)
+            .with_writer(writer)
+            .boxed(),
+        Format::Pretty { ansi } => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
+    }
+}
+
 /// The installed log pipeline.
 #[derive(Debug, Clone)]
 pub struct Logs {
@@ -110,35 +131,30 @@ impl Logs {
     where
         W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
     {
-        // Each layer has its own filter: the log level applies to log lines only.
         let (log_filter, handle) = reload::Layer::new(parse_filter(filter)?);
-        let lines = match format {
-            Format::Json => tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(false)
-                .with_span_list(true)
-                .flatten_event(true)
-                .with_writer(writer)
-                .with_filter(log_filter)
-                .boxed(),
-            Format::Pretty { ansi } => tracing_subscriber::fmt::layer()
-                .with_ansi(ansi)
-                .with_writer(writer)
-                .with_filter(log_filter)
-                .boxed(),
+        let installed = match traces {
+            // One global filter: callsites it disables (the many `trace!`s in h2 and
+            // tokio) are never looked at again. (An absent layer, `None::<Layer>`, would
+            // declare interest in every callsite and undo that.)
+            None => tracing_subscriber::registry()
+                .with(log_filter)
+                .with(lines(format, writer))
+                .try_init(),
+            // Each layer its own filter: the log level applies to log lines only, and
+            // Ganglion's spans are exported whatever it says.
+            Some(traces) => {
+                let spans = tracing_opentelemetry::layer()
+                    .with_tracer(traces.tracer())
+                    // Busy and idle times cost two clock reads per poll of every span.
+                    .with_tracked_inactivity(false)
+                    .with_filter(Targets::new().with_target("ganglion", tracing::Level::INFO));
+                tracing_subscriber::registry()
+                    .with(lines(format, writer).with_filter(log_filter))
+                    .with(spans)
+                    .try_init()
+            }
         };
-        let spans = traces.map(|traces| {
-            tracing_opentelemetry::layer()
-                .with_tracer(traces.tracer())
-                // Busy and idle times cost two clock reads per poll of every span.
-                .with_tracked_inactivity(false)
-                .with_filter(Targets::new().with_target("ganglion", tracing::Level::INFO))
-        });
-        tracing_subscriber::registry()
-            .with(lines)
-            .with(spans)
-            .try_init()
-            .map_err(|e| TelemetryError::Install(e.to_string()))?;
+        installed.map_err(|e| TelemetryError::Install(e.to_string()))?;
         Ok(Logs { filter: handle })
     }
 
