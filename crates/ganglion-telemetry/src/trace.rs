@@ -30,8 +30,8 @@ use crate::TelemetryError;
 /// The W3C `tracestate` header, carried beside `traceparent`.
 const TRACESTATE: &str = "tracestate";
 
-/// Where and how to export spans.
-#[derive(Debug, Clone)]
+/// Where and how to export spans. Its `Debug` hides the token.
+#[derive(Clone)]
 pub struct OtlpOptions {
     /// The collector's OTLP/gRPC endpoint (`http://localhost:4317`).
     pub endpoint: String,
@@ -41,6 +41,17 @@ pub struct OtlpOptions {
     pub token: Option<String>,
     /// How long one export may take.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OtlpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpOptions")
+            .field("endpoint", &self.endpoint)
+            .field("service_name", &self.service_name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// The installed trace pipeline. [`shutdown`](Self::shutdown) flushes what is buffered;
@@ -178,5 +189,25 @@ impl Tracer for BusTracer {
         adopt_parent(&span, event);
         let traceparent = context_headers(&span).remove(headers::TRACEPARENT);
         Traced { span, traceparent }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_never_prints() {
+        let options = OtlpOptions {
+            endpoint: "http://127.0.0.1:4317".into(),
+            service_name: "ganglion".into(),
+            token: Some("s3cret".into()),
+            timeout: Duration::from_secs(1),
+        };
+        let printed = format!("{options:?}");
+        assert!(
+            !printed.contains("s3cret") && printed.contains("<redacted>"),
+            "{printed}"
+        );
     }
 }
