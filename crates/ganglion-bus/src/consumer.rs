@@ -461,12 +461,12 @@ impl Consumer {
                 return;
             }
             // One chunk per open member, filled round robin.
+            let (chunk_size, _) = member_channel(self.max_in_flight());
             let mut chunks: Vec<Vec<Delivery>> = open.iter().map(|_| Vec::new()).collect();
             let mut turn = self.next_member;
             let mut released = 0;
             let mut built = 0;
             let mut redelivered = 0;
-            let (chunk_size, _) = member_channel(self.max_in_flight());
             while built < open.len() * chunk_size {
                 let slot = turn % open.len();
                 let member = &self.members[open[slot]];
@@ -477,7 +477,7 @@ impl Consumer {
                         attempt: 1,
                         coalesced: 1,
                     };
-                    Delivery::single(delivered, None, member.control.clone())
+                    Delivery::ephemeral(delivered)
                 } else if self.in_flight.len() < self.max_in_flight()
                     && let Some(ready) = self.ready.pop()
                 {

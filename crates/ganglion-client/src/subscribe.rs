@@ -221,11 +221,10 @@ fn deliveries(frame: v1::DeliveryFrame, control: &Arc<Control>) -> Result<Vec<De
             let counts: Vec<_> = d.counts.into_iter().map(key_count_from_wire).collect();
             if events.len() == 1 && counts.is_empty() && d.seqs.len() <= 1 {
                 let event = events.pop().expect("one event");
-                Ok(Delivery::single(
-                    event,
-                    d.seqs.first().copied(),
-                    control.clone(),
-                ))
+                Ok(match d.seqs.first() {
+                    Some(&seq) => Delivery::single(event, Some(seq), control.clone()),
+                    None => Delivery::ephemeral(event),
+                })
             } else {
                 Ok(Delivery::batch(events, counts, d.seqs, control.clone()))
             }

@@ -460,7 +460,8 @@ pub struct KeyCount {
 #[derive(Debug)]
 pub struct Delivery {
     body: Body,
-    control: Arc<dyn SubscriptionControl>,
+    /// `None` for an ephemeral event: there is nothing to settle.
+    control: Option<Arc<dyn SubscriptionControl>>,
     /// The deliver span, when a tracer is installed; boxed to keep untraced deliveries
     /// small.
     trace: Option<Box<crate::trace::Traced>>,
@@ -490,7 +491,17 @@ impl Delivery {
     ) -> Self {
         Delivery {
             body: Body::One { event, seq },
-            control,
+            control: Some(control),
+            trace: None,
+        }
+    }
+
+    /// One ephemeral event (at most once: ack, nack and term do nothing), without a
+    /// handle on the subscription, so a delivery costs no shared reference count.
+    pub fn ephemeral(event: DeliveredEvent) -> Self {
+        Delivery {
+            body: Body::One { event, seq: None },
+            control: None,
             trace: None,
         }
     }
@@ -508,20 +519,9 @@ impl Delivery {
                 counts,
                 seqs,
             },
-            control,
+            control: Some(control),
             trace: None,
         }
-    }
-
-    /// Opens the deliver span when a tracer is installed (see [`crate::trace`]).
-    fn traced(mut self, subscription: &str) -> Self {
-        if let Some(tracer) = crate::trace::tracer()
-            && let Some(first) = self.events().first()
-        {
-            let traced = tracer.deliver(&first.event, subscription, first.attempt);
-            self.trace = Some(Box::new(traced));
-        }
-        self
     }
 
     /// The events delivered (one, unless this is a batch window).
@@ -591,15 +591,21 @@ impl Delivery {
     }
 
     pub fn ack(&self) {
-        self.control.ack(self.seqs());
+        if let Some(control) = &self.control {
+            control.ack(self.seqs());
+        }
     }
 
     pub fn nack(&self, delay: Option<Duration>, error: &str) {
-        self.control.nack(self.seqs(), delay, error);
+        if let Some(control) = &self.control {
+            control.nack(self.seqs(), delay, error);
+        }
     }
 
     pub fn term(&self, reason: &str) {
-        self.control.term(self.seqs(), reason);
+        if let Some(control) = &self.control {
+            control.term(self.seqs(), reason);
+        }
     }
 }
 
@@ -612,7 +618,8 @@ pub struct Subscription {
     id: SubscriptionId,
     name: String,
     deliveries: mpsc::Receiver<Vec<Delivery>>,
-    buffered: std::collections::VecDeque<Delivery>,
+    /// The rest of the chunk last received, taken in place (no copy into a queue).
+    buffered: std::vec::IntoIter<Delivery>,
     control: Arc<dyn SubscriptionControl>,
     _guard: Option<DropGuard>,
 }
@@ -637,7 +644,7 @@ impl Subscription {
             id,
             name,
             deliveries,
-            buffered: std::collections::VecDeque::new(),
+            buffered: Vec::new().into_iter(),
             control,
             _guard: None,
         }
@@ -663,18 +670,33 @@ impl Subscription {
     /// The next delivery; `None` once the subscription is closed (by `unsubscribe`, by
     /// the bus shutting down, or by the engine: see [`closed_reason`](Self::closed_reason)).
     pub async fn next(&mut self) -> Option<Delivery> {
-        while self.buffered.is_empty() {
-            self.buffered.extend(self.deliveries.recv().await?);
+        loop {
+            if let Some(delivery) = self.buffered.next() {
+                return Some(self.traced(delivery));
+            }
+            self.buffered = self.deliveries.recv().await?.into_iter();
         }
-        self.buffered.pop_front().map(|d| d.traced(&self.name))
+    }
+
+    /// Opens the deliver span when a tracer is installed (see [`crate::trace`]).
+    fn traced(&self, mut delivery: Delivery) -> Delivery {
+        if let Some(tracer) = crate::trace::tracer()
+            && let Some(first) = delivery.events().first()
+        {
+            let traced = tracer.deliver(&first.event, &self.name, first.attempt);
+            delivery.trace = Some(Box::new(traced));
+        }
+        delivery
     }
 
     /// A delivery if one is ready now.
     pub fn try_next(&mut self) -> Option<Delivery> {
-        while self.buffered.is_empty() {
-            self.buffered.extend(self.deliveries.try_recv().ok()?);
+        loop {
+            if let Some(delivery) = self.buffered.next() {
+                return Some(self.traced(delivery));
+            }
+            self.buffered = self.deliveries.try_recv().ok()?.into_iter();
         }
-        self.buffered.pop_front().map(|d| d.traced(&self.name))
     }
 
     pub fn ack(&self, seqs: &[u64]) {
