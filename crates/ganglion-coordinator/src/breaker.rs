@@ -178,12 +178,7 @@ impl Breaker {
     /// threshold opens on the next failure; an open one keeps its reopening time.
     pub fn reconfigure(&self, spec: BreakerSpec) -> Result<(), CoordinatorError> {
         spec.validate()?;
-        if spec.name != self.name {
-            return Err(CoordinatorError::invalid(
-                "name",
-                format!("is {:?}; this breaker is {:?}", spec.name, self.name),
-            ));
-        }
+        crate::same_name("breaker", &spec.name, &self.name)?;
         let mut inner = self.lock();
         if inner.spec != spec {
             tracing::info!(breaker = %self.name, failure_threshold = spec.failure_threshold, recovery_timeout = ?spec.recovery_timeout, half_open_probes = spec.half_open_probes, "circuit breaker changed");

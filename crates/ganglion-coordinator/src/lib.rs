@@ -50,3 +50,15 @@ impl CoordinatorError {
         }
     }
 }
+
+/// A new definition of a running `kind` (`quota`, `breaker`) must keep its name.
+pub(crate) fn same_name(kind: &str, new: &str, running: &str) -> Result<(), CoordinatorError> {
+    if new == running {
+        Ok(())
+    } else {
+        Err(CoordinatorError::invalid(
+            "name",
+            format!("is {new:?}; this {kind} is {running:?}"),
+        ))
+    }
+}

@@ -245,12 +245,7 @@ impl Quota {
     /// grants still remembered (those inside the old window).
     pub fn reconfigure(&self, spec: QuotaSpec) -> Result<(), CoordinatorError> {
         spec.validate()?;
-        if spec.name != self.name {
-            return Err(CoordinatorError::invalid(
-                "name",
-                format!("is {:?}; this quota is {:?}", spec.name, self.name),
-            ));
-        }
+        crate::same_name("quota", &spec.name, &self.name)?;
         let mut inner = self.lock();
         if inner.spec == spec {
             return Ok(());

@@ -156,6 +156,16 @@ fn a_bad_change_is_refused_whole_and_added_or_removed_names_need_a_restart() {
         "nothing applied"
     );
 
+    // A quota keeps its name.
+    let Err(CoordinatorError::InvalidArgument { field, .. }) = c
+        .quota("claude")
+        .unwrap()
+        .reconfigure(QuotaSpec::new("openai", 10, HOUR))
+    else {
+        panic!("another quota's spec is refused");
+    };
+    assert_eq!(field, "name");
+
     let mut renamed = config();
     renamed.quotas.push(QuotaSpec::new("openai", 10, HOUR));
     renamed.breakers.clear();

@@ -1,51 +1,17 @@
 //! A correlation id set on a published event is on the log lines of its delivery and in
 //! the headers of the events its handler publishes; the log filter changes live.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ganglion_bus::testing::TestBus;
 use ganglion_core::bus::SubscribeOptions;
 use ganglion_core::{Event, EventBus, Pattern, Topic, headers};
+use ganglion_telemetry::testing::CapturedLogs;
 use ganglion_telemetry::{Format, Logs};
-use tracing_subscriber::fmt::MakeWriter;
-
-/// Collects everything written.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn the_correlation_id_follows_an_event_into_its_handlers_logs_and_publications() {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     // One test per binary installs the global subscriber.
     let logs = Logs::init_with_writer("info", Format::Json, captured.clone()).unwrap();
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ganglion_bus::testing::TestBus;
 use ganglion_core::bus::SubscribeOptions;
 use ganglion_core::{Event, EventBus, Pattern, Topic, headers};
-use ganglion_telemetry::testing::{OtlpReceiver, ReceivedSpan};
+use ganglion_telemetry::testing::{CapturedLogs, OtlpReceiver, ReceivedSpan};
 use ganglion_telemetry::{Format, Logs, OtlpOptions, Traces};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +20,17 @@ async fn publish_and_deliver_spans_form_one_trace_across_a_handler() {
     })
     .unwrap();
     // The log level is `warn`: spans are exported whatever the log filter says.
-    Logs::init_traced("warn", Format::Json, std::io::sink, &traces).unwrap();
+    let lines = CapturedLogs::default();
+    let logs = Logs::init_traced("warn", Format::Json, lines.clone(), &traces).unwrap();
+    tracing::info!("before the change");
+    // The log level still changes live when traces are on.
+    logs.set_filter("info").unwrap();
+    tracing::info!("after the change");
+    let written = lines.text();
+    assert!(
+        !written.contains("before the change") && written.contains("after the change"),
+        "{written}"
+    );
 
     let bus = TestBus::new();
     let pattern = |p: &str| Pattern::new(p).unwrap();
