@@ -504,7 +504,12 @@ impl Consumer {
             if built == 0 {
                 return;
             }
-            self.count_delivered(built as u64, redelivered, chunks.iter().flatten());
+            let first = chunks
+                .iter()
+                .flatten()
+                .next()
+                .and_then(|d| d.events().first());
+            self.count_delivered(built as u64, redelivered, first);
             let mut gone = Vec::new();
             for (slot, chunk) in chunks.into_iter().enumerate() {
                 if chunk.is_empty() {
@@ -527,19 +532,12 @@ impl Consumer {
     }
 
     /// Counts `n` events handed over (`redelivered` of them again) and samples the
-    /// delivery latency from the first of `chunks`: one clock read per round, not per
-    /// event.
-    fn count_delivered<'a>(
-        &self,
-        n: u64,
-        redelivered: u64,
-        mut chunks: impl Iterator<Item = &'a Delivery>,
-    ) {
+    /// delivery latency from the first of them when it is a first delivery: one clock
+    /// read per round, not per event.
+    fn count_delivered(&self, n: u64, redelivered: u64, first: Option<&DeliveredEvent>) {
         add(&self.shared.counters.delivered, n);
         add(&self.shared.counters.redelivered, redelivered);
-        if let Some(first) = chunks.next().and_then(|d| d.events().first())
-            && first.attempt == 1
-        {
+        if let Some(first) = first.filter(|e| e.attempt == 1) {
             self.sample_latency(&first.event);
         }
     }
@@ -736,18 +734,12 @@ impl Consumer {
                 (Vec::new(), counts)
             }
         };
-        let sampled = events
-            .first()
-            .filter(|e| e.attempt == 1)
-            .map(|e| e.event.clone());
+        let first = events.first().cloned();
         match self.send(events, counts, seqs) {
             Some(member) => {
                 let redelivered = window.items.iter().filter(|(_, a)| *a > 1).count();
                 let covered = window.items.len() as u64;
-                self.count_delivered(covered, redelivered as u64, std::iter::empty());
-                if let Some(event) = sampled {
-                    self.sample_latency(&event);
-                }
+                self.count_delivered(covered, redelivered as u64, first.as_ref());
                 for (event, attempt) in window.items {
                     if event.seq != 0 {
                         self.delivered(event.seq, event, attempt, member);

@@ -134,19 +134,16 @@ impl Coordinator {
                 None => needs_restart.push(format!("breakers.{}", spec.name)),
             }
         }
-        let gone = |kind: &str, names: Vec<&String>, kept: &dyn Fn(&str) -> bool| {
-            names
-                .into_iter()
-                .filter(|n| !kept(n))
-                .map(|n| format!("{kind}.{n}"))
-                .collect::<Vec<_>>()
-        };
-        needs_restart.extend(gone("quotas", self.quotas.keys().collect(), &|n| {
-            config.quotas.iter().any(|q| q.name == n)
-        }));
-        needs_restart.extend(gone("breakers", self.breakers.keys().collect(), &|n| {
-            config.breakers.iter().any(|b| b.name == n)
-        }));
+        let quotas_gone = self
+            .quotas
+            .keys()
+            .filter(|n| !config.quotas.iter().any(|q| &q.name == *n));
+        needs_restart.extend(quotas_gone.map(|n| format!("quotas.{n}")));
+        let breakers_gone = self
+            .breakers
+            .keys()
+            .filter(|n| !config.breakers.iter().any(|b| &b.name == *n));
+        needs_restart.extend(breakers_gone.map(|n| format!("breakers.{n}")));
 
         self.pools.reconfigure(config.leases)?;
         for (quota, spec) in quotas {

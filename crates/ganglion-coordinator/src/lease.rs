@@ -433,10 +433,11 @@ impl Pools {
     /// Waits in line for `request.amount` units, up to `request.wait_timeout`.
     pub async fn acquire(&self, request: AcquireRequest) -> Result<Lease, CoordinatorError> {
         check_name("holder", &request.holder)?;
+        let options = self.options();
         let max_hold = request
             .max_hold
-            .unwrap_or(self.options().max_hold)
-            .min(self.options().max_hold);
+            .unwrap_or(options.max_hold)
+            .min(options.max_hold);
         if max_hold.is_zero() {
             return Err(CoordinatorError::invalid(
                 "max_hold",
@@ -482,7 +483,7 @@ impl Pools {
                 .iter()
                 .any(|w| w.id == id);
             if queued {
-                self.wake_timer_before(self.options().aging);
+                self.wake_timer_before(options.aging);
             }
             if ahead > 0 {
                 tracing::debug!(pool = %request.pool, holder = %request.holder, priority = request.priority, queued_behind = ahead, "waiting for a lease");
@@ -523,7 +524,8 @@ impl Pools {
 
     /// Grants to the head of `pool`'s line while its request fits.
     fn pump(&self, state: &mut State, pool_name: &str, now: u64) {
-        let aging = micros(self.options().aging);
+        let options = self.options();
+        let aging = micros(options.aging);
         let mut granted = Vec::new();
         loop {
             let Some(pool) = state.pools.get_mut(pool_name) else {
@@ -570,7 +572,7 @@ impl Pools {
                 units: unit_names,
                 fencing_token: token,
                 granted_at_micros: now,
-                expires_at_micros: now.saturating_add(micros(self.options().ttl)),
+                expires_at_micros: now.saturating_add(micros(options.ttl)),
                 max_hold_until_micros: now.saturating_add(micros(waiter.max_hold)),
             };
             state.next_lease += 1;
@@ -714,7 +716,8 @@ impl Pools {
     pub fn tick(&self) -> Option<u64> {
         let mut state = self.lock();
         let now = self.now(&mut state);
-        let grace = micros(self.options().grace);
+        let options = self.options();
+        let grace = micros(options.grace);
         let max_hold_total = |h: &Held| h.lease.max_hold_until_micros - h.lease.granted_at_micros;
         let mut ids: Vec<u64> = state.leases.keys().copied().collect();
         ids.sort_unstable();
@@ -748,7 +751,7 @@ impl Pools {
                     lease: id,
                     pool,
                     holder,
-                    release_in: self.options().grace,
+                    release_in: options.grace,
                 });
                 changed = true;
                 continue;
@@ -776,8 +779,9 @@ impl Pools {
     }
 
     fn next_deadline(&self, state: &State, now: u64) -> Option<u64> {
-        let grace = micros(self.options().grace);
-        let aging = micros(self.options().aging);
+        let options = self.options();
+        let grace = micros(options.grace);
+        let aging = micros(options.aging);
         let leases = state.leases.values().map(|h| match h.revoked_at {
             Some(at) => at.saturating_add(grace),
             None => {
