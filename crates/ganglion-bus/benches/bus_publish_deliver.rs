@@ -71,21 +71,36 @@ async fn run(
             .map(|_| Event::new(topic.clone(), Bytes::copy_from_slice(&payload)))
             .collect()
     };
-    let batches = |topic: &Topic| -> Vec<Vec<Event>> {
+    // Each publisher's batches: made now when prebuilt, else only their sizes (the
+    // events are made inside the timing, by the publisher).
+    let sizes: Vec<u64> = {
         let mut left = per_publisher;
-        let mut out = Vec::new();
-        while left > 0 {
-            let n = BATCH.min(left);
-            out.push(if prebuilt {
-                make(topic, n)
-            } else {
-                Vec::with_capacity(n as usize)
-            });
-            left -= n;
-        }
-        out
+        std::iter::from_fn(|| {
+            (left > 0).then(|| {
+                let n = BATCH.min(left);
+                left -= n;
+                n
+            })
+        })
+        .collect()
     };
-    let work: Vec<Vec<Vec<Event>>> = (0..publishers).map(|_| batches(&topic)).collect();
+    let work: Vec<Vec<(u64, Vec<Event>)>> = (0..publishers)
+        .map(|_| {
+            sizes
+                .iter()
+                .map(|&n| {
+                    (
+                        n,
+                        if prebuilt {
+                            make(&topic, n)
+                        } else {
+                            Vec::new()
+                        },
+                    )
+                })
+                .collect()
+        })
+        .collect();
     let started = Instant::now();
     let receivers: Vec<_> = subs
         .into_iter()
@@ -104,12 +119,8 @@ async fn run(
         .map(|batches| {
             let (bus, topic) = (bus.clone(), topic.clone());
             tokio::spawn(async move {
-                for events in batches {
-                    let events = if prebuilt {
-                        events
-                    } else {
-                        make(&topic, events.capacity() as u64)
-                    };
+                for (n, events) in batches {
+                    let events = if prebuilt { events } else { make(&topic, n) };
                     bus.publish_batch(events).await.unwrap();
                 }
             })

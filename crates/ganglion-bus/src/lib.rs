@@ -431,15 +431,15 @@ impl Core {
             let mut topics = lock(&self.topics);
             let registry = lock(&self.registry);
             // Events of one topic usually come in runs: match each run once.
-            let mut last_topic: Option<&Topic> = None;
+            let mut last_topic: Option<Topic> = None;
             let mut stats: Option<&mut TopicStats> = None;
             let mut matched: Vec<usize> = Vec::new();
-            for event in &events {
-                if last_topic != Some(&event.topic) {
+            for event in events {
+                if last_topic.as_ref() != Some(&event.topic) {
                     let s = topics.entry(event.topic.clone()).or_default();
                     s.storage = StorageClass::Ephemeral;
                     stats = Some(s);
-                    last_topic = Some(&event.topic);
+                    last_topic = Some(event.topic.clone());
                     matched.clear();
                     registry.ephemeral.for_each_match(&event.topic, |key| {
                         if let Some(i) = targets.iter().position(|t| t.0 == *key) {
@@ -461,8 +461,13 @@ impl Core {
                 if let Some(s) = stats.as_deref_mut() {
                     s.events += 1;
                 }
-                for &i in &matched {
-                    targets[i].3.push(event.clone());
+                // The last consumer takes the event itself: a lone subscriber costs no
+                // reference count.
+                if let Some((&last, others)) = matched.split_last() {
+                    for &i in others {
+                        targets[i].3.push(event.clone());
+                    }
+                    targets[last].3.push(event);
                 }
             }
         }

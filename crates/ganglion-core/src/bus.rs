@@ -467,7 +467,8 @@ pub struct Delivery {
     trace: Option<Box<crate::trace::Traced>>,
 }
 
-/// A single event needs no allocation beyond the event itself.
+/// A single event needs no allocation beyond the event itself; a batch window's parts
+/// are boxed, so single deliveries (moved by the million) stay small.
 #[derive(Debug)]
 enum Body {
     One {
@@ -475,11 +476,14 @@ enum Body {
         /// `None` for an ephemeral event.
         seq: Option<u64>,
     },
-    Batch {
-        events: Vec<DeliveredEvent>,
-        counts: Vec<KeyCount>,
-        seqs: Vec<u64>,
-    },
+    Batch(Box<BatchBody>),
+}
+
+#[derive(Debug)]
+struct BatchBody {
+    events: Vec<DeliveredEvent>,
+    counts: Vec<KeyCount>,
+    seqs: Vec<u64>,
 }
 
 impl Delivery {
@@ -514,11 +518,11 @@ impl Delivery {
         control: Arc<dyn SubscriptionControl>,
     ) -> Self {
         Delivery {
-            body: Body::Batch {
+            body: Body::Batch(Box::new(BatchBody {
                 events,
                 counts,
                 seqs,
-            },
+            })),
             control: Some(control),
             trace: None,
         }
@@ -528,7 +532,7 @@ impl Delivery {
     pub fn events(&self) -> &[DeliveredEvent] {
         match &self.body {
             Body::One { event, .. } => std::slice::from_ref(event),
-            Body::Batch { events, .. } => events,
+            Body::Batch(batch) => &batch.events,
         }
     }
 
@@ -536,7 +540,7 @@ impl Delivery {
     pub fn counts(&self) -> &[KeyCount] {
         match &self.body {
             Body::One { .. } => &[],
-            Body::Batch { counts, .. } => counts,
+            Body::Batch(batch) => &batch.counts,
         }
     }
 
@@ -546,7 +550,7 @@ impl Delivery {
         match &self.body {
             Body::One { seq: Some(seq), .. } => std::slice::from_ref(seq),
             Body::One { seq: None, .. } => &[],
-            Body::Batch { seqs, .. } => seqs,
+            Body::Batch(batch) => &batch.seqs,
         }
     }
 
@@ -554,11 +558,7 @@ impl Delivery {
     pub fn into_parts(self) -> (Vec<DeliveredEvent>, Vec<KeyCount>, Vec<u64>) {
         match self.body {
             Body::One { event, seq } => (vec![event], Vec::new(), seq.into_iter().collect()),
-            Body::Batch {
-                events,
-                counts,
-                seqs,
-            } => (events, counts, seqs),
+            Body::Batch(batch) => (batch.events, batch.counts, batch.seqs),
         }
     }
 
