@@ -20,7 +20,9 @@
 //! `max_in_flight` events read ahead and `max_in_flight` out with subscribers, the rest
 //! staying in the log; each consumer's ephemeral queue holds at most
 //! [`BusOptions::ephemeral_buffer`] events, and a subscriber that lets it fill is closed
-//! with a reason (at-most-once events cannot wait in a log).
+//! with a reason (at-most-once events cannot wait in a log). Deliveries wait for a
+//! subscriber in chunks of up to 1,024, at most 256 chunks of them for an unbatched
+//! subscription.
 //!
 //! # On disk
 //!

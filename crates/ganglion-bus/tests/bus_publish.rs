@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -228,6 +230,48 @@ async fn a_momentarily_slow_ephemeral_subscriber_slows_the_publisher_down_and_mi
     settle().await;
     assert!(!publisher.is_finished(), "the publisher waits for room");
     for i in 0..200 {
+        assert_eq!(payload(&next(&mut sub).await), i.to_string());
+    }
+    publisher.await.unwrap();
+    assert!(sub.closed_reason().is_none());
+}
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_holds_a_bounded_number_of_chunks_whatever_its_in_flight_cap()
+ {
+    // Default options: an in-flight cap of 1,000, so a channel of 1,000 chunks; events
+    // trickling in one at a time make one chunk each. At most 256 chunks wait in the
+    // channel (plus the consumer's 8 ephemeral permits) before the publisher waits.
+    let h = harness_with(fast_topics);
+    let mut sub = h
+        .bus
+        .subscribe(pattern("fast.>"), SubscribeOptions::default())
+        .await
+        .unwrap();
+    let published = Arc::new(AtomicUsize::new(0));
+    let (bus, count) = (h.bus.clone(), published.clone());
+    let publisher = tokio::spawn(async move {
+        for i in 0..400 {
+            bus.publish(event("fast.tick", &i.to_string()))
+                .await
+                .unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            settle().await;
+        }
+    });
+    // Until the publisher stops making progress.
+    let mut waiting = usize::MAX;
+    while waiting != published.load(Ordering::SeqCst) {
+        waiting = published.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            settle().await;
+        }
+    }
+    assert!(
+        !publisher.is_finished() && (256..=256 + 8 + 1).contains(&waiting),
+        "the publisher waits once 256 chunks and the consumer's buffer are full: {waiting} published"
+    );
+    for i in 0..400 {
         assert_eq!(payload(&next(&mut sub).await), i.to_string());
     }
     publisher.await.unwrap();
