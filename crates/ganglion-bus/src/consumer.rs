@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ganglion_core::bus::{
-    AckMode, Aggregation, DeliveredEvent, Delivery, KeyCount, SubscribeOptions,
+    AckMode, Aggregation, Chunk, DeliveredEvent, Delivery, KeyCount, SubscribeOptions,
     SubscriptionControl, SubscriptionId,
 };
 use ganglion_core::{Clock, Event, Pattern, Topic};
@@ -53,7 +53,7 @@ pub(crate) fn member_channel(max_in_flight: usize) -> (usize, usize) {
 
 /// Free slots a member's channel needs before an unbatched consumer hands it another
 /// chunk: one, or enough that no more than [`QUEUED_CHUNKS`] will wait in it.
-fn room_needed(tx: &mpsc::Sender<Vec<Delivery>>, batched: bool) -> usize {
+fn room_needed(tx: &mpsc::Sender<Chunk>, batched: bool) -> usize {
     if batched {
         1
     } else {
@@ -86,7 +86,7 @@ pub(crate) enum Control {
 pub(crate) struct Member {
     pub(crate) id: SubscriptionId,
     /// Deliveries go over in chunks; see [`member_channel`].
-    pub(crate) tx: mpsc::Sender<Vec<Delivery>>,
+    pub(crate) tx: mpsc::Sender<Chunk>,
     pub(crate) control: Arc<dyn SubscriptionControl>,
 }
 
@@ -482,8 +482,29 @@ impl Consumer {
                 self.blocked = self.has_deliverable();
                 return;
             }
-            // One chunk per open member, filled round robin.
             let (chunk_size, _) = member_channel(self.max_in_flight());
+            // A lone member takes ephemeral events as they are: pointers, not deliveries
+            // (its subscription makes those as they are taken).
+            if let [only] = open[..]
+                && !self.ephemeral_ready.is_empty()
+            {
+                let n = chunk_size.min(self.ephemeral_ready.len());
+                let events: Vec<Arc<Event>> = self.ephemeral_ready.drain(..n).collect();
+                self.return_permits(n);
+                self.count_delivered(n as u64, 0, None);
+                self.sample_latency(&events[0]);
+                let member = &self.members[only];
+                // This consumer is the channel's only sender and saw room in it.
+                if member.tx.try_send(Chunk::Ephemeral(events)).is_err() {
+                    let id = member.id;
+                    self.member_gone(id);
+                    if self.members.is_empty() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            // One chunk per open member, filled round robin.
             let mut chunks: Vec<Vec<Delivery>> = open.iter().map(|_| Vec::new()).collect();
             let mut turn = self.next_member;
             let mut released = 0;
@@ -539,18 +560,24 @@ impl Consumer {
                 }
                 let member = &self.members[open[slot]];
                 // This consumer is the channel's only sender and saw room in it.
-                if member.tx.try_send(chunk).is_err() {
+                if member.tx.try_send(Chunk::Deliveries(chunk)).is_err() {
                     gone.push(member.id);
                 }
             }
             for id in gone {
-                self.members.retain(|m| m.id != id);
-                self.requeue_member(id);
+                self.member_gone(id);
             }
             if self.members.is_empty() {
                 return;
             }
         }
+    }
+
+    /// Forgets a member whose subscription is gone; its events in flight go back to
+    /// the ready queue.
+    fn member_gone(&mut self, id: SubscriptionId) {
+        self.members.retain(|m| m.id != id);
+        self.requeue_member(id);
     }
 
     /// Counts `n` events handed over (`redelivered` of them again) and samples the
@@ -631,33 +658,29 @@ impl Consumer {
     /// every member's channel is full (the consumer is then blocked until one has room).
     fn send(
         &mut self,
-        mut events: Vec<DeliveredEvent>,
-        mut counts: Vec<KeyCount>,
-        mut seqs: Vec<u64>,
+        events: Vec<DeliveredEvent>,
+        counts: Vec<KeyCount>,
+        seqs: Vec<u64>,
     ) -> Option<SubscriptionId> {
         let mut tries = self.members.len();
         while tries > 0 && !self.members.is_empty() {
             tries -= 1;
             let i = self.next_member % self.members.len();
             let member = &self.members[i];
-            let delivery = Delivery::batch(events, counts, seqs, member.control.clone());
-            match member.tx.try_send(vec![delivery]) {
-                Ok(()) => {
+            let gone = match member.tx.try_reserve() {
+                Ok(room) => {
+                    let delivery = Delivery::batch(events, counts, seqs, member.control.clone());
+                    room.send(Chunk::Deliveries(vec![delivery]));
+                    let id = member.id;
                     self.next_member = i + 1;
-                    return Some(member.id);
+                    return Some(id);
                 }
-                Err(e) => {
-                    let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
-                    let back = e.into_inner().pop().expect("one delivery");
-                    (events, counts, seqs) = back.into_parts();
-                    if closed {
-                        let id = self.members[i].id;
-                        self.members.remove(i);
-                        self.requeue_member(id);
-                    } else {
-                        self.next_member = i + 1;
-                    }
-                }
+                Err(mpsc::error::TrySendError::Closed(())) => Some(member.id),
+                Err(mpsc::error::TrySendError::Full(())) => None,
+            };
+            match gone {
+                Some(id) => self.member_gone(id),
+                None => self.next_member = i + 1,
             }
         }
         self.blocked = !self.members.is_empty();
@@ -840,10 +863,7 @@ impl Consumer {
                     self.blocked = false;
                 }
             }
-            Control::Leave(id) => {
-                self.members.retain(|m| m.id != id);
-                self.requeue_member(id);
-            }
+            Control::Leave(id) => self.member_gone(id),
             Control::Ack(seqs) => {
                 for seq in seqs {
                     if let Some(flight) = self.in_flight.remove(&seq) {

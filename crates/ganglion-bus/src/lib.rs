@@ -913,7 +913,7 @@ impl Bus {
         &self,
         id: SubscriptionId,
         name: String,
-        rx: mpsc::Receiver<Vec<ganglion_core::bus::Delivery>>,
+        rx: mpsc::Receiver<ganglion_core::bus::Chunk>,
         control: Arc<dyn SubscriptionControl>,
     ) -> Subscription {
         let guard = LeaveOnDrop {

@@ -158,6 +158,8 @@ async fn ephemeral_topics_skip_the_log_and_reach_only_current_subscribers() {
     assert_eq!(h.bus.log().next_seq(), 1, "nothing logged");
     let d = next(&mut sub).await;
     assert_eq!((payload(&d), d.seqs().len()), ("tick".to_string(), 0));
+    let delivered = &d.events()[0];
+    assert_eq!((delivered.attempt, delivered.coalesced), (1, 1));
 
     h.bus
         .publish(event("game.hand.played", "durable"))

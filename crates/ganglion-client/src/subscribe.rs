@@ -7,7 +7,7 @@ use std::time::Duration;
 use ganglion_core::BusError;
 use ganglion_core::Pattern;
 use ganglion_core::bus::{
-    Delivery, SubscribeOptions, Subscription, SubscriptionControl, SubscriptionId,
+    Chunk, Delivery, SubscribeOptions, Subscription, SubscriptionControl, SubscriptionId,
 };
 use ganglion_proto::convert::{
     TopicCache, delivered_from_wire, duration_ms, error_from_status, key_count_from_wire,
@@ -143,7 +143,7 @@ async fn run(
     open: v1::OpenSubscription,
     opened: Opened,
     control: Arc<Control>,
-    tx: mpsc::Sender<Vec<Delivery>>,
+    tx: mpsc::Sender<Chunk>,
     mut reconnect: Reconnect,
 ) {
     let mut responses = opened.responses;
@@ -165,7 +165,7 @@ async fn run(
                         return;
                     }
                 };
-                if tx.send(chunk).await.is_err() {
+                if tx.send(chunk.into()).await.is_err() {
                     return;
                 }
             }

@@ -609,17 +609,64 @@ impl Delivery {
     }
 }
 
+/// What an engine hands a subscription in one channel operation.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Deliveries, yielded in order.
+    Deliveries(Vec<Delivery>),
+    /// Ephemeral events on their first (and only) delivery, with nothing to settle: the
+    /// subscription makes each one's [`Delivery::ephemeral`] as it is taken, so an
+    /// engine hands over pointers rather than deliveries.
+    Ephemeral(Vec<Arc<Event>>),
+}
+
+impl From<Vec<Delivery>> for Chunk {
+    fn from(deliveries: Vec<Delivery>) -> Self {
+        Chunk::Deliveries(deliveries)
+    }
+}
+
+/// The rest of the chunk last received, taken in place (no copy into a queue).
+#[derive(Debug)]
+enum Buffered {
+    Deliveries(std::vec::IntoIter<Delivery>),
+    Ephemeral(std::vec::IntoIter<Arc<Event>>),
+}
+
+impl Buffered {
+    fn next(&mut self) -> Option<Delivery> {
+        match self {
+            Buffered::Deliveries(rest) => rest.next(),
+            Buffered::Ephemeral(rest) => rest.next().map(|event| {
+                Delivery::ephemeral(DeliveredEvent {
+                    event,
+                    attempt: 1,
+                    coalesced: 1,
+                })
+            }),
+        }
+    }
+}
+
+impl From<Chunk> for Buffered {
+    fn from(chunk: Chunk) -> Self {
+        match chunk {
+            Chunk::Deliveries(deliveries) => Buffered::Deliveries(deliveries.into_iter()),
+            Chunk::Ephemeral(events) => Buffered::Ephemeral(events.into_iter()),
+        }
+    }
+}
+
 /// A live subscription: a stream of deliveries. Dropping it unsubscribes.
 ///
-/// Engines hand deliveries over in chunks (one channel operation for many deliveries);
-/// the subscription yields them one at a time.
+/// Engines hand deliveries over in [`Chunk`]s (one channel operation for many
+/// deliveries); the subscription yields them one at a time.
 #[derive(Debug)]
 pub struct Subscription {
     id: SubscriptionId,
     name: String,
-    deliveries: mpsc::Receiver<Vec<Delivery>>,
-    /// The rest of the chunk last received, taken in place (no copy into a queue).
-    buffered: std::vec::IntoIter<Delivery>,
+    deliveries: mpsc::Receiver<Chunk>,
+    buffered: Buffered,
     control: Arc<dyn SubscriptionControl>,
     _guard: Option<DropGuard>,
 }
@@ -637,14 +684,14 @@ impl Subscription {
     pub fn new(
         id: SubscriptionId,
         name: String,
-        deliveries: mpsc::Receiver<Vec<Delivery>>,
+        deliveries: mpsc::Receiver<Chunk>,
         control: Arc<dyn SubscriptionControl>,
     ) -> Self {
         Subscription {
             id,
             name,
             deliveries,
-            buffered: Vec::new().into_iter(),
+            buffered: Buffered::Deliveries(Vec::new().into_iter()),
             control,
             _guard: None,
         }
@@ -674,7 +721,7 @@ impl Subscription {
             if let Some(delivery) = self.buffered.next() {
                 return Some(self.traced(delivery));
             }
-            self.buffered = self.deliveries.recv().await?.into_iter();
+            self.buffered = self.deliveries.recv().await?.into();
         }
     }
 
@@ -695,7 +742,7 @@ impl Subscription {
             if let Some(delivery) = self.buffered.next() {
                 return Some(self.traced(delivery));
             }
-            self.buffered = self.deliveries.try_recv().ok()?.into_iter();
+            self.buffered = self.deliveries.try_recv().ok()?.into();
         }
     }
 
