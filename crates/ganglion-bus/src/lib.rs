@@ -212,9 +212,6 @@ fn log_error(e: LogError) -> BusError {
 /// Checks one event to publish and fills in its id and timestamp.
 fn prepare(i: usize, event: &mut Event, now_ms: u64, max_bytes: usize) -> Result<(), BusError> {
     let field = |name: &str| format!("events[{i}].{name}");
-    if event.id.is_empty() {
-        event.id = ganglion_core::new_event_id();
-    }
     for (name, value) in [
         ("id", &*event.id),
         ("type", event.event_type.as_str()),

@@ -54,10 +54,12 @@ pub fn tracer() -> Option<&'static dyn Tracer> {
     TRACER.get().map(|t| &**t)
 }
 
-/// What every engine does to events as they are published: fills in the context of the
-/// handler publishing them ([`EventContext::current`](crate::EventContext::current)) and
-/// opens their publish spans, which the caller holds until the events are acknowledged.
+/// What every engine does to events as they are published: gives those without an id
+/// one ([`assign_ids`](crate::assign_ids)), fills in the context of the handler
+/// publishing them ([`EventContext::current`](crate::EventContext::current)) and opens
+/// their publish spans, which the caller holds until the events are acknowledged.
 pub fn publishing(events: &mut [Event]) -> Vec<tracing::Span> {
+    crate::assign_ids(events);
     if let Some(context) = crate::EventContext::current() {
         events.iter_mut().for_each(|e| context.apply(e));
     }

@@ -14,7 +14,7 @@ use ganglion_core::bus::{
     Filter, GroupKey, KeyCount, PublishAck, StartPosition, StorageClass, SubscribeOptions,
     TopicInfo,
 };
-use ganglion_core::{Event, Pattern, Topic, new_event_id};
+use ganglion_core::{Event, Pattern, Topic};
 use tonic::{Code, Status};
 
 use crate::v1;
@@ -72,13 +72,9 @@ pub fn event_from_wire_cached(
     field: impl Fn() -> String,
 ) -> Result<Event, BusError> {
     let topic = topics.topic(&event.topic, || format!("{}.topic", field()))?;
-    let id: Arc<str> = if event.id.is_empty() {
-        new_event_id()
-    } else {
-        Arc::from(event.id)
-    };
     Ok(Event {
-        id,
+        // An empty id is given at publication, one clock read per batch.
+        id: Arc::from(event.id),
         topic,
         event_type: event.r#type,
         source: event.source,

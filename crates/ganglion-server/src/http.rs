@@ -35,7 +35,7 @@ use futures_util::Stream;
 use ganglion_core::bus::{
     AckMode, ErrorCode, EventBus, StartPosition, StorageClass, SubscribeOptions,
 };
-use ganglion_core::{BusError, Event, Pattern, Topic, new_event_id, parse_since};
+use ganglion_core::{BusError, Event, Pattern, Topic, parse_since};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -419,10 +419,8 @@ fn event_from_json(value: Value, at: &str) -> ApiResult<Event> {
         })?,
     };
     Ok(Event {
-        id: match string(&object, "id")? {
-            Some(id) if !id.is_empty() => id.into(),
-            _ => new_event_id(),
-        },
+        // An absent id is given at publication, one clock read per batch.
+        id: string(&object, "id")?.unwrap_or_default().into(),
         topic,
         event_type: string(&object, "type")?.unwrap_or_default(),
         source: string(&object, "source")?.unwrap_or_default(),
