@@ -21,8 +21,8 @@
 //! staying in the log; each consumer's ephemeral queue holds at most
 //! [`BusOptions::ephemeral_buffer`] events, and a subscriber that lets it fill is closed
 //! with a reason (at-most-once events cannot wait in a log). Deliveries wait for a
-//! subscriber in chunks of up to 1,024, at most 256 chunks of them for an unbatched
-//! subscription.
+//! subscriber in chunks of up to 256 (of 1,024 ephemeral events for a lone subscriber),
+//! at most 256 chunks of them for an unbatched subscription.
 //!
 //! # On disk
 //!
