@@ -824,7 +824,9 @@ pub trait EventBus: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Event>, BusError>>;
 
-    /// Dead letters of a subscription not yet redriven, oldest first.
+    /// Dead letters of a subscription not yet redriven, oldest first. A letter is listed
+    /// once its publication has completed, which can trail its delivery to a
+    /// subscriber of the dead-letter topic by a moment.
     fn dead_letters(
         &self,
         subscription: String,
