@@ -495,8 +495,7 @@ impl Consumer {
                 let n = EPHEMERAL_CHUNK.min(self.ephemeral_ready.len());
                 let events: Vec<Arc<Event>> = self.ephemeral_ready.drain(..n).collect();
                 self.return_permits(n);
-                self.count_delivered(n as u64, 0, None);
-                self.sample_latency(&events[0]);
+                self.count_delivered(n as u64, 0, events.first().map(|e| &**e));
                 let member = &self.members[only];
                 // This consumer is the channel's only sender and saw room in it.
                 if member.tx.try_send(Chunk::Ephemeral(events)).is_err() {
@@ -555,7 +554,9 @@ impl Consumer {
                 .iter()
                 .flatten()
                 .next()
-                .and_then(|d| d.events().first());
+                .and_then(|d| d.events().first())
+                .filter(|e| e.attempt == 1)
+                .map(|e| &*e.event);
             self.count_delivered(built as u64, redelivered, first);
             let mut gone = Vec::new();
             for (slot, chunk) in chunks.into_iter().enumerate() {
@@ -585,13 +586,13 @@ impl Consumer {
     }
 
     /// Counts `n` events handed over (`redelivered` of them again) and samples the
-    /// delivery latency from the first of them when it is a first delivery: one clock
-    /// read per round, not per event.
-    fn count_delivered(&self, n: u64, redelivered: u64, first: Option<&DeliveredEvent>) {
+    /// delivery latency from `first_new`, the first of them when it is a first delivery:
+    /// one clock read per round, not per event.
+    fn count_delivered(&self, n: u64, redelivered: u64, first_new: Option<&Event>) {
         add(&self.shared.counters.delivered, n);
         add(&self.shared.counters.redelivered, redelivered);
-        if let Some(first) = first.filter(|e| e.attempt == 1) {
-            self.sample_latency(&first.event);
+        if let Some(event) = first_new {
+            self.sample_latency(event);
         }
     }
 
@@ -783,12 +784,15 @@ impl Consumer {
                 (Vec::new(), counts)
             }
         };
-        let first = events.first().cloned();
+        let first = events
+            .first()
+            .filter(|e| e.attempt == 1)
+            .map(|e| e.event.clone());
         match self.send(events, counts, seqs) {
             Some(member) => {
                 let redelivered = window.items.iter().filter(|(_, a)| *a > 1).count();
                 let covered = window.items.len() as u64;
-                self.count_delivered(covered, redelivered as u64, first.as_ref());
+                self.count_delivered(covered, redelivered as u64, first.as_deref());
                 for (event, attempt) in window.items {
                     if event.seq != 0 {
                         self.delivered(event.seq, event, attempt, member);

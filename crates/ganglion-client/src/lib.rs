@@ -141,7 +141,8 @@ impl EventBus for Client {
         &self,
         mut events: Vec<Event>,
     ) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
-        // Published while handling another event: carry its correlation and trace on.
+        // Ids for events without one (so the client knows them), and, when published
+        // while handling another event, its correlation and trace carried on.
         let spans = ganglion_core::trace::publishing(&mut events);
         Box::pin(async move {
             if events.is_empty() {

@@ -554,7 +554,8 @@ impl Delivery {
         }
     }
 
-    /// The parts of a batch delivery, for an engine that must take it back.
+    /// The parts of a delivery (its events, per-key counts and log sequences), for an
+    /// edge that converts it to a wire frame.
     pub fn into_parts(self) -> (Vec<DeliveredEvent>, Vec<KeyCount>, Vec<u64>) {
         match self.body {
             Body::One { event, seq } => (vec![event], Vec::new(), seq.into_iter().collect()),
