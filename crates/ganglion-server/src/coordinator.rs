@@ -14,8 +14,6 @@ use ganglion_core::{Event, Topic};
 use ganglion_proto::convert::{FIELD_METADATA, RETRY_AFTER_METADATA, duration_ms};
 use ganglion_proto::v1::coordinator_server::Coordinator as CoordinatorService;
 use ganglion_proto::v1::{self, lease_update};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::State;
@@ -84,6 +82,78 @@ fn update(update: lease_update::Update) -> Result<v1::LeaseUpdate, Status> {
     })
 }
 
+/// A lease held by an `Acquire` stream: granted first, then renewed every second while
+/// the stream is open, with the warning, revocation and release sent as they happen. The
+/// stream itself does this (no task per lease): the server polls it while the client
+/// reads, and drops it when the client goes away, which releases the lease.
+struct HeldLease {
+    pools: Arc<ganglion_coordinator::lease::Pools>,
+    id: u64,
+    /// The grant, sent first.
+    granted: Option<Lease>,
+    /// The lease ended on the coordinator's side (released, reclaimed, stopped).
+    released: bool,
+    events: tokio::sync::broadcast::Receiver<LeaseEvent>,
+    renew: tokio::time::Interval,
+    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl HeldLease {
+    /// The next update for the holder, or `None` once the lease has ended.
+    async fn next(&mut self) -> Option<lease_update::Update> {
+        if let Some(lease) = self.granted.take() {
+            return Some(lease_update::Update::Granted(lease_to_wire(&lease)));
+        }
+        if self.released {
+            return None;
+        }
+        let id = self.id;
+        let reason = loop {
+            tokio::select! {
+                // The server is stopping: the stream ends, and with it the lease.
+                _ = &mut self.stopped => return None,
+                _ = self.renew.tick() => {
+                    if let Err(e) = self.pools.renew(id) {
+                        // Revoked: keep the stream until the forced release arrives.
+                        if !matches!(e, CoordinatorError::Stale(ref m) if m.contains("revoked")) {
+                            break e.to_string();
+                        }
+                    }
+                }
+                event = self.events.recv() => match event {
+                    Ok(LeaseEvent::Warning { lease, revoked_in, .. }) if lease == id => {
+                        return Some(lease_update::Update::Warning(v1::LeaseWarning { revoked_in_ms: duration_ms(revoked_in) }));
+                    }
+                    Ok(LeaseEvent::Revoked { lease, release_in, .. }) if lease == id => {
+                        return Some(lease_update::Update::Revoked(v1::LeaseRevoked { release_in_ms: duration_ms(release_in) }));
+                    }
+                    Ok(LeaseEvent::Released { lease, reason, .. }) if lease == id => break reason,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break "the coordinator stopped".into(),
+                    _ => {}
+                },
+            }
+        };
+        self.released = true;
+        Some(lease_update::Update::Released(v1::LeaseReleased { reason }))
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        // The stream ended before the lease did: its holder went away.
+        if !self.released && self.pools.release(self.id).is_ok() {
+            tracing::info!(lease = self.id, "lease released: its stream ended");
+        }
+    }
+}
+
+fn held_lease_stream(held: HeldLease) -> impl Stream<Item = Result<v1::LeaseUpdate, Status>> {
+    futures_util::stream::unfold(held, |mut held| async move {
+        let next = held.next().await?;
+        Some((update(next), held))
+    })
+}
+
 #[tonic::async_trait]
 impl CoordinatorService for GrpcCoordinator {
     type AcquireStream = LeaseStream;
@@ -94,7 +164,7 @@ impl CoordinatorService for GrpcCoordinator {
     ) -> Result<Response<Self::AcquireStream>, Status> {
         let r = request.into_inner();
         let pools = self.coordinator().pools().clone();
-        let mut events = pools.events();
+        let events = pools.events();
         let lease = pools
             .acquire(AcquireRequest {
                 pool: r.pool,
@@ -106,61 +176,18 @@ impl CoordinatorService for GrpcCoordinator {
             })
             .await
             .map_err(status)?;
-        let (tx, rx) = mpsc::channel(8);
-        let _ = tx
-            .send(update(lease_update::Update::Granted(lease_to_wire(&lease))))
-            .await;
-        let state = self.state.clone();
-        // The stream holds the lease: renewed while it is open, released when it ends.
-        tokio::spawn(async move {
-            let id = lease.id;
-            // Renew every second, the first time a second from now (not at once).
-            let mut renew = tokio::time::interval_at(
+        Ok(Response::new(Box::pin(held_lease_stream(HeldLease {
+            pools,
+            id: lease.id,
+            granted: Some(lease),
+            released: false,
+            events,
+            renew: tokio::time::interval_at(
                 tokio::time::Instant::now() + Duration::from_secs(1),
                 Duration::from_secs(1),
-            );
-            let mut stopped = std::pin::pin!(state.stopped());
-            let ended = loop {
-                tokio::select! {
-                    _ = tx.closed() => break None,
-                    _ = &mut stopped => break None,
-                    _ = renew.tick() => {
-                        if let Err(e) = pools.renew(id) {
-                            // Revoked: keep the stream until the forced release arrives.
-                            if !matches!(e, CoordinatorError::Stale(ref m) if m.contains("revoked")) {
-                                break Some(e.to_string());
-                            }
-                        }
-                    }
-                    event = events.recv() => match event {
-                        Ok(LeaseEvent::Warning { lease, revoked_in, .. }) if lease == id => {
-                            let _ = tx.send(update(lease_update::Update::Warning(v1::LeaseWarning { revoked_in_ms: duration_ms(revoked_in) }))).await;
-                        }
-                        Ok(LeaseEvent::Revoked { lease, release_in, .. }) if lease == id => {
-                            let _ = tx.send(update(lease_update::Update::Revoked(v1::LeaseRevoked { release_in_ms: duration_ms(release_in) }))).await;
-                        }
-                        Ok(LeaseEvent::Released { lease, reason, .. }) if lease == id => break Some(reason),
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break Some("the coordinator stopped".into()),
-                        _ => {}
-                    },
-                }
-            };
-            match ended {
-                Some(reason) => {
-                    let _ = tx
-                        .send(update(lease_update::Update::Released(v1::LeaseReleased {
-                            reason,
-                        })))
-                        .await;
-                }
-                None => {
-                    if pools.release(id).is_ok() {
-                        tracing::info!(lease = id, "lease released: its stream ended");
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            ),
+            stopped: Box::pin(self.state.stopped()),
+        }))))
     }
 
     async fn renew(

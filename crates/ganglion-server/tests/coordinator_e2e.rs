@@ -122,6 +122,21 @@ async fn leases_fences_permits_queue_and_status_over_grpc() {
     })
     .await
     .unwrap();
+    // Its stream says so, then ends.
+    match soon("the release on the stream", next.message())
+        .await
+        .unwrap()
+        .and_then(|u| u.update)
+    {
+        Some(v1::lease_update::Update::Released(r)) => assert!(!r.reason.is_empty()),
+        other => panic!("expected the release, got {other:?}"),
+    }
+    assert!(
+        soon("the stream's end", next.message())
+            .await
+            .unwrap()
+            .is_none()
+    );
     let err = c
         .release(v1::ReleaseRequest {
             lease_id: second.id,
