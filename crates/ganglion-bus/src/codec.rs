@@ -40,7 +40,7 @@ pub fn encode(event: &Event) -> Bytes {
     let mut buf = BytesMut::with_capacity(64 + event.size());
     buf.extend_from_slice(&[VERSION]);
     put_str16(&mut buf, event.topic.as_str());
-    put_str16(&mut buf, &event.id);
+    event.id.with_str(|id| put_str16(&mut buf, id));
     put_str16(&mut buf, &event.event_type);
     put_str16(&mut buf, &event.source);
     put_str16(&mut buf, &event.content_type);
@@ -125,7 +125,7 @@ pub fn decode(record: &Bytes, seq: u64) -> Result<Event, DecodeError> {
     let mut r = Reader::start(record, seq)?;
     let topic = r.str16()?;
     let topic = Topic::new(topic).or_else(|_| r.fail("the topic is invalid"))?;
-    let id = std::sync::Arc::from(r.str16()?);
+    let id = ganglion_core::EventId::from(r.str16()?);
     let event_type = r.str16()?.to_owned();
     let source = r.str16()?.to_owned();
     let content_type = r.str16()?.to_owned();

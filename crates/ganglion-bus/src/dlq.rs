@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use ganglion_core::bus::DeadLetter;
-use ganglion_core::{Event, Topic, new_event_id};
+use ganglion_core::{Event, EventId, Topic};
 
 pub(crate) const ORIGIN_TOPIC: &str = "dlq_origin_topic";
 pub(crate) const ORIGIN_SEQ: &str = "dlq_origin_seq";
@@ -34,7 +34,7 @@ pub(crate) fn dead_letter_event(
     error: &str,
 ) -> Event {
     let mut letter = Event {
-        id: new_event_id(),
+        id: EventId::now(),
         topic: dlq_topic.clone(),
         seq: 0,
         timestamp_ms: 0,
@@ -89,7 +89,7 @@ pub(crate) fn live(events: Vec<Event>) -> Vec<DeadLetter> {
 /// The event to republish for a dead letter: the original, with a new id.
 pub(crate) fn redrive_event(letter: &DeadLetter) -> Option<Event> {
     let mut event = Event {
-        id: new_event_id(),
+        id: EventId::now(),
         topic: Topic::new(&letter.origin_topic).ok()?,
         seq: 0,
         timestamp_ms: 0,

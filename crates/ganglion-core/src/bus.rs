@@ -126,7 +126,7 @@ impl BusError {
 pub struct PublishAck {
     /// Sequence number in the event log (0 for ephemeral events).
     pub seq: u64,
-    pub id: Arc<str>,
+    pub id: crate::EventId,
     /// `true` if the idempotency key was seen within the dedupe window: nothing was
     /// appended, and `seq` and `id` are the first publication's.
     pub duplicate: bool,

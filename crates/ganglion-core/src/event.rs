@@ -21,43 +21,174 @@ pub mod headers {
     pub const PRIORITY: &str = "priority";
 }
 
-/// A new event id: a UUIDv7 (time-ordered) in its hyphenated form.
-pub fn new_event_id() -> Arc<str> {
-    new_event_id_at(crate::unix_micros(std::time::SystemTime::now()) / 1000)
+/// An event's id: a UUIDv7 unless the publisher gave its own.
+///
+/// A UUID is kept as its 16 bytes (made, copied and compared without an allocation;
+/// written out in its hyphenated form only where text is needed), any other id as shared
+/// text. Ids that read as a lowercase hyphenated UUID are kept as one, so an id equals
+/// itself however it was made. The default is the empty id: not given yet.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(IdRepr);
+
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum IdRepr {
+    #[default]
+    Empty,
+    Uuid(uuid::Uuid),
+    Text(Arc<str>),
 }
 
-/// A new UUIDv7 event id for `unix_millis`, so a batch of events takes one clock read,
-/// not one each (on a virtual machine the clock read is a third of an id's cost).
-///
-/// The random bits come from a per-thread generator seeded from the operating system
-/// once, not from a system call per id: ids are made at publication rates.
-pub fn new_event_id_at(unix_millis: u64) -> Arc<str> {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher, Hasher};
-
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(crate::unix_micros(std::time::SystemTime::now()));
-            h.finish()
-        });
+impl EventId {
+    /// A new UUIDv7 of the present millisecond.
+    pub fn now() -> EventId {
+        EventId::at(crate::unix_micros(std::time::SystemTime::now()) / 1000)
     }
-    let next = || {
-        STATE.with(|s| {
-            // splitmix64
-            let z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            s.set(z);
-            let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        })
-    };
-    let mut random = [0u8; 10];
-    random[..8].copy_from_slice(&next().to_le_bytes());
-    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
-    let id = uuid::Builder::from_unix_timestamp_millis(unix_millis, &random).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    Arc::from(&*id.hyphenated().encode_lower(&mut buf))
+
+    /// A new UUIDv7 for `unix_millis`, so a batch of events takes one clock read, not
+    /// one each (on a virtual machine the clock read is a third of an id's cost).
+    ///
+    /// The random bits come from a per-thread generator seeded from the operating
+    /// system once, not from a system call per id: ids are made at publication rates.
+    pub fn at(unix_millis: u64) -> EventId {
+        use std::cell::Cell;
+        use std::hash::{BuildHasher, Hasher};
+
+        thread_local! {
+            static STATE: Cell<u64> = Cell::new({
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(crate::unix_micros(std::time::SystemTime::now()));
+                h.finish()
+            });
+        }
+        let next = || {
+            STATE.with(|s| {
+                // splitmix64
+                let z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+                s.set(z);
+                let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            })
+        };
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&next().to_le_bytes());
+        random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+        EventId(IdRepr::Uuid(
+            uuid::Builder::from_unix_timestamp_millis(unix_millis, &random).into_uuid(),
+        ))
+    }
+
+    /// Not given yet (the bus gives one at publication).
+    pub fn is_empty(&self) -> bool {
+        matches!(self.0, IdRepr::Empty)
+    }
+
+    /// The UUID, when the id is one.
+    pub fn as_uuid(&self) -> Option<uuid::Uuid> {
+        match self.0 {
+            IdRepr::Uuid(uuid) => Some(uuid),
+            _ => None,
+        }
+    }
+
+    /// Length of the id as text.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            IdRepr::Empty => 0,
+            IdRepr::Uuid(_) => uuid::fmt::Hyphenated::LENGTH,
+            IdRepr::Text(text) => text.len(),
+        }
+    }
+
+    /// Calls `f` with the id as text, without allocating.
+    pub fn with_str<T>(&self, f: impl FnOnce(&str) -> T) -> T {
+        match &self.0 {
+            IdRepr::Empty => f(""),
+            IdRepr::Uuid(uuid) => f(uuid
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())),
+            IdRepr::Text(text) => f(text),
+        }
+    }
+}
+
+impl From<&str> for EventId {
+    fn from(id: &str) -> EventId {
+        if id.is_empty() {
+            return EventId(IdRepr::Empty);
+        }
+        match uuid::Uuid::try_parse(id) {
+            // Only the form it would be written back in: other spellings of a UUID
+            // (braces, capitals, no hyphens) stay the text they were given as.
+            Ok(uuid)
+                if uuid
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    == id =>
+            {
+                EventId(IdRepr::Uuid(uuid))
+            }
+            _ => EventId(IdRepr::Text(Arc::from(id))),
+        }
+    }
+}
+
+impl From<String> for EventId {
+    fn from(id: String) -> EventId {
+        EventId::from(id.as_str())
+    }
+}
+
+impl From<Arc<str>> for EventId {
+    fn from(id: Arc<str>) -> EventId {
+        EventId::from(&*id)
+    }
+}
+
+impl From<uuid::Uuid> for EventId {
+    fn from(uuid: uuid::Uuid) -> EventId {
+        EventId(IdRepr::Uuid(uuid))
+    }
+}
+
+impl From<&EventId> for String {
+    fn from(id: &EventId) -> String {
+        id.to_string()
+    }
+}
+
+impl From<EventId> for String {
+    fn from(id: EventId) -> String {
+        id.to_string()
+    }
+}
+
+impl PartialEq<str> for EventId {
+    fn eq(&self, other: &str) -> bool {
+        self.with_str(|id| id == other)
+    }
+}
+
+impl PartialEq<&str> for EventId {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            IdRepr::Empty => Ok(()),
+            IdRepr::Uuid(uuid) => std::fmt::Display::fmt(&uuid.hyphenated(), f),
+            IdRepr::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.to_string(), f)
+    }
 }
 
 /// Gives every event without an id a UUIDv7 of the present millisecond (one clock
@@ -67,7 +198,7 @@ pub fn assign_ids(events: &mut [Event]) {
     for event in events.iter_mut().filter(|e| e.id.is_empty()) {
         let ms =
             *now_ms.get_or_insert_with(|| crate::unix_micros(std::time::SystemTime::now()) / 1000);
-        event.id = new_event_id_at(ms);
+        event.id = EventId::at(ms);
     }
 }
 
@@ -75,9 +206,8 @@ pub fn assign_ids(events: &mut [Event]) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Unique id; a UUIDv7 of the moment of publication unless the publisher gave one
-    /// (empty until then: see [`Event::new`]). Shared, so acks and fan-out copy a
-    /// pointer, not the string.
-    pub id: Arc<str>,
+    /// (empty until then: see [`Event::new`]).
+    pub id: EventId,
     pub topic: Topic,
     /// What kind of event this is (`GameStateUpdate`); free-form, may be empty.
     pub event_type: String,
@@ -101,7 +231,7 @@ impl Event {
     /// use [`Event::with_id`], to know it before.
     pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Event {
         Event {
-            id: Arc::from(""),
+            id: EventId::default(),
             topic,
             event_type: String::new(),
             source: String::new(),
@@ -113,8 +243,8 @@ impl Event {
         }
     }
 
-    /// This event with `id` (a fresh UUIDv7 from [`new_event_id`], or the caller's own).
-    pub fn with_id(mut self, id: impl Into<Arc<str>>) -> Event {
+    /// This event with `id` (a fresh UUIDv7 from [`EventId::now`], or the caller's own).
+    pub fn with_id(mut self, id: impl Into<EventId>) -> Event {
         self.id = id.into();
         self
     }
@@ -192,10 +322,11 @@ mod tests {
         let before = crate::unix_micros(std::time::SystemTime::now()) / 1000;
         assign_ids(&mut events);
         let after = crate::unix_micros(std::time::SystemTime::now()) / 1000;
-        assert_eq!(&*events[1].id, "mine");
+        assert_eq!(events[1].id, "mine");
         assert_ne!(events[0].id, events[2].id);
         for id in [&events[0].id, &events[2].id] {
-            let uuid = uuid::Uuid::parse_str(id).unwrap();
+            let uuid = uuid::Uuid::parse_str(&id.to_string()).unwrap();
+            assert_eq!(id.as_uuid(), Some(uuid));
             assert_eq!(uuid.get_version_num(), 7);
             let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
             let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
@@ -204,6 +335,30 @@ mod tests {
                 "{ms} not in {before}..={after}"
             );
         }
+    }
+
+    #[test]
+    fn an_id_equals_itself_as_text_and_only_the_written_form_of_a_uuid_becomes_one() {
+        let id = EventId::now();
+        let text = id.to_string();
+        assert_eq!(text.len(), id.len());
+        assert_eq!(EventId::from(text.as_str()), id, "read back from its text");
+        assert_eq!(id, text.as_str());
+        assert_eq!(format!("{id:?}"), format!("{text:?}"));
+
+        // Other spellings of the same UUID are kept as given (they are written back so).
+        let upper = EventId::from(text.to_uppercase());
+        assert_eq!(upper.as_uuid(), None);
+        assert_eq!(upper.to_string(), text.to_uppercase());
+        assert_ne!(upper, id);
+
+        let own = EventId::from("order-17");
+        assert_eq!(
+            (own.as_uuid(), own.len(), own.to_string()),
+            (None, 8, "order-17".into())
+        );
+        assert!(EventId::from("").is_empty() && EventId::default().is_empty());
+        assert_eq!(EventId::from(""), EventId::default());
     }
 
     #[test]

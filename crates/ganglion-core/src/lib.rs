@@ -19,6 +19,6 @@ pub use bus::{BusError, ErrorCode, EventBus, is_valid_name};
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use clock::{Clock, ManualClock, SystemClock, parse_duration, parse_since, unix_micros};
 pub use context::EventContext;
-pub use event::{Event, assign_ids, headers, new_event_id, new_event_id_at};
+pub use event::{Event, EventId, assign_ids, headers};
 pub use topic::{MAX_TOPIC_BYTES, Pattern, PatternToken, Topic, TopicError};
 pub use trie::PatternIndex;

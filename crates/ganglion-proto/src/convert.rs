@@ -14,7 +14,7 @@ use ganglion_core::bus::{
     Filter, GroupKey, KeyCount, PublishAck, StartPosition, StorageClass, SubscribeOptions,
     TopicInfo,
 };
-use ganglion_core::{Event, Pattern, Topic};
+use ganglion_core::{Event, EventId, Pattern, Topic};
 use tonic::{Code, Status};
 
 use crate::v1;
@@ -47,7 +47,7 @@ impl TopicCache {
 /// A core event on the wire (moves the payload and headers).
 pub fn event_to_wire(event: Event) -> v1::Event {
     v1::Event {
-        id: String::from(&*event.id),
+        id: event.id.to_string(),
         topic: event.topic.as_str().to_owned(),
         r#type: event.event_type,
         source: event.source,
@@ -74,7 +74,7 @@ pub fn event_from_wire_cached(
     let topic = topics.topic(&event.topic, || format!("{}.topic", field()))?;
     Ok(Event {
         // An empty id is given at publication, one clock read per batch.
-        id: Arc::from(event.id),
+        id: EventId::from(event.id),
         topic,
         event_type: event.r#type,
         source: event.source,
@@ -99,7 +99,7 @@ pub fn events_from_wire(events: Vec<v1::Event>) -> Result<Vec<Event>, BusError> 
 pub fn ack_to_wire(ack: PublishAck) -> v1::PublishAck {
     v1::PublishAck {
         seq: ack.seq,
-        id: String::from(&*ack.id),
+        id: ack.id.to_string(),
         duplicate: ack.duplicate,
     }
 }
@@ -107,7 +107,7 @@ pub fn ack_to_wire(ack: PublishAck) -> v1::PublishAck {
 pub fn ack_from_wire(ack: v1::PublishAck) -> PublishAck {
     PublishAck {
         seq: ack.seq,
-        id: Arc::from(ack.id),
+        id: EventId::from(ack.id),
         duplicate: ack.duplicate,
     }
 }

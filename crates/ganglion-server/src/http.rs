@@ -280,7 +280,7 @@ async fn publish_inner(state: &State, body: Body) -> ApiResult<Value> {
     state.metrics.published(count, started.elapsed());
     let acks: Vec<Value> = acks
         .into_iter()
-        .map(|a| json!({ "seq": a.seq, "id": &*a.id, "duplicate": a.duplicate }))
+        .map(|a| json!({ "seq": a.seq, "id": a.id.to_string(), "duplicate": a.duplicate }))
         .collect();
     Ok(if batch {
         json!({ "acks": acks })
@@ -437,7 +437,7 @@ fn event_from_json(value: Value, at: &str) -> ApiResult<Event> {
 pub fn event_to_json(event: &Event) -> Value {
     let mut value = json!({
         "seq": event.seq,
-        "id": &*event.id,
+        "id": event.id.to_string(),
         "topic": event.topic.as_str(),
         "type": event.event_type,
         "source": event.source,

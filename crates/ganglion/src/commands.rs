@@ -73,7 +73,9 @@ pub(crate) async fn publish(
     let client = connect(args).await?;
     let ack = client.publish(event).await?;
     match args.output {
-        Output::Json => line(json!({ "seq": ack.seq, "id": &*ack.id, "duplicate": ack.duplicate })),
+        Output::Json => {
+            line(json!({ "seq": ack.seq, "id": ack.id.to_string(), "duplicate": ack.duplicate }))
+        }
         Output::Table => line(format!(
             "published seq={} id={}{}",
             ack.seq,
