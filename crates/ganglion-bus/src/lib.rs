@@ -843,11 +843,24 @@ impl Bus {
         };
         let (cursor, done, attempts) = match saved {
             Some(saved) => (saved.floor, saved.done, saved.attempts),
-            None => (
-                core.start_seq(options.start)?,
-                Default::default(),
-                Default::default(),
-            ),
+            None => {
+                let cursor = core.start_seq(options.start)?;
+                if options.durable.is_some() {
+                    // A durable exists from the moment it is subscribed: a restart
+                    // before its first ack resumes from its start, not from "new".
+                    let state = state::DurableState {
+                        pattern: pattern.to_string(),
+                        dlq_topic: dlq_topic.to_string(),
+                        floor: cursor,
+                        done: Default::default(),
+                        attempts: Default::default(),
+                    };
+                    core.states.save(&name, &state).map_err(|e| {
+                        BusError::Unavailable(format!("saving durable {name:?}: {e}"))
+                    })?;
+                }
+                (cursor, Default::default(), Default::default())
+            }
         };
         let consumer_shared = Arc::new(ConsumerShared::new(
             core.options.ephemeral_buffer.max(1),

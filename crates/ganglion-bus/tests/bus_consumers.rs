@@ -173,6 +173,34 @@ async fn a_durable_subscription_resumes_exactly_where_acks_stopped_after_a_resta
 }
 
 #[tokio::test]
+async fn a_durable_that_never_acked_resumes_from_where_it_was_subscribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ganglion_core::ManualClock::at_fixed_instant();
+    // Starting from new events: what is published before the subscription is not its.
+    let durable = || SubscribeOptions {
+        durable: Some("late".into()),
+        ..SubscribeOptions::default()
+    };
+    {
+        let bus = Bus::open(options(dir.path(), &clock)).unwrap();
+        bus.publish(event("game.hand", "before")).await.unwrap();
+        let mut sub = bus.subscribe(pattern("game.>"), durable()).await.unwrap();
+        bus.publish(event("game.hand", "1")).await.unwrap();
+        // Delivered, never acked; then the bus stops.
+        assert_eq!(payload(&next(&mut sub).await), "1");
+        bus.shutdown().await.unwrap();
+    }
+    // Published while no consumer ran: still the durable's.
+    let bus = Bus::open(options(dir.path(), &clock)).unwrap();
+    bus.publish(event("game.hand", "2")).await.unwrap();
+    let mut sub = bus.subscribe(pattern("game.>"), durable()).await.unwrap();
+    let first = next(&mut sub).await;
+    assert_eq!(payload(&first), "1");
+    let second = next(&mut sub).await;
+    assert_eq!((payload(&second), second.attempt()), ("2".to_owned(), 1));
+}
+
+#[tokio::test]
 async fn a_subscriber_at_its_in_flight_cap_gets_nothing_more_until_it_acks() {
     let h = harness();
     let options = SubscribeOptions {

@@ -748,10 +748,18 @@ async fn the_client_reconnects_and_a_durable_subscription_resumes_after_a_restar
         .await
         .unwrap();
     soon("one", sub.next()).await.unwrap().ack();
-    // Acks travel asynchronously: wait until the server has applied it (a replay of the
-    // durable's position is not exposed, so give the settle loop a moment via a
-    // round trip on the same connection).
-    client.topics().await.unwrap();
+    // Acks travel on the stream: wait until the subscription has applied it.
+    soon("the ack", async {
+        loop {
+            let body = http(server.http, "GET", "/metrics", None).await.body;
+            let acked = "ganglion_bus_acked_events_total{subscription=\"resumer\"}";
+            if sample(&body, acked) == Some(1.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 
     server.stop().await.unwrap();
     // The stream ended with the shutdown reason: the subscription is closed, not
