@@ -964,7 +964,7 @@ impl Consumer {
         let unit = self.unit();
         let delay = delay.unwrap_or_else(|| self.options.backoff.delay(attempt, unit));
         tracing::debug!(
-            consumer = %self.name, seq = event.seq, correlation_id = %correlation(&event),
+            consumer = %self.name, seq = event.seq, correlation_id = %event.correlation_or_id(),
             attempt, ?delay, %error, "redelivery scheduled"
         );
         let due = self.now() + delay;
@@ -985,7 +985,7 @@ impl Consumer {
             Ok(acks) => {
                 tracing::info!(
                     consumer = %self.name, seq, topic = %event.topic,
-                    correlation_id = %correlation(&event), attempts, %error,
+                    correlation_id = %event.correlation_or_id(), attempts, %error,
                     dead_letter_seq = acks.first().map_or(0, |a| a.seq), "event dead-lettered"
                 );
                 add(&self.shared.counters.dead_lettered, 1);
@@ -993,7 +993,7 @@ impl Consumer {
             }
             Err(e) => {
                 tracing::warn!(
-                    consumer = %self.name, seq, correlation_id = %correlation(&event), error = %e,
+                    consumer = %self.name, seq, correlation_id = %event.correlation_or_id(), error = %e,
                     "dead-letter publication failed; will retry"
                 );
                 let due = self.now() + DEAD_LETTER_RETRY;
@@ -1066,11 +1066,4 @@ impl Consumer {
             }
         }
     }
-}
-
-/// The correlation id log lines about `event` carry (its own id when it has none).
-fn correlation(event: &Event) -> std::borrow::Cow<'_, str> {
-    event
-        .correlation_id()
-        .map_or_else(|| event.id.to_string().into(), Into::into)
 }

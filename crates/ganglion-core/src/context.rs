@@ -54,9 +54,7 @@ impl EventContext {
     /// first event of a piece of work starts the correlation) and trace parent.
     pub fn of(event: &Event) -> EventContext {
         EventContext {
-            correlation_id: event
-                .correlation_id()
-                .map_or_else(|| event.id.to_string(), str::to_owned),
+            correlation_id: event.correlation_or_id().into_owned(),
             traceparent: event.header(headers::TRACEPARENT).map(str::to_owned),
             parent_span: None,
         }

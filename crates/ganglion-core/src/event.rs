@@ -41,7 +41,7 @@ enum IdRepr {
 impl EventId {
     /// A new UUIDv7 of the present millisecond.
     pub fn now() -> EventId {
-        EventId::at(crate::unix_micros(std::time::SystemTime::now()) / 1000)
+        EventId::at(unix_millis_now())
     }
 
     /// A new UUIDv7 for `unix_millis`, so a batch of events takes one clock read, not
@@ -139,27 +139,9 @@ impl From<String> for EventId {
     }
 }
 
-impl From<Arc<str>> for EventId {
-    fn from(id: Arc<str>) -> EventId {
-        EventId::from(&*id)
-    }
-}
-
 impl From<uuid::Uuid> for EventId {
     fn from(uuid: uuid::Uuid) -> EventId {
         EventId(IdRepr::Uuid(uuid))
-    }
-}
-
-impl From<&EventId> for String {
-    fn from(id: &EventId) -> String {
-        id.to_string()
-    }
-}
-
-impl From<EventId> for String {
-    fn from(id: EventId) -> String {
-        id.to_string()
     }
 }
 
@@ -196,10 +178,12 @@ impl std::fmt::Debug for EventId {
 pub fn assign_ids(events: &mut [Event]) {
     let mut now_ms = None;
     for event in events.iter_mut().filter(|e| e.id.is_empty()) {
-        let ms =
-            *now_ms.get_or_insert_with(|| crate::unix_micros(std::time::SystemTime::now()) / 1000);
-        event.id = EventId::at(ms);
+        event.id = EventId::at(*now_ms.get_or_insert_with(unix_millis_now));
     }
+}
+
+fn unix_millis_now() -> u64 {
+    crate::unix_micros(std::time::SystemTime::now()) / 1000
 }
 
 /// One event. Payloads are [`Bytes`], so fanning an event out never copies them.
@@ -277,6 +261,13 @@ impl Event {
     /// which falls back to the event's own id.)
     pub fn correlation_id(&self) -> Option<&str> {
         self.header(headers::CORRELATION_ID)
+    }
+
+    /// The correlation id its work carries: the header's, or the event's own id when it
+    /// starts a piece of work.
+    pub fn correlation_or_id(&self) -> std::borrow::Cow<'_, str> {
+        self.correlation_id()
+            .map_or_else(|| self.id.to_string().into(), Into::into)
     }
 
     pub fn idempotency_key(&self) -> Option<&str> {
