@@ -48,6 +48,8 @@ pub struct ServerConfig {
     /// How long shutdown waits for open calls and streams before cutting them.
     #[schemars(range(min = 1))]
     pub drain_timeout_ms: u64,
+    /// Threads serving gRPC connections; each connection stays on one. 0: one per core.
+    pub grpc_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +59,7 @@ impl Default for ServerConfig {
             grpc_addr: "127.0.0.1:50051".to_owned(),
             http_addr: "127.0.0.1:8080".to_owned(),
             drain_timeout_ms: 10_000,
+            grpc_threads: 0,
         }
     }
 }

@@ -14,11 +14,11 @@ use ganglion_proto::convert::{
 use ganglion_proto::v1::event_bus_server::{EventBus as EventBusService, EventBusServer};
 use ganglion_proto::v1::{self, subscribe_request, subscribe_response};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::State;
+use crate::{ServerError, State};
 
 /// Publish requests one publish stream may have in flight (acks still come back in
 /// order).
@@ -38,7 +38,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub(crate) async fn serve(
     state: Arc<State>,
     listener: TcpListener,
-) -> Result<(), tonic::transport::Error> {
+    threads: usize,
+) -> Result<(), ServerError> {
     let limits = state.limits.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -58,14 +59,6 @@ pub(crate) async fn serve(
     .max_decoding_message_size(limits.max_grpc_message_bytes)
     .max_encoding_message_size(limits.max_grpc_message_bytes);
 
-    // The builder's `tcp_nodelay` covers only listeners it binds itself: set it on each
-    // accepted stream, or Nagle holds small frames (one event at a time to a subscriber
-    // that sends nothing back) until the peer's delayed ACK, about 2 ms here.
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(stream)
-    });
     let coordinator = ganglion_proto::v1::coordinator_server::CoordinatorServer::new(
         crate::coordinator::GrpcCoordinator {
             state: state.clone(),
@@ -76,16 +69,101 @@ pub(crate) async fn serve(
             crate::coordinator::GrpcCoordinator,
         >>()
         .await;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(bus)
-        .add_service(coordinator)
-        .serve_with_incoming_shutdown(incoming, state.stopped())
-        .await
+        .add_service(coordinator);
+
+    // Dropping this future (the drain timeout aborts it) drops `_cut`, which cuts every
+    // front's connections at once.
+    let (_cut, cut) = watch::channel(());
+    let fronts = (0..threads.max(1))
+        .map(|index| Front::start(index, router.clone(), state.stopped(), cut.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut next = 0;
+    let mut stopped = std::pin::pin!(state.stopped());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => break,
+        };
+        let stream = match accepted.and_then(|(stream, _)| {
+            // Nagle would hold small frames (one event at a time to a subscriber that
+            // sends nothing back) until the peer's delayed ACK, about 2 ms here.
+            stream.set_nodelay(true)?;
+            stream.into_std()
+        }) {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Out of descriptors, or a connection reset before it was accepted:
+                // the listener itself is fine; back off briefly rather than spin.
+                tracing::warn!(%error, "accepting a gRPC connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if fronts[next].connections.send(stream).await.is_err() {
+            break;
+        }
+        next = (next + 1) % fronts.len();
+    }
+    let mut result = Ok(());
+    for front in fronts {
+        drop(front.connections);
+        let ended = front.done.await.unwrap_or_else(|_| {
+            Err(ServerError::GrpcThread(std::io::Error::other(
+                "it panicked",
+            )))
+        });
+        result = result.and(ended);
+    }
+    result
+}
+
+/// One gRPC front: a thread with a current-thread runtime that serves the connections
+/// handed to it. A connection's HTTP/2 framing, its calls and their replies all run on
+/// one thread, so a call costs no wake-ups between worker threads, and fronts share
+/// nothing but the bus and the coordinator behind them.
+struct Front {
+    connections: mpsc::Sender<std::net::TcpStream>,
+    done: tokio::sync::oneshot::Receiver<Result<(), ServerError>>,
+}
+
+impl Front {
+    fn start(
+        index: usize,
+        router: tonic::transport::server::Router,
+        stopped: impl Future<Output = ()> + Send + 'static,
+        mut cut: watch::Receiver<()>,
+    ) -> Result<Front, ServerError> {
+        let (connections, accepted) = mpsc::channel::<std::net::TcpStream>(64);
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ServerError::GrpcThread)?;
+        std::thread::Builder::new()
+            .name(format!("ganglion-grpc-{index}"))
+            .spawn(move || {
+                let served = runtime.block_on(async move {
+                    let incoming =
+                        ReceiverStream::new(accepted).map(tokio::net::TcpStream::from_std);
+                    tokio::select! {
+                        served = router.serve_with_incoming_shutdown(incoming, stopped) => served,
+                        _ = cut.changed() => Ok(()),
+                    }
+                });
+                // Dropping the runtime ends every call still open on this front.
+                drop(runtime);
+                let _ = finished.send(served.map_err(ServerError::from));
+            })
+            .map_err(ServerError::GrpcThread)?;
+        Ok(Front { connections, done })
+    }
 }
 
 /// Reports NOT_SERVING while the log refuses writes, SERVING otherwise.

@@ -507,3 +507,53 @@ async fn the_http_resources_routes() {
 
     server.stop().await.unwrap();
 }
+
+/// A call that outlives the drain timeout (a permit waited for over an hour) is cut:
+/// `serve` returns, the caller gets an error rather than a hang, and calls on other
+/// connections, served by other gRPC threads, are cut with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_still_open_after_the_drain_timeout_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(bus_options(dir.path())).unwrap();
+    let coordinator = Coordinator::open(config(), Arc::new(SystemClock), None).unwrap();
+    let options = ServerOptions {
+        drain_timeout: Duration::from_millis(200),
+        grpc_threads: 2,
+        ..ServerOptions::default()
+    };
+    let server = Server::start_with(bus, Arc::new(coordinator), options).await;
+    let permit = v1::PermitRequest {
+        quota: "claude".into(),
+        component: "advisor".into(),
+        wait_ms: 3_600_000,
+        ..Default::default()
+    };
+    let mut first = client(&server).await;
+    for _ in 0..2 {
+        first.try_acquire_permit(permit.clone()).await.unwrap();
+    }
+    // Two waiters on two connections: the acceptor hands them to different threads.
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let mut c = client(&server).await;
+        let permit = permit.clone();
+        waiters.push(tokio::spawn(async move { c.acquire_permit(permit).await }));
+    }
+    // Both are waiting in line before shutdown begins.
+    let quota = || async {
+        let status = first.clone().status(v1::StatusRequest::default()).await;
+        status.unwrap().into_inner().quotas[0].waiters
+    };
+    soon("both waiters in line", async {
+        while quota().await < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    server.stop().await.unwrap();
+    for waiter in waiters {
+        let cut = soon("the waiter to be cut", waiter).await.unwrap();
+        assert!(cut.is_err(), "a cut call ends with an error: {cut:?}");
+    }
+}

@@ -264,6 +264,7 @@ fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
             max_sse_clients: size(l.max_sse_clients),
         },
         drain_timeout: Duration::from_millis(c.server.drain_timeout_ms),
+        grpc_threads: c.server.grpc_threads,
     };
     Ok(Settings {
         coordinator: coordinator_config(&c.coordinator, discover)?,
