@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ganglion_core::Clock;
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use crate::CoordinatorError;
 
@@ -196,12 +196,46 @@ pub enum LeaseEvent {
     },
 }
 
-#[derive(Debug, Clone)]
+/// Where one lease is in its life, as [`Pools::watch`] shows it to its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseStage {
+    Held,
+    /// 90% of the maximum hold time has passed.
+    Warned {
+        revoked_in: Duration,
+    },
+    /// The maximum hold time passed: stop using the units; they are taken back after
+    /// `release_in`.
+    Revoked {
+        release_in: Duration,
+    },
+    /// The lease ended; `reason` says how.
+    Released {
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
 struct Held {
     lease: Lease,
     units: Vec<usize>,
     warned: bool,
     revoked_at: Option<u64>,
+    /// This lease's own stage, for its holder alone: a change wakes one watcher, not
+    /// every holder in the process.
+    stage: watch::Sender<LeaseStage>,
+}
+
+impl Held {
+    fn new(lease: Lease, units: Vec<usize>, warned: bool, revoked_at: Option<u64>) -> Held {
+        Held {
+            lease,
+            units,
+            warned,
+            revoked_at,
+            stage: watch::Sender::new(LeaseStage::Held),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -426,6 +460,23 @@ impl Pools {
         self.events.subscribe()
     }
 
+    /// One lease's stage, changes included, for its holder (the gRPC `Acquire` stream
+    /// relays it). A lease no longer held is `Released` at once; one restored after a
+    /// restart reads `Held` until its next change.
+    pub fn watch(&self, lease: u64) -> watch::Receiver<LeaseStage> {
+        match self.lock().leases.get(&lease) {
+            Some(held) => held.stage.subscribe(),
+            None => {
+                watch::channel(LeaseStage::Released {
+                    reason: format!(
+                        "lease {lease} is not held (released, reclaimed or never granted)"
+                    ),
+                })
+                .1
+            }
+        }
+    }
+
     fn emit(&self, event: LeaseEvent) {
         let _ = self.events.send(event);
     }
@@ -576,12 +627,7 @@ impl Pools {
                 max_hold_until_micros: now.saturating_add(micros(waiter.max_hold)),
             };
             state.next_lease += 1;
-            let held = Held {
-                lease: lease.clone(),
-                units: units.clone(),
-                warned: false,
-                revoked_at: None,
-            };
+            let held = Held::new(lease.clone(), units.clone(), false, None);
             state.leases.insert(lease.id, held);
             // The token counter must be on disk before anyone sees the token.
             let persisted = if durable {
@@ -642,6 +688,9 @@ impl Pools {
             });
         };
         tracing::info!(pool = %held.lease.pool, holder = %held.lease.holder, lease = id, reason, "lease released");
+        held.stage.send_replace(LeaseStage::Released {
+            reason: reason.to_owned(),
+        });
         self.emit(LeaseEvent::Released {
             lease: id,
             pool: held.lease.pool.clone(),
@@ -747,6 +796,9 @@ impl Pools {
             if now >= held.lease.max_hold_until_micros {
                 held.revoked_at = Some(now);
                 tracing::warn!(%pool, %holder, lease = id, "lease revoked at its maximum hold time");
+                held.stage.send_replace(LeaseStage::Revoked {
+                    release_in: options.grace,
+                });
                 self.emit(LeaseEvent::Revoked {
                     lease: id,
                     pool,
@@ -759,11 +811,13 @@ impl Pools {
             let warn_at = held.lease.granted_at_micros + max_hold_total(held) * 9 / 10;
             if !held.warned && now >= warn_at {
                 held.warned = true;
+                let revoked_in = Duration::from_micros(held.lease.max_hold_until_micros - now);
+                held.stage.send_replace(LeaseStage::Warned { revoked_in });
                 self.emit(LeaseEvent::Warning {
                     lease: id,
                     pool,
                     holder,
-                    revoked_in: Duration::from_micros(held.lease.max_hold_until_micros - now),
+                    revoked_in,
                 });
                 changed = true;
             }
@@ -1058,12 +1112,12 @@ impl Pools {
                     let revoked = num(revoked)?;
                     state.leases.insert(
                         lease.id,
-                        Held {
+                        Held::new(
                             lease,
                             units,
-                            warned: *warned == "1",
-                            revoked_at: (revoked > 0).then_some(revoked),
-                        },
+                            *warned == "1",
+                            (revoked > 0).then_some(revoked),
+                        ),
                     );
                 }
                 _ => return Err(damaged(n, line)),

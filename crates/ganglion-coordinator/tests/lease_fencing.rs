@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ganglion_coordinator::CoordinatorError;
-use ganglion_coordinator::lease::{AcquireRequest, LeaseEvent, PoolSpec, Pools, PoolsOptions};
+use ganglion_coordinator::lease::{
+    AcquireRequest, LeaseEvent, LeaseStage, PoolSpec, Pools, PoolsOptions,
+};
 use ganglion_core::ManualClock;
 
 fn pools(specs: Vec<PoolSpec>) -> (ManualClock, Arc<Pools>) {
@@ -215,6 +217,8 @@ async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_af
     let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
     let mut events = pools.events();
     let lease = pools.acquire(now_request("gpu", "greedy")).await.unwrap();
+    let mut stage = pools.watch(lease.id);
+    assert_eq!(*stage.borrow_and_update(), LeaseStage::Held);
     let mut seen = Vec::new();
     let renew_and_tick = |secs: u64| {
         for _ in 0..secs / 10 {
@@ -232,7 +236,19 @@ async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_af
         matches!(seen.last(), Some(LeaseEvent::Warning { revoked_in, .. }) if *revoked_in == Duration::from_secs(30)),
         "{seen:?}"
     );
+    assert_eq!(
+        *stage.borrow_and_update(),
+        LeaseStage::Warned {
+            revoked_in: Duration::from_secs(30)
+        }
+    );
     renew_and_tick(30); // 300 s
+    assert_eq!(
+        *stage.borrow_and_update(),
+        LeaseStage::Revoked {
+            release_in: Duration::from_secs(30)
+        }
+    );
     assert!(
         matches!(events.try_recv(), Ok(LeaseEvent::Revoked { release_in, .. }) if release_in == Duration::from_secs(30))
     );
@@ -255,6 +271,39 @@ async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_af
         matches!(events.try_recv(), Ok(LeaseEvent::Released { reason, .. }) if reason.contains("grace"))
     );
     assert_eq!(pools.status()[0].free, 1);
+    assert!(
+        matches!(&*stage.borrow_and_update(), LeaseStage::Released { reason } if reason.contains("grace"))
+    );
+    assert!(
+        stage.changed().await.is_err(),
+        "a released lease changes no more"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_watch_sees_its_own_lease_alone() {
+    let (_clock, pools) = pools(vec![PoolSpec::counted("gpu", 2)]);
+    let mine = pools.acquire(now_request("gpu", "mine")).await.unwrap();
+    let other = pools.acquire(now_request("gpu", "other")).await.unwrap();
+    let mut stage = pools.watch(mine.id);
+    pools.release(other.id).unwrap();
+    assert!(
+        !stage.has_changed().unwrap(),
+        "another lease's release is not this holder's business"
+    );
+    pools.release(mine.id).unwrap();
+    assert_eq!(
+        *stage.borrow_and_update(),
+        LeaseStage::Released {
+            reason: "released by its holder".into()
+        }
+    );
+    let gone = pools.watch(mine.id);
+    assert!(
+        matches!(&*gone.borrow(), LeaseStage::Released { reason } if reason.contains("not held")),
+        "{:?}",
+        *gone.borrow()
+    );
 }
 
 #[tokio::test]

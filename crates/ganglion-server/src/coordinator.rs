@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use ganglion_bus::Bus;
-use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseEvent};
+use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseEvent, LeaseStage};
 use ganglion_coordinator::{Coordinator, CoordinatorError};
 use ganglion_core::bus::EventBus;
 use ganglion_core::{Event, Topic};
@@ -93,7 +93,7 @@ struct HeldLease {
     granted: Option<Lease>,
     /// The lease ended on the coordinator's side (released, reclaimed, stopped).
     released: bool,
-    events: tokio::sync::broadcast::Receiver<LeaseEvent>,
+    stage: tokio::sync::watch::Receiver<LeaseStage>,
     renew: tokio::time::Interval,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -120,17 +120,26 @@ impl HeldLease {
                         }
                     }
                 }
-                event = self.events.recv() => match event {
-                    Ok(LeaseEvent::Warning { lease, revoked_in, .. }) if lease == id => {
-                        return Some(lease_update::Update::Warning(v1::LeaseWarning { revoked_in_ms: duration_ms(revoked_in) }));
+                changed = self.stage.changed() => {
+                    if changed.is_err() {
+                        // Gone without a word: never held here, or the coordinator stopped.
+                        break match &*self.stage.borrow() {
+                            LeaseStage::Released { reason } => reason.clone(),
+                            _ => "the coordinator stopped".into(),
+                        };
                     }
-                    Ok(LeaseEvent::Revoked { lease, release_in, .. }) if lease == id => {
-                        return Some(lease_update::Update::Revoked(v1::LeaseRevoked { release_in_ms: duration_ms(release_in) }));
+                    let stage = self.stage.borrow_and_update().clone();
+                    match stage {
+                        LeaseStage::Held => {}
+                        LeaseStage::Warned { revoked_in } => {
+                            return Some(lease_update::Update::Warning(v1::LeaseWarning { revoked_in_ms: duration_ms(revoked_in) }));
+                        }
+                        LeaseStage::Revoked { release_in } => {
+                            return Some(lease_update::Update::Revoked(v1::LeaseRevoked { release_in_ms: duration_ms(release_in) }));
+                        }
+                        LeaseStage::Released { reason } => break reason,
                     }
-                    Ok(LeaseEvent::Released { lease, reason, .. }) if lease == id => break reason,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break "the coordinator stopped".into(),
-                    _ => {}
-                },
+                }
             }
         };
         self.released = true;
@@ -164,7 +173,6 @@ impl CoordinatorService for GrpcCoordinator {
     ) -> Result<Response<Self::AcquireStream>, Status> {
         let r = request.into_inner();
         let pools = self.coordinator().pools().clone();
-        let events = pools.events();
         let lease = pools
             .acquire(AcquireRequest {
                 pool: r.pool,
@@ -176,12 +184,13 @@ impl CoordinatorService for GrpcCoordinator {
             })
             .await
             .map_err(status)?;
+        let stage = pools.watch(lease.id);
         Ok(Response::new(Box::pin(held_lease_stream(HeldLease {
             pools,
             id: lease.id,
+            stage,
             granted: Some(lease),
             released: false,
-            events,
             renew: tokio::time::interval_at(
                 tokio::time::Instant::now() + Duration::from_secs(1),
                 Duration::from_secs(1),
