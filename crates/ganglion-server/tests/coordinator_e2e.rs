@@ -557,3 +557,76 @@ async fn calls_still_open_after_the_drain_timeout_are_cut() {
         assert!(cut.is_err(), "a cut call ends with an error: {cut:?}");
     }
 }
+
+/// Each step of a lease is published on the bus as `coordinator.lease.<step>`, in the
+/// order it happened, whichever gRPC thread made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_steps_are_published_on_the_bus_in_order() {
+    use ganglion_core::Pattern;
+    use ganglion_core::bus::{EventBus as _, SubscribeOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(bus_options(dir.path())).unwrap();
+    let mut steps = bus
+        .subscribe(
+            Pattern::new("coordinator.lease.>").unwrap(),
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let coordinator = Coordinator::open(config(), Arc::new(SystemClock), None).unwrap();
+    let options = ServerOptions {
+        grpc_threads: 2,
+        ..ServerOptions::default()
+    };
+    let server = Server::start_with(bus, Arc::new(coordinator), options).await;
+    // The holder and the releaser use two connections, so two threads.
+    let mut holder = client(&server).await;
+    let mut other = client(&server).await;
+    let mut leases = Vec::new();
+    for round in 0..3 {
+        let mut stream = holder
+            .acquire(acquire(&format!("trainer-{round}"), 0))
+            .await
+            .unwrap()
+            .into_inner();
+        let lease = granted(&mut stream).await;
+        other
+            .release(v1::ReleaseRequest { lease_id: lease.id })
+            .await
+            .unwrap();
+        leases.push(lease.id);
+    }
+
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let delivery = soon("a lease event", steps.next()).await.unwrap();
+        for event in delivery.events() {
+            let body: serde_json::Value = serde_json::from_slice(&event.event.payload).unwrap();
+            seen.push((
+                event.event.topic.to_string(),
+                event.event.event_type.clone(),
+                body["lease"].as_u64().unwrap(),
+            ));
+        }
+    }
+    let expected: Vec<_> = leases
+        .iter()
+        .flat_map(|&id| {
+            [
+                (
+                    "coordinator.lease.granted".to_owned(),
+                    "LeaseGranted".to_owned(),
+                    id,
+                ),
+                (
+                    "coordinator.lease.released".to_owned(),
+                    "LeaseReleased".to_owned(),
+                    id,
+                ),
+            ]
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    server.stop().await.unwrap();
+}
