@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ganglion_core::Clock;
-use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::CoordinatorError;
 
@@ -168,6 +168,19 @@ pub struct Lease {
     pub max_hold_until_micros: u64,
 }
 
+/// What [`Pools::on_event`] calls with each lease event.
+pub type EventHook = Box<dyn Fn(LeaseEvent) + Send + Sync>;
+
+#[derive(Default)]
+struct OnEvent(std::sync::RwLock<Option<EventHook>>);
+
+impl std::fmt::Debug for OnEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.read().is_ok_and(|hook| hook.is_some());
+        f.write_str(if set { "OnEvent(set)" } else { "OnEvent(none)" })
+    }
+}
+
 /// What happens to leases, for whoever watches (the server publishes these on the bus
 /// as `coordinator.lease.*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +290,8 @@ pub struct Pools {
     options: Mutex<PoolsOptions>,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
-    events: broadcast::Sender<LeaseEvent>,
+    /// Handed every event as it happens: [`Pools::on_event`].
+    on_event: OnEvent,
     changed: Notify,
     store: Option<PathBuf>,
     /// Written but not yet fsynced.
@@ -378,7 +392,7 @@ impl Pools {
             options: Mutex::new(options),
             clock,
             state: Mutex::new(state),
-            events: broadcast::channel(1024).0,
+            on_event: OnEvent::default(),
             changed: Notify::new(),
             store: None,
             dirty: std::sync::atomic::AtomicBool::new(false),
@@ -455,9 +469,12 @@ impl Pools {
         }
     }
 
-    /// Lease events as they happen.
-    pub fn events(&self) -> broadcast::Receiver<LeaseEvent> {
-        self.events.subscribe()
+    /// Hands every lease event to `hook` as it happens, in order, in place of the
+    /// previous hook (`None`: to no one). The hook runs under the coordinator's lock, on
+    /// the thread that made the event: it must hand the event on and return (the server
+    /// queues it for the bus).
+    pub fn on_event(&self, hook: Option<EventHook>) {
+        *self.on_event.0.write().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
     /// One lease's stage, changes included, for its holder (the gRPC `Acquire` stream
@@ -478,7 +495,9 @@ impl Pools {
     }
 
     fn emit(&self, event: LeaseEvent) {
-        let _ = self.events.send(event);
+        if let Some(hook) = &*self.on_event.0.read().unwrap_or_else(|e| e.into_inner()) {
+            hook(event);
+        }
     }
 
     /// Waits in line for `request.amount` units, up to `request.wait_timeout`.

@@ -1,7 +1,8 @@
 //! Leases on a virtual clock: capacity, fencing, order with aging, TTL reclaim, the
 //! maximum hold time, restarts, and 10,000 random steps of 8 contenders.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ganglion_coordinator::CoordinatorError;
@@ -18,6 +19,16 @@ fn pools(specs: Vec<PoolSpec>) -> (ManualClock, Arc<Pools>) {
 
 fn now_request(pool: &str, holder: &str) -> AcquireRequest {
     AcquireRequest::new(pool, holder)
+}
+
+/// Every lease event from now on, in order.
+fn record(pools: &Pools) -> Arc<Mutex<VecDeque<LeaseEvent>>> {
+    let events = Arc::new(Mutex::new(VecDeque::new()));
+    let sink = events.clone();
+    pools.on_event(Some(Box::new(move |event| {
+        sink.lock().unwrap().push_back(event);
+    })));
+    events
 }
 
 async fn settle() {
@@ -174,7 +185,7 @@ async fn a_low_priority_waiter_is_served_within_the_aging_bound_under_constant_h
 #[tokio::test]
 async fn an_unrenewed_lease_is_reclaimed_after_its_ttl_and_its_token_fails_the_fence() {
     let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
-    let mut events = pools.events();
+    let events = record(&pools);
     let lease = pools.acquire(now_request("gpu", "crashed")).await.unwrap();
     let waiter = {
         let pools = pools.clone();
@@ -204,7 +215,7 @@ async fn an_unrenewed_lease_is_reclaimed_after_its_ttl_and_its_token_fails_the_f
         Err(CoordinatorError::Stale(_))
     ));
     let mut reasons = Vec::new();
-    while let Ok(event) = events.try_recv() {
+    while let Some(event) = events.lock().unwrap().pop_front() {
         if let LeaseEvent::Released { reason, .. } = event {
             reasons.push(reason);
         }
@@ -215,7 +226,7 @@ async fn an_unrenewed_lease_is_reclaimed_after_its_ttl_and_its_token_fails_the_f
 #[tokio::test]
 async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_after_grace() {
     let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
-    let mut events = pools.events();
+    let events = record(&pools);
     let lease = pools.acquire(now_request("gpu", "greedy")).await.unwrap();
     let mut stage = pools.watch(lease.id);
     assert_eq!(*stage.borrow_and_update(), LeaseStage::Held);
@@ -229,7 +240,7 @@ async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_af
     };
     renew_and_tick(260);
     renew_and_tick(10); // 270 s: 90% of 300
-    while let Ok(e) = events.try_recv() {
+    while let Some(e) = events.lock().unwrap().pop_front() {
         seen.push(e);
     }
     assert!(
@@ -250,7 +261,7 @@ async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_af
         }
     );
     assert!(
-        matches!(events.try_recv(), Ok(LeaseEvent::Revoked { release_in, .. }) if release_in == Duration::from_secs(30))
+        matches!(events.lock().unwrap().pop_front(), Some(LeaseEvent::Revoked { release_in, .. }) if release_in == Duration::from_secs(30))
     );
     assert!(
         pools.check_fence("gpu", lease.fencing_token).is_err(),
@@ -268,7 +279,7 @@ async fn max_hold_warns_at_90_percent_revokes_at_the_limit_and_forces_release_af
     clock.advance(Duration::from_secs(30));
     pools.tick();
     assert!(
-        matches!(events.try_recv(), Ok(LeaseEvent::Released { reason, .. }) if reason.contains("grace"))
+        matches!(events.lock().unwrap().pop_front(), Some(LeaseEvent::Released { reason, .. }) if reason.contains("grace"))
     );
     assert_eq!(pools.status()[0].free, 1);
     assert!(

@@ -245,10 +245,7 @@ pub async fn serve_with(
         stop_rx,
     );
     let timers = tokio::spawn(coordinator.pools().clone().run_timers());
-    let lease_events = tokio::spawn(coordinator::publish_lease_events(
-        bus.clone(),
-        coordinator.clone(),
-    ));
+    coordinator::LeaseEventPublisher::start(bus.clone(), &coordinator);
 
     let grpc_server = grpc::serve(
         state.clone(),
@@ -295,7 +292,7 @@ pub async fn serve_with(
         }
     };
     timers.abort();
-    lease_events.abort();
+    coordinator::LeaseEventPublisher::stop(&coordinator);
     if let Err(error) = coordinator.pools().flush() {
         tracing::error!(%error, "cannot write the lease state at shutdown");
     }
