@@ -107,6 +107,12 @@ pub(crate) async fn serve(
             }
         };
         if fronts[next].connections.send(stream).await.is_err() {
+            // Its thread ended with an error (returned below); serving on without it
+            // would drop every connection handed to it.
+            tracing::error!(
+                thread = next,
+                "a gRPC thread stopped: no longer accepting gRPC connections"
+            );
             break;
         }
         next = (next + 1) % fronts.len();
