@@ -114,12 +114,9 @@ impl HeldLease {
                 // The server is stopping: the stream ends, and with it the lease.
                 _ = &mut self.stopped => return None,
                 _ = self.renew.tick() => {
-                    if let Err(e) = self.pools.renew(id) {
-                        // Revoked: keep the stream until the forced release arrives.
-                        if !matches!(e, CoordinatorError::Stale(ref m) if m.contains("revoked")) {
-                            break e.to_string();
-                        }
-                    }
+                    // Refused only for a lease revoked (kept until its forced release)
+                    // or ended: either way the stage says what happened, and why.
+                    let _ = self.pools.renew(id);
                 }
                 changed = self.stage.changed() => {
                     if changed.is_err() {
