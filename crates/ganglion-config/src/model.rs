@@ -49,6 +49,7 @@ pub struct ServerConfig {
     #[schemars(range(min = 1))]
     pub drain_timeout_ms: u64,
     /// Threads serving gRPC connections; each connection stays on one. 0: one per core.
+    #[schemars(range(max = 1024))]
     pub grpc_threads: usize,
 }
 

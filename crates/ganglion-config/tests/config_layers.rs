@@ -88,17 +88,18 @@ fn validation_reports_every_problem_with_file_line_and_key_path() {
     let base = write(
         dir.path(),
         "ganglion.yaml",
-        "bus:\n  batch_windw_ms: 50\n  max_event_bytes: 0\nlimits:\n  max_sse_clients: lots\ntelemetry:\n  log_format: xml\ncoordinator:\n  quotas:\n    claude:\n      shares: { a: 1 }\n",
+        "server:\n  grpc_threads: 100000\nbus:\n  batch_windw_ms: 50\n  max_event_bytes: 0\nlimits:\n  max_sse_clients: lots\ntelemetry:\n  log_format: xml\ncoordinator:\n  quotas:\n    claude:\n      shares: { a: 1 }\n",
     );
     let problems = Loader::new(dir.path()).load().unwrap_err();
     let lines: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
     let f = base.display();
     let expect = [
-        format!("{f}:2: bus.batch_windw_ms: unknown key (did you mean `batch_window_ms`?)"),
-        format!("{f}:3: bus.max_event_bytes: must be at least 1, found 0"),
-        format!("{f}:5: limits.max_sse_clients: expected integer, found the string \"lots\""),
-        format!("{f}:7: telemetry.log_format: expected"),
-        format!("{f}:10: coordinator.quotas.claude: is missing the required key `rule`"),
+        format!("{f}:2: server.grpc_threads: must be at most 1024, found 100000"),
+        format!("{f}:4: bus.batch_windw_ms: unknown key (did you mean `batch_window_ms`?)"),
+        format!("{f}:5: bus.max_event_bytes: must be at least 1, found 0"),
+        format!("{f}:7: limits.max_sse_clients: expected integer, found the string \"lots\""),
+        format!("{f}:9: telemetry.log_format: expected"),
+        format!("{f}:12: coordinator.quotas.claude: is missing the required key `rule`"),
     ];
     for e in &expect {
         assert!(
