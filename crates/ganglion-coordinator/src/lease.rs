@@ -168,6 +168,51 @@ pub struct Lease {
     pub max_hold_until_micros: u64,
 }
 
+/// A waiter's place in a pool's line while its `acquire` waits. Dropped unsettled (the
+/// caller went away: a cancelled call, a closed connection), it leaves the line and
+/// releases a grant that raced the drop, so a dead waiter neither holds units until its
+/// TTL nor, at the head of a strict line, blocks the live ones behind it.
+struct InLine<'a> {
+    pools: &'a Pools,
+    pool: &'a str,
+    id: u64,
+    rx: oneshot::Receiver<Lease>,
+    /// `acquire` returned, or is about to: nothing left for `drop` to do.
+    settled: bool,
+}
+
+impl InLine<'_> {
+    /// Leaves the line and serves whoever it was holding up; returns a grant that came
+    /// first.
+    fn leave(&mut self) -> Option<Lease> {
+        let mut state = self.pools.lock();
+        let now = self.pools.now(&mut state);
+        if let Some(pool) = state.pools.get_mut(self.pool) {
+            pool.waiters.retain(|w| w.id != self.id);
+        }
+        self.pools.pump(&mut state, self.pool, now);
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Some(lease) = self.leave() {
+            let mut state = self.pools.lock();
+            let now = self.pools.now(&mut state);
+            if let Err(error) =
+                self.pools
+                    .release_now(&mut state, lease.id, "its requester went away", now)
+            {
+                tracing::warn!(lease = lease.id, %error, "cannot release a lease nobody took");
+            }
+        }
+    }
+}
+
 /// What [`Pools::on_event`] calls with each lease event.
 pub type EventHook = Box<dyn Fn(LeaseEvent) + Send + Sync>;
 
@@ -514,7 +559,7 @@ impl Pools {
                 "must be longer than zero",
             ));
         }
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         let waiter_id = {
             let mut state = self.lock();
             let now = self.now(&mut state);
@@ -560,36 +605,37 @@ impl Pools {
             }
             id
         };
-        if let Ok(lease) = rx.try_recv() {
+        let mut line = InLine {
+            pools: self,
+            pool: &request.pool,
+            id: waiter_id,
+            rx,
+            settled: false,
+        };
+        if let Ok(lease) = line.rx.try_recv() {
+            line.settled = true;
             return Ok(lease);
         }
         let deadline = self.clock.monotonic() + request.wait_timeout;
         let granted = tokio::select! {
-            lease = &mut rx => lease.ok(),
+            lease = &mut line.rx => lease.ok(),
             _ = self.clock.sleep_until(deadline) => None,
         };
+        line.settled = true;
         if let Some(lease) = granted {
             return Ok(lease);
         }
         // Out of time: leave the line, unless a grant raced the timeout.
-        {
-            let mut state = self.lock();
-            if let Some(pool) = state.pools.get_mut(&request.pool) {
-                pool.waiters.retain(|w| w.id != waiter_id);
-            }
+        if let Some(lease) = line.leave() {
+            return Ok(lease);
         }
-        match rx.try_recv() {
-            Ok(lease) => Ok(lease),
-            Err(_) => {
-                tracing::debug!(pool = %request.pool, holder = %request.holder, wait_ms = request.wait_timeout.as_millis() as u64, "denied: no units free within the wait");
-                Err(CoordinatorError::DeadlineExceeded(format!(
-                    "no {} unit(s) of pool {} free within {} ms",
-                    request.amount,
-                    request.pool,
-                    request.wait_timeout.as_millis()
-                )))
-            }
-        }
+        tracing::debug!(pool = %request.pool, holder = %request.holder, wait_ms = request.wait_timeout.as_millis() as u64, "denied: no units free within the wait");
+        Err(CoordinatorError::DeadlineExceeded(format!(
+            "no {} unit(s) of pool {} free within {} ms",
+            request.amount,
+            request.pool,
+            request.wait_timeout.as_millis()
+        )))
     }
 
     /// Grants to the head of `pool`'s line while its request fits.

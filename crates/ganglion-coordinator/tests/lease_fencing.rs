@@ -2,6 +2,7 @@
 //! maximum hold time, restarts, and 10,000 random steps of 8 contenders.
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -524,4 +525,84 @@ fn gpu_discovery_reports_devices_or_a_reason_without_failing() {
         Ok(gpus) => assert!(gpus.iter().all(|g| g.parse::<u32>().is_ok()), "{gpus:?}"),
         Err(reason) => assert!(reason.starts_with("NVML"), "{reason}"),
     }
+}
+
+/// Two GPUs, one held. `big` (2 units) waits at the head of the line and, the line
+/// being strict, `small` (1 unit) waits behind it although a unit is free. When `big`
+/// gives up (its call dropped, or out of time), `small` is served at once.
+#[tokio::test]
+async fn a_waiter_that_leaves_the_head_of_the_line_lets_the_next_one_through() {
+    for dropped in [true, false] {
+        let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 2)]);
+        let held = pools.acquire(now_request("gpu", "trainer")).await.unwrap();
+        let big = {
+            let pools = pools.clone();
+            tokio::spawn(async move {
+                let mut request = now_request("gpu", "big");
+                request.amount = 2;
+                request.wait_timeout = Duration::from_secs(60);
+                pools.acquire(request).await
+            })
+        };
+        settle().await;
+        let small = {
+            let pools = pools.clone();
+            tokio::spawn(async move {
+                let mut request = now_request("gpu", "small");
+                request.wait_timeout = Duration::from_secs(600);
+                pools.acquire(request).await
+            })
+        };
+        settle().await;
+        assert_eq!(pools.status()[0].waiters, 2, "small waits behind big");
+        assert!(!small.is_finished());
+
+        if dropped {
+            big.abort();
+            assert!(big.await.unwrap_err().is_cancelled());
+        } else {
+            clock.advance(Duration::from_secs(60));
+            settle().await;
+            let err = big.await.unwrap().unwrap_err();
+            assert!(
+                matches!(err, CoordinatorError::DeadlineExceeded(_)),
+                "{err:?}"
+            );
+        }
+        settle().await;
+        assert!(small.is_finished(), "small is served once big is gone");
+        let lease = small.await.unwrap().unwrap();
+        assert_eq!(lease.holder, "small");
+        assert_eq!(pools.status()[0].waiters, 0);
+        pools.release(held.id).unwrap();
+    }
+}
+
+/// A grant that reaches a waiter whose call was dropped in the same instant is released,
+/// not left to its TTL.
+#[tokio::test]
+async fn a_grant_to_a_waiter_that_went_away_is_released() {
+    let (_clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
+    let events = record(&pools);
+    let held = pools.acquire(now_request("gpu", "trainer")).await.unwrap();
+    let mut request = now_request("gpu", "gone");
+    request.wait_timeout = Duration::from_secs(60);
+    let mut waiting = Box::pin(pools.acquire(request));
+    // Poll once: the waiter is in line.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    // The grant is made, then the call is dropped before it reads it.
+    pools.release(held.id).unwrap();
+    drop(waiting);
+    assert_eq!(pools.status()[0].free, 1, "the unit is back");
+    let reasons: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            LeaseEvent::Released { holder, reason, .. } if holder == "gone" => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["its requester went away"]);
 }
