@@ -630,3 +630,58 @@ async fn lease_steps_are_published_on_the_bus_in_order() {
     assert_eq!(seen, expected);
     server.stop().await.unwrap();
 }
+
+/// A caller that gives up (its call is cancelled) leaves the line: a waiting permit or
+/// lease request is withdrawn, so nothing is later granted to no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_leaves_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    let permit = v1::PermitRequest {
+        quota: "claude".into(),
+        component: "advisor".into(),
+        wait_ms: 3_600_000,
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        c.try_acquire_permit(permit.clone()).await.unwrap();
+    }
+    let mut holder = c.acquire(acquire("trainer", 0)).await.unwrap().into_inner();
+    granted(&mut holder).await;
+
+    let waiting = |c: &CoordinatorClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            let status = c.status(v1::StatusRequest::default()).await.unwrap();
+            let status = status.into_inner();
+            let gpu = status.pools.iter().find(|p| p.name == "gpu").unwrap();
+            (status.quotas[0].waiters, gpu.waiters)
+        }
+    };
+    let permit_call = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.acquire_permit(permit).await }
+    });
+    let lease_call = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.acquire(acquire("advisor", 3_600_000)).await }
+    });
+    soon("both callers in line", async {
+        while waiting(&c).await != (1, 1) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    permit_call.abort();
+    lease_call.abort();
+    soon("both callers out of line", async {
+        while waiting(&c).await != (0, 0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    drop(holder);
+    server.stop().await.unwrap();
+}
