@@ -360,6 +360,9 @@ impl RequestQueue {
         if let Some(tx) = inner.outcomes.get(&id) {
             tx.send_replace(Some(outcome));
         }
+        // Kept for the retention, then pruned like every other answer.
+        let now = self.clock.now_micros();
+        inner.answered_at.push_back((now, id));
         Ok(())
     }
 

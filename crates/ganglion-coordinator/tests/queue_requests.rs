@@ -206,3 +206,40 @@ async fn idempotency_keys_errors_and_unknown_ids() {
     assert!(queue.complete(999, Ok(Bytes::new())).is_err());
     assert!(queue.get_response(999, Duration::ZERO).await.is_err());
 }
+
+/// Answers are kept for the retention (an hour here), then forgotten, whether they came
+/// from a worker, the cache or a fallback: a busy queue does not grow without bound.
+#[tokio::test]
+async fn answers_from_workers_are_forgotten_after_the_retention() {
+    let (clock, queue) = queue("100000 per 1h");
+    let mut ids = Vec::new();
+    for n in 0..1100u32 {
+        let id = queue
+            .submit(Bytes::from(format!("question {n}")), 0, None, None)
+            .unwrap();
+        let taken = queue.take("worker", Duration::ZERO).await.unwrap().unwrap();
+        queue
+            .complete(taken.id, Ok(Bytes::from_static(b"answer")))
+            .unwrap();
+        ids.push(id);
+    }
+    assert!(
+        queue
+            .get_response(ids[0], Duration::ZERO)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    clock.advance(Duration::from_secs(3601));
+    // The next submit prunes.
+    queue
+        .submit(Bytes::from_static(b"one more"), 0, None, None)
+        .unwrap();
+    assert!(
+        matches!(
+            queue.get_response(ids[0], Duration::ZERO).await,
+            Err(ganglion_coordinator::CoordinatorError::NotFound { .. })
+        ),
+        "an answer past the retention is forgotten"
+    );
+}
