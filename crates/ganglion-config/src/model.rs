@@ -213,6 +213,15 @@ pub struct QueueConfig {
     /// How long a response is cached, keyed by the request's content.
     #[serde(default = "default_cache_ttl_s")]
     pub cache_ttl_s: u64,
+    /// How long a worker has to complete a request it took; then the request goes back
+    /// in line for another worker.
+    #[serde(default = "default_take_timeout_s")]
+    #[schemars(range(min = 1))]
+    pub take_timeout_s: u64,
+}
+
+fn default_take_timeout_s() -> u64 {
+    300
 }
 
 fn default_cache_ttl_s() -> u64 {

@@ -13,12 +13,14 @@ use crate::lease::{PoolSpec, Pools, PoolsOptions};
 use crate::queue::RequestQueue;
 use crate::quota::{Quota, QuotaSpec};
 
-/// A request queue's definition: which quota paces it, how long answers are cached.
+/// A request queue's definition: which quota paces it, how long answers are cached,
+/// how long a worker has to complete what it took.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueSpec {
     pub name: String,
     pub quota: String,
     pub cache_ttl: Duration,
+    pub take_timeout: Duration,
 }
 
 /// What the coordinator manages.
@@ -94,7 +96,8 @@ impl Coordinator {
                     format!("no quota named {:?}", spec.quota),
                 )
             })?;
-            let queue = RequestQueue::new(spec.name.clone(), quota, spec.cache_ttl, clock.clone());
+            let queue = RequestQueue::new(spec.name.clone(), quota, spec.cache_ttl, clock.clone())
+                .with_take_timeout(spec.take_timeout);
             queues.insert(spec.name, (spec.quota, Arc::new(queue)));
         }
         let mut breakers = BTreeMap::new();

@@ -11,6 +11,10 @@
 //!   answered at once from the cache or with its fallback, marked `degraded`, rather
 //!   than waiting.
 //! - **Order**: workers take the highest priority first, oldest first within one.
+//! - **Take timeout**: a request taken but not completed within `take_timeout` (default
+//!   5 min; the worker crashed, or hangs) goes back in line, at its priority, to be taken
+//!   again (with a new quota grant). The first completion answers it, even a late one
+//!   from the first worker; any later completion is refused as not taken.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -49,6 +53,18 @@ struct Pending {
     priority: i32,
     key: u64,
     request: Bytes,
+    /// Taken before, and not completed within the take timeout.
+    retaken: bool,
+}
+
+/// A request a worker took and has not completed.
+#[derive(Debug)]
+struct InProgress {
+    priority: i32,
+    key: u64,
+    request: Bytes,
+    /// Back in line at this time (monotonic) unless completed.
+    until: Duration,
 }
 
 #[derive(Debug)]
@@ -68,8 +84,8 @@ struct Inner {
     follows: HashMap<u64, u64>,
     /// id → outcome, once known (a watch per id so `get_response` can wait).
     outcomes: HashMap<u64, watch::Sender<Option<Outcome>>>,
-    /// id → content key and request, while taken.
-    taken: HashMap<u64, (u64, Bytes)>,
+    /// id → the request, while taken.
+    taken: HashMap<u64, InProgress>,
     cache: HashMap<u64, Cached>,
     idempotency: HashMap<String, u64>,
     /// When each answered id was answered, oldest first: answers (and their followers
@@ -83,10 +99,14 @@ pub struct RequestQueue {
     name: String,
     quota: Arc<Quota>,
     cache_ttl: Duration,
+    take_timeout: Duration,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
     work: Notify,
 }
+
+/// How long a worker has to complete what it took, unless the queue says otherwise.
+pub const DEFAULT_TAKE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn content_key(request: &[u8]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
@@ -106,6 +126,7 @@ impl RequestQueue {
             name: name.into(),
             quota,
             cache_ttl,
+            take_timeout: DEFAULT_TAKE_TIMEOUT,
             clock,
             inner: Mutex::new(Inner {
                 next_id: 1,
@@ -113,6 +134,39 @@ impl RequestQueue {
             }),
             work: Notify::new(),
         }
+    }
+
+    /// A taken request goes back in line after `take_timeout` without a completion.
+    pub fn with_take_timeout(mut self, take_timeout: Duration) -> RequestQueue {
+        self.take_timeout = take_timeout;
+        self
+    }
+
+    /// Puts back in line what was taken and not completed in time; returns when the
+    /// next one taken now is due (monotonic).
+    fn requeue_overdue(&self, inner: &mut Inner) -> Option<Duration> {
+        let now = self.clock.monotonic();
+        let overdue: Vec<u64> = inner
+            .taken
+            .iter()
+            .filter(|(_, t)| t.until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in overdue {
+            let Some(t) = inner.taken.remove(&id) else {
+                continue;
+            };
+            tracing::warn!(queue = %self.name, id, timeout_ms = self.take_timeout.as_millis() as u64, "a taken request was not completed in time: back in line");
+            inner.pending.push(Pending {
+                id,
+                priority: t.priority,
+                key: t.key,
+                request: t.request,
+                retaken: true,
+            });
+            self.work.notify_one();
+        }
+        inner.taken.values().map(|t| t.until).min()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -232,6 +286,7 @@ impl RequestQueue {
             priority,
             key,
             request,
+            retaken: false,
         });
         drop(inner);
         self.work.notify_one();
@@ -276,13 +331,15 @@ impl RequestQueue {
         let deadline = self.clock.monotonic() + timeout;
         loop {
             let notified = self.work.notified();
-            let best = {
-                let inner = self.lock();
-                inner
+            let (best, next_overdue) = {
+                let mut inner = self.lock();
+                let next_overdue = self.requeue_overdue(&mut inner);
+                let best = inner
                     .pending
                     .iter()
                     .min_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)))
-                    .map(|p| p.priority)
+                    .map(|p| p.priority);
+                (best, next_overdue)
             };
             let remaining = deadline.saturating_sub(self.clock.monotonic());
             match best {
@@ -290,9 +347,11 @@ impl RequestQueue {
                     if remaining.is_zero() {
                         return Ok(None);
                     }
+                    // Wake for new work, or when a taken request falls due again.
+                    let wake = next_overdue.map_or(deadline, |due| due.min(deadline));
                     tokio::select! {
                         _ = notified => {}
-                        _ = self.clock.sleep_until(deadline) => return Ok(None),
+                        _ = self.clock.sleep_until(wake) => {}
                     }
                 }
                 Some(priority) => {
@@ -309,8 +368,17 @@ impl RequestQueue {
                                 continue;
                             };
                             let p = inner.pending.swap_remove(at);
-                            inner.taken.insert(p.id, (p.key, p.request.clone()));
-                            tracing::debug!(queue = %self.name, id = p.id, worker, "taken");
+                            let until = self.clock.monotonic().saturating_add(self.take_timeout);
+                            inner.taken.insert(
+                                p.id,
+                                InProgress {
+                                    priority: p.priority,
+                                    key: p.key,
+                                    request: p.request.clone(),
+                                    until,
+                                },
+                            );
+                            tracing::debug!(queue = %self.name, id = p.id, worker, retaken = p.retaken, "taken");
                             return Ok(Some(Taken {
                                 id: p.id,
                                 request: p.request,
@@ -332,7 +400,14 @@ impl RequestQueue {
         response: Result<Bytes, String>,
     ) -> Result<(), CoordinatorError> {
         let mut inner = self.lock();
-        let Some((key, request)) = inner.taken.remove(&id) else {
+        let (key, request) = if let Some(t) = inner.taken.remove(&id) {
+            (t.key, t.request)
+        } else if let Some(at) = inner.pending.iter().position(|p| p.id == id && p.retaken) {
+            // Back in line after its take timed out, and answered before anyone took it
+            // again: the answer stands.
+            let p = inner.pending.swap_remove(at);
+            (p.key, p.request)
+        } else {
             return Err(CoordinatorError::NotFound {
                 what: format!("taken request {id} in queue {}", self.name),
             });
@@ -368,6 +443,8 @@ impl RequestQueue {
 
     /// Requests waiting for a worker.
     pub fn depth(&self) -> usize {
-        self.lock().pending.len()
+        let mut inner = self.lock();
+        self.requeue_overdue(&mut inner);
+        inner.pending.len()
     }
 }

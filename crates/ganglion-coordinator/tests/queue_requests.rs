@@ -243,3 +243,98 @@ async fn answers_from_workers_are_forgotten_after_the_retention() {
         "an answer past the retention is forgotten"
     );
 }
+
+fn queue_with_take_timeout(rule: &str, take_timeout: Duration) -> (ManualClock, Arc<RequestQueue>) {
+    let clock = ManualClock::at_fixed_instant();
+    let quota = Arc::new(
+        Quota::new(
+            QuotaSpec::parse("claude", rule).unwrap(),
+            Arc::new(clock.clone()),
+        )
+        .unwrap(),
+    );
+    let queue = RequestQueue::new(
+        "claude",
+        quota,
+        Duration::from_secs(3600),
+        Arc::new(clock.clone()),
+    )
+    .with_take_timeout(take_timeout);
+    (clock, Arc::new(queue))
+}
+
+/// A worker that takes a request and goes quiet gives it back after the take timeout:
+/// a worker already waiting takes it then, the first completion answers, and the
+/// second is refused.
+#[tokio::test]
+async fn a_request_its_worker_never_completes_is_taken_again_after_the_take_timeout() {
+    let (clock, queue) = queue_with_take_timeout("100 per 1h", Duration::from_secs(60));
+    let id = queue
+        .submit(Bytes::from_static(b"plan the next round"), 5, None, None)
+        .unwrap();
+    let first = queue
+        .take("crashed", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.id, id);
+    assert_eq!(queue.depth(), 0);
+
+    let second = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.take("healthy", Duration::from_secs(600)).await })
+    };
+    settle().await;
+    clock.advance(Duration::from_secs(59));
+    settle().await;
+    assert!(!second.is_finished(), "still the first worker's until 60 s");
+    clock.advance(Duration::from_secs(1));
+    settle().await;
+    assert!(second.is_finished(), "taken again once the timeout passed");
+    let retaken = second.await.unwrap().unwrap().unwrap();
+    assert_eq!((retaken.id, retaken.priority), (id, 5));
+    assert_eq!(&retaken.request[..], b"plan the next round");
+
+    queue.complete(id, Ok(Bytes::from_static(b"fold"))).unwrap();
+    assert!(
+        matches!(
+            queue.complete(id, Ok(Bytes::from_static(b"raise"))),
+            Err(ganglion_coordinator::CoordinatorError::NotFound { .. })
+        ),
+        "one answer per request"
+    );
+    let outcome = queue
+        .get_response(id, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.response, Ok(Bytes::from_static(b"fold")));
+}
+
+/// A late answer from the first worker, before anyone took the request again, stands.
+#[tokio::test]
+async fn a_late_answer_before_the_request_is_taken_again_stands() {
+    let (clock, queue) = queue_with_take_timeout("100 per 1h", Duration::from_secs(60));
+    let id = queue
+        .submit(Bytes::from_static(b"slow question"), 0, None, None)
+        .unwrap();
+    queue.take("slow", Duration::ZERO).await.unwrap().unwrap();
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(queue.depth(), 1, "back in line");
+    queue
+        .complete(id, Ok(Bytes::from_static(b"slow answer")))
+        .unwrap();
+    assert_eq!(queue.depth(), 0);
+    assert!(queue.take("other", Duration::ZERO).await.unwrap().is_none());
+    let outcome = queue
+        .get_response(id, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.response, Ok(Bytes::from_static(b"slow answer")));
+    // A request never taken cannot be completed.
+    let fresh = queue
+        .submit(Bytes::from_static(b"new question"), 0, None, None)
+        .unwrap();
+    assert!(queue.complete(fresh, Ok(Bytes::new())).is_err());
+}

@@ -26,6 +26,7 @@ fn config() -> CoordinatorConfig {
             name: "claude".into(),
             quota: "claude".into(),
             cache_ttl: Duration::from_secs(3600),
+            take_timeout: Duration::from_secs(300),
         }],
         ..CoordinatorConfig::default()
     }

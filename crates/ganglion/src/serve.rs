@@ -166,6 +166,7 @@ pub(crate) fn coordinator_config(
             name: name.clone(),
             quota: queue.quota.clone(),
             cache_ttl: Duration::from_secs(queue.cache_ttl_s),
+            take_timeout: Duration::from_secs(queue.take_timeout_s),
         });
     }
     out.breakers = breaker_specs(c)?;
