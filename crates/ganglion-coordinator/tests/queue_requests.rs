@@ -5,26 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ganglion_coordinator::queue::RequestQueue;
+use ganglion_coordinator::queue::{DEFAULT_TAKE_TIMEOUT, RequestQueue};
 use ganglion_coordinator::quota::{Quota, QuotaSpec};
 use ganglion_core::ManualClock;
 
 fn queue(rule: &str) -> (ManualClock, Arc<RequestQueue>) {
-    let clock = ManualClock::at_fixed_instant();
-    let quota = Arc::new(
-        Quota::new(
-            QuotaSpec::parse("claude", rule).unwrap(),
-            Arc::new(clock.clone()),
-        )
-        .unwrap(),
-    );
-    let queue = RequestQueue::new(
-        "claude",
-        quota,
-        Duration::from_secs(3600),
-        Arc::new(clock.clone()),
-    );
-    (clock, Arc::new(queue))
+    queue_with_take_timeout(rule, DEFAULT_TAKE_TIMEOUT)
 }
 
 async fn settle() {
