@@ -322,7 +322,8 @@ impl RequestQueue {
     }
 
     /// Takes the next request once the quota grants `worker` a call, waiting up to
-    /// `timeout`; `Ok(None)` if nothing could be taken in time.
+    /// `timeout`; `Ok(None)` if nothing could be taken in time. Complete it within the
+    /// queue's take timeout, or it goes back in line for another worker.
     pub async fn take(
         &self,
         worker: &str,
@@ -393,7 +394,9 @@ impl RequestQueue {
         }
     }
 
-    /// Answers a taken request (and every identical one that joined it).
+    /// Answers a taken request (and every identical one that joined it). The first
+    /// completion answers; one for a request not taken, or already answered, is
+    /// `NotFound`.
     pub fn complete(
         &self,
         id: u64,
