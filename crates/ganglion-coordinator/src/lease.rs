@@ -254,6 +254,24 @@ pub enum LeaseEvent {
     },
 }
 
+impl LeaseEvent {
+    /// The stage the lease is in after this event (a grant starts at `Held`).
+    fn stage(&self) -> Option<LeaseStage> {
+        match self {
+            LeaseEvent::Granted(_) => None,
+            LeaseEvent::Warning { revoked_in, .. } => Some(LeaseStage::Warned {
+                revoked_in: *revoked_in,
+            }),
+            LeaseEvent::Revoked { release_in, .. } => Some(LeaseStage::Revoked {
+                release_in: *release_in,
+            }),
+            LeaseEvent::Released { reason, .. } => Some(LeaseStage::Released {
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
 /// Where one lease is in its life, as [`Pools::watch`] shows it to its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseStage {
@@ -539,6 +557,14 @@ impl Pools {
         }
     }
 
+    /// Moves `held`'s stage on for its holder, and hands the event to the hook.
+    fn announce(&self, held: &Held, event: LeaseEvent) {
+        if let Some(stage) = event.stage() {
+            held.stage.send_replace(stage);
+        }
+        self.emit(event);
+    }
+
     fn emit(&self, event: LeaseEvent) {
         if let Some(hook) = &*self.on_event.0.read().unwrap_or_else(|e| e.into_inner()) {
             hook(event);
@@ -753,15 +779,15 @@ impl Pools {
             });
         };
         tracing::info!(pool = %held.lease.pool, holder = %held.lease.holder, lease = id, reason, "lease released");
-        held.stage.send_replace(LeaseStage::Released {
-            reason: reason.to_owned(),
-        });
-        self.emit(LeaseEvent::Released {
-            lease: id,
-            pool: held.lease.pool.clone(),
-            holder: held.lease.holder.clone(),
-            reason: reason.to_owned(),
-        });
+        self.announce(
+            &held,
+            LeaseEvent::Released {
+                lease: id,
+                pool: held.lease.pool.clone(),
+                holder: held.lease.holder.clone(),
+                reason: reason.to_owned(),
+            },
+        );
         self.pump(state, &held.lease.pool, now);
         self.persist(state)
     }
@@ -861,15 +887,15 @@ impl Pools {
             if now >= held.lease.max_hold_until_micros {
                 held.revoked_at = Some(now);
                 tracing::warn!(%pool, %holder, lease = id, "lease revoked at its maximum hold time");
-                held.stage.send_replace(LeaseStage::Revoked {
-                    release_in: options.grace,
-                });
-                self.emit(LeaseEvent::Revoked {
-                    lease: id,
-                    pool,
-                    holder,
-                    release_in: options.grace,
-                });
+                self.announce(
+                    held,
+                    LeaseEvent::Revoked {
+                        lease: id,
+                        pool,
+                        holder,
+                        release_in: options.grace,
+                    },
+                );
                 changed = true;
                 continue;
             }
@@ -877,13 +903,15 @@ impl Pools {
             if !held.warned && now >= warn_at {
                 held.warned = true;
                 let revoked_in = Duration::from_micros(held.lease.max_hold_until_micros - now);
-                held.stage.send_replace(LeaseStage::Warned { revoked_in });
-                self.emit(LeaseEvent::Warning {
-                    lease: id,
-                    pool,
-                    holder,
-                    revoked_in,
-                });
+                self.announce(
+                    held,
+                    LeaseEvent::Warning {
+                        lease: id,
+                        pool,
+                        holder,
+                        revoked_in,
+                    },
+                );
                 changed = true;
             }
         }
