@@ -29,7 +29,8 @@
 //!   delivered) — it resumes where acks stopped, and events delivered but not acked are
 //!   delivered again; a durable exists from the moment its subscribe returns, so one
 //!   that never acked resumes from its start position, not from "new" again; dead
-//!   letters and what was redriven; idempotency keys within the dedupe window. Non-durable subscriptions and ephemeral events do not survive.
+//!   letters and what was redriven; idempotency keys within the dedupe window.
+//!   Non-durable subscriptions and ephemeral events do not survive.
 
 use std::collections::BTreeMap;
 use std::fmt;
