@@ -127,6 +127,8 @@ pub(crate) struct ConsumerSpec {
     pub(crate) durable: bool,
     /// The first log sequence to read.
     pub(crate) cursor: u64,
+    /// Resumed from a saved state: events missing at the cursor were lost since.
+    pub(crate) resumed: bool,
     /// Sequences at or after `cursor` already done (from a durable state).
     pub(crate) done: BTreeSet<u64>,
     /// Deliveries so far of sequences not done (from a durable state).
@@ -246,7 +248,7 @@ impl Consumer {
             cut_off: false,
             log_closed: false,
             ephemeral_closed: false,
-            has_read: false,
+            has_read: spec.resumed,
             cursor: spec.cursor,
             ready: BinaryHeap::new(),
             ephemeral_ready: VecDeque::new(),
@@ -409,8 +411,13 @@ impl Consumer {
             let Some(last) = records.last() else { break };
             let first = records[0].seq;
             if first > self.cursor && self.has_read {
+                let cause = if self.cursor < log.first_seq() {
+                    "deleted by retention"
+                } else {
+                    "cut from the log by a repair"
+                };
                 let lost = format!(
-                    "{} events ({}..={}) were deleted by retention before delivery",
+                    "{} events ({}..={}) were {cause} before delivery",
                     first - self.cursor,
                     self.cursor,
                     first - 1

@@ -841,6 +841,7 @@ impl Bus {
                 BusError::invalid("subscription", "name does not make a valid topic")
             })?,
         };
+        let resumed = saved.is_some();
         let (cursor, done, attempts) = match saved {
             Some(saved) => (saved.floor, saved.done, saved.attempts),
             None => {
@@ -879,6 +880,7 @@ impl Bus {
             dlq_topic: dlq_topic.clone(),
             durable: options.durable.is_some(),
             cursor,
+            resumed,
             done,
             attempts,
             first_member: Member {

@@ -23,6 +23,13 @@ pub enum Damage {
     /// Segments do not follow each other without a gap.
     #[error("segment ends at sequence {end} but the next segment starts at {next_base}")]
     Gap { end: u64, next_base: u64 },
+    /// The file holds nothing but zeros past where its header should be.
+    #[error("the segment is {len} bytes of zeros")]
+    ZeroFilled { len: u64 },
+    /// Segment files that `log.meta` says exist are gone (deleted by hand, not by
+    /// retention).
+    #[error("the segments holding sequences {from} to {} are missing", .to - 1)]
+    MissingSegments { from: u64, to: u64 },
 }
 
 /// Errors of the event log. Each has a stable [`code`](LogError::code).
@@ -32,10 +39,18 @@ pub enum LogError {
     #[error("log directory {dir} is locked by another open log")]
     Locked { dir: PathBuf },
 
-    /// Damage that recovery must not repair on its own: a sealed segment, or the active
-    /// segment with valid records after the damage.
+    /// Damage that recovery must not repair on its own: a sealed segment, the active
+    /// segment with valid records after the damage, or any damage that cuts off records
+    /// that were acknowledged. `ganglion log verify` lists every such problem; `ganglion
+    /// log repair --drop-damaged-tail` cuts what is damaged (keeping a copy) and goes on
+    /// numbering after the highest sequence ever acknowledged.
     #[error(
-        "{file}: damaged at byte offset {offset}: {damage}{}",
+        "{file}: damaged at byte offset {offset}: {damage}{}{}",
+        if *.acknowledged_missing > 0 {
+            format!("; {} acknowledged records are missing", .acknowledged_missing)
+        } else {
+            String::new()
+        },
         if *.valid_records_after > 0 {
             format!(" ({} valid records follow; refusing to drop them)", .valid_records_after)
         } else {
@@ -47,6 +62,16 @@ pub enum LogError {
         offset: u64,
         damage: Damage,
         valid_records_after: u64,
+        /// Records the log acknowledged that the damage took (at least this many).
+        acknowledged_missing: u64,
+    },
+
+    /// `log.meta` is not readable.
+    #[error("{file}:{line}: {reason}")]
+    BadMeta {
+        file: PathBuf,
+        line: usize,
+        reason: String,
     },
 
     /// The device is full. Nothing of the refused batch was kept; appends work again
@@ -91,7 +116,7 @@ impl LogError {
     pub fn code(&self) -> &'static str {
         match self {
             LogError::Locked { .. } => "LOG_LOCKED",
-            LogError::Corrupt { .. } => "LOG_CORRUPT",
+            LogError::Corrupt { .. } | LogError::BadMeta { .. } => "LOG_CORRUPT",
             LogError::NoSpace { .. } => "LOG_NO_SPACE",
             LogError::Failed { .. } => "LOG_FAILED",
             LogError::RecordTooLarge { .. } => "LOG_RECORD_TOO_LARGE",

@@ -7,9 +7,22 @@ use crate::error::Damage;
 
 /// `GNGLSEG1`: the first bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"GNGLSEG1";
-pub(crate) const FORMAT_VERSION: u32 = 1;
-pub(crate) const SEGMENT_HEADER_LEN: u64 = 24;
+/// The format new segments are written in. Version 1 segments (no commit marks) are
+/// still read.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The version of index files (unchanged since version 1).
+const INDEX_VERSION: u32 = 1;
+/// The part of a segment header that never changes: magic, version, base, CRC.
+pub(crate) const STATIC_HEADER_LEN: u64 = 24;
+/// Where the commit marks of a version 2 segment start, and their length.
+const MARKS_AT: u64 = STATIC_HEADER_LEN;
+const MARKS_LEN: usize = 40;
 pub(crate) const RECORD_HEADER_LEN: u64 = 24;
+
+/// Bytes before a segment's first record, by format version.
+pub(crate) fn header_len(version: u32) -> u64 {
+    if version == 1 { 24 } else { 64 }
+}
 
 /// `GNGLIDX1`: the first bytes of every index file.
 pub(crate) const INDEX_MAGIC: [u8; 8] = *b"GNGLIDX1";
@@ -24,21 +37,43 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-pub(crate) fn encode_segment_header(base_seq: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
-    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+/// A new (version 2) segment's header: the static part, and commit marks that say
+/// nothing is committed yet.
+pub(crate) fn encode_segment_header(base_seq: u64, boot: u64) -> Vec<u8> {
+    let mut h = vec![0u8; header_len(FORMAT_VERSION) as usize];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[12..20].copy_from_slice(&base_seq.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..20]);
     h[20..24].copy_from_slice(&crc.to_le_bytes());
+    let marks = Marks {
+        written: base_seq,
+        durable: base_seq,
+        boot,
+    };
+    h[MARKS_AT as usize..].copy_from_slice(&marks.encode());
     h
 }
 
-/// Checks a segment header and returns its base sequence.
-pub(crate) fn decode_segment_header(h: &[u8]) -> Result<u64, Damage> {
-    if (h.len() as u64) < SEGMENT_HEADER_LEN {
+/// What a segment header says: its format version and base sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub(crate) version: u32,
+    pub(crate) base_seq: u64,
+}
+
+impl SegmentHeader {
+    /// Bytes before the first record.
+    pub(crate) fn len(&self) -> u64 {
+        header_len(self.version)
+    }
+}
+
+/// Checks the static part of a segment header (the first 24 bytes).
+pub(crate) fn decode_segment_header(h: &[u8]) -> Result<SegmentHeader, Damage> {
+    if (h.len() as u64) < STATIC_HEADER_LEN {
         return Err(Damage::Truncated {
-            needed: SEGMENT_HEADER_LEN,
+            needed: STATIC_HEADER_LEN,
             available: h.len() as u64,
         });
     }
@@ -48,10 +83,72 @@ pub(crate) fn decode_segment_header(h: &[u8]) -> Result<u64, Damage> {
     if crc32c::crc32c(&h[0..20]) != u32_at(h, 20) {
         return Err(Damage::BadHeader("header checksum mismatch"));
     }
-    if u32_at(h, 8) != FORMAT_VERSION {
+    let version = u32_at(h, 8);
+    if version != 1 && version != FORMAT_VERSION {
         return Err(Damage::BadHeader("unsupported format version"));
     }
-    Ok(u64_at(h, 12))
+    if (h.len() as u64) < header_len(version) {
+        return Err(Damage::Truncated {
+            needed: header_len(version),
+            available: h.len() as u64,
+        });
+    }
+    Ok(SegmentHeader {
+        version,
+        base_seq: u64_at(h, 12),
+    })
+}
+
+/// The commit marks of a version 2 segment, rewritten with every group commit in the
+/// same fdatasync as the group's records.
+///
+/// `written` is one past the last record of the newest group whose write completed (it
+/// may not be on disk yet after a power loss); `durable` is one past the last record
+/// known to be on disk (fdatasynced) before that write. `boot` names the boot of the
+/// machine that wrote them: within the same boot the page cache still holds every
+/// completed write, so `written` holds; after a reboot only `durable` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Marks {
+    pub(crate) written: u64,
+    pub(crate) durable: u64,
+    pub(crate) boot: u64,
+}
+
+impl Marks {
+    pub(crate) const OFFSET: u64 = MARKS_AT;
+
+    pub(crate) fn encode(&self) -> [u8; MARKS_LEN] {
+        let mut b = [0u8; MARKS_LEN];
+        b[0..8].copy_from_slice(&self.written.to_le_bytes());
+        b[8..16].copy_from_slice(&self.durable.to_le_bytes());
+        b[16..24].copy_from_slice(&self.boot.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..32]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// The marks at the start of a version 2 header; `None` if they do not check out.
+    pub(crate) fn decode(header: &[u8]) -> Option<Marks> {
+        let b = header.get(MARKS_AT as usize..MARKS_AT as usize + MARKS_LEN)?;
+        if crc32c::crc32c(&b[0..32]) != u32_at(b, 32) {
+            return None;
+        }
+        Some(Marks {
+            written: u64_at(b, 0),
+            durable: u64_at(b, 8),
+            boot: u64_at(b, 16),
+        })
+    }
+
+    /// One past the last record that was acknowledged for certain, as seen from boot
+    /// `boot_now`.
+    pub(crate) fn acknowledged(&self, boot_now: u64) -> u64 {
+        if self.boot != 0 && self.boot == boot_now {
+            self.written
+        } else {
+            self.durable
+        }
+    }
 }
 
 /// Appends one encoded record to `buf`.
@@ -141,7 +238,7 @@ pub(crate) struct SealedIndex {
 pub(crate) fn encode_index(index: &SealedIndex) -> Vec<u8> {
     let mut b = Vec::with_capacity(INDEX_HEADER_LEN + index.entries.len() * INDEX_ENTRY_LEN + 4);
     b.extend_from_slice(&INDEX_MAGIC);
-    b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b.extend_from_slice(&INDEX_VERSION.to_le_bytes());
     for v in [
         index.base_seq,
         index.next_seq,
@@ -170,7 +267,7 @@ pub(crate) fn decode_index(b: &[u8]) -> Option<SealedIndex> {
         return None;
     }
     let (body, crc) = b.split_at(b.len() - 4);
-    if crc32c::crc32c(body) != u32_at(crc, 0) || u32_at(body, 8) != FORMAT_VERSION {
+    if crc32c::crc32c(body) != u32_at(crc, 0) || u32_at(body, 8) != INDEX_VERSION {
         return None;
     }
     let count = usize::try_from(u64_at(body, 52)).ok()?;
@@ -238,12 +335,19 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let h = encode_segment_header(7);
-        assert_eq!(decode_segment_header(&h), Ok(7));
-        let mut bad = h;
+        let h = encode_segment_header(7, 99);
+        let header = decode_segment_header(&h).unwrap();
+        assert_eq!((header.version, header.base_seq, header.len()), (2, 7, 64));
+        let mut bad = h.clone();
         bad[13] ^= 1;
         assert!(decode_segment_header(&bad).is_err());
         assert!(decode_segment_header(&h[..10]).is_err());
+        assert!(decode_segment_header(&h[..40]).is_err(), "marks cut short");
+        let marks = Marks::decode(&h).unwrap();
+        assert_eq!((marks.written, marks.durable, marks.boot), (7, 7, 99));
+        let mut bad = h;
+        bad[30] ^= 4;
+        assert_eq!(Marks::decode(&bad), None);
     }
 
     #[test]

@@ -26,27 +26,39 @@
 //! - **Readers see only committed records**: what has been acknowledged, never a record
 //!   still waiting for its fsync.
 //! - **Damage is found, never served.** Every record carries a CRC32C that every read
-//!   and every recovery scan checks. A torn tail of the active segment is cut off on
-//!   open (and the bytes dropped are logged); any other damage refuses to open, naming
-//!   the file and byte offset.
+//!   and every recovery scan checks. A torn tail of the active segment (a write whose
+//!   group commit never returned) is cut off on open and the bytes dropped are logged;
+//!   any other damage refuses to open, naming the file, the byte offset and how many
+//!   acknowledged records are missing.
+//! - **A sequence number is never given twice.** Recovery knows how far the log was
+//!   acknowledged (below), so damage that cuts acknowledged records off is refused rather
+//!   than mistaken for a torn write; and a repair continues numbering above the highest
+//!   sequence ever acknowledged, leaving the lost numbers as a gap readers step over.
 //! - **Failure is sticky.** A failed write or fsync puts the log in a failed state that
 //!   refuses writes until it is reopened (an fsync is never retried: after it fails the
 //!   kernel may have dropped the dirty pages, so a retry could report success for lost
 //!   data). Reads keep working. A full device (`ENOSPC`) is different: the append is
 //!   refused, its partial bytes are cut off, and appends work again once space returns.
 //!
-//! # On-disk format (version 1, little-endian)
+//! # On-disk format (version 2, little-endian)
 //!
 //! A log is a directory of segment files, each named by the zero-padded sequence number
 //! of its first record (`00000000000000000001.log`), a sparse index beside each sealed
-//! segment (`….index`), and a `LOCK` file held while the log is open.
+//! segment (`….index`), `log.meta`, `log.hwm`, a `LOCK` file held while the log is
+//! open, and `quarantine/` once a repair has cut something.
 //!
 //! ```text
-//! segment header (24 bytes)
+//! segment header (64 bytes; 24 in version 1, which is still read)
 //!   0  magic  "GNGLSEG1"
-//!   8  u32    format version (1)
+//!   8  u32    format version (2)
 //!  12  u64    base sequence: the first record's sequence, as in the file name
 //!  20  u32    CRC32C of bytes 0..20
+//!  24  u64    commit mark "written": one past the newest record whose write completed
+//!  32  u64    commit mark "durable": one past the newest record fdatasynced before it
+//!  40  u64    boot id of the machine that wrote the marks
+//!  48  u64    reserved (0)
+//!  56  u32    CRC32C of bytes 24..56
+//!  60  u32    reserved (0)
 //! record (24-byte header + payload), repeated
 //!   0  u32    CRC32C of bytes 4..24+len (length, sequence, timestamp and payload)
 //!   4  u32    len: payload length
@@ -56,10 +68,18 @@
 //! ```
 //!
 //! Invariants: in each segment the records' sequences run from the base sequence without
-//! gaps, and each segment starts where the previous one ended. Only the last (active)
-//! segment is ever written; a segment is sealed once it reaches `segment_bytes`, after
-//! which it never changes until retention deletes it whole. A new segment's header is
-//! fsynced, and then its directory, before any record goes into it.
+//! gaps, and each segment starts where the previous one ended, or where a gap recorded
+//! in `log.meta` ends. Only the last (active) segment is ever written; a segment is
+//! sealed once it reaches `segment_bytes`, after which it never changes until retention
+//! deletes it whole. A new segment's header is fsynced, and then its directory, before
+//! any record goes into it, and only then does `log.meta` name it. Each group commit
+//! writes its records, then the commit marks, then fdatasyncs once.
+//!
+//! `log.meta` (text, replaced atomically) holds the oldest sequence retention kept, the
+//! newest segment created, a high-water mark below which everything was acknowledged
+//! (refreshed at most once a second, at every seal and at close), and the gaps repairs
+//! left. `log.hwm` holds the newest "written" mark with the boot id, rewritten after
+//! every group's write and never fsynced.
 //!
 //! The index file of a sealed segment holds the segment's extent (next sequence, length,
 //! first and last timestamps) and one entry (sequence, offset, timestamp) per
@@ -70,17 +90,36 @@
 //! # Recovery
 //!
 //! On open, every segment is scanned (or, with [`VerifyOnOpen::ActiveSegment`], only the
-//! active one; sealed ones with a valid index are then checked as they are read):
+//! active one; sealed ones with a valid index are then checked as they are read).
+//!
+//! **How far the log was acknowledged.** Within the same boot of the machine (a crash
+//! of the process, a kill), every completed write is still in the page cache, so the
+//! "written" mark, in the header and in `log.hwm`, is exact. After a reboot (a power
+//! loss) only the "durable" mark holds: the previous group commit's end. `log.meta`'s
+//! high-water mark is a lower bound either way. The one case recovery cannot tell from
+//! a torn write is damage to the records of the very last group commit before a power
+//! loss: those are cut like a torn tail.
 //!
 //! - **Active segment.** Scanning stops at the first position that is not the next
 //!   valid record: cut short, a CRC mismatch, an impossible length or the wrong
-//!   sequence. If no intact record of this segment follows that position, it is a torn
-//!   tail: the file is truncated there and the bytes dropped are logged. If intact
-//!   records follow, it is damage, and open fails naming the file and offset (unless the
-//!   operator chose [`Recovery::DropDamagedTail`]). A torn segment header (a crash while
-//!   the segment was being created) is rewritten by the same rule.
-//! - **Sealed segments.** Any damage, and any gap or overlap between segments, fails the
-//!   open with the file and offset. Nothing is skipped.
+//!   sequence. If nothing acknowledged is lost and no intact record of this segment
+//!   follows, it is a torn tail: the file is truncated there and the bytes dropped are
+//!   logged. Otherwise it is damage, and open fails naming the file, the offset and the
+//!   acknowledged records missing. A header damaged before `log.meta` named the segment
+//!   (a crash while it was being created, so nothing was ever written in it) is written
+//!   again; after that, a damaged header, or a file of zeros, is damage.
+//! - **Sealed segments.** Any damage, and any gap or overlap between segments that
+//!   `log.meta` does not record, fails the open with the file and offset. Nothing is
+//!   skipped.
+//! - **Missing segments.** A first segment newer than `log.meta`'s oldest sequence, or
+//!   a newest segment older than the one `log.meta` names (or than the acknowledged
+//!   mark), fails the open: segments are deleted by retention, which records it first,
+//!   never by accident.
+//!
+//! [`Log::verify`] reports every such problem, changing nothing. Opening with
+//! [`Recovery::DropDamagedTail`] repairs them: what is cut goes to `quarantine/` first;
+//! lost sequences become a gap in `log.meta`; the active segment continues above the
+//! highest sequence ever acknowledged.
 //!
 //! # Reading
 //!
@@ -92,6 +131,7 @@
 
 mod error;
 mod format;
+mod meta;
 mod options;
 mod recover;
 mod segment;
@@ -110,6 +150,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use error::{Damage, LogError, Result};
 pub use format::Record;
 pub use options::{Durability, LogOptions, Recovery, Retention, VerifyOnOpen};
+pub use recover::Finding;
+use recover::Mode;
 use segment::Segment;
 use storage::{DirLock, FsStorage, Storage};
 use writer::{Command, Writer};
@@ -141,6 +183,8 @@ pub struct LogStats {
     /// One past the newest committed sequence.
     pub next_seq: u64,
     pub segments: u64,
+    /// Records retained (fewer than `next_seq - first_seq` across a gap a repair left).
+    pub records: u64,
     /// Bytes of committed data across all segments, headers included.
     pub bytes: u64,
     /// Appends acknowledged since open.
@@ -200,11 +244,24 @@ impl Shared {
         segments.drain(..n).collect()
     }
 
-    /// The segment holding `seq` (or the oldest, if `seq` is older than all of them).
+    /// The segment holding `seq` (or the oldest, if `seq` is older than all of them;
+    /// or the next one, if `seq` falls in a gap a repair left).
     fn segment_for(&self, seq: u64) -> Arc<Segment> {
         let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
-        let i = segments.partition_point(|s| s.base_seq <= seq);
-        segments[i.saturating_sub(1)].clone()
+        let i = segments
+            .partition_point(|s| s.base_seq <= seq)
+            .saturating_sub(1);
+        match segments.get(i + 1) {
+            Some(next) if segments[i].extent().next_seq <= seq => next.clone(),
+            _ => segments[i].clone(),
+        }
+    }
+
+    /// The segment after `segment`, if any.
+    fn segment_after(&self, segment: &Segment) -> Option<Arc<Segment>> {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let i = segments.partition_point(|s| s.base_seq <= segment.base_seq);
+        segments.get(i).cloned()
     }
 
     fn first_seq(&self) -> u64 {
@@ -241,8 +298,8 @@ impl Shared {
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut next = from_seq.max(self.first_seq());
+        let mut segment = self.segment_for(next);
         while out.len() < max_records {
-            let segment = self.segment_for(next);
             segment.read_into(
                 next,
                 max_records,
@@ -251,23 +308,19 @@ impl Shared {
                 &mut out,
                 &mut bytes,
             )?;
-            let end = segment.extent().next_seq;
-            if bytes >= self.options.max_read_bytes
-                || end <= next
-                || !self.has_segment_after(&segment)
-            {
+            if bytes >= self.options.max_read_bytes {
                 break;
             }
-            next = end;
+            // On to the next segment (past a gap a repair left, if there is one).
+            match self.segment_after(&segment) {
+                Some(after) => {
+                    next = next.max(after.base_seq);
+                    segment = after;
+                }
+                None => break,
+            }
         }
         Ok(out)
-    }
-
-    fn has_segment_after(&self, segment: &Segment) -> bool {
-        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
-        segments
-            .last()
-            .is_some_and(|last| last.base_seq > segment.base_seq)
     }
 }
 
@@ -281,7 +334,28 @@ pub struct Log {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<Result<()>>>,
+    findings: Vec<Finding>,
     _lock: Box<dyn DirLock>,
+}
+
+/// What [`Log::verify`] found.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// Segments, records and the sequence range, as an open would leave them (after
+    /// the repairs listed, for the problems that refuse an open).
+    pub segments: u64,
+    pub records: u64,
+    pub first_seq: u64,
+    pub next_seq: u64,
+    /// Every problem, oldest segment first.
+    pub findings: Vec<Finding>,
+}
+
+impl VerifyReport {
+    /// `true` if a normal open would refuse this log.
+    pub fn refuses_open(&self) -> bool {
+        self.findings.iter().any(|f| f.refuses_open)
+    }
 }
 
 impl Log {
@@ -305,7 +379,11 @@ impl Log {
             .lock_dir(&dir)
             .map_err(|e| LogError::io("lock", &dir, e))?
             .ok_or_else(|| LogError::Locked { dir: dir.clone() })?;
-        let recovered = recover::recover(&*storage, &dir, &options)?;
+        let mode = match options.recovery {
+            Recovery::Strict => Mode::Open,
+            Recovery::DropDamagedTail => Mode::Repair,
+        };
+        let recovered = recover::recover(&*storage, &dir, &options, mode)?;
         let next_seq = recovered
             .segments
             .last()
@@ -328,7 +406,13 @@ impl Log {
             fsyncs: AtomicU64::new(0),
             fsync_micros: AtomicU64::new(0),
         });
-        let writer = Writer::new(shared.clone(), rx, recovered.last_index_offset);
+        let writer = Writer::new(
+            shared.clone(),
+            rx,
+            recovered.last_index_offset,
+            recovered.meta,
+            recovered.hwm,
+        );
         let handle = std::thread::Builder::new()
             .name("ganglion-log-writer".into())
             .spawn(move || writer.run())
@@ -338,8 +422,57 @@ impl Log {
             shared,
             tx: Some(tx),
             writer: Some(handle),
+            findings: recovered.findings,
             _lock: lock,
         })
+    }
+
+    /// Checks the log in `dir` as opening it would, changes nothing, and reports every
+    /// problem found (not only the first), each with what a repair would do. Refused
+    /// while the log is open elsewhere.
+    pub fn verify(dir: impl AsRef<Path>, options: LogOptions) -> Result<VerifyReport> {
+        Self::verify_with_storage(Arc::new(FsStorage), dir, options)
+    }
+
+    /// [`verify`](Log::verify) on `storage`.
+    pub fn verify_with_storage(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+    ) -> Result<VerifyReport> {
+        options.validate()?;
+        let dir = dir.as_ref();
+        let _lock = storage
+            .lock_dir(dir)
+            .map_err(|e| LogError::io("lock", dir, e))?
+            .ok_or_else(|| LogError::Locked {
+                dir: dir.to_path_buf(),
+            })?;
+        let recovered = recover::recover(&*storage, dir, &options, Mode::Verify)?;
+        let (first_seq, next_seq) = match (recovered.segments.first(), recovered.segments.last()) {
+            (Some(first), Some(last)) => (first.base_seq, last.extent().next_seq),
+            _ => (recovered.meta.first_seq, recovered.meta.first_seq),
+        };
+        // Where a repair would go on numbering.
+        let next_seq = next_seq.max(recovered.meta.high_water);
+        let records = recovered
+            .segments
+            .iter()
+            .map(|s| s.extent().next_seq - s.base_seq)
+            .sum();
+        Ok(VerifyReport {
+            segments: recovered.segments.len() as u64,
+            records,
+            first_seq,
+            next_seq,
+            findings: recovered.findings,
+        })
+    }
+
+    /// What recovery found and mended (or, under [`Recovery::DropDamagedTail`],
+    /// repaired) when this log opened.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
     }
 
     /// Checks a batch and turns it into a command for the writer.
@@ -492,6 +625,10 @@ impl Log {
             first_seq: segments[0].base_seq,
             next_seq: self.next_seq(),
             segments: segments.len() as u64,
+            records: segments
+                .iter()
+                .map(|s| s.extent().next_seq - s.base_seq)
+                .sum(),
             bytes: segments.iter().map(|s| s.extent().len).sum(),
             appends: self.shared.appends.load(Ordering::Relaxed),
             fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),

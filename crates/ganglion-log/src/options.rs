@@ -14,21 +14,25 @@ pub enum Durability {
     Always,
     /// Acknowledge once the records are written to the operating system, and fsync every
     /// `Duration`. **A power loss or kernel crash can lose up to that much acknowledged
-    /// data.** A process crash loses nothing. Opt in only for data you can afford to lose.
+    /// data, and their sequence numbers are given again afterwards.** A process crash
+    /// loses nothing. Opt in only for data you can afford to lose.
     Interval(Duration),
 }
 
-/// What recovery does with damage in the active (last) segment that has valid records
-/// after it.
+/// What recovery does with damage it must not mend on its own: records of the active
+/// segment after damage, acknowledged records cut off, a damaged sealed segment, missing
+/// segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Recovery {
-    /// Refuse to open, naming the file and offset. The default: valid records are never
-    /// dropped without an operator deciding to.
+    /// Refuse to open, naming the file, the offset and the acknowledged records
+    /// missing. The default: records are never dropped without an operator deciding to.
     #[default]
     Strict,
-    /// Truncate the active segment at the damage, dropping the valid records after it,
-    /// and log how many bytes and records were dropped. For an operator who has read the
-    /// `Strict` error and chosen to keep the log's valid prefix.
+    /// Repair: cut each damaged segment at its damage (moving what is cut to
+    /// `quarantine/`), record lost sequences as gaps, and continue numbering above the
+    /// highest sequence ever acknowledged; log what was dropped. For an operator who has
+    /// read the `Strict` error (or [`Log::verify`](crate::Log::verify)'s report) and
+    /// chosen to keep the rest.
     DropDamagedTail,
 }
 

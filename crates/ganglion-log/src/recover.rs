@@ -1,5 +1,12 @@
-//! Opening a log: find the segments, check them, repair a torn tail, load or rebuild the
-//! sparse indexes. The rules are in the crate docs under "Recovery".
+//! Opening a log: find the segments, check them against `log.meta` and the commit marks,
+//! cut a torn tail, load or rebuild the sparse indexes. The rules are in the crate docs
+//! under "Recovery".
+//!
+//! One procedure serves three callers ([`Mode`]): opening (refuses at the first damage
+//! that would lose an acknowledged record), repairing (cuts what is damaged, keeps a
+//! copy in `quarantine/`, and goes on numbering above every acknowledged sequence), and
+//! verifying (changes nothing, and carries on past each problem as a repair would, so
+//! that it reports them all).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -8,11 +15,40 @@ use std::sync::Arc;
 
 use crate::error::{Damage, LogError, Result};
 use crate::format::{
-    self, IndexEntry, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SealedIndex,
+    self, FORMAT_VERSION, IndexEntry, Marks, RECORD_HEADER_LEN, RecordHeader, SealedIndex,
+    header_len,
 };
-use crate::options::{LogOptions, Recovery, VerifyOnOpen};
+use crate::meta::{self, Meta};
+use crate::options::LogOptions;
 use crate::segment::{Extent, ReadFailure, RecordReader, Segment};
 use crate::storage::{Storage, StorageFile, read_full_at, write_all_at};
+
+/// Where repairs keep the bytes they cut.
+pub(crate) const QUARANTINE: &str = "quarantine";
+
+/// What recovery is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Open the log: damage that loses an acknowledged record refuses the open.
+    Open,
+    /// Cut what is damaged (a copy goes to `quarantine/`) and continue numbering above
+    /// every acknowledged sequence.
+    Repair,
+    /// Change nothing; report every problem.
+    Verify,
+}
+
+/// A problem recovery found, and what was (or would be) done about it.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// The problem, as opening the log would report it.
+    pub problem: LogError,
+    /// `true` if it makes a normal open refuse; `false` for what an open repairs by
+    /// itself (a torn, never acknowledged tail; files a crash left behind).
+    pub refuses_open: bool,
+    /// What a repair does (or did) about it.
+    pub repair: String,
+}
 
 /// The state a recovered log resumes from.
 #[derive(Debug)]
@@ -21,6 +57,11 @@ pub(crate) struct Recovered {
     pub(crate) segments: Vec<Arc<Segment>>,
     /// Offset of the active segment's last sparse index entry.
     pub(crate) last_index_offset: Option<u64>,
+    /// `log.meta` as it stands after recovery.
+    pub(crate) meta: Meta,
+    /// `log.hwm`, open for the writer (`None` if verifying, or if it cannot be made).
+    pub(crate) hwm: Option<Arc<dyn StorageFile>>,
+    pub(crate) findings: Vec<Finding>,
 }
 
 /// `true` if a record starting at `offset` needs an index entry.
@@ -36,10 +77,24 @@ pub(crate) fn create_segment(
 ) -> io::Result<(PathBuf, Arc<dyn StorageFile>)> {
     let path = dir.join(format::segment_file_name(base_seq));
     let file = storage.create(&path)?;
-    write_all_at(&*file, &format::encode_segment_header(base_seq), 0)?;
+    write_all_at(
+        &*file,
+        &format::encode_segment_header(base_seq, storage.boot_id()),
+        0,
+    )?;
     file.sync_data()?;
     storage.sync_dir(dir)?;
     Ok((path, file))
+}
+
+/// An empty segment's extent.
+pub(crate) fn empty_extent(base_seq: u64, header_len: u64) -> Extent {
+    Extent {
+        next_seq: base_seq,
+        len: header_len,
+        first_timestamp_micros: 0,
+        last_timestamp_micros: 0,
+    }
 }
 
 /// Writes a sealed segment's index file. The index is a cache: it is not fsynced, and a
@@ -66,19 +121,14 @@ fn scan(
     path: &Path,
     file: &dyn StorageFile,
     base_seq: u64,
+    header_len: u64,
     file_len: u64,
     options: &LogOptions,
 ) -> Result<Scan> {
-    let mut extent = Extent {
-        next_seq: base_seq,
-        len: SEGMENT_HEADER_LEN,
-        first_timestamp_micros: 0,
-        last_timestamp_micros: 0,
-    };
+    let mut extent = empty_extent(base_seq, header_len);
     let mut entries = Vec::new();
     let mut last_entry = None;
-    let mut reader =
-        RecordReader::new(file, SEGMENT_HEADER_LEN, file_len, options.max_record_bytes);
+    let mut reader = RecordReader::new(file, header_len, file_len, options.max_record_bytes);
     loop {
         match reader.next(extent.next_seq) {
             Ok(Some((offset, record))) => {
@@ -116,6 +166,15 @@ fn scan(
     }
 }
 
+/// Reads `[from, len)` of a file.
+fn read_range(path: &Path, file: &dyn StorageFile, from: u64, len: u64) -> Result<Vec<u8>> {
+    let n = usize::try_from(len.saturating_sub(from)).unwrap_or(usize::MAX);
+    let mut bytes = vec![0u8; n];
+    let got = read_full_at(file, &mut bytes, from).map_err(|e| LogError::io("read", path, e))?;
+    bytes.truncate(got);
+    Ok(bytes)
+}
+
 /// Counts records after `from` that are intact and could belong to this segment
 /// (sequence at least `min_seq`): evidence that damage at `from` is not a torn tail.
 fn valid_records_after(
@@ -126,10 +185,7 @@ fn valid_records_after(
     min_seq: u64,
     max_record_bytes: u64,
 ) -> Result<u64> {
-    let len = usize::try_from(file_len.saturating_sub(from)).unwrap_or(usize::MAX);
-    let mut tail = vec![0u8; len];
-    let got = read_full_at(file, &mut tail, from).map_err(|e| LogError::io("read", path, e))?;
-    tail.truncate(got);
+    let tail = read_range(path, file, from, file_len)?;
     // Any sequence a record in this file could carry: one record needs at least a header.
     let max_seq = min_seq.saturating_add(file_len / RECORD_HEADER_LEN);
     let header_len = RECORD_HEADER_LEN as usize;
@@ -150,16 +206,168 @@ fn valid_records_after(
     Ok(found)
 }
 
-/// Opens every segment in `dir`, checks it per `options`, and returns the log's state.
+/// The state of one recovery.
+struct Ctx<'a> {
+    storage: &'a dyn Storage,
+    dir: &'a Path,
+    options: &'a LogOptions,
+    mode: Mode,
+    boot: u64,
+    /// `log.meta` as recovery goes (repairs add gaps); written at the end unless
+    /// verifying.
+    meta: Meta,
+    /// Whether `log.meta` existed: without it (a new log, or one from before it
+    /// existed) nothing can be said about missing segments.
+    had_meta: bool,
+    /// `log.hwm`'s mark, when written in this boot.
+    hwm: Option<u64>,
+    findings: Vec<Finding>,
+}
+
+impl Ctx<'_> {
+    /// One past the last sequence known to have been acknowledged, from outside the
+    /// segments (log.meta, and log.hwm from this boot).
+    fn acknowledged(&self) -> u64 {
+        let meta = if self.had_meta {
+            self.meta.high_water
+        } else {
+            0
+        };
+        meta.max(self.hwm.unwrap_or(0))
+    }
+}
+
+impl Ctx<'_> {
+    fn changes(&self) -> bool {
+        self.mode != Mode::Verify
+    }
+
+    /// Damage that a normal open refuses. Opening: the error. Verifying: noted, and
+    /// recovery carries on as a repair would. Repairing: noted and logged; `Ok(true)`
+    /// tells the caller to repair.
+    fn refuse(&mut self, problem: LogError, repair: String) -> Result<bool> {
+        match self.mode {
+            Mode::Open => Err(problem),
+            Mode::Verify => {
+                self.findings.push(Finding {
+                    problem,
+                    refuses_open: true,
+                    repair,
+                });
+                Ok(false)
+            }
+            Mode::Repair => {
+                tracing::warn!(problem = %problem, %repair, "repairing the event log");
+                self.findings.push(Finding {
+                    problem,
+                    refuses_open: true,
+                    repair,
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    /// Something an open mends by itself; `true` if it should be mended now.
+    fn mend(&mut self, problem: LogError, repair: String) -> bool {
+        self.findings.push(Finding {
+            problem,
+            refuses_open: false,
+            repair,
+        });
+        self.changes()
+    }
+
+    fn io<'p>(&self, op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> LogError + 'p {
+        move |e| LogError::io(op, path, e)
+    }
+
+    /// Copies `[from, len)` of a segment into `quarantine/` before it is cut.
+    fn quarantine(&self, path: &Path, file: &dyn StorageFile, from: u64, len: u64) -> Result<()> {
+        let dir = self.dir.join(QUARANTINE);
+        self.storage
+            .create_dir_all(&dir)
+            .map_err(self.io("create directory", &dir))?;
+        let name = path.file_name().map_or_else(
+            || "segment".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let target = dir.join(format!("{name}.from-byte-{from}"));
+        let bytes = read_range(path, file, from, len)?;
+        let copy = self.storage.create(&target).and_then(|f| {
+            write_all_at(&*f, &bytes, 0)?;
+            f.sync_data()
+        });
+        copy.and_then(|()| self.storage.sync_dir(&dir))
+            .map_err(self.io("write", &target))?;
+        tracing::warn!(from = %path.display(), to = %target.display(), bytes = bytes.len(), "damaged bytes moved to quarantine");
+        Ok(())
+    }
+
+    /// Cuts a segment at `offset` (after quarantining what follows).
+    fn cut(&self, path: &Path, file: &dyn StorageFile, offset: u64, len: u64) -> Result<()> {
+        self.quarantine(path, file, offset, len)?;
+        file.set_len(offset).map_err(self.io("truncate", path))?;
+        file.sync_data().map_err(self.io("sync", path))
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, damage: Damage, acknowledged_missing: u64) -> LogError {
+    LogError::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        damage,
+        valid_records_after: 0,
+        acknowledged_missing,
+    }
+}
+
+/// Opens every segment in `dir`, checks it per `options` and `mode`, and returns the
+/// log's state.
 pub(crate) fn recover(
     storage: &dyn Storage,
     dir: &Path,
     options: &LogOptions,
+    mode: Mode,
 ) -> Result<Recovered> {
     let names = storage
         .list(dir)
         .map_err(|e| LogError::io("list", dir, e))?;
-    let bases: BTreeSet<u64> = names
+    let stored = match Meta::read(storage, dir) {
+        Ok(meta) => meta,
+        Err(problem) => {
+            let mut ctx = Ctx {
+                storage,
+                dir,
+                options,
+                mode,
+                boot: storage.boot_id(),
+                meta: Meta::default(),
+                had_meta: false,
+                hwm: None,
+                findings: Vec::new(),
+            };
+            ctx.refuse(
+                problem,
+                "rebuild log.meta from the segments (checks for missing segments start afresh)"
+                    .to_owned(),
+            )?;
+            None
+        }
+    };
+    let boot = storage.boot_id();
+    let mut ctx = Ctx {
+        storage,
+        dir,
+        options,
+        mode,
+        boot,
+        had_meta: stored.is_some(),
+        meta: stored.unwrap_or_default(),
+        hwm: meta::read_hwm(storage, dir, boot),
+        findings: Vec::new(),
+    };
+    let mut bases: BTreeSet<u64> = names
         .iter()
         .filter_map(|n| format::parse_file_name(n, "log"))
         .collect();
@@ -167,114 +375,320 @@ pub(crate) fn recover(
         .iter()
         .filter_map(|n| format::parse_file_name(n, "index"))
         .collect();
+
+    // What a crash can leave behind: an index without its segment, a half-written
+    // temporary file, segments retention had decided to delete.
     for orphan in indexes.difference(&bases) {
         let path = dir.join(format::index_file_name(*orphan));
-        storage
-            .remove(&path)
-            .map_err(|e| LogError::io("remove orphan index", &path, e))?;
-    }
-
-    if bases.is_empty() {
-        let (path, file) = create_segment(storage, dir, 1)
-            .map_err(|e| LogError::io("create segment in", dir, e))?;
-        let extent = Extent {
-            next_seq: 1,
-            len: SEGMENT_HEADER_LEN,
-            first_timestamp_micros: 0,
-            last_timestamp_micros: 0,
-        };
-        return Ok(Recovered {
-            segments: vec![Arc::new(Segment::new(1, path, file, Vec::new(), extent))],
-            last_index_offset: None,
-        });
-    }
-
-    let bases: Vec<u64> = bases.into_iter().collect();
-    let mut segments = Vec::with_capacity(bases.len());
-    for (i, &base) in bases[..bases.len() - 1].iter().enumerate() {
-        let has_index = indexes.contains(&base);
-        segments.push(Arc::new(open_sealed(
-            storage,
-            dir,
-            base,
-            bases[i + 1],
-            has_index,
-            options,
-        )?));
-    }
-    let last_base = *bases.last().expect("at least one segment");
-    if let Some(prev) = segments.last() {
-        let end = prev.extent().next_seq;
-        if end != last_base {
-            return Err(gap(prev, end, last_base));
+        if ctx.changes() {
+            storage
+                .remove(&path)
+                .map_err(|e| LogError::io("remove orphan index", &path, e))?;
         }
     }
-    let (active, last_index_offset) = open_active(storage, dir, last_base, options)?;
+    for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        if ctx.changes() {
+            let path = dir.join(name);
+            storage
+                .remove(&path)
+                .map_err(|e| LogError::io("remove", &path, e))?;
+        }
+    }
+    if ctx.had_meta {
+        let first = ctx.meta.first_seq;
+        let doomed: Vec<u64> = bases
+            .iter()
+            .zip(bases.iter().skip(1))
+            .filter(|(_, next)| **next <= first)
+            .map(|(base, _)| *base)
+            .collect();
+        for base in doomed {
+            bases.remove(&base);
+            if ctx.changes() {
+                let path = dir.join(format::segment_file_name(base));
+                tracing::info!(file = %path.display(), "finishing a retention deletion a crash interrupted");
+                storage
+                    .remove(&path)
+                    .map_err(|e| LogError::io("remove", &path, e))?;
+                let _ = storage.remove(&dir.join(format::index_file_name(base)));
+            }
+        }
+    }
+    let bases: Vec<u64> = bases.into_iter().collect();
+
+    let Some(&first_base) = bases.first() else {
+        return recover_empty(ctx);
+    };
+    if ctx.had_meta
+        && first_base > ctx.meta.first_seq
+        && !ctx.meta.explains_gap(ctx.meta.first_seq, first_base)
+    {
+        let from = ctx.meta.first_seq;
+        let problem = corrupt(
+            &dir.join(format::segment_file_name(from)),
+            0,
+            Damage::MissingSegments {
+                from,
+                to: first_base,
+            },
+            first_base - from,
+        );
+        ctx.refuse(
+            problem,
+            format!("start the log at sequence {first_base}, as if retention had deleted the rest"),
+        )?;
+        ctx.meta.first_seq = first_base;
+    }
+
+    let mut segments = Vec::with_capacity(bases.len() + 1);
+    for (i, &base) in bases[..bases.len() - 1].iter().enumerate() {
+        let next_base = bases[i + 1];
+        let segment = open_sealed(&mut ctx, base, next_base, indexes.contains(&base))?;
+        check_follows(&mut ctx, &segment, next_base)?;
+        segments.push(Arc::new(segment));
+    }
+    let last_base = *bases.last().expect("at least one segment");
+    let (mut active, mut last_index_offset, mut continue_at) = open_active(&mut ctx, last_base)?;
+
+    // The newest segments are gone: what the meta knows was acknowledged past the last
+    // one found is missing.
+    let end = active.extent().next_seq;
+    let known_end = ctx.acknowledged().max(ctx.meta.last_segment);
+    let newest_gone = ctx.had_meta && ctx.meta.last_segment > last_base;
+    if (newest_gone || ctx.hwm.is_some()) && known_end > end && continue_at.is_none() {
+        let problem = corrupt(
+            &dir.join(format::segment_file_name(ctx.meta.last_segment)),
+            0,
+            Damage::MissingSegments {
+                from: end,
+                to: known_end,
+            },
+            known_end - end,
+        );
+        ctx.refuse(problem, format!("continue numbering at {known_end}"))?;
+        continue_at = Some(continue_at.unwrap_or(0).max(known_end));
+    }
+
+    if let Some(next) = continue_at.filter(|&next| next > active.extent().next_seq) {
+        // A repair: the sequences up to `next` were acknowledged and are gone; new
+        // records must not be given them again.
+        let end = active.extent().next_seq;
+        ctx.meta.gaps.push((end, next));
+        ctx.meta.high_water = ctx.meta.high_water.max(next);
+        if ctx.changes() {
+            write_index(storage, dir, &active.sealed_index());
+            segments.push(Arc::new(active));
+            active = new_segment(&ctx, next)?;
+            last_index_offset = None;
+        }
+    } else if active.version < FORMAT_VERSION && ctx.changes() {
+        // A segment from before commit marks: seal it (or replace it, if empty) so
+        // that every record from now on is covered by the marks.
+        let end = active.extent().next_seq;
+        if end > active.base_seq {
+            write_index(storage, dir, &active.sealed_index());
+            segments.push(Arc::new(active));
+        } else {
+            storage
+                .remove(&active.path)
+                .map_err(|e| LogError::io("remove", &active.path, e))?;
+        }
+        active = new_segment(&ctx, end)?;
+        last_index_offset = None;
+    }
     segments.push(Arc::new(active));
+    finish(ctx, segments, last_index_offset)
+}
+
+/// A new, empty, durable segment at `base`.
+fn new_segment(ctx: &Ctx<'_>, base: u64) -> Result<Segment> {
+    let (path, file) = create_segment(ctx.storage, ctx.dir, base)
+        .map_err(|e| LogError::io("create segment in", ctx.dir, e))?;
+    let header_len = header_len(FORMAT_VERSION);
+    Ok(Segment::new(
+        base,
+        FORMAT_VERSION,
+        path,
+        file,
+        Vec::new(),
+        empty_extent(base, header_len),
+    ))
+}
+
+/// A directory with no segment: a new log, or one whose every segment is gone.
+fn recover_empty(mut ctx: Ctx<'_>) -> Result<Recovered> {
+    let mut base = 1;
+    if ctx.had_meta || ctx.hwm.is_some() {
+        let known_end = ctx.acknowledged().max(ctx.meta.last_segment);
+        if known_end > ctx.meta.first_seq {
+            let problem = corrupt(
+                &ctx.dir.join(format::segment_file_name(ctx.meta.first_seq)),
+                0,
+                Damage::MissingSegments {
+                    from: ctx.meta.first_seq,
+                    to: known_end,
+                },
+                known_end - ctx.meta.first_seq,
+            );
+            ctx.refuse(
+                problem,
+                format!("start an empty log at sequence {known_end}"),
+            )?;
+        }
+        base = known_end.max(1);
+    }
+    let segments = if ctx.changes() {
+        vec![Arc::new(new_segment(&ctx, base)?)]
+    } else {
+        Vec::new()
+    };
+    ctx.meta.first_seq = base;
+    finish(ctx, segments, None)
+}
+
+/// Writes `log.meta` for the recovered segments (unless verifying).
+fn finish(
+    mut ctx: Ctx<'_>,
+    segments: Vec<Arc<Segment>>,
+    last_index_offset: Option<u64>,
+) -> Result<Recovered> {
+    if let (Some(first), Some(active)) = (segments.first(), segments.last()) {
+        ctx.meta.first_seq = first.base_seq;
+        ctx.meta.last_segment = active.base_seq;
+        ctx.meta.high_water = ctx.meta.high_water.max(active.extent().next_seq);
+    }
+    ctx.meta.prune_gaps();
+    if !ctx.had_meta && !segments.is_empty() && segments.len() + ctx.findings.len() > 1 {
+        tracing::warn!(dir = %ctx.dir.display(), "the event log had no log.meta: checks for missing segments start now");
+    }
+    let mut hwm = None;
+    if ctx.changes() {
+        ctx.meta.write(ctx.storage, ctx.dir)?;
+        let path = ctx.dir.join(meta::HWM_FILE);
+        let file = ctx
+            .storage
+            .open(&path)
+            .or_else(|_| ctx.storage.create(&path));
+        match file {
+            Ok(file) => hwm = Some(file),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot keep log.hwm: damage after a crash is found only up to log.meta's mark")
+            }
+        }
+    }
     Ok(Recovered {
         segments,
         last_index_offset,
+        meta: ctx.meta,
+        hwm,
+        findings: ctx.findings,
     })
 }
 
-fn gap(segment: &Segment, end: u64, next_base: u64) -> LogError {
-    LogError::Corrupt {
+/// Segment `segment` must end where the next one starts, or where a declared gap does.
+fn check_follows(ctx: &mut Ctx<'_>, segment: &Segment, next_base: u64) -> Result<()> {
+    let end = segment.extent().next_seq;
+    if end == next_base || (end < next_base && ctx.meta.explains_gap(end, next_base)) {
+        return Ok(());
+    }
+    let problem = LogError::Corrupt {
         file: segment.path.clone(),
         offset: segment.extent().len,
         damage: Damage::Gap { end, next_base },
         valid_records_after: 0,
+        acknowledged_missing: next_base.saturating_sub(end),
+    };
+    if end > next_base {
+        // Two segments claim the same sequences: nothing to cut that would be right.
+        return Err(problem);
     }
+    ctx.refuse(
+        problem,
+        format!("record sequences {end} to {} as lost", next_base - 1),
+    )?;
+    ctx.meta.gaps.push((end, next_base));
+    Ok(())
 }
 
-fn corrupt(path: &Path, offset: u64, damage: Damage) -> LogError {
-    LogError::Corrupt {
-        file: path.to_path_buf(),
-        offset,
-        damage,
-        valid_records_after: 0,
-    }
+/// Reads a segment's header (as much of the first 64 bytes as there are).
+fn read_head(path: &Path, file: &dyn StorageFile) -> Result<Vec<u8>> {
+    let mut head = vec![0u8; header_len(FORMAT_VERSION) as usize];
+    let got = read_full_at(file, &mut head, 0).map_err(|e| LogError::io("read", path, e))?;
+    head.truncate(got);
+    Ok(head)
 }
 
-/// Reads a segment header and checks it against the base sequence in the file name;
-/// `Ok(Some(damage))` if it does not hold.
-fn check_header(path: &Path, file: &dyn StorageFile, base: u64) -> Result<Option<Damage>> {
-    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-    let got = read_full_at(file, &mut header, 0).map_err(|e| LogError::io("read", path, e))?;
-    Ok(match format::decode_segment_header(&header[..got]) {
-        Ok(found) if found == base => None,
-        Ok(_) => Some(Damage::BadHeader(
+/// Checks the header against the base sequence in the file name.
+fn check_header(head: &[u8], base: u64) -> std::result::Result<format::SegmentHeader, Damage> {
+    let header = format::decode_segment_header(head)?;
+    if header.base_seq != base {
+        return Err(Damage::BadHeader(
             "base sequence differs from the file name",
-        )),
-        Err(damage) => Some(damage),
-    })
+        ));
+    }
+    Ok(header)
 }
 
-fn open_sealed(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: u64,
-    next_base: u64,
-    has_index: bool,
-    options: &LogOptions,
-) -> Result<Segment> {
+/// `true` if every byte of the file is zero.
+fn all_zeros(path: &Path, file: &dyn StorageFile, len: u64) -> Result<bool> {
+    const CHUNK: u64 = 1 << 20;
+    let mut at = 0;
+    while at < len {
+        let bytes = read_range(path, file, at, (at + CHUNK).min(len))?;
+        if bytes.is_empty() {
+            break;
+        }
+        if bytes.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += bytes.len() as u64;
+    }
+    Ok(true)
+}
+
+fn open_sealed(ctx: &mut Ctx<'_>, base: u64, next_base: u64, has_index: bool) -> Result<Segment> {
+    let (storage, dir, options) = (ctx.storage, ctx.dir, ctx.options);
     let path = dir.join(format::segment_file_name(base));
     let file = storage
         .open(&path)
         .map_err(|e| LogError::io("open", &path, e))?;
     let file_len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
-    if let Some(damage) = check_header(&path, &*file, base)? {
-        return Err(corrupt(&path, 0, damage));
-    }
+    let head = read_head(&path, &*file)?;
+    let header = match check_header(&head, base) {
+        Ok(header) => header,
+        Err(damage) => {
+            // Every record of a sealed segment was acknowledged.
+            let problem = corrupt(&path, 0, damage, next_base.saturating_sub(base));
+            if ctx.refuse(
+                problem,
+                "move the segment to quarantine/ and record its sequences as lost".to_owned(),
+            )? {
+                ctx.quarantine(&path, &*file, 0, file_len)?;
+                storage
+                    .remove(&path)
+                    .map_err(|e| LogError::io("remove", &path, e))?;
+                let _ = storage.remove(&dir.join(format::index_file_name(base)));
+            }
+            // What is left is an empty stand-in; the gap check declares its sequences
+            // lost.
+            return Ok(Segment::new(
+                base,
+                FORMAT_VERSION,
+                path,
+                file,
+                Vec::new(),
+                empty_extent(base, header_len(FORMAT_VERSION)),
+            ));
+        }
+    };
 
     let stored = if has_index {
-        let index_path = dir.join(format::index_file_name(base));
-        read_index(storage, &index_path)
+        read_index(storage, &dir.join(format::index_file_name(base)))
     } else {
         None
     };
     let stored = stored.filter(|i| i.base_seq == base && i.file_len == file_len);
-
-    if options.verify_on_open == VerifyOnOpen::ActiveSegment
+    if options.verify_on_open == crate::VerifyOnOpen::ActiveSegment
         && let Some(index) = stored.as_ref().filter(|i| i.next_seq == next_base)
     {
         let extent = Extent {
@@ -285,6 +699,7 @@ fn open_sealed(
         };
         return Ok(Segment::new(
             base,
+            header.version,
             path,
             file,
             index.entries.clone(),
@@ -292,16 +707,29 @@ fn open_sealed(
         ));
     }
 
-    let scan = scan(&path, &*file, base, file_len, options)?;
+    let scan = scan(&path, &*file, base, header.len(), file_len, options)?;
+    let segment = Segment::new(
+        base,
+        header.version,
+        path.clone(),
+        file.clone(),
+        scan.entries,
+        scan.extent,
+    );
     if let Some((offset, damage)) = scan.damage {
-        return Err(corrupt(&path, offset, damage));
-    }
-    let segment = Segment::new(base, path, file, scan.entries, scan.extent);
-    if scan.extent.next_seq != next_base {
-        return Err(gap(&segment, scan.extent.next_seq, next_base));
+        let end = scan.extent.next_seq;
+        let problem = corrupt(&path, offset, damage, next_base.saturating_sub(end));
+        if ctx.refuse(
+            problem,
+            format!("cut the segment at byte {offset} (a copy goes to quarantine/) and record the sequences after it as lost"),
+        )? {
+            ctx.cut(&path, &*file, offset, file_len)?;
+            write_index(storage, dir, &segment.sealed_index());
+        }
+        return Ok(segment);
     }
     let rebuilt = segment.sealed_index();
-    if stored.as_ref() != Some(&rebuilt) {
+    if stored.as_ref() != Some(&rebuilt) && ctx.changes() {
         tracing::info!(file = %segment.path.display(), "rebuilt missing or damaged segment index");
         write_index(storage, dir, &rebuilt);
     }
@@ -316,90 +744,165 @@ fn read_index(storage: &dyn Storage, path: &Path) -> Option<SealedIndex> {
     format::decode_index(&bytes[..got])
 }
 
-fn open_active(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: u64,
-    options: &LogOptions,
-) -> Result<(Segment, Option<u64>)> {
+/// The active segment: returns it, its last index entry, and the sequence numbering must
+/// continue from when a repair cut acknowledged records (numbers are never given twice).
+fn open_active(ctx: &mut Ctx<'_>, base: u64) -> Result<(Segment, Option<u64>, Option<u64>)> {
+    let (storage, dir, options) = (ctx.storage, ctx.dir, ctx.options);
     let path = dir.join(format::segment_file_name(base));
     let file = storage
         .open(&path)
         .map_err(|e| LogError::io("open", &path, e))?;
     let file_len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
-    let io = |op| {
-        let path = path.clone();
-        move |e| LogError::io(op, path, e)
-    };
+    // The meta knows this segment once its creation completed (header and directory
+    // entry fsynced): from then on its header is never torn, only damaged.
+    let known = ctx.had_meta && ctx.meta.last_segment >= base;
+    let meta_acked = ctx.acknowledged();
+    let head = read_head(&path, &*file)?;
 
-    if let Some(damage) = check_header(&path, &*file, base)? {
-        // A header torn while the segment was being created: nothing was ever
-        // acknowledged in it, unless valid records follow.
-        let valid =
-            valid_records_after(&path, &*file, 0, file_len, base, options.max_record_bytes)?;
-        if valid > 0 && options.recovery == Recovery::Strict {
-            return Err(LogError::Corrupt {
+    let header = match check_header(&head, base) {
+        Ok(header) => header,
+        Err(damage) => {
+            if !known && file_len <= header_len(FORMAT_VERSION) {
+                // A crash while the segment was being created: nothing was ever
+                // written in it.
+                let problem = corrupt(&path, 0, damage, 0);
+                if ctx.mend(problem, "write the header again".to_owned()) {
+                    tracing::warn!(file = %path.display(), bytes_dropped = file_len, records_dropped = 0, "rewriting the torn header of a segment whose creation a crash interrupted");
+                    file.set_len(0)
+                        .map_err(|e| LogError::io("truncate", &path, e))?;
+                    write_all_at(&*file, &format::encode_segment_header(base, ctx.boot), 0)
+                        .map_err(|e| LogError::io("write", &path, e))?;
+                    file.sync_data()
+                        .map_err(|e| LogError::io("sync", &path, e))?;
+                }
+                let segment = Segment::new(
+                    base,
+                    FORMAT_VERSION,
+                    path,
+                    file,
+                    Vec::new(),
+                    empty_extent(base, header_len(FORMAT_VERSION)),
+                );
+                return Ok((segment, None, None));
+            }
+            let damage = if file_len > 0 && all_zeros(&path, &*file, file_len)? {
+                Damage::ZeroFilled { len: file_len }
+            } else {
+                damage
+            };
+            let valid =
+                valid_records_after(&path, &*file, 0, file_len, base, options.max_record_bytes)?;
+            let acked = meta_acked.max(base);
+            let problem = LogError::Corrupt {
                 file: path.clone(),
                 offset: 0,
                 damage,
                 valid_records_after: valid,
-            });
+                acknowledged_missing: acked - base,
+            };
+            let repair = format!(
+                "move the segment to quarantine/ and continue numbering at {acked} (how many records it held is not known)"
+            );
+            if ctx.refuse(problem, repair)? {
+                ctx.quarantine(&path, &*file, 0, file_len)?;
+                storage
+                    .remove(&path)
+                    .map_err(|e| LogError::io("remove", &path, e))?;
+                let segment = new_segment(ctx, base)?;
+                return Ok((segment, None, Some(acked)));
+            }
+            let segment = Segment::new(
+                base,
+                FORMAT_VERSION,
+                path,
+                file,
+                Vec::new(),
+                empty_extent(base, header_len(FORMAT_VERSION)),
+            );
+            return Ok((segment, None, Some(acked)));
         }
-        tracing::warn!(
-            file = %path.display(), bytes_dropped = file_len, records_dropped = valid, %damage,
-            "rewriting the torn header of the active segment"
-        );
-        file.set_len(0).map_err(io("truncate"))?;
-        write_all_at(&*file, &format::encode_segment_header(base), 0).map_err(io("write"))?;
-        file.sync_data().map_err(io("sync"))?;
-        let extent = Extent {
-            next_seq: base,
-            len: SEGMENT_HEADER_LEN,
-            first_timestamp_micros: 0,
-            last_timestamp_micros: 0,
-        };
-        return Ok((
-            Segment::new(base, path.clone(), file, Vec::new(), extent),
-            None,
-        ));
-    }
+    };
 
-    let scan = scan(&path, &*file, base, file_len, options)?;
-    if let Some((offset, damage)) = scan.damage {
-        let valid = valid_records_after(
-            &path,
-            &*file,
-            offset,
-            file_len,
-            scan.extent.next_seq,
-            options.max_record_bytes,
-        )?;
-        if valid > 0 && options.recovery == Recovery::Strict {
-            return Err(LogError::Corrupt {
-                file: path.clone(),
+    // What was acknowledged for certain: the commit marks (within one boot, every
+    // completed write; across a reboot, what the previous group commit had synced),
+    // and the meta's high-water mark.
+    let marks = (header.version >= 2)
+        .then(|| Marks::decode(&head))
+        .flatten();
+    if header.version >= 2 && marks.is_none() {
+        tracing::warn!(file = %path.display(), "the active segment's commit marks are damaged; using log.meta's high-water mark");
+    }
+    let acked = marks
+        .map_or(0, |m| m.acknowledged(ctx.boot))
+        .max(meta_acked);
+
+    let scan = scan(&path, &*file, base, header.len(), file_len, options)?;
+    let end = scan.extent.next_seq;
+    let missing = acked.saturating_sub(end);
+    let continue_at = (missing > 0).then_some(acked);
+    match scan.damage {
+        Some((offset, damage)) => {
+            let valid = valid_records_after(
+                &path,
+                &*file,
                 offset,
-                damage,
-                valid_records_after: valid,
-            });
+                file_len,
+                end,
+                options.max_record_bytes,
+            )?;
+            let dropped = file_len - offset;
+            if valid > 0 || missing > 0 {
+                let problem = LogError::Corrupt {
+                    file: path.clone(),
+                    offset,
+                    damage,
+                    valid_records_after: valid,
+                    acknowledged_missing: missing,
+                };
+                let mut repair = format!(
+                    "cut the segment at byte {offset} ({dropped} bytes, {valid} intact records after the damage; a copy goes to quarantine/)"
+                );
+                if missing > 0 {
+                    repair.push_str(&format!(" and continue numbering at {acked}"));
+                }
+                if ctx.refuse(problem, repair)? {
+                    ctx.cut(&path, &*file, offset, file_len)?;
+                }
+            } else {
+                let problem = corrupt(&path, offset, damage.clone(), 0);
+                if ctx.mend(
+                    problem,
+                    format!(
+                        "cut the torn tail ({dropped} bytes of a write that was never acknowledged)"
+                    ),
+                ) {
+                    tracing::warn!(
+                        file = %path.display(), offset, bytes_dropped = dropped, records_dropped = 0, %damage,
+                        "truncating the torn tail of the active segment: a write that was never acknowledged"
+                    );
+                    file.set_len(offset)
+                        .map_err(|e| LogError::io("truncate", &path, e))?;
+                    file.sync_data()
+                        .map_err(|e| LogError::io("sync", &path, e))?;
+                }
+            }
         }
-        let dropped = file_len - offset;
-        if valid > 0 {
-            tracing::warn!(
-                file = %path.display(), offset, bytes_dropped = dropped, records_dropped = valid, %damage,
-                "dropping damaged tail of the active segment, with valid records after it, as Recovery::DropDamagedTail allows"
-            );
-        } else {
-            tracing::warn!(
-                file = %path.display(), offset, bytes_dropped = dropped, %damage,
-                "truncating torn tail of the active segment"
-            );
+        None if missing > 0 => {
+            let problem = LogError::Corrupt {
+                file: path.clone(),
+                offset: scan.extent.len,
+                damage: Damage::Truncated {
+                    needed: RECORD_HEADER_LEN,
+                    available: 0,
+                },
+                valid_records_after: 0,
+                acknowledged_missing: missing,
+            };
+            ctx.refuse(problem, format!("continue numbering at {acked}"))?;
         }
-        file.set_len(offset).map_err(io("truncate"))?;
-        file.sync_data().map_err(io("sync"))?;
+        None => {}
     }
     let last_index_offset = scan.entries.last().map(|e| e.offset);
-    Ok((
-        Segment::new(base, path.clone(), file, scan.entries, scan.extent),
-        last_index_offset,
-    ))
+    let segment = Segment::new(base, header.version, path, file, scan.entries, scan.extent);
+    Ok((segment, last_index_offset, continue_at))
 }

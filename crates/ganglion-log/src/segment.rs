@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{Damage, LogError, Result};
-use crate::format::{
-    IndexEntry, RECORD_HEADER_LEN, Record, RecordHeader, SEGMENT_HEADER_LEN, SealedIndex,
-};
+use crate::format::{IndexEntry, RECORD_HEADER_LEN, Record, RecordHeader, SealedIndex, header_len};
 use crate::storage::{StorageFile, read_full_at};
 
 /// How much a reader asks the file for at once.
@@ -31,6 +29,8 @@ pub(crate) struct Extent {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base_seq: u64,
+    /// Its format version (1: no commit marks; 2: commit marks in the header).
+    pub(crate) version: u32,
     pub(crate) path: PathBuf,
     pub(crate) file: Arc<dyn StorageFile>,
     index: RwLock<Vec<IndexEntry>>,
@@ -40,6 +40,7 @@ pub(crate) struct Segment {
 impl Segment {
     pub(crate) fn new(
         base_seq: u64,
+        version: u32,
         path: PathBuf,
         file: Arc<dyn StorageFile>,
         index: Vec<IndexEntry>,
@@ -47,6 +48,7 @@ impl Segment {
     ) -> Self {
         Segment {
             base_seq,
+            version,
             path,
             file,
             index: RwLock::new(index),
@@ -85,7 +87,7 @@ impl Segment {
     fn offset_for_seq(&self, seq: u64) -> (u64, u64) {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         match index.partition_point(|e| e.seq <= seq) {
-            0 => (self.base_seq, SEGMENT_HEADER_LEN),
+            0 => (self.base_seq, header_len(self.version)),
             i => (index[i - 1].seq, index[i - 1].offset),
         }
     }
@@ -95,7 +97,7 @@ impl Segment {
     fn offset_for_time(&self, micros: u64) -> (u64, u64) {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         match index.partition_point(|e| e.timestamp_micros < micros) {
-            0 => (self.base_seq, SEGMENT_HEADER_LEN),
+            0 => (self.base_seq, header_len(self.version)),
             i => (index[i - 1].seq, index[i - 1].offset),
         }
     }
@@ -154,6 +156,7 @@ impl Segment {
                 offset,
                 damage,
                 valid_records_after: 0,
+                acknowledged_missing: 0,
             },
             ReadFailure::Io(e) => LogError::io("read", &self.path, e),
         }

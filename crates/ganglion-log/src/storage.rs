@@ -49,6 +49,12 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (created and removed files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to` if it exists (durable once the directories are
+    /// synced).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Names the current boot of the machine: it changes when the machine restarts (a
+    /// power loss), and stays while only processes come and go. 0 when unknown.
+    fn boot_id(&self) -> u64;
 }
 
 /// Writes all of `buf` at `offset`, looping over short writes.
@@ -176,5 +182,43 @@ impl Storage for FsStorage {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn boot_id(&self) -> u64 {
+        static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *BOOT.get_or_init(|| {
+            // A UUID the kernel makes at boot: its first 16 hex digits are plenty.
+            let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+            let hex: String = id
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .take(16)
+                .collect();
+            u64::from_str_radix(&hex, 16).unwrap_or(0)
+        })
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one: a
+/// temporary file, fdatasynced, renamed over, and the directory synced.
+pub(crate) fn write_atomically(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let written = storage.create(&tmp).and_then(|file| {
+        write_all_at(&*file, bytes, 0)?;
+        file.sync_data()
+    });
+    let renamed = written.and_then(|()| storage.rename(&tmp, path));
+    if let Err(e) = renamed {
+        // Leave nothing half-written behind (a full disk, say).
+        let _ = storage.remove(&tmp);
+        return Err(e);
+    }
+    match path.parent() {
+        Some(dir) => storage.sync_dir(dir),
+        None => Ok(()),
     }
 }

@@ -4,17 +4,23 @@
 //! waiting (up to `max_group_bytes`), encodes them into one buffer, writes it with one
 //! positional write, makes it durable with one fdatasync (under `Durability::Always`),
 //! then publishes the new records to readers and answers every appender of the group.
+//!
+//! Each group also rewrites the active segment's commit marks (in its header, covered by
+//! the same fdatasync), and `log.meta` is refreshed at most once a second, when a
+//! segment is sealed and at close: together they let recovery tell a torn, never
+//! acknowledged write from damage to acknowledged records.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{LogError, Result, is_no_space};
-use crate::format::{self, IndexEntry, SEGMENT_HEADER_LEN};
+use crate::format::{self, FORMAT_VERSION, IndexEntry, Marks};
+use crate::meta::Meta;
 use crate::options::Durability;
-use crate::recover::{create_segment, needs_index_entry, write_index};
+use crate::recover::{create_segment, empty_extent, needs_index_entry, write_index};
 use crate::segment::{Extent, Segment};
 use crate::{AppendAck, RetentionReport, Shared};
 
@@ -65,6 +71,9 @@ impl Group {
     }
 }
 
+/// How often `log.meta`'s high-water mark follows the appends.
+const META_EVERY: Duration = Duration::from_secs(1);
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
@@ -73,6 +82,14 @@ pub(crate) struct Writer {
     /// When the oldest acknowledged but unsynced record was written (Interval only).
     dirty_since: Option<Instant>,
     last_retention: Instant,
+    /// One past the last record known to be fdatasynced.
+    synced: u64,
+    boot: u64,
+    meta: Meta,
+    /// `meta` differs from `log.meta` on disk since this time.
+    meta_stale_since: Option<Instant>,
+    /// `log.hwm`, rewritten after every group's write.
+    hwm: Option<Arc<dyn crate::storage::StorageFile>>,
 }
 
 impl Writer {
@@ -80,19 +97,27 @@ impl Writer {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Command>,
         last_index_offset: Option<u64>,
+        meta: Meta,
+        hwm: Option<Arc<dyn crate::storage::StorageFile>>,
     ) -> Self {
         let active = shared.active();
         let cursor = Cursor {
             extent: active.extent(),
             last_index_offset,
         };
+        let boot = shared.storage.boot_id();
         Writer {
             shared,
             rx,
             active,
+            synced: cursor.extent.next_seq,
             cursor,
             dirty_since: None,
             last_retention: Instant::now(),
+            boot,
+            meta,
+            meta_stale_since: None,
+            hwm,
         }
     }
 
@@ -109,9 +134,53 @@ impl Writer {
             }
         };
         runtime.block_on(self.serve());
-        let result = self.sync_if_dirty();
+        let result = self.sync_if_dirty().and_then(|()| self.close_marks());
         self.shared.close_progress();
         result
+    }
+
+    /// At close: marks and meta that say every record is acknowledged and synced.
+    fn close_marks(&mut self) -> Result<()> {
+        if self.shared.failure().is_some() {
+            return Ok(());
+        }
+        let end = self.cursor.extent.next_seq;
+        if self.write_marks(end).is_ok() && self.active.file.sync_data().is_ok() {
+            self.synced = end;
+        }
+        self.meta.high_water = self.meta.high_water.max(self.synced);
+        self.meta.write(&*self.shared.storage, &self.shared.dir)
+    }
+
+    /// Rewrites the active segment's commit marks: everything below `written` was
+    /// written, everything below `self.synced` is on disk.
+    fn write_marks(&self, written: u64) -> std::io::Result<()> {
+        if let Some(hwm) = &self.hwm {
+            // Not fsynced: it serves recovery within this boot (see `meta`).
+            crate::storage::write_all_at(&**hwm, &crate::meta::encode_hwm(written, self.boot), 0)?;
+        }
+        if self.active.version < 2 {
+            return Ok(());
+        }
+        let marks = Marks {
+            written,
+            durable: self.synced.min(written),
+            boot: self.boot,
+        };
+        crate::storage::write_all_at(&*self.active.file, &marks.encode(), Marks::OFFSET)
+    }
+
+    /// Brings `log.meta`'s high-water mark up to what is synced.
+    fn refresh_meta(&mut self) {
+        self.meta_stale_since = None;
+        if self.synced <= self.meta.high_water {
+            return;
+        }
+        self.meta.high_water = self.synced;
+        if let Err(e) = self.meta.write(&*self.shared.storage, &self.shared.dir) {
+            tracing::warn!(error = %e, "could not update log.meta; will retry");
+            self.meta_stale_since = Some(Instant::now());
+        }
     }
 
     async fn serve(&mut self) {
@@ -170,10 +239,8 @@ impl Writer {
         let retention = &self.shared.options.retention;
         let retention = (retention.max_age.is_some() || retention.max_bytes.is_some())
             .then(|| self.last_retention + retention.check_interval);
-        match (sync, retention) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let meta = self.meta_stale_since.map(|since| since + META_EVERY);
+        [sync, retention, meta].into_iter().flatten().min()
     }
 
     fn on_timer(&mut self) {
@@ -185,10 +252,17 @@ impl Writer {
             let _ = self.sync_if_dirty();
         }
         let retention = &self.shared.options.retention;
-        if now >= self.last_retention + retention.check_interval
+        if (retention.max_age.is_some() || retention.max_bytes.is_some())
+            && now >= self.last_retention + retention.check_interval
             && let Err(e) = self.retention()
         {
             tracing::warn!(error = %e, "log retention failed; will retry");
+        }
+        if self
+            .meta_stale_since
+            .is_some_and(|since| now >= since + META_EVERY)
+        {
+            self.refresh_meta();
         }
     }
 
@@ -324,6 +398,15 @@ impl Writer {
             group.answer_all(|_| Err(failed.clone()));
             return;
         }
+        if let Err(e) = self.write_marks(self.cursor.extent.next_seq) {
+            self.fail(format!(
+                "writing the commit marks of {} failed: {e}",
+                self.active.path.display()
+            ));
+            let failed = self.failed();
+            group.answer_all(|_| Err(failed.clone()));
+            return;
+        }
         match self.shared.options.durability {
             Durability::Always => {
                 if let Err(reason) = self.sync_active() {
@@ -340,6 +423,9 @@ impl Writer {
         self.shared
             .publish(self.cursor.extent.next_seq, group.waiting.len());
         group.answer_all(|ack| Ok(*ack));
+        if self.meta_stale_since.is_none() && self.synced > self.meta.high_water {
+            self.meta_stale_since = Some(Instant::now());
+        }
     }
 
     /// fdatasyncs the active segment; on failure the log fails (fsync is never retried).
@@ -349,6 +435,7 @@ impl Writer {
             Ok(()) => {
                 self.shared.record_fsync(started.elapsed());
                 self.dirty_since = None;
+                self.synced = self.cursor.extent.next_seq;
                 Ok(())
             }
             Err(e) => {
@@ -384,19 +471,29 @@ impl Writer {
         match create_segment(storage, dir, base) {
             Ok((path, file)) => {
                 write_index(storage, dir, &self.active.sealed_index());
-                let extent = Extent {
-                    next_seq: base,
-                    len: SEGMENT_HEADER_LEN,
-                    first_timestamp_micros: 0,
-                    last_timestamp_micros: 0,
-                };
-                let segment = Arc::new(Segment::new(base, path, file, Vec::new(), extent));
+                let extent = empty_extent(base, format::header_len(FORMAT_VERSION));
+                let segment = Arc::new(Segment::new(
+                    base,
+                    FORMAT_VERSION,
+                    path,
+                    file,
+                    Vec::new(),
+                    extent,
+                ));
                 self.shared.push_segment(segment.clone());
                 self.active = segment;
                 self.cursor = Cursor {
                     extent,
                     last_index_offset: None,
                 };
+                // The meta now knows the new segment: from here on a damaged header
+                // of it is damage, not a creation a crash interrupted.
+                self.meta.last_segment = base;
+                self.meta.high_water = self.meta.high_water.max(base);
+                if let Err(e) = self.meta.write(storage, dir) {
+                    tracing::warn!(error = %e, "could not update log.meta after sealing a segment; will retry");
+                    self.meta_stale_since = Some(Instant::now());
+                }
                 if let Err(e) = self.retention() {
                     tracing::warn!(error = %e, "log retention failed; will retry");
                 }
@@ -442,6 +539,13 @@ impl Writer {
         if doomed == 0 {
             return Ok(report);
         }
+        // Recorded first: a crash before the files go finishes the deletion on open,
+        // and a deleted segment is never taken for a missing one.
+        let mut meta = self.meta.clone();
+        meta.first_seq = segments[doomed].base_seq;
+        meta.prune_gaps();
+        meta.write(&*self.shared.storage, &self.shared.dir)?;
+        self.meta = meta;
         let removed = self.shared.drop_oldest_segments(doomed);
         let dir = &self.shared.dir;
         for segment in &removed {

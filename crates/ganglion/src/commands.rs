@@ -19,7 +19,7 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
 }
 
 /// Writes one line to stdout; a closed pipe (`| head`) ends the command quietly.
-fn line(text: impl std::fmt::Display) -> anyhow::Result<()> {
+pub(crate) fn line(text: impl std::fmt::Display) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}") {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),

@@ -5,6 +5,7 @@
 
 mod bench;
 mod commands;
+mod log_cmd;
 mod serve;
 
 use std::process::ExitCode;
@@ -121,6 +122,27 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Check or repair the event log of a stopped server.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Report every problem an open would refuse or mend, changing nothing; exit 1 if
+    /// the log would not open.
+    Verify(log_cmd::LogArgs),
+    /// Cut damaged records (a copy goes to `quarantine/`), record lost sequences as a
+    /// gap, and continue numbering above every sequence ever acknowledged.
+    Repair {
+        #[command(flatten)]
+        args: log_cmd::LogArgs,
+        /// Confirms that damaged records may be dropped from the log.
+        #[arg(long)]
+        drop_damaged_tail: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +254,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::config_show(&layers.loader(), output)
             }
             ConfigCommand::Schema => commands::config_schema(),
+        },
+        Command::Log { command } => match command {
+            LogCommand::Verify(args) => log_cmd::verify(&args),
+            LogCommand::Repair {
+                args,
+                drop_damaged_tail,
+            } => log_cmd::repair(&args, drop_damaged_tail),
         },
     }
 }

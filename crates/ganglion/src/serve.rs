@@ -322,9 +322,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(&data_dir.join("coordinator")),
     )
     .context("starting the coordinator")?;
-    let bus = tokio::task::spawn_blocking(move || Bus::open(settings.bus))
-        .await?
-        .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
+    let bus = match tokio::task::spawn_blocking(move || Bus::open(settings.bus)).await? {
+        Ok(bus) => bus,
+        Err(error) => {
+            let hint = crate::log_cmd::damage_hint(&data_dir);
+            return Err(anyhow::Error::new(error).context(format!(
+                "opening the event log in {}{hint}",
+                data_dir.display()
+            )));
+        }
+    };
     let next_seq = bus.log().next_seq();
 
     // Watch before announcing, so a change made right after start-up is not missed.

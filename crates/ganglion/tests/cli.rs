@@ -507,3 +507,105 @@ fn the_server_exports_its_publish_span_over_otlp_in_the_publishers_trace() {
         "orders.placed"
     );
 }
+
+/// Runs the binary without a server, for commands that work on files.
+fn offline(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_damaged_log_stops_serve_and_log_verify_and_repair_mend_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = serve(&data);
+    for round in 1..=5 {
+        let (ok, _, err) = ganglion(
+            &server,
+            &["publish", "game.round", &format!("{{\"round\": {round}}}")],
+        );
+        assert!(ok, "{err}");
+    }
+    stop(&mut server);
+    drop(server);
+    let segment = data.join("log").join("00000000000000000001.log");
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let data_arg = data.to_str().unwrap();
+
+    // `serve` refuses, says what is missing and how to look and mend.
+    let config = data.with_extension("yaml");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .args(["--data-dir", data_arg])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("1 acknowledged records are missing"), "{err}");
+    assert!(err.contains("ganglion log verify --data-dir"), "{err}");
+
+    let (ok, out, err) = offline(&["log", "verify", "--data-dir", data_arg, "--output", "json"]);
+    assert!(!ok, "verify fails when the log would not open: {err}");
+    let report = json(&out);
+    assert_eq!(report["opens"], false);
+    assert_eq!(report["findings"][0]["refuses_open"], true);
+    assert!(
+        report["findings"][0]["repair"]
+            .as_str()
+            .unwrap()
+            .contains("continue numbering at 6")
+    );
+
+    let (ok, _, err) = offline(&["log", "repair", "--data-dir", data_arg]);
+    assert!(!ok && err.contains("--drop-damaged-tail"), "{err}");
+    let (ok, out, err) = offline(&[
+        "log",
+        "repair",
+        "--drop-damaged-tail",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("repaired"), "{out}");
+    assert!(
+        data.join("log/quarantine")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_some()
+    );
+    let (ok, _, err) = offline(&["log", "verify", "--data-dir", data_arg]);
+    assert!(ok, "{err}");
+
+    let server = serve(&data);
+    let (ok, out, err) = ganglion(
+        &server,
+        &[
+            "publish",
+            "game.round",
+            "{\"round\": 6}",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["seq"], 6, "the lost number 5 is not given again");
+}

@@ -53,6 +53,8 @@ struct State {
     faults: Faults,
     rng: u64,
     ops: u64,
+    /// Which boot of the simulated machine this is: a crash image is the next one.
+    boot: u64,
 }
 
 /// The in-memory storage. Clones share the same files.
@@ -109,7 +111,9 @@ impl State {
 impl MemStorage {
     /// An empty storage with no faults.
     pub fn new() -> Self {
-        Self::default()
+        let storage = Self::default();
+        storage.lock().boot = 1;
+        storage
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -184,6 +188,7 @@ impl MemStorage {
                 names: s.names.clone(),
                 durable_names: s.durable_names.clone(),
                 dirs: s.dirs.clone(),
+                boot: s.boot,
                 ..State::default()
             })),
         }
@@ -210,19 +215,27 @@ impl MemStorage {
         };
         let mut image = State {
             dirs: s.dirs.clone(),
+            boot: s.boot + 1,
             ..State::default()
         };
         for (path, &id) in &s.durable_names {
             let c = &s.contents[id];
             let mut data = c.durable.clone();
-            let appended = c.data.len() > data.len() && c.data.starts_with(&data);
-            if appended && mode != CrashMode::DropUnsynced {
-                let unsynced = &c.data[data.len()..];
-                let keep = (splitmix(&mut rng) % (unsynced.len() as u64 + 1)) as usize;
-                data.extend_from_slice(&unsynced[..keep]);
-                if matches!(mode, CrashMode::GarbageTail { .. }) {
-                    let garbage = splitmix(&mut rng) % 513;
-                    data.extend((0..garbage).map(|_| splitmix(&mut rng) as u8));
+            if mode != CrashMode::DropUnsynced {
+                // Unsynced writes over synced bytes (a header rewritten in place) reach
+                // the disk or not, independently of what was appended after them.
+                let overlap = data.len().min(c.data.len());
+                if data[..overlap] != c.data[..overlap] && splitmix(&mut rng).is_multiple_of(2) {
+                    data[..overlap].copy_from_slice(&c.data[..overlap]);
+                }
+                if c.data.len() > data.len() {
+                    let unsynced = &c.data[data.len()..];
+                    let keep = (splitmix(&mut rng) % (unsynced.len() as u64 + 1)) as usize;
+                    data.extend_from_slice(&unsynced[..keep]);
+                    if matches!(mode, CrashMode::GarbageTail { .. }) {
+                        let garbage = splitmix(&mut rng) % 513;
+                        data.extend((0..garbage).map(|_| splitmix(&mut rng) as u8));
+                    }
                 }
             }
             image.contents.push(Content {
@@ -428,6 +441,18 @@ impl Storage for MemStorage {
             }
         }
         Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        s.mutate()?;
+        let id = s.names.remove(from).ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_path_buf(), id);
+        Ok(())
+    }
+
+    fn boot_id(&self) -> u64 {
+        self.lock().boot
     }
 }
 
