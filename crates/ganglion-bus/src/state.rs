@@ -82,15 +82,34 @@ fn render(state: &DurableState) -> String {
     )
 }
 
-/// Writes the state so that a crash leaves either the old file or the new one.
+/// Writes the state so that a crash leaves either the old file or the new one, and a
+/// failed write (a full disk) leaves no temporary file.
 fn save(dir: &Path, name: &str, state: &DurableState) -> io::Result<()> {
     let target = path(dir, name);
     let tmp = dir.join(format!("{name}.state.tmp"));
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(render(state).as_bytes())?;
-    file.sync_data()?;
-    fs::rename(&tmp, &target)?;
+    let written = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(render(state).as_bytes())?;
+        file.sync_data()?;
+        fs::rename(&tmp, &target)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::File::open(dir)?.sync_all()
+}
+
+/// Removes temporary files a crash left in `dir`.
+pub(crate) fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".state.tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Reads a saved state; `Ok(None)` if there is none. A damaged file is an error naming

@@ -162,6 +162,14 @@ impl Coordinator {
         &self.pools
     }
 
+    /// Why some state cannot be written now (a full disk, say), if it cannot: the
+    /// grants that would need it are refused meanwhile; reads and releases work.
+    pub fn write_error(&self) -> Option<String> {
+        self.pools
+            .write_error()
+            .or_else(|| self.quotas.values().find_map(|q| q.write_error()))
+    }
+
     pub fn quota(&self, name: &str) -> Result<&Arc<Quota>, CoordinatorError> {
         self.quotas
             .get(name)

@@ -31,8 +31,6 @@
 //! runs [`Pools::run_timers`], tests call `tick` after moving a virtual clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -361,6 +359,9 @@ pub struct Pools {
     dirty: std::sync::atomic::AtomicBool,
     /// One state-file write at a time, taken while holding the state lock.
     writing: Mutex<()>,
+    /// Why the last state-file write failed, until one succeeds: no grant is made
+    /// while the state cannot be written.
+    write_error: Mutex<Option<String>>,
     /// When the timer task next wakes on its own (monotonic µs; `u64::MAX`: never).
     next_wake: std::sync::atomic::AtomicU64,
 }
@@ -370,6 +371,8 @@ const TOKEN_BLOCK: u64 = 1024;
 
 /// Lease state changes are written at most this often (and at shutdown).
 const WRITE_EVERY: Duration = Duration::from_millis(50);
+/// How often a lease state that could not be written is tried again.
+const RETRY_WRITE_EVERY: Duration = Duration::from_secs(1);
 
 impl Drop for Pools {
     fn drop(&mut self) {
@@ -460,6 +463,7 @@ impl Pools {
             store: None,
             dirty: std::sync::atomic::AtomicBool::new(false),
             writing: Mutex::new(()),
+            write_error: Mutex::new(None),
             next_wake: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -473,13 +477,28 @@ impl Pools {
     ) -> Result<Pools, CoordinatorError> {
         let mut pools = Pools::new(specs, options, clock)?;
         let path = dir.join("leases.state");
+        // A write a crash (or a full disk) interrupted.
+        let _ = std::fs::remove_file(path.with_extension("state.tmp"));
         pools.restore(&path)?;
         pools.store = Some(path);
         {
             let state = pools.lock();
-            pools.write_now(&state)?;
+            if let Err(error) = pools.write_now(&state) {
+                // Start anyway: leases can be read and released; grants wait for the
+                // state to be writable again.
+                tracing::error!(%error, "cannot write the lease state: no lease is granted until it can be");
+            }
         }
         Ok(pools)
+    }
+
+    /// Why lease state cannot be written now (a full disk, say), if it cannot: grants
+    /// are refused meanwhile.
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -623,6 +642,14 @@ impl Pools {
                 .waiters
                 .iter()
                 .any(|w| w.id == id);
+            if queued && let Some(error) = self.write_error() {
+                // A grant could not be made durable: say so rather than keep waiting.
+                let pool = state.pools.get_mut(&request.pool).expect("checked above");
+                pool.waiters.retain(|w| w.id != id);
+                return Err(CoordinatorError::Unavailable(format!(
+                    "no lease can be granted while the lease state cannot be written ({error})"
+                )));
+            }
             if queued {
                 self.wake_timer_before(options.aging);
             }
@@ -720,8 +747,9 @@ impl Pools {
             state.next_lease += 1;
             let held = Held::new(lease.clone(), units.clone(), false, None);
             state.leases.insert(lease.id, held);
-            // The token counter must be on disk before anyone sees the token.
-            let persisted = if durable {
+            // The token counter must be on disk before anyone sees the token, and no
+            // grant is made while the state cannot be written.
+            let persisted = if durable || self.write_error().is_some() {
                 self.write_now(state)
             } else {
                 self.persist(state)
@@ -961,13 +989,22 @@ impl Pools {
                 // Changes are written (and fsynced) at most every WRITE_EVERY, so a burst
                 // of grants and releases costs one write.
                 let since = self.clock.monotonic().saturating_sub(last_write);
-                if since >= WRITE_EVERY {
-                    if let Err(error) = self.flush() {
-                        tracing::error!(%error, "cannot write lease state");
+                // After a failed write (a full disk), try again once a second.
+                let every = if self.write_error().is_some() {
+                    RETRY_WRITE_EVERY
+                } else {
+                    WRITE_EVERY
+                };
+                if since >= every {
+                    let failing = self.write_error().is_some();
+                    if let Err(error) = self.flush()
+                        && !failing
+                    {
+                        tracing::error!(%error, "cannot write lease state: no lease is granted until it can be");
                     }
                     last_write = self.clock.monotonic();
                 } else {
-                    let left = WRITE_EVERY - since;
+                    let left = every - since;
                     wait = Some(wait.map_or(left, |w| w.min(left)));
                 }
             }
@@ -1102,22 +1139,24 @@ impl Pools {
     }
 
     fn write_text(&self, path: &Path, text: &str) -> Result<(), CoordinatorError> {
-        let tmp = path.with_extension("state.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
+        let result = crate::write_atomically(path, text.as_bytes()).map_err(|e| {
             // Not on disk: write it again next time.
             self.dirty.store(true, std::sync::atomic::Ordering::Release);
-            CoordinatorError::Unavailable(format!("lease state {}: {e}", path.display()))
-        })
+            format!("lease state {}: {e}", path.display())
+        });
+        let mut error = self.write_error.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                if error.take().is_some() {
+                    tracing::info!("the lease state can be written again: grants resume");
+                }
+                Ok(())
+            }
+            Err(message) => {
+                *error = Some(message.clone());
+                Err(CoordinatorError::Unavailable(message))
+            }
+        }
     }
 
     fn restore(&mut self, path: &Path) -> Result<(), CoordinatorError> {

@@ -174,7 +174,12 @@ struct Inner {
     suspended_until: u64,
     waiters: Vec<Waiter>,
     next_waiter: u64,
+    /// Where grants are journaled (quotas opened on a directory).
+    journal_path: Option<PathBuf>,
     journal: Option<Journal>,
+    /// Why the journal cannot be written now (a full disk, say): no grant is made until
+    /// it can be rewritten.
+    journal_error: Option<String>,
 }
 
 /// A named quota. Share it behind an `Arc`.
@@ -202,7 +207,9 @@ impl Quota {
                 suspended_until: 0,
                 waiters: Vec::new(),
                 next_waiter: 0,
+                journal_path: None,
                 journal: None,
+                journal_error: None,
             }),
             near: watch::channel(false).0,
         })
@@ -216,6 +223,8 @@ impl Quota {
     ) -> Result<Quota, CoordinatorError> {
         let quota = Quota::new(spec, clock)?;
         let path = dir.join(format!("{}.quota", quota.name));
+        // A compaction a crash (or a full disk) interrupted.
+        let _ = std::fs::remove_file(path.with_extension("quota.tmp"));
         let (grants, suspended_until) = Journal::read(&path)?;
         {
             let mut inner = quota.lock();
@@ -228,7 +237,12 @@ impl Quota {
             inner.suspended_until = suspended_until;
             let now = quota.now(&mut inner);
             quota.expire(&mut inner, now);
-            inner.journal = Some(Journal::open(path, &inner)?);
+            inner.journal_path = Some(path);
+            // Starts even when the journal cannot be written (a full disk): what it
+            // holds is restored, and grants wait until it can be written again.
+            if let Err(error) = Quota::reopen_journal(&mut inner) {
+                tracing::error!(quota = %quota.name, %error, "cannot write the quota journal: no call is granted until it can be");
+            }
             quota.signal(&inner);
         }
         Ok(quota)
@@ -306,6 +320,31 @@ impl Quota {
         f64::from(inner.spec.shares.get(component).copied().unwrap_or(1))
     }
 
+    /// Rewrites the journal with what is live (compaction, or a fresh start after a
+    /// failed write); on failure no grant is made until it succeeds.
+    fn reopen_journal(inner: &mut Inner) -> Result<(), CoordinatorError> {
+        let Some(path) = inner.journal_path.clone() else {
+            return Ok(());
+        };
+        match Journal::open(path, inner) {
+            Ok(journal) => {
+                inner.journal = Some(journal);
+                inner.journal_error = None;
+                Ok(())
+            }
+            Err(error) => {
+                inner.journal = None;
+                inner.journal_error = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Why grants cannot be journaled now, if they cannot.
+    pub fn write_error(&self) -> Option<String> {
+        self.lock().journal_error.clone()
+    }
+
     /// Records a grant (journaled first when there is a journal).
     fn record(
         &self,
@@ -313,19 +352,29 @@ impl Quota {
         now: u64,
         component: &Arc<str>,
     ) -> Result<Permit, CoordinatorError> {
-        if let Some(journal) = inner.journal.as_mut() {
-            journal.grant(now, component)?;
+        if inner.journal_error.is_some() {
+            Quota::reopen_journal(inner)?;
+        }
+        if let Some(journal) = inner.journal.as_mut()
+            && let Err(error) = journal.grant(now, component)
+        {
+            inner.journal = None;
+            inner.journal_error = Some(error.to_string());
+            return Err(error);
         }
         inner.grants.push_back(Grant {
             at: now,
             component: component.clone(),
         });
         *inner.per_component.entry(component.clone()).or_default() += 1;
-        if let Some(journal) = &inner.journal
-            && journal.lines > journal.compact_at
+        if inner
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.lines > j.compact_at)
+            && let Err(error) = Quota::reopen_journal(inner)
         {
-            let compacted = Journal::open(journal.path.clone(), inner)?;
-            inner.journal = Some(compacted);
+            // The grant is journaled already; the next one tries again.
+            tracing::warn!(quota = %self.name, %error, "cannot compact the quota journal");
         }
         let used = inner.grants.len() as u32;
         Ok(Permit {
@@ -370,7 +419,7 @@ impl Quota {
             let permit = match self.record(inner, now, &waiter.component) {
                 Ok(permit) => permit,
                 Err(error) => {
-                    tracing::error!(quota = %self.name, %error, "cannot journal a grant; waiters keep waiting");
+                    tracing::warn!(quota = %self.name, %error, "cannot journal a grant; waiters are refused until it can be");
                     inner.waiters.push(waiter);
                     return;
                 }
@@ -445,16 +494,24 @@ impl Quota {
         };
         let _leave = Leave { quota: self, id };
         loop {
-            let wait = {
+            let (wait, unwritable) = {
                 let mut inner = self.lock();
                 let now = self.now(&mut inner);
                 self.expire(&mut inner, now);
                 self.pump(&mut inner, now);
                 self.signal(&inner);
-                self.wait_needed(&inner, now).unwrap_or(1)
+                (
+                    self.wait_needed(&inner, now).unwrap_or(1),
+                    inner.journal_error.clone(),
+                )
             };
             if let Ok(permit) = rx.try_recv() {
                 return Ok(permit);
+            }
+            if let Some(error) = unwritable {
+                return Err(CoordinatorError::Unavailable(format!(
+                    "no call can be granted while the quota journal cannot be written ({error})"
+                )));
             }
             let mono = self.clock.monotonic();
             if mono >= deadline {
@@ -478,8 +535,15 @@ impl Quota {
         let now = self.now(&mut inner);
         let until = now.saturating_add(u64::try_from(retry_after.as_micros()).unwrap_or(u64::MAX));
         if until > inner.suspended_until {
-            if let Some(journal) = inner.journal.as_mut() {
-                journal.suspend(until)?;
+            if inner.journal_error.is_some() {
+                Quota::reopen_journal(&mut inner)?;
+            }
+            if let Some(journal) = inner.journal.as_mut()
+                && let Err(error) = journal.suspend(until)
+            {
+                inner.journal = None;
+                inner.journal_error = Some(error.to_string());
+                return Err(error);
             }
             inner.suspended_until = until;
             tracing::warn!(quota = %self.name, retry_after_ms = retry_after.as_millis() as u64, "upstream limit: grants suspended");
@@ -537,6 +601,9 @@ impl Drop for Leave<'_> {
 struct Journal {
     path: PathBuf,
     file: File,
+    /// The file's length: a failed append is cut back to it, so no torn line is left
+    /// for a later line to follow.
+    len: u64,
     lines: usize,
     compact_at: usize,
 }
@@ -602,7 +669,6 @@ impl Journal {
 
     /// Rewrites the journal with what is live, then appends from there.
     fn open(path: PathBuf, inner: &Inner) -> Result<Journal, CoordinatorError> {
-        let tmp = path.with_extension("quota.tmp");
         let mut text = String::new();
         for grant in &inner.grants {
             text.push_str(&format!("g {} {}\n", grant.at, grant.component));
@@ -610,31 +676,33 @@ impl Journal {
         if inner.suspended_until > 0 {
             text.push_str(&format!("s {}\n", inner.suspended_until));
         }
-        let write = || -> std::io::Result<File> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, &path)?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            OpenOptions::new().append(true).open(&path)
-        };
-        let file = write().map_err(|e| io_error(&path, e))?;
+        crate::write_atomically(&path, text.as_bytes()).map_err(|e| io_error(&path, e))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
         let lines = inner.grants.len() + 1;
         Ok(Journal {
             path,
             file,
+            len: text.len() as u64,
             lines,
             compact_at: (lines * 4).max(1024),
         })
     }
 
     fn append(&mut self, line: &str) -> Result<(), CoordinatorError> {
-        self.file
+        let written = self
+            .file
             .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| io_error(&self.path, e))?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Leave no partial line behind (the quota rewrites the journal before the
+            // next grant anyway).
+            let _ = self.file.set_len(self.len);
+            return Err(io_error(&self.path, e));
+        }
+        self.len += line.len() as u64;
         self.lines += 1;
         Ok(())
     }

@@ -194,6 +194,19 @@ pub struct LogStats {
     pub fsync_micros_total: u64,
 }
 
+/// Whether the log accepts appends now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogHealth {
+    /// Appends are accepted.
+    Ok,
+    /// The device is full: appends are refused until space returns (the log checks
+    /// every second, and every append tries). Reads work.
+    NoSpace { file: PathBuf },
+    /// A write or fsync failed: appends are refused until the log is reopened. Reads
+    /// work.
+    Failed { reason: Arc<str> },
+}
+
 /// How far the log has committed, and whether it still accepts readers' waits.
 #[derive(Debug, Clone, Copy)]
 struct Progress {
@@ -210,6 +223,8 @@ struct Shared {
     segments: RwLock<Vec<Arc<Segment>>>,
     progress: watch::Sender<Progress>,
     failure: OnceLock<Arc<str>>,
+    /// The file whose write found the device full, while appends are refused for it.
+    no_space: std::sync::Mutex<Option<PathBuf>>,
     appends: AtomicU64,
     fsyncs: AtomicU64,
     fsync_micros: AtomicU64,
@@ -275,6 +290,17 @@ impl Shared {
 
     fn set_failure(&self, reason: String) {
         let _ = self.failure.set(reason.into());
+    }
+
+    fn set_no_space(&self, file: Option<PathBuf>) {
+        *self.no_space.lock().unwrap_or_else(|e| e.into_inner()) = file;
+    }
+
+    fn no_space(&self) -> Option<PathBuf> {
+        self.no_space
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn publish(&self, next_seq: u64, appends: usize) {
@@ -402,15 +428,19 @@ impl Log {
             segments: RwLock::new(recovered.segments),
             progress,
             failure: OnceLock::new(),
+            no_space: std::sync::Mutex::new(None),
             appends: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             fsync_micros: AtomicU64::new(0),
         });
+        if !recovered.meta_written {
+            shared.set_no_space(Some(meta::path(&shared.dir)));
+        }
         let writer = Writer::new(
             shared.clone(),
             rx,
             recovered.last_index_offset,
-            recovered.meta,
+            (recovered.meta, recovered.meta_written),
             recovered.hwm,
         );
         let handle = std::thread::Builder::new()
@@ -611,6 +641,17 @@ impl Log {
     /// `Some(reason)` once the log has failed and refuses writes.
     pub fn failure(&self) -> Option<Arc<str>> {
         self.shared.failure()
+    }
+
+    /// Whether appends are accepted now, and why not.
+    pub fn health(&self) -> LogHealth {
+        if let Some(reason) = self.shared.failure() {
+            return LogHealth::Failed { reason };
+        }
+        match self.shared.no_space() {
+            Some(file) => LogHealth::NoSpace { file },
+            None => LogHealth::Ok,
+        }
     }
 
     /// The directory the log lives in.

@@ -59,6 +59,8 @@ pub(crate) struct Recovered {
     pub(crate) last_index_offset: Option<u64>,
     /// `log.meta` as it stands after recovery.
     pub(crate) meta: Meta,
+    /// Whether `meta` is on disk (a full device can keep it from being written).
+    pub(crate) meta_written: bool,
     /// `log.hwm`, open for the writer (`None` if verifying, or if it cannot be made).
     pub(crate) hwm: Option<Arc<dyn StorageFile>>,
     pub(crate) findings: Vec<Finding>,
@@ -562,8 +564,18 @@ fn finish(
         tracing::warn!(dir = %ctx.dir.display(), "the event log had no log.meta: checks for missing segments start now");
     }
     let mut hwm = None;
+    let mut meta_written = true;
     if ctx.changes() {
-        ctx.meta.write(ctx.storage, ctx.dir)?;
+        match ctx.meta.write(ctx.storage, ctx.dir) {
+            Ok(()) => {}
+            // A full device must not keep the log from opening for reads: the writer
+            // writes the meta once it can.
+            Err(LogError::Io { ref source, .. }) if crate::error::is_no_space(source) => {
+                tracing::warn!(dir = %ctx.dir.display(), "the device is full: log.meta will be written once there is space");
+                meta_written = false;
+            }
+            Err(e) => return Err(e),
+        }
         let path = ctx.dir.join(meta::HWM_FILE);
         let file = ctx
             .storage
@@ -580,6 +592,7 @@ fn finish(
         segments,
         last_index_offset,
         meta: ctx.meta,
+        meta_written,
         hwm,
         findings: ctx.findings,
     })

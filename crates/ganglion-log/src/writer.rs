@@ -73,6 +73,8 @@ impl Group {
 
 /// How often `log.meta`'s high-water mark follows the appends.
 const META_EVERY: Duration = Duration::from_secs(1);
+/// How often a log refusing appends for a full device checks for space.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
@@ -90,6 +92,8 @@ pub(crate) struct Writer {
     meta_stale_since: Option<Instant>,
     /// `log.hwm`, rewritten after every group's write.
     hwm: Option<Arc<dyn crate::storage::StorageFile>>,
+    /// Appends were refused for a full device, last at this time.
+    full_since: Option<Instant>,
 }
 
 impl Writer {
@@ -97,9 +101,10 @@ impl Writer {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Command>,
         last_index_offset: Option<u64>,
-        meta: Meta,
+        meta: (Meta, bool),
         hwm: Option<Arc<dyn crate::storage::StorageFile>>,
     ) -> Self {
+        let (meta, meta_written) = meta;
         let active = shared.active();
         let cursor = Cursor {
             extent: active.extent(),
@@ -116,8 +121,11 @@ impl Writer {
             last_retention: Instant::now(),
             boot,
             meta,
-            meta_stale_since: None,
+            meta_stale_since: (!meta_written).then(Instant::now),
             hwm,
+            // Recovery could not write log.meta for a full device: appends would fail
+            // the same way, so say so until the device has room.
+            full_since: (!meta_written).then(Instant::now),
         }
     }
 
@@ -170,13 +178,10 @@ impl Writer {
         crate::storage::write_all_at(&*self.active.file, &marks.encode(), Marks::OFFSET)
     }
 
-    /// Brings `log.meta`'s high-water mark up to what is synced.
+    /// Writes `log.meta`, its high-water mark brought up to what is synced.
     fn refresh_meta(&mut self) {
         self.meta_stale_since = None;
-        if self.synced <= self.meta.high_water {
-            return;
-        }
-        self.meta.high_water = self.synced;
+        self.meta.high_water = self.meta.high_water.max(self.synced);
         if let Err(e) = self.meta.write(&*self.shared.storage, &self.shared.dir) {
             tracing::warn!(error = %e, "could not update log.meta; will retry");
             self.meta_stale_since = Some(Instant::now());
@@ -240,7 +245,41 @@ impl Writer {
         let retention = (retention.max_age.is_some() || retention.max_bytes.is_some())
             .then(|| self.last_retention + retention.check_interval);
         let meta = self.meta_stale_since.map(|since| since + META_EVERY);
-        [sync, retention, meta].into_iter().flatten().min()
+        let probe = self.full_since.map(|since| since + PROBE_EVERY);
+        [sync, retention, meta, probe].into_iter().flatten().min()
+    }
+
+    /// The device was full: is there room again? Writes a page past the committed end
+    /// of the active segment and cuts it off again.
+    fn probe_space(&mut self) {
+        let file = &self.active.file;
+        let end = self.cursor.extent.len;
+        let written = crate::storage::write_all_at(&**file, &[0u8; 4096], end);
+        let cut = file.set_len(end);
+        match (written, cut) {
+            (Ok(()), Ok(())) => {
+                tracing::info!(dir = %self.shared.dir.display(), "space is back: the event log accepts appends again");
+                self.set_full(false);
+            }
+            (Err(e), _) if is_no_space(&e) => self.full_since = Some(Instant::now()),
+            (Err(e), _) | (_, Err(e)) => {
+                self.fail(format!(
+                    "probing for space in {} failed: {e}",
+                    self.active.path.display()
+                ));
+                self.full_since = None;
+            }
+        }
+    }
+
+    /// Records whether appends are being refused for a full device.
+    fn set_full(&mut self, full: bool) {
+        if full {
+            self.full_since = Some(Instant::now());
+            self.shared.set_no_space(Some(self.active.path.clone()));
+        } else if self.full_since.take().is_some() {
+            self.shared.set_no_space(None);
+        }
     }
 
     fn on_timer(&mut self) {
@@ -263,6 +302,12 @@ impl Writer {
             .is_some_and(|since| now >= since + META_EVERY)
         {
             self.refresh_meta();
+        }
+        if self
+            .full_since
+            .is_some_and(|since| now >= since + PROBE_EVERY)
+        {
+            self.probe_space();
         }
     }
 
@@ -377,7 +422,10 @@ impl Writer {
                 // hand its sequence numbers to the next group.
                 match file.set_len(offset) {
                     Ok(()) => {
-                        tracing::warn!(file = %self.active.path.display(), appends = group.waiting.len(), "device full; append refused");
+                        if self.full_since.is_none() {
+                            tracing::warn!(file = %self.active.path.display(), appends = group.waiting.len(), "device full: appends are refused until space returns");
+                        }
+                        self.set_full(true);
                         self.cursor = group.start;
                         let path = self.active.path.clone();
                         group.answer_all(|_| Err(LogError::NoSpace { file: path.clone() }));
@@ -422,6 +470,7 @@ impl Writer {
         self.active.commit(self.cursor.extent, &group.entries);
         self.shared
             .publish(self.cursor.extent.next_seq, group.waiting.len());
+        self.set_full(false);
         group.answer_all(|ack| Ok(*ack));
         if self.meta_stale_since.is_none() && self.synced > self.meta.high_water {
             self.meta_stale_since = Some(Instant::now());
@@ -505,6 +554,7 @@ impl Writer {
                     // Leave no half-made segment behind; the next append tries again.
                     let _ = storage.remove(&path);
                     let _ = storage.sync_dir(dir);
+                    self.set_full(true);
                     Err(LogError::NoSpace { file: path })
                 } else {
                     self.fail(format!("creating segment {} failed: {e}", path.display()));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use ganglion_core::ManualClock;
 use ganglion_log::storage::{CrashMode, MemStorage, Storage};
-use ganglion_log::{Log, LogOptions};
+use ganglion_log::{Log, LogHealth, LogOptions};
 
 #[test]
 fn a_failed_fsync_fails_the_log_for_writes_but_not_for_reads_and_is_never_retried() {
@@ -61,6 +61,11 @@ fn a_full_device_refuses_the_batch_whole_and_appends_resume_when_space_returns()
     );
     assert_eq!(log.next_seq(), 11);
     assert!(log.failure().is_none(), "a full device is not a failed log");
+    assert!(
+        matches!(log.health(), LogHealth::NoSpace { ref file } if *file == active),
+        "{:?}",
+        log.health()
+    );
 
     storage.set_capacity(None);
     let ack = log.append_blocking(big).unwrap();
@@ -69,6 +74,7 @@ fn a_full_device_refuses_the_batch_whole_and_appends_resume_when_space_returns()
         (11, 12),
         "no sequence was lost to the refusal"
     );
+    assert_eq!(log.health(), LogHealth::Ok);
     drop(log);
     let log = open_mem(&storage, LogOptions::default());
     assert_eq!(read_all(&log).len(), 12);
@@ -277,4 +283,38 @@ fn a_thousand_power_losses_lose_no_acknowledged_record() {
         torn_recoveries > 10,
         "some trials kept unacknowledged complete records"
     );
+}
+
+#[test]
+fn a_log_refusing_appends_for_a_full_device_notices_space_coming_back_without_an_append() {
+    let storage = MemStorage::new();
+    let log = open_mem(&storage, LogOptions::default());
+    append_numbered(&log, 1, 3);
+    let used: u64 = storage
+        .list(&dir())
+        .unwrap()
+        .iter()
+        .filter_map(|f| storage.read_file(&dir().join(f)))
+        .map(|b| b.len() as u64)
+        .sum();
+    storage.set_capacity(Some(used));
+    assert!(log.append_blocking(vec![payload(4)]).is_err());
+    assert!(matches!(log.health(), LogHealth::NoSpace { .. }));
+    let before = segment_files(&storage)
+        .iter()
+        .map(|f| storage.read_file(f))
+        .collect::<Vec<_>>();
+    storage.set_capacity(None);
+    // The writer checks once a second (its own timer, on the real clock).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.health() != LogHealth::Ok {
+        assert!(std::time::Instant::now() < deadline, "{:?}", log.health());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let after = segment_files(&storage)
+        .iter()
+        .map(|f| storage.read_file(f))
+        .collect::<Vec<_>>();
+    assert_eq!(before, after, "the check leaves nothing behind");
+    assert_eq!(log.append_blocking(vec![payload(4)]).unwrap().first_seq, 4);
 }

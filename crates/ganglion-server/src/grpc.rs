@@ -172,12 +172,13 @@ impl Front {
     }
 }
 
-/// Reports NOT_SERVING while the log refuses writes, SERVING otherwise.
+/// Reports NOT_SERVING while HTTP health says 503 (the log refuses appends, the
+/// coordinator cannot write its state), SERVING otherwise.
 async fn watch_health(state: Arc<State>, reporter: tonic_health::server::HealthReporter) {
     let mut serving = true;
     let mut stopped = std::pin::pin!(state.stopped());
     loop {
-        let healthy = state.bus.log().failure().is_none();
+        let (healthy, _) = state.health();
         if healthy != serving {
             serving = healthy;
             if healthy {

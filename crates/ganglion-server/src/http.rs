@@ -3,7 +3,7 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `GET /api/v1/health` | 200 `{"status":"ok","components":{…}}`; 503 when the log cannot write |
+//! | `GET /api/v1/health` | 200 `{"status":"ok","components":{…}}`; 503 while appends or grants are refused (a failed log, a full disk) or the server stops |
 //! | `POST /api/v1/events` | one event `{"topic","payload",…}` → `{"seq","id","duplicate"}`; `{"events":[…]}` → `{"acks":[…]}` |
 //! | `GET /api/v1/events?pattern=&from_seq=&since=&limit=` | replay |
 //! | `GET /api/v1/stream?pattern=` | live events as Server-Sent Events |
@@ -190,21 +190,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn health(Extract(state): Extract<Arc<State>>) -> Response {
-    let log = state.bus.log();
-    let failure = log.failure();
-    let stopping = *state.stopping.borrow();
-    let ok = failure.is_none() && !stopping;
-    let body = json!({
-        "status": if ok { "ok" } else { "unavailable" },
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "components": {
-            "log": match &failure {
-                None => json!({ "status": "ok", "next_seq": log.next_seq() }),
-                Some(reason) => json!({ "status": "failed", "reason": reason.to_string() }),
-            },
-            "server": json!({ "status": if stopping { "stopping" } else { "ok" } }),
-        },
-    });
+    let (ok, body) = state.health();
     let status = if ok {
         StatusCode::OK
     } else {

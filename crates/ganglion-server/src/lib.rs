@@ -152,6 +152,50 @@ impl State {
         &self.metrics
     }
 
+    /// Whether the server takes writes now, and the state of each part: the event log
+    /// (failed, or refusing appends for a full disk), the coordinator (state it cannot
+    /// write), the server itself (stopping). What HTTP health, gRPC health and the
+    /// `ganglion_log_healthy` gauge report.
+    pub(crate) fn health(&self) -> (bool, serde_json::Value) {
+        use ganglion_bus::log::LogHealth;
+        use serde_json::json;
+        let log = self.bus.log();
+        let (log_ok, log_json) = match log.health() {
+            LogHealth::Ok => (true, json!({ "status": "ok", "next_seq": log.next_seq() })),
+            LogHealth::NoSpace { file } => (
+                false,
+                json!({
+                    "status": "no_space",
+                    "reason": format!("the device is full: appends are refused until space returns ({})", file.display()),
+                }),
+            ),
+            LogHealth::Failed { reason } => (
+                false,
+                json!({ "status": "failed", "reason": reason.to_string() }),
+            ),
+        };
+        let coordinator_error = self.coordinator.write_error();
+        let coordinator = match &coordinator_error {
+            None => json!({ "status": "ok" }),
+            Some(reason) => json!({
+                "status": "cannot_write",
+                "reason": format!("grants are refused until the state can be written: {reason}"),
+            }),
+        };
+        let stopping = *self.stopping.borrow();
+        let ok = log_ok && coordinator_error.is_none() && !stopping;
+        let body = json!({
+            "status": if ok { "ok" } else { "unavailable" },
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "components": {
+                "log": log_json,
+                "coordinator": coordinator,
+                "server": json!({ "status": if stopping { "stopping" } else { "ok" } }),
+            },
+        });
+        (ok, body)
+    }
+
     /// Resolves once shutdown has begun.
     fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stopping = self.stopping.clone();

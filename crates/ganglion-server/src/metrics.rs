@@ -400,8 +400,8 @@ fn log_metrics(x: &mut Exposition, state: &State) {
     x.one(
         "ganglion_log_healthy",
         "gauge",
-        "1 while the event log accepts writes, 0 once it has failed.",
-        u64::from(state.bus.log().failure().is_none()),
+        "1 while the event log accepts appends; 0 while it refuses them (failed, or the device is full).",
+        u64::from(state.bus.log().health() == ganglion_bus::log::LogHealth::Ok),
     );
 }
 
@@ -582,7 +582,7 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "appends": log.appends,
             "fsyncs": log.fsyncs,
             "fsync_micros_total": log.fsync_micros_total,
-            "healthy": state.bus.log().failure().is_none(),
+            "healthy": state.bus.log().health() == ganglion_bus::log::LogHealth::Ok,
         },
     })
 }

@@ -697,6 +697,71 @@ async fn a_failed_log_answers_503_and_not_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_and_not_serving_until_space_returns() {
+    use ganglion_log::storage::MemStorage;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let storage = std::sync::Arc::new(MemStorage::new());
+    let bus = Bus::open_on_storage(
+        bus_options(std::path::Path::new("/unused")),
+        storage.clone(),
+    )
+    .unwrap();
+    let server = Server::start(bus, ServerOptions::default()).await;
+    let client = Client::connect(server.grpc.clone()).await.unwrap();
+    client.publish(Event::new(topic("a.b"), "x")).await.unwrap();
+    storage.set_capacity(Some(0));
+    let err = client
+        .publish(Event::new(topic("a.b"), "y"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no space left"), "{err}");
+    let r = http(server.http, "GET", "/api/v1/health", None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["components"]["log"]["status"], "no_space");
+
+    let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let status = |serving: ServingStatus| {
+        let mut health = health.clone();
+        async move {
+            loop {
+                let status = health
+                    .check(HealthCheckRequest {
+                        service: "ganglion.v1.EventBus".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status;
+                if status == serving as i32 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    soon("NOT_SERVING", status(ServingStatus::NotServing)).await;
+    storage.set_capacity(None);
+    soon("SERVING again", status(ServingStatus::Serving)).await;
+    let r = http(server.http, "GET", "/api/v1/health", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    drop(client);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_with_a_reason_and_keeps_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(open_bus(dir.path()), ServerOptions::default()).await;

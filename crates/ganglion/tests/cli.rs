@@ -1,128 +1,12 @@
 //! The real binary: `serve` on ephemeral ports, the client commands against it, and a
 //! graceful stop on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ganglion");
-
-struct Served {
-    child: Child,
-    grpc: String,
-    http: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `ganglion serve` on ports the OS picks and reads them off its start-up line.
-fn serve(data_dir: &std::path::Path) -> Served {
-    serve_with_env(data_dir, &[])
-}
-
-/// [`serve`] with extra environment variables (`GANGLION__…` settings).
-fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
-    let config = data_dir.with_extension("yaml");
-    std::fs::write(
-        &config,
-        "coordinator:\n  pools:\n    gpu: { gpus: [\"0\"] }\n    redis: { capacity: 20 }\n  quotas:\n    claude: { rule: \"100 per 1h\", shares: { advisor: 2 } }\n  breakers:\n    claude-api: {}\n",
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ganglion serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let line = loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a start-up line within 30 s");
-        if line.contains("ganglion serving") {
-            break line;
-        }
-    };
-    let after = |marker: &str| {
-        let rest = &line[line
-            .find(marker)
-            .unwrap_or_else(|| panic!("{marker} in {line}"))
-            + marker.len()..];
-        rest.split(|c: char| c == ',' || c.is_whitespace())
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    assert!(line.contains(&data_dir.display().to_string()), "{line}");
-    Served {
-        grpc: format!("http://{}", after("gRPC on ")),
-        http: after("HTTP on "),
-        child,
-        log,
-    }
-}
-
-/// Sends SIGTERM and waits (up to 30 s) for a clean exit.
-fn stop(server: &mut Served) {
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = (0..300)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            server.child.try_wait().unwrap()
-        })
-        .expect("the server exits within 30 s of SIGTERM");
-    assert!(status.success(), "{status:?}");
-}
-
-fn ganglion(server: &Served, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--server", &server.grpc])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
+use common::*;
 
 #[test]
 fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
@@ -415,48 +299,6 @@ fn the_scrape_and_the_alert_rules_pass_promtool_and_deploy_uses_only_real_metric
     assert!(out.contains("6 rules found"), "{out}");
 }
 
-/// Starts a GET whose response streams (SSE) and returns once its head has arrived;
-/// the stream stays open until the connection is dropped.
-fn open_stream(addr: &str, path: &str) -> std::net::TcpStream {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("a response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    stream
-}
-
-/// A GET over a plain TCP connection (the binary's tests carry no HTTP client).
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
 #[test]
 fn the_server_exports_its_publish_span_over_otlp_in_the_publishers_trace() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -506,16 +348,6 @@ fn the_server_exports_its_publish_span_over_otlp_in_the_publishers_trace() {
         publish.attributes["messaging.destination.name"],
         "orders.placed"
     );
-}
-
-/// Runs the binary without a server, for commands that work on files.
-fn offline(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
