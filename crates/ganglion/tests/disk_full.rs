@@ -75,7 +75,6 @@ fn a_full_disk_turns_health_to_503_refuses_grants_and_a_restart_still_serves_rea
             assert!(published < 10_000, "the disk never filled");
         };
     }
-    let event = r#"{"topic": "game.state", "payload": 1}"#;
     assert_eq!(refusal.0, 503, "{}", refusal.1);
     assert!(published > 10, "{published} events fitted");
     let (status, body) = http(&server.http, "GET", "/api/v1/health", "");
