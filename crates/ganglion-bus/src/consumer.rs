@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ganglion_core::bus::{
-    AckMode, Aggregation, Chunk, DeliveredEvent, Delivery, KeyCount, SubscribeOptions,
+    AckMode, Aggregation, Chunk, DeliveredEvent, Delivery, KeyCount, QueuedBytes, SubscribeOptions,
     SubscriptionControl, SubscriptionId,
 };
 use ganglion_core::{Clock, Event, Pattern, Topic};
@@ -44,6 +44,8 @@ const EPHEMERAL_CHUNK: usize = 1024;
 /// Chunks an unbatched subscriber's channel may hold before the consumer waits for it
 /// to take some.
 const QUEUED_CHUNKS: usize = 256;
+/// A chunk stops growing at this many bytes of events (it always takes one).
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Deliveries per chunk, and chunks a subscriber's channel holds (`max_in_flight`, so
 /// events trickling in one per chunk can still fill the in-flight window). With manual
@@ -92,6 +94,15 @@ pub(crate) struct Member {
     /// Deliveries go over in chunks; see [`member_channel`].
     pub(crate) tx: mpsc::Sender<Chunk>,
     pub(crate) control: Arc<dyn SubscriptionControl>,
+    /// The bytes in `tx` not yet taken by the subscription.
+    pub(crate) queued: Arc<QueuedBytes>,
+}
+
+impl Member {
+    /// Whether a chunk could be handed over now (`room` free slots, and bytes).
+    fn has_room(&self, room: usize) -> bool {
+        self.tx.capacity() >= room && self.queued.has_room()
+    }
 }
 
 /// What the consumer shares with its subscribers' handles.
@@ -100,19 +111,34 @@ pub(crate) struct ConsumerShared {
     pub(crate) closed_reason: Mutex<Option<String>>,
     pub(crate) durable: bool,
     pub(crate) counters: ConsumerCounters,
-    /// One permit per ephemeral event this consumer may still take: publishers take
-    /// permits before handing events over, the consumer returns them as events leave.
+    /// The room for ephemeral events this consumer has left, in units of
+    /// [`ephemeral_cost`](Self::ephemeral_cost): publishers take permits before handing
+    /// events over, the consumer returns them as events leave.
     pub(crate) ephemeral_permits: tokio::sync::Semaphore,
+    /// All the permits there are: the buffer's bytes.
+    pub(crate) ephemeral_budget: usize,
+    /// What the smallest event costs: the budget over the most events it may hold, so
+    /// that both the event count and the bytes stay bounded.
+    min_cost: usize,
 }
 
 impl ConsumerShared {
-    pub(crate) fn new(ephemeral_buffer: usize, durable: bool) -> Self {
+    pub(crate) fn new(ephemeral_buffer: usize, buffer_bytes: usize, durable: bool) -> Self {
+        let budget = buffer_bytes.clamp(1, u32::MAX as usize);
         ConsumerShared {
             closed_reason: Mutex::new(None),
             durable,
             counters: ConsumerCounters::default(),
-            ephemeral_permits: tokio::sync::Semaphore::new(ephemeral_buffer),
+            ephemeral_permits: tokio::sync::Semaphore::new(budget),
+            ephemeral_budget: budget,
+            min_cost: (budget / ephemeral_buffer.max(1)).max(1),
         }
+    }
+
+    /// The permits an ephemeral event takes while it waits in the consumer: its bytes
+    /// (at least the minimum, at most the whole buffer).
+    pub(crate) fn ephemeral_cost(&self, event: &Event) -> usize {
+        event.size().clamp(self.min_cost, self.ephemeral_budget)
     }
 }
 
@@ -191,6 +217,8 @@ struct Window {
     closes_at: Duration,
     /// (event, attempt); ephemeral events have seq 0.
     items: Vec<(Arc<Event>, u32)>,
+    /// Bytes of the events.
+    bytes: usize,
 }
 
 pub(crate) struct Consumer {
@@ -214,8 +242,12 @@ pub(crate) struct Consumer {
     has_read: bool,
     cursor: u64,
     ready: BinaryHeap<Ready>,
+    /// Bytes of the events in `ready`.
+    ready_bytes: usize,
     ephemeral_ready: VecDeque<Arc<Event>>,
     in_flight: HashMap<u64, InFlight>,
+    /// Bytes of the events in `in_flight` and in the open window.
+    in_flight_bytes: usize,
     deadlines: BTreeSet<(Duration, u64)>,
     retries: BTreeMap<(Duration, u64), Waiting>,
     dead_pending: BTreeMap<(Duration, u64), Waiting>,
@@ -251,8 +283,10 @@ impl Consumer {
             has_read: spec.resumed,
             cursor: spec.cursor,
             ready: BinaryHeap::new(),
+            ready_bytes: 0,
             ephemeral_ready: VecDeque::new(),
             in_flight: HashMap::new(),
+            in_flight_bytes: 0,
             deadlines: BTreeSet::new(),
             retries: BTreeMap::new(),
             dead_pending: BTreeMap::new(),
@@ -274,6 +308,34 @@ impl Consumer {
     /// bounded so a backlog stays in the log rather than in memory.
     fn max_ready(&self) -> usize {
         self.options.max_in_flight.saturating_add(READ_BATCH)
+    }
+
+    /// Whether another event may be read ahead of delivery.
+    fn wants_ready(&self) -> bool {
+        self.ready.len() < self.max_ready()
+            && self.ready_bytes < self.core.options.subscriber_buffer_bytes
+    }
+
+    /// Whether another durable event may go out to a subscriber unacked.
+    fn may_send_durable(&self) -> bool {
+        self.in_flight_count() < self.max_in_flight()
+            && (self.in_flight_count() == 0
+                || self.in_flight_bytes < self.options.max_in_flight_bytes)
+    }
+
+    /// Takes the next ready event (highest priority first).
+    fn pop_ready(&mut self) -> Option<Ready> {
+        let ready = self.ready.pop()?;
+        self.ready_bytes -= ready.event.size();
+        Some(ready)
+    }
+
+    /// Forgets an event out with a subscriber (acked, nacked, timed out, its member gone).
+    fn take_in_flight(&mut self, seq: u64) -> Option<InFlight> {
+        let flight = self.in_flight.remove(&seq)?;
+        self.deadlines.remove(&(flight.deadline, seq));
+        self.in_flight_bytes -= flight.event.size();
+        Some(flight)
     }
 
     /// Durable events out with subscribers or gathered in the open window.
@@ -301,8 +363,7 @@ impl Consumer {
             self.fill();
             self.dispatch();
             self.report_gauges();
-            let wants_log =
-                !self.cut_off && !self.log_closed && self.ready.len() < self.max_ready();
+            let wants_log = !self.cut_off && !self.log_closed && self.wants_ready();
             let wants_ephemeral = !self.cut_off
                 && !self.ephemeral_closed
                 && !self.blocked
@@ -320,9 +381,10 @@ impl Consumer {
             let unblocked = self
                 .members
                 .get(self.next_member % self.members.len().max(1))
-                .map(|m| (m.tx.clone(), room_needed(&m.tx, batched)));
+                .map(|m| (m.tx.clone(), room_needed(&m.tx, batched), m.queued.clone()));
             let wait_unblocked = async move {
-                if let Some((tx, room)) = unblocked {
+                if let Some((tx, room, queued)) = unblocked {
+                    queued.room().await;
                     let _ = tx.reserve_many(room).await;
                 }
             };
@@ -353,11 +415,16 @@ impl Consumer {
                     // Take what is waiting in bulk: one turn of this loop per batch.
                     let mut next = events;
                     while let Some(events) = next {
-                        let (offered, had) = (events.len(), self.ephemeral_ready.len());
-                        self.ephemeral_ready
-                            .extend(events.into_iter().filter(|e| self.options.filter.accepts(e)));
                         // Filtered-out events leave at once: give their room back.
-                        self.return_permits(offered - (self.ephemeral_ready.len() - had));
+                        let mut filtered_out = 0;
+                        for event in events {
+                            if self.options.filter.accepts(&event) {
+                                self.ephemeral_ready.push_back(event);
+                            } else {
+                                filtered_out += self.shared.ephemeral_cost(&event);
+                            }
+                        }
+                        self.return_permits(filtered_out);
                         next = if self.ephemeral_ready.len() < READ_BATCH {
                             ephemeral.try_recv().ok()
                         } else {
@@ -383,7 +450,7 @@ impl Consumer {
         let core = self.core.clone();
         let log = &core.log;
         let mut recent = Vec::new();
-        while !self.cut_off && self.ready.len() < self.max_ready() && self.cursor < log.next_seq() {
+        while !self.cut_off && self.wants_ready() && self.cursor < log.next_seq() {
             let want = READ_BATCH.min(self.max_ready() - self.ready.len()).max(1);
             // Recently published events come decoded from memory, shared with every
             // other consumer; older ones from the log.
@@ -465,6 +532,7 @@ impl Consumer {
             0
         };
         self.outstanding.insert(event.seq);
+        self.ready_bytes += event.size();
         self.ready.push(Ready {
             priority,
             seq: event.seq,
@@ -485,8 +553,8 @@ impl Consumer {
         loop {
             let open: Vec<usize> = (0..self.members.len())
                 .filter(|&i| {
-                    let tx = &self.members[i].tx;
-                    tx.capacity() >= room_needed(tx, false)
+                    let member = &self.members[i];
+                    member.has_room(room_needed(&member.tx, false))
                 })
                 .collect();
             if open.is_empty() {
@@ -499,13 +567,26 @@ impl Consumer {
             if let [only] = open[..]
                 && !self.ephemeral_ready.is_empty()
             {
-                let n = EPHEMERAL_CHUNK.min(self.ephemeral_ready.len());
+                let (mut n, mut cost, mut bytes) = (0, 0, 0);
+                for event in self.ephemeral_ready.iter().take(EPHEMERAL_CHUNK) {
+                    if n > 0 && bytes >= CHUNK_BYTES {
+                        break;
+                    }
+                    n += 1;
+                    cost += self.shared.ephemeral_cost(event);
+                    bytes += event.size();
+                }
                 let events: Vec<Arc<Event>> = self.ephemeral_ready.drain(..n).collect();
-                self.return_permits(n);
+                self.return_permits(cost);
                 self.count_delivered(n as u64, 0, events.first().map(|e| &**e));
                 let member = &self.members[only];
+                member.queued.add(bytes);
                 // This consumer is the channel's only sender and saw room in it.
-                if member.tx.try_send(Chunk::Ephemeral(events)).is_err() {
+                if member
+                    .tx
+                    .try_send(Chunk::Ephemeral { events, bytes })
+                    .is_err()
+                {
                     let id = member.id;
                     self.member_gone(id);
                     if self.members.is_empty() {
@@ -514,31 +595,41 @@ impl Consumer {
                 }
                 continue;
             }
-            // One chunk per open member, filled round robin.
-            let mut chunks: Vec<Vec<Delivery>> = open.iter().map(|_| Vec::new()).collect();
+            // One chunk per open member, filled round robin, each at most `chunk_size`
+            // deliveries and about CHUNK_BYTES.
+            let mut chunks: Vec<(Vec<Delivery>, usize)> =
+                open.iter().map(|_| (Vec::new(), 0)).collect();
             let mut turn = self.next_member;
             let mut released = 0;
             let mut built = 0;
             let mut redelivered = 0;
             while built < open.len() * chunk_size {
                 let slot = turn % open.len();
-                let member = &self.members[open[slot]];
+                if chunks[slot].1 >= CHUNK_BYTES {
+                    if chunks.iter().all(|(_, bytes)| *bytes >= CHUNK_BYTES) {
+                        break;
+                    }
+                    turn += 1;
+                    continue;
+                }
+                let member = open[slot];
                 let delivery = if let Some(event) = self.ephemeral_ready.pop_front() {
-                    released += 1;
+                    released += self.shared.ephemeral_cost(&event);
                     let delivered = DeliveredEvent {
                         event,
                         attempt: 1,
                         coalesced: 1,
                     };
                     Delivery::ephemeral(delivered)
-                } else if self.in_flight.len() < self.max_in_flight()
-                    && let Some(ready) = self.ready.pop()
+                } else if self.may_send_durable()
+                    && let Some(ready) = self.pop_ready()
                 {
                     let delivered = DeliveredEvent {
                         event: ready.event.clone(),
                         attempt: ready.attempt,
                         coalesced: 1,
                     };
+                    let member = &self.members[member];
                     let delivery =
                         Delivery::single(delivered, Some(ready.seq), member.control.clone());
                     redelivered += u64::from(ready.attempt > 1);
@@ -548,7 +639,8 @@ impl Consumer {
                 } else {
                     break;
                 };
-                chunks[slot].push(delivery);
+                chunks[slot].1 += delivery.events()[0].event.size();
+                chunks[slot].0.push(delivery);
                 built += 1;
                 turn += 1;
             }
@@ -559,20 +651,25 @@ impl Consumer {
             }
             let first = chunks
                 .iter()
-                .flatten()
+                .flat_map(|(chunk, _)| chunk)
                 .next()
                 .and_then(|d| d.events().first())
                 .filter(|e| e.attempt == 1)
                 .map(|e| &*e.event);
             self.count_delivered(built as u64, redelivered, first);
             let mut gone = Vec::new();
-            for (slot, chunk) in chunks.into_iter().enumerate() {
-                if chunk.is_empty() {
+            for (slot, (deliveries, bytes)) in chunks.into_iter().enumerate() {
+                if deliveries.is_empty() {
                     continue;
                 }
                 let member = &self.members[open[slot]];
+                member.queued.add(bytes);
                 // This consumer is the channel's only sender and saw room in it.
-                if member.tx.try_send(Chunk::Deliveries(chunk)).is_err() {
+                if member
+                    .tx
+                    .try_send(Chunk::Deliveries { deliveries, bytes })
+                    .is_err()
+                {
                     gone.push(member.id);
                 }
             }
@@ -630,8 +727,7 @@ impl Consumer {
 
     /// Whether something could be delivered if a subscriber had room.
     fn has_deliverable(&self) -> bool {
-        !self.ephemeral_ready.is_empty()
-            || (!self.ready.is_empty() && self.in_flight.len() < self.max_in_flight())
+        !self.ephemeral_ready.is_empty() || (!self.ready.is_empty() && self.may_send_durable())
     }
 
     /// Gives publishers of ephemeral events room for `n` more.
@@ -655,6 +751,7 @@ impl Consumer {
         }
         let deadline = self.now() + self.options.ack_deadline;
         self.deadlines.insert((deadline, seq));
+        self.in_flight_bytes += event.size();
         self.in_flight.insert(
             seq,
             InFlight {
@@ -679,10 +776,16 @@ impl Consumer {
             tries -= 1;
             let i = self.next_member % self.members.len();
             let member = &self.members[i];
+            if !member.queued.has_room() {
+                self.next_member = i + 1;
+                continue;
+            }
             let gone = match member.tx.try_reserve() {
                 Ok(room) => {
                     let delivery = Delivery::batch(events, counts, seqs, member.control.clone());
-                    room.send(Chunk::Deliveries(vec![delivery]));
+                    let chunk = Chunk::from(vec![delivery]);
+                    member.queued.add(chunk.bytes());
+                    room.send(chunk);
                     let id = member.id;
                     self.next_member = i + 1;
                     return Some(id);
@@ -712,24 +815,34 @@ impl Consumer {
                 }
                 continue;
             }
+            let window_bytes = self.window.as_ref().map_or(0, |w| w.bytes);
+            if window_len > 0 && window_bytes >= batch.max_bytes {
+                self.flush_window();
+                if self.window.is_some() {
+                    return;
+                }
+                continue;
+            }
             let item = if let Some(event) = self.ephemeral_ready.pop_front() {
-                self.return_permits(1);
+                self.return_permits(self.shared.ephemeral_cost(&event));
                 (event, 1)
-            } else if self.in_flight_count() < self.max_in_flight()
-                && let Some(ready) = self.ready.pop()
+            } else if self.may_send_durable()
+                && let Some(ready) = self.pop_ready()
             {
+                // Counted as in flight while it waits in the window.
+                self.in_flight_bytes += ready.event.size();
                 (ready.event, ready.attempt)
             } else {
                 return;
             };
             let closes_at = self.now() + batch.window.unwrap_or_else(|| self.core.batch_window());
-            self.window
-                .get_or_insert_with(|| Window {
-                    closes_at,
-                    items: Vec::new(),
-                })
-                .items
-                .push(item);
+            let window = self.window.get_or_insert_with(|| Window {
+                closes_at,
+                items: Vec::new(),
+                bytes: 0,
+            });
+            window.bytes += item.0.size();
+            window.items.push(item);
         }
     }
 
@@ -802,6 +915,8 @@ impl Consumer {
                 self.count_delivered(covered, redelivered as u64, first.as_deref());
                 for (event, attempt) in window.items {
                     if event.seq != 0 {
+                        // Out of the window; in flight again if it waits for an ack.
+                        self.in_flight_bytes -= event.size();
                         self.delivered(event.seq, event, attempt, member);
                     }
                 }
@@ -835,7 +950,7 @@ impl Consumer {
                 break;
             }
             self.deadlines.pop_first();
-            if let Some(flight) = self.in_flight.remove(&seq) {
+            if let Some(flight) = self.take_in_flight(seq) {
                 add(&self.shared.counters.ack_timeouts, 1);
                 let error = format!(
                     "ack deadline of {} ms exceeded",
@@ -881,8 +996,7 @@ impl Consumer {
             Control::Leave(id) => self.member_gone(id),
             Control::Ack(seqs) => {
                 for seq in seqs {
-                    if let Some(flight) = self.in_flight.remove(&seq) {
-                        self.deadlines.remove(&(flight.deadline, seq));
+                    if self.take_in_flight(seq).is_some() {
                         add(&self.shared.counters.acked, 1);
                         self.mark_done(seq);
                     }
@@ -890,8 +1004,7 @@ impl Consumer {
             }
             Control::Nack { seqs, delay, error } => {
                 for seq in seqs {
-                    if let Some(flight) = self.in_flight.remove(&seq) {
-                        self.deadlines.remove(&(flight.deadline, seq));
+                    if let Some(flight) = self.take_in_flight(seq) {
                         add(&self.shared.counters.nacked, 1);
                         self.fail(flight.event, flight.attempt, error.clone(), delay)
                             .await;
@@ -900,8 +1013,7 @@ impl Consumer {
             }
             Control::Term { seqs, reason } => {
                 for seq in seqs {
-                    if let Some(flight) = self.in_flight.remove(&seq) {
-                        self.deadlines.remove(&(flight.deadline, seq));
+                    if let Some(flight) = self.take_in_flight(seq) {
                         self.dead_letter(flight.event, flight.attempt, reason.clone())
                             .await;
                     }
@@ -922,8 +1034,12 @@ impl Consumer {
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.cut_off = true;
         self.members.clear();
-        self.return_permits(self.ephemeral_ready.len());
-        self.ephemeral_ready.clear();
+        let cost = self
+            .ephemeral_ready
+            .drain(..)
+            .map(|e| self.shared.ephemeral_cost(&e))
+            .sum();
+        self.return_permits(cost);
         // Publishers waiting for room stop waiting.
         self.shared.ephemeral_permits.close();
     }
@@ -940,8 +1056,7 @@ impl Consumer {
             .collect();
         let now = self.now();
         for seq in seqs {
-            if let Some(flight) = self.in_flight.remove(&seq) {
-                self.deadlines.remove(&(flight.deadline, seq));
+            if let Some(flight) = self.take_in_flight(seq) {
                 let waiting = Waiting {
                     event: flight.event,
                     attempt: flight.attempt,

@@ -71,14 +71,17 @@ pub(crate) fn parse(event: Event) -> Option<DeadLetter> {
     })
 }
 
-/// The dead letters among `events` (a dead-letter topic's history) that no marker has
-/// redriven, oldest first.
-pub(crate) fn live(events: Vec<Event>) -> Vec<DeadLetter> {
-    let redriven: HashSet<u64> = events
+/// The dead-letter sequences the redrive markers among `events` redrove.
+pub(crate) fn redriven(events: &[Event]) -> impl Iterator<Item = u64> + '_ {
+    events
         .iter()
         .filter(|e| e.event_type == REDRIVEN_TYPE)
         .filter_map(|e| e.header(REDRIVEN_SEQ)?.parse().ok())
-        .collect();
+}
+
+/// The dead letters among `events` (a page of a dead-letter topic's history) that no
+/// marker has redriven, oldest first.
+pub(crate) fn live(events: Vec<Event>, redriven: &HashSet<u64>) -> Vec<DeadLetter> {
     events
         .into_iter()
         .filter(|e| e.event_type != REDRIVEN_TYPE && !redriven.contains(&e.seq))

@@ -16,13 +16,17 @@
 //!
 //! # Bounded memory
 //!
-//! The log's append queue is bounded (publishers wait); each consumer holds at most
-//! `max_in_flight` events read ahead and `max_in_flight` out with subscribers, the rest
-//! staying in the log; each consumer's ephemeral queue holds at most
-//! [`BusOptions::ephemeral_buffer`] events, and a subscriber that lets it fill is closed
-//! with a reason (at-most-once events cannot wait in a log). Deliveries wait for a
-//! subscriber in chunks of up to 256 (of 1,024 ephemeral events for a lone subscriber),
-//! at most 256 chunks of them for an unbatched subscription.
+//! Every place an event waits is bounded in events and in bytes. The log's append queue
+//! is bounded (publishers wait). Each consumer reads ahead at most `max_in_flight` + 256
+//! events and [`BusOptions::subscriber_buffer_bytes`] of them, and has at most
+//! `max_in_flight` events and `max_in_flight_bytes` out with subscribers unacked; the
+//! rest stay in the log. Each consumer's ephemeral queue holds at most
+//! [`BusOptions::ephemeral_buffer`] events and `subscriber_buffer_bytes` of them, and a
+//! subscriber that lets it fill is closed with a reason (at-most-once events cannot wait
+//! in a log). Deliveries wait for each subscriber in chunks of up to 256 (of 1,024
+//! ephemeral events for a lone subscriber) and 1 MiB, at most 256 chunks and
+//! `subscriber_buffer_bytes` of them ([`QueuedBytes`](ganglion_core::bus::QueuedBytes)).
+//! A batch window closes at `batch.max_bytes`.
 //!
 //! # On disk
 //!
@@ -48,8 +52,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ganglion_core::bus::{
-    DeadLetter, PublishAck, StartPosition, StorageClass, SubscribeOptions, Subscription,
-    SubscriptionControl, SubscriptionId, TopicInfo,
+    DeadLetter, PublishAck, QueuedBytes, REPLAY_PAGE_BYTES, ReplayPages, StartPosition,
+    StorageClass, SubscribeOptions, Subscription, SubscriptionControl, SubscriptionId, TopicInfo,
 };
 use ganglion_core::{
     BoxFuture, BusError, Clock, Event, EventBus, Pattern, PatternIndex, SystemClock, Topic,
@@ -84,9 +88,15 @@ pub struct BusOptions {
     /// Storage class per topic pattern; the first match wins, and a topic no pattern
     /// matches is durable.
     pub storage_classes: Vec<(Pattern, StorageClass)>,
-    /// Ephemeral events a consumer may hold. When it is full, publishers wait for room
-    /// (flow control) for up to `slow_consumer_grace`. Default 65,536.
+    /// Ephemeral events a consumer may hold (and no more than `subscriber_buffer_bytes`
+    /// of them). When it is full, publishers wait for room (flow control) for up to
+    /// `slow_consumer_grace`. Default 65,536.
     pub ephemeral_buffer: usize,
+    /// Bytes of events ([`Event::size`]) that may wait for one subscriber in each of the
+    /// places events wait: read ahead from the log, queued ephemeral events, and handed
+    /// to each member and not yet taken. Unacked events out with subscribers are bounded
+    /// by [`SubscribeOptions::max_in_flight_bytes`]. Default 8 MiB.
+    pub subscriber_buffer_bytes: usize,
     /// How long publishers wait for a consumer with a full ephemeral buffer before its
     /// subscribers are closed as too slow. Default 1 s.
     pub slow_consumer_grace: Duration,
@@ -111,6 +121,7 @@ impl BusOptions {
             storage_classes: Vec::new(),
             in_memory: false,
             ephemeral_buffer: 65_536,
+            subscriber_buffer_bytes: 8 * 1024 * 1024,
             slow_consumer_grace: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
             batch_window: Duration::from_millis(100),
@@ -467,19 +478,28 @@ impl Core {
                 }
             }
         }
-        let buffer = self.options.ephemeral_buffer.max(1);
         for (key, tx, shared, mut events) in targets {
             while !events.is_empty() {
-                let rest = events.split_off(events.len().min(buffer));
-                let n = events.len() as u32;
+                // As many events as the consumer's buffer takes at once (at least one).
+                let (mut take, mut cost) = (0, 0);
+                for event in &events {
+                    let c = shared.ephemeral_cost(event);
+                    if take > 0 && cost + c > shared.ephemeral_budget {
+                        break;
+                    }
+                    take += 1;
+                    cost += c;
+                }
+                let rest = events.split_off(take);
+                let units = u32::try_from(cost).unwrap_or(u32::MAX);
                 let permits = &shared.ephemeral_permits;
-                let granted = match permits.try_acquire_many(n) {
+                let granted = match permits.try_acquire_many(units) {
                     Ok(permit) => Some(permit),
                     Err(tokio::sync::TryAcquireError::Closed) => None,
                     Err(tokio::sync::TryAcquireError::NoPermits) => {
                         let deadline = self.clock.monotonic() + self.options.slow_consumer_grace;
                         tokio::select! {
-                            permit = permits.acquire_many(n) => permit.ok(),
+                            permit = permits.acquire_many(units) => permit.ok(),
                             _ = self.clock.sleep_until(deadline) => {
                                 self.cut_off_slow(&key);
                                 None
@@ -505,8 +525,9 @@ impl Core {
         {
             entry.cut_off = true;
             let reason = format!(
-                "slow consumer: {} ephemeral events waited more than {} ms for it",
+                "slow consumer: its buffer of ephemeral events ({} events or {} bytes) stayed full for more than {} ms",
                 self.options.ephemeral_buffer,
+                self.options.subscriber_buffer_bytes,
                 self.options.slow_consumer_grace.as_millis()
             );
             let _ = entry.control.send(Control::CutOff(reason));
@@ -546,33 +567,44 @@ impl Core {
         })
     }
 
-    /// Logged events matching `pattern` from `from` on, at most `limit`, scanning the
-    /// log no further than `until` (exclusive).
-    fn scan(
+    /// One page of logged events matching `pattern`, from `from` on, scanning the log
+    /// no further than `until` (exclusive): at most `limit` events and `max_bytes` of
+    /// them (always at least one). Returns the page and where the next one starts.
+    fn scan_page(
         &self,
         pattern: &Pattern,
         from: u64,
         until: u64,
         limit: usize,
-    ) -> Result<Vec<Event>, BusError> {
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, u64), BusError> {
         let mut out = Vec::new();
+        let mut bytes = 0;
         let mut next = from;
-        while out.len() < limit && next < until {
+        while out.len() < limit && next < until && (out.is_empty() || bytes < max_bytes) {
             let records = self.log.read(next, 1024).map_err(log_error)?;
             let Some(last) = records.last() else { break };
-            next = last.seq + 1;
+            let end = last.seq + 1;
             for record in records {
-                if record.seq >= until || out.len() >= limit {
-                    break;
+                if record.seq >= until
+                    || out.len() >= limit
+                    || (!out.is_empty() && bytes >= max_bytes)
+                {
+                    // Stopped before this record: the next page starts with it.
+                    return Ok((out, record.seq));
                 }
                 match codec::decode_matching(&record.payload, record.seq, pattern) {
-                    Ok(Some(event)) => out.push(event),
+                    Ok(Some(event)) => {
+                        bytes += event.size();
+                        out.push(event);
+                    }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "skipping undecodable record"),
                 }
             }
+            next = end;
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// The dead-letter topic of the consumer called `name`.
@@ -593,19 +625,78 @@ impl Core {
             .ok_or_else(|| BusError::invalid("subscription", "is not a valid subscription name"))
     }
 
-    fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>, BusError> {
+    /// The oldest `limit` dead letters of `name` not yet redriven, read a page at a time
+    /// (markers first, then the letters), so memory holds `limit` letters, not the
+    /// dead-letter topic's whole history.
+    fn dead_letters(&self, name: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let topic = self.dlq_topic_of(name)?;
         let first = lock(&self.topics).get(&topic).map(|s| s.first_seq);
         let Some(first) = first else {
             return Ok(Vec::new());
         };
-        let events = self.scan(
-            &Pattern::from(topic),
-            first,
-            self.log.next_seq(),
-            usize::MAX,
-        )?;
-        Ok(dlq::live(events))
+        let pattern = Pattern::from(topic);
+        let until = self.log.next_seq();
+        let pages = |visit: &mut dyn FnMut(Vec<Event>) -> bool| -> Result<(), BusError> {
+            let mut next = first;
+            while next < until {
+                let (page, after) =
+                    self.scan_page(&pattern, next, until, 4096, REPLAY_PAGE_BYTES)?;
+                if page.is_empty() || !visit(page) {
+                    break;
+                }
+                next = after;
+            }
+            Ok(())
+        };
+        let mut redriven = HashSet::new();
+        pages(&mut |page| {
+            redriven.extend(dlq::redriven(&page));
+            true
+        })?;
+        let mut letters = Vec::new();
+        pages(&mut |page| {
+            letters.extend(dlq::live(page, &redriven));
+            letters.truncate(limit);
+            letters.len() < limit
+        })?;
+        Ok(letters)
+    }
+}
+
+/// A replay of the embedded bus, a page at a time.
+#[derive(Debug)]
+struct BusPages {
+    core: Arc<Core>,
+    pattern: Pattern,
+    next: u64,
+    until: u64,
+    left: usize,
+    page_bytes: usize,
+}
+
+impl ReplayPages for BusPages {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Vec<Event>>, BusError>> {
+        Box::pin(async move {
+            if self.left == 0 || self.next >= self.until {
+                return Ok(None);
+            }
+            let core = self.core.clone();
+            let (pattern, next, until, left, bytes) = (
+                self.pattern.clone(),
+                self.next,
+                self.until,
+                self.left,
+                self.page_bytes,
+            );
+            let (page, after) = tokio::task::spawn_blocking(move || {
+                core.scan_page(&pattern, next, until, left, bytes)
+            })
+            .await
+            .map_err(|e| BusError::Internal(e.to_string()))??;
+            self.next = after;
+            self.left -= page.len();
+            Ok((!page.is_empty()).then_some(page))
+        })
     }
 }
 
@@ -783,6 +874,7 @@ impl Bus {
             registry.retiring.remove(&key);
         }
         let (tx, rx) = mpsc::channel(consumer::member_channel(options.max_in_flight).1);
+        let queued = QueuedBytes::new(core.options.subscriber_buffer_bytes);
         if let Some(entry) = registry.consumers.get_mut(&key) {
             if entry.pattern != pattern {
                 return Err(BusError::invalid(
@@ -811,12 +903,13 @@ impl Bus {
                 id,
                 tx,
                 control: control.clone(),
+                queued: queued.clone(),
             }));
             entry.members.insert(id);
             registry.members.insert(id, key);
             drop(registry);
             return Ok(Attempt::Subscribed(
-                self.subscription(id, name, rx, control),
+                self.subscription(id, name, rx, control, queued),
             ));
         }
 
@@ -865,7 +958,8 @@ impl Bus {
             }
         };
         let consumer_shared = Arc::new(ConsumerShared::new(
-            core.options.ephemeral_buffer.max(1),
+            core.options.ephemeral_buffer,
+            core.options.subscriber_buffer_bytes,
             options.durable.is_some(),
         ));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -888,6 +982,7 @@ impl Bus {
                 id,
                 tx,
                 control: control.clone(),
+                queued: queued.clone(),
             },
         };
         let (finished_tx, finished) = watch::channel(false);
@@ -915,7 +1010,7 @@ impl Bus {
         registry.members.insert(id, key);
         drop(registry);
         Ok(Attempt::Subscribed(
-            self.subscription(id, name, rx, control),
+            self.subscription(id, name, rx, control, queued),
         ))
     }
 
@@ -925,34 +1020,61 @@ impl Bus {
         name: String,
         rx: mpsc::Receiver<ganglion_core::bus::Chunk>,
         control: Arc<dyn SubscriptionControl>,
+        queued: Arc<QueuedBytes>,
     ) -> Subscription {
         let guard = LeaveOnDrop {
             core: Arc::downgrade(&self.core),
             id,
         };
-        Subscription::new(id, name, rx, control).with_guard(guard)
+        Subscription::new(id, name, rx, control)
+            .with_queued_bytes(queued)
+            .with_guard(guard)
     }
 
     async fn redrive_now(&self, name: String, seqs: Vec<u64>) -> Result<u64, BusError> {
-        let core = self.core.clone();
-        let lookup = name.clone();
-        let letters = tokio::task::spawn_blocking(move || core.dead_letters(&lookup))
-            .await
-            .map_err(|e| BusError::Internal(e.to_string()))??;
-        let chosen: Vec<&DeadLetter> = if seqs.is_empty() {
-            letters.iter().collect()
-        } else {
-            seqs.iter()
+        if !seqs.is_empty() {
+            let letters = self.letters(&name, usize::MAX).await?;
+            let chosen = seqs
+                .iter()
                 .map(|seq| {
                     letters
                         .iter()
                         .find(|l| l.event.seq == *seq)
+                        .cloned()
                         .ok_or_else(|| BusError::NotFound {
                             what: format!("dead letter {seq} of {name:?}"),
                         })
                 })
-                .collect::<Result<_, _>>()?
-        };
+                .collect::<Result<Vec<_>, _>>()?;
+            return self.redrive_letters(&name, chosen).await;
+        }
+        // All of them, a batch at a time (each batch's markers take it off the list),
+        // up to the letters there are now.
+        let until = self.core.log.next_seq();
+        let mut total = 0;
+        loop {
+            let batch: Vec<DeadLetter> = self
+                .letters(&name, REDRIVE_BATCH)
+                .await?
+                .into_iter()
+                .filter(|l| l.event.seq < until)
+                .collect();
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            total += self.redrive_letters(&name, batch).await?;
+        }
+    }
+
+    async fn letters(&self, name: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let core = self.core.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || core.dead_letters(&name, limit))
+            .await
+            .map_err(|e| BusError::Internal(e.to_string()))?
+    }
+
+    async fn redrive_letters(&self, name: &str, chosen: Vec<DeadLetter>) -> Result<u64, BusError> {
         if chosen.is_empty() {
             return Ok(0);
         }
@@ -968,12 +1090,15 @@ impl Bus {
             })
             .collect::<Result<_, _>>()?;
         self.core.publish_internal(events).await?;
-        let markers = chosen.iter().map(|l| dlq::redrive_marker(l)).collect();
+        let markers = chosen.iter().map(dlq::redrive_marker).collect();
         self.core.publish_internal(markers).await?;
         tracing::info!(subscription = %name, count = chosen.len(), "dead letters redriven");
         Ok(chosen.len() as u64)
     }
 }
+
+/// Dead letters redriven per publication when all of a subscription's are.
+const REDRIVE_BATCH: usize = 1000;
 
 /// What one try at subscribing came to.
 enum Attempt {
@@ -1138,21 +1263,28 @@ impl EventBus for Bus {
         })
     }
 
-    fn replay(
+    fn replay_pages(
         &self,
         pattern: Pattern,
         from: StartPosition,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
+        page_bytes: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn ReplayPages>, BusError>> {
         Box::pin(async move {
             let from = from.for_replay()?;
             let core = self.core.clone();
-            tokio::task::spawn_blocking(move || {
-                let start = core.start_seq(from)?;
-                core.scan(&pattern, start, core.log.next_seq(), limit)
-            })
-            .await
-            .map_err(|e| BusError::Internal(e.to_string()))?
+            let start = tokio::task::spawn_blocking(move || core.start_seq(from))
+                .await
+                .map_err(|e| BusError::Internal(e.to_string()))??;
+            let pages: Box<dyn ReplayPages> = Box::new(BusPages {
+                core: self.core.clone(),
+                pattern,
+                next: start,
+                until: self.core.log.next_seq(),
+                left: limit,
+                page_bytes: page_bytes.max(1),
+            });
+            Ok(pages)
         })
     }
 
@@ -1161,14 +1293,7 @@ impl EventBus for Bus {
         subscription: String,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeadLetter>, BusError>> {
-        Box::pin(async move {
-            let core = self.core.clone();
-            let mut letters = tokio::task::spawn_blocking(move || core.dead_letters(&subscription))
-                .await
-                .map_err(|e| BusError::Internal(e.to_string()))??;
-            letters.truncate(limit);
-            Ok(letters)
-        })
+        Box::pin(async move { self.letters(&subscription, limit).await })
     }
 
     fn redrive(

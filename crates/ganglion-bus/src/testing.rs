@@ -25,8 +25,8 @@
 use std::sync::{Arc, Mutex};
 
 use ganglion_core::bus::{
-    DeadLetter, PublishAck, StartPosition, SubscribeOptions, Subscription, SubscriptionId,
-    TopicInfo,
+    DeadLetter, PublishAck, ReplayPages, StartPosition, SubscribeOptions, Subscription,
+    SubscriptionId, TopicInfo,
 };
 use ganglion_core::{BoxFuture, BusError, Event, EventBus, ManualClock, Pattern};
 
@@ -145,13 +145,14 @@ impl EventBus for TestBus {
         self.bus.unsubscribe(id)
     }
 
-    fn replay(
+    fn replay_pages(
         &self,
         pattern: Pattern,
         from: StartPosition,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
-        self.bus.replay(pattern, from, limit)
+        page_bytes: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn ReplayPages>, BusError>> {
+        self.bus.replay_pages(pattern, from, limit, page_bytes)
     }
 
     fn dead_letters(

@@ -94,9 +94,9 @@ async fn keep_last_over_1000_updates_to_10_keys_delivers_10_events_per_window() 
     let options = SubscribeOptions {
         batch: Some(BatchOptions {
             window: Some(Duration::from_millis(100)),
-            max_events: 10_000,
             key: GroupKey::Header("game_id".into()),
             aggregation: Aggregation::KeepLast,
+            ..BatchOptions::default()
         }),
         ..SubscribeOptions::default()
     };

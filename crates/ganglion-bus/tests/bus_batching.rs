@@ -16,6 +16,7 @@ fn batched(aggregation: Aggregation, key: GroupKey, max_events: usize) -> Subscr
             window: Some(Duration::from_millis(100)),
             max_events,
             key,
+            max_bytes: 1024 * 1024,
             aggregation,
         }),
         ..SubscribeOptions::default()

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ganglion_core::bus::{
-    DeadLetter, EventBus, PublishAck, StartPosition, SubscribeOptions, Subscription,
+    DeadLetter, EventBus, PublishAck, ReplayPages, StartPosition, SubscribeOptions, Subscription,
     SubscriptionId, TopicInfo,
 };
 use ganglion_core::{BoxFuture, BusError, Event, Pattern};
@@ -196,12 +196,13 @@ impl EventBus for Client {
         })
     }
 
-    fn replay(
+    fn replay_pages(
         &self,
         pattern: Pattern,
         from: StartPosition,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
+        _page_bytes: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn ReplayPages>, BusError>> {
         Box::pin(async move {
             let (from_seq, since_ms) = match from.for_replay()? {
                 StartPosition::New | StartPosition::All => (0, 0),
@@ -215,7 +216,7 @@ impl EventBus for Client {
                 since_ms,
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
             };
-            let mut stream = self
+            let stream = self
                 .inner
                 .rpc
                 .clone()
@@ -223,13 +224,8 @@ impl EventBus for Client {
                 .await
                 .map_err(|s| error_from_status(&s))?
                 .into_inner();
-            let mut events = Vec::new();
-            while let Some(chunk) = stream.message().await.map_err(|s| error_from_status(&s))? {
-                for (i, e) in chunk.events.into_iter().enumerate() {
-                    events.push(convert::event_from_wire(e, &format!("events[{i}]"))?);
-                }
-            }
-            Ok(events)
+            let pages: Box<dyn ReplayPages> = Box::new(RemotePages { stream });
+            Ok(pages)
         })
     }
 
@@ -336,5 +332,38 @@ impl Reconnect {
 
     fn reset(&mut self) {
         self.next = self.initial;
+    }
+}
+
+/// A replay from the server: each response message is a page (the server bounds them
+/// in bytes).
+#[derive(Debug)]
+struct RemotePages {
+    stream: tonic::Streaming<v1::ReplayResponse>,
+}
+
+impl ReplayPages for RemotePages {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Vec<Event>>, BusError>> {
+        Box::pin(async move {
+            loop {
+                let Some(page) = self
+                    .stream
+                    .message()
+                    .await
+                    .map_err(|s| error_from_status(&s))?
+                else {
+                    return Ok(None);
+                };
+                let events = page
+                    .events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| convert::event_from_wire(e, &format!("events[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !events.is_empty() {
+                    return Ok(Some(events));
+                }
+            }
+        })
     }
 }

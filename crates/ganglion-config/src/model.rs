@@ -118,6 +118,12 @@ pub struct BusConfig {
     /// Topic patterns kept in memory only, delivered at most once to the subscribers
     /// connected now. Needs a restart.
     pub ephemeral: Vec<String>,
+    /// Bytes of events that may wait for one subscriber in each place events wait (read
+    /// ahead from the log, queued ephemeral events, handed over and not yet taken); a
+    /// subscription's unacked events are bounded by its own `max_in_flight_bytes`. Needs
+    /// a restart.
+    #[schemars(range(min = 65536, max = 1073741824))]
+    pub subscriber_buffer_bytes: u64,
 }
 
 impl Default for BusConfig {
@@ -127,6 +133,7 @@ impl Default for BusConfig {
             dedupe_window_ms: 120_000,
             batch_window_ms: 100,
             ephemeral: vec!["bench.events.>".to_owned(), "coordinator.>".to_owned()],
+            subscriber_buffer_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The event bus contract: what publishers and subscribers can rely on, whichever engine
-//! (embedded, NATS) or transport (in-process, gRPC) is behind it.
+//! or transport (in-process, gRPC) is behind it.
 //!
 //! # Delivery semantics
 //!
@@ -19,11 +19,14 @@
 //!   a queue group each see a subset, and a `prioritized` subscription lets
 //!   higher-priority events overtake lower ones.
 //! - **Backpressure, not dropping**: a subscription never has more than `max_in_flight`
-//!   unacked events outstanding; the rest wait in the log, not in memory, and publishers
-//!   are slowed by the log's bounded queue rather than refused. Two cases drop a
-//!   subscriber, with a reason it can read ([`Subscription::closed_reason`]): an
-//!   ephemeral subscriber that lets its bounded buffer fill, and a non-durable subscriber
-//!   that the log's retention overtakes (its events are gone).
+//!   unacked events, nor `max_in_flight_bytes` of them, outstanding; what waits for a
+//!   subscriber is bounded in bytes as well as in events (so a subscriber that stops
+//!   reading holds a bounded amount of memory whatever the events' size); the rest wait
+//!   in the log, not in memory, and publishers are slowed by the log's bounded queue
+//!   rather than refused. Two cases drop a subscriber, with a reason it can read
+//!   ([`Subscription::closed_reason`]): an ephemeral subscriber that lets its bounded
+//!   buffer fill, and a non-durable subscriber that the log's retention overtakes (its
+//!   events are gone). Every option has a ceiling ([`ceilings`]).
 //! - **What survives a restart**: every acknowledged publication; a durable
 //!   subscription's position (what was acked, and how often unacked events were
 //!   delivered) — it resumes where acks stopped, and events delivered but not acked are
@@ -292,15 +295,19 @@ impl GroupKey {
     }
 }
 
-/// Delivery in batches: everything that arrives within `window` (or until `max_events`)
-/// is delivered together, coalesced per `aggregation`.
+/// Delivery in batches: everything that arrives within `window` (or until `max_events`
+/// or `max_bytes`) is delivered together, coalesced per `aggregation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchOptions {
     /// How long a window stays open. `None`: the bus's configured batch window
     /// (`bus.batch_window_ms`, 100 ms by default), read as each window opens, so a
     /// configuration reload changes it without resubscribing.
     pub window: Option<Duration>,
+    /// A window closes early once it holds this many events. Default 1000.
     pub max_events: usize,
+    /// A window closes early once its events hold this many bytes (a window always
+    /// takes at least one event). Default 1 MiB.
+    pub max_bytes: usize,
     pub key: GroupKey,
     pub aggregation: Aggregation,
 }
@@ -310,6 +317,7 @@ impl Default for BatchOptions {
         BatchOptions {
             window: None,
             max_events: 1000,
+            max_bytes: 1024 * 1024,
             key: GroupKey::Topic,
             aggregation: Aggregation::None,
         }
@@ -331,6 +339,9 @@ pub struct SubscribeOptions {
     pub ack_deadline: Duration,
     /// Most unacked events outstanding. Default 1000.
     pub max_in_flight: usize,
+    /// Most bytes of unacked events outstanding (at least one event is always let
+    /// out). Default 16 MiB.
+    pub max_in_flight_bytes: usize,
     /// Attempts before an event goes to the dead-letter topic. Default 5.
     pub max_deliveries: u32,
     pub backoff: Backoff,
@@ -351,6 +362,7 @@ impl Default for SubscribeOptions {
             ack_mode: AckMode::Manual,
             ack_deadline: Duration::from_secs(30),
             max_in_flight: 1000,
+            max_in_flight_bytes: 16 * 1024 * 1024,
             max_deliveries: 5,
             backoff: Backoff::default(),
             dead_letter_topic: None,
@@ -382,9 +394,53 @@ fn check_name(field: &str, name: &str) -> Result<(), BusError> {
     }
 }
 
+/// The most a client may ask of a subscription: every option has a ceiling, so no
+/// request can make the engine hold more than these allow.
+pub mod ceilings {
+    use std::time::Duration;
+
+    pub const MAX_IN_FLIGHT: usize = 100_000;
+    pub const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
+    pub const MAX_DELIVERIES: u32 = 10_000;
+    /// Ack deadlines, backoff delays and batch windows.
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+    pub const MAX_BATCH_EVENTS: usize = 100_000;
+    pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+    /// Types, and headers, in a filter.
+    pub const MAX_FILTER_ENTRIES: usize = 64;
+    /// A filter's type, header name or value, a batch's key header.
+    pub const MAX_STRING_BYTES: usize = 256;
+}
+
+fn at_most<T: PartialOrd + fmt::Debug>(field: &str, value: T, max: T) -> Result<(), BusError> {
+    if value > max {
+        return Err(BusError::invalid(
+            field,
+            format!("is {value:?}; at most {max:?} is allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn short_string(field: String, value: &str) -> Result<(), BusError> {
+    if value.len() > ceilings::MAX_STRING_BYTES {
+        return Err(BusError::invalid(
+            field,
+            format!(
+                "is {} bytes; at most {} are allowed",
+                value.len(),
+                ceilings::MAX_STRING_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl SubscribeOptions {
-    /// Checks every option; the error names the field.
+    /// Checks every option against its range and its ceiling ([`ceilings`]); the error
+    /// names the field.
     pub fn validate(&self) -> Result<(), BusError> {
+        use ceilings::*;
         if let Some(name) = &self.durable {
             check_name("durable", name)?;
         }
@@ -397,13 +453,41 @@ impl SubscribeOptions {
                 "must be longer than zero",
             ));
         }
+        at_most("ack_deadline", self.ack_deadline, MAX_DURATION)?;
         if self.max_in_flight == 0 {
             return Err(BusError::invalid("max_in_flight", "must be at least 1"));
         }
+        at_most("max_in_flight", self.max_in_flight, MAX_IN_FLIGHT)?;
+        if self.max_in_flight_bytes == 0 {
+            return Err(BusError::invalid(
+                "max_in_flight_bytes",
+                "must be at least 1",
+            ));
+        }
+        at_most(
+            "max_in_flight_bytes",
+            self.max_in_flight_bytes,
+            MAX_IN_FLIGHT_BYTES,
+        )?;
         if self.max_deliveries == 0 {
             return Err(BusError::invalid("max_deliveries", "must be at least 1"));
         }
+        at_most("max_deliveries", self.max_deliveries, MAX_DELIVERIES)?;
         self.backoff.validate("backoff")?;
+        at_most("backoff.max", self.backoff.max, MAX_DURATION)?;
+        at_most("filter.types", self.filter.types.len(), MAX_FILTER_ENTRIES)?;
+        at_most(
+            "filter.headers",
+            self.filter.headers.len(),
+            MAX_FILTER_ENTRIES,
+        )?;
+        for (i, t) in self.filter.types.iter().enumerate() {
+            short_string(format!("filter.types[{i}]"), t)?;
+        }
+        for (i, (k, v)) in self.filter.headers.iter().enumerate() {
+            short_string(format!("filter.headers[{i}].name"), k)?;
+            short_string(format!("filter.headers[{i}].value"), v)?;
+        }
         if let Some(batch) = &self.batch {
             if batch.window.is_some_and(|w| w.is_zero()) {
                 return Err(BusError::invalid(
@@ -411,8 +495,19 @@ impl SubscribeOptions {
                     "must be longer than zero",
                 ));
             }
+            if let Some(window) = batch.window {
+                at_most("batch.window", window, MAX_DURATION)?;
+            }
             if batch.max_events == 0 {
                 return Err(BusError::invalid("batch.max_events", "must be at least 1"));
+            }
+            at_most("batch.max_events", batch.max_events, MAX_BATCH_EVENTS)?;
+            if batch.max_bytes == 0 {
+                return Err(BusError::invalid("batch.max_bytes", "must be at least 1"));
+            }
+            at_most("batch.max_bytes", batch.max_bytes, MAX_BATCH_BYTES)?;
+            if let GroupKey::Header(name) = &batch.key {
+                short_string("batch.key_header".to_owned(), name)?;
             }
         }
         Ok(())
@@ -612,20 +707,103 @@ impl Delivery {
     }
 }
 
-/// What an engine hands a subscription in one channel operation.
+/// What an engine hands a subscription in one channel operation, with the bytes of its
+/// events (what [`QueuedBytes`] counts).
 #[derive(Debug)]
 pub enum Chunk {
     /// Deliveries, yielded in order.
-    Deliveries(Vec<Delivery>),
+    Deliveries {
+        deliveries: Vec<Delivery>,
+        bytes: usize,
+    },
     /// Ephemeral events on their first (and only) delivery, with nothing to settle: the
     /// subscription makes each one's [`Delivery::ephemeral`] as it is taken, so an
     /// engine hands over pointers rather than deliveries.
-    Ephemeral(Vec<Arc<Event>>),
+    Ephemeral {
+        events: Vec<Arc<Event>>,
+        bytes: usize,
+    },
+}
+
+impl Chunk {
+    /// The bytes of the chunk's events ([`Event::size`]).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Chunk::Deliveries { bytes, .. } | Chunk::Ephemeral { bytes, .. } => *bytes,
+        }
+    }
 }
 
 impl From<Vec<Delivery>> for Chunk {
     fn from(deliveries: Vec<Delivery>) -> Self {
-        Chunk::Deliveries(deliveries)
+        let bytes = deliveries
+            .iter()
+            .flat_map(|d| d.events())
+            .map(|e| e.event.size())
+            .sum();
+        Chunk::Deliveries { deliveries, bytes }
+    }
+}
+
+/// The bytes waiting for one subscriber: an engine counts a chunk in as it hands it
+/// over, and the subscription counts it out once it has taken the chunk's last
+/// delivery. An engine hands over nothing more while the count is at the limit (a
+/// chunk always goes when nothing waits), so what a subscriber that stops reading can
+/// hold is bounded in bytes, not only in events.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    bytes: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    room: tokio::sync::Notify,
+}
+
+impl QueuedBytes {
+    pub fn new(limit: usize) -> Arc<QueuedBytes> {
+        Arc::new(QueuedBytes {
+            bytes: std::sync::atomic::AtomicUsize::new(0),
+            limit: limit.max(1),
+            room: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Bytes handed over and not yet taken.
+    pub fn queued(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether another chunk may be handed over now.
+    pub fn has_room(&self) -> bool {
+        self.queued() < self.limit
+    }
+
+    pub fn add(&self, bytes: usize) {
+        self.bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self
+            .bytes
+            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+        if before >= self.limit && before - bytes < self.limit {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Completes once another chunk may be handed over.
+    pub async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -654,8 +832,8 @@ impl Buffered {
 impl From<Chunk> for Buffered {
     fn from(chunk: Chunk) -> Self {
         match chunk {
-            Chunk::Deliveries(deliveries) => Buffered::Deliveries(deliveries.into_iter()),
-            Chunk::Ephemeral(events) => Buffered::Ephemeral(events.into_iter()),
+            Chunk::Deliveries { deliveries, .. } => Buffered::Deliveries(deliveries.into_iter()),
+            Chunk::Ephemeral { events, .. } => Buffered::Ephemeral(events.into_iter()),
         }
     }
 }
@@ -670,6 +848,10 @@ pub struct Subscription {
     name: String,
     deliveries: mpsc::Receiver<Chunk>,
     buffered: Buffered,
+    /// Where the bytes of taken chunks are counted out, when the engine counts them.
+    queued: Option<Arc<QueuedBytes>>,
+    /// Bytes of the chunk being taken (counted out when the next one is received).
+    taking: usize,
     control: Arc<dyn SubscriptionControl>,
     _guard: Option<DropGuard>,
 }
@@ -695,8 +877,29 @@ impl Subscription {
             name,
             deliveries,
             buffered: Buffered::Deliveries(Vec::new().into_iter()),
+            queued: None,
+            taking: 0,
             control,
             _guard: None,
+        }
+    }
+
+    /// Counts the bytes of each chunk out of `queued` once its last delivery is taken.
+    pub fn with_queued_bytes(mut self, queued: Arc<QueuedBytes>) -> Self {
+        self.queued = Some(queued);
+        self
+    }
+
+    /// Takes `chunk` as the one being read.
+    fn take(&mut self, chunk: Chunk) {
+        self.taking = chunk.bytes();
+        self.buffered = chunk.into();
+    }
+
+    /// Counts out the chunk whose last delivery was taken.
+    fn taken(&mut self) {
+        if let Some(queued) = &self.queued {
+            queued.release(std::mem::take(&mut self.taking));
         }
     }
 
@@ -724,7 +927,9 @@ impl Subscription {
             if let Some(delivery) = self.buffered.next() {
                 return Some(self.traced(delivery));
             }
-            self.buffered = self.deliveries.recv().await?.into();
+            self.taken();
+            let chunk = self.deliveries.recv().await?;
+            self.take(chunk);
         }
     }
 
@@ -745,7 +950,9 @@ impl Subscription {
             if let Some(delivery) = self.buffered.next() {
                 return Some(self.traced(delivery));
             }
-            self.buffered = self.deliveries.try_recv().ok()?.into();
+            self.taken();
+            let chunk = self.deliveries.try_recv().ok()?;
+            self.take(chunk);
         }
     }
 
@@ -794,9 +1001,17 @@ pub struct TopicInfo {
     pub last_seq: u64,
 }
 
-/// The bus, as publishers and subscribers use it: the embedded engine, the NATS engine
-/// and the remote client all implement it, so a component runs against any of them
-/// without changing code.
+/// Bytes of events in one page of a replay when the caller does not say.
+pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+
+/// A replay read a page at a time ([`EventBus::replay_pages`]).
+pub trait ReplayPages: Send + fmt::Debug {
+    /// The next page (at least one event), or `None` once the replay is done.
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Vec<Event>>, BusError>>;
+}
+
+/// The bus, as publishers and subscribers use it: the embedded engine and the remote
+/// client implement it, so a component runs against either without changing code.
 pub trait EventBus: Send + Sync + 'static {
     /// Publishes a batch; every durable event is in the log before this returns.
     fn publish_batch(&self, events: Vec<Event>)
@@ -819,13 +1034,37 @@ pub trait EventBus: Send + Sync + 'static {
 
     fn unsubscribe(&self, id: SubscriptionId) -> BoxFuture<'_, Result<(), BusError>>;
 
-    /// Logged events matching `pattern` from `from`, at most `limit`.
+    /// Logged events matching `pattern` from `from`, at most `limit`, read a page at a
+    /// time: each page holds at most `page_bytes` of events ([`Event::size`]; always at
+    /// least one event), and only the page being read is in memory. Over a connection
+    /// the server's message size bounds the pages too.
+    fn replay_pages(
+        &self,
+        pattern: Pattern,
+        from: StartPosition,
+        limit: usize,
+        page_bytes: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn ReplayPages>, BusError>>;
+
+    /// Logged events matching `pattern` from `from`, at most `limit`, all in memory at
+    /// once: [`replay_pages`](Self::replay_pages) reads big replays in bounded pages.
     fn replay(
         &self,
         pattern: Pattern,
         from: StartPosition,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>>;
+    ) -> BoxFuture<'_, Result<Vec<Event>, BusError>> {
+        Box::pin(async move {
+            let mut pages = self
+                .replay_pages(pattern, from, limit, REPLAY_PAGE_BYTES)
+                .await?;
+            let mut events = Vec::new();
+            while let Some(page) = pages.next_page().await? {
+                events.extend(page);
+            }
+            Ok(events)
+        })
+    }
 
     /// Dead letters of a subscription not yet redriven, oldest first. A letter is listed
     /// once its publication has completed, which can trail its delivery to a

@@ -234,6 +234,11 @@ pub fn options_from_wire(
                 } else {
                     b.max_events as usize
                 },
+                max_bytes: if b.max_bytes == 0 {
+                    d.max_bytes
+                } else {
+                    usize::try_from(b.max_bytes).unwrap_or(usize::MAX)
+                },
                 key: if b.key_header.is_empty() {
                     GroupKey::Topic
                 } else {
@@ -253,6 +258,11 @@ pub fn options_from_wire(
             defaults.max_in_flight
         } else {
             o.max_in_flight as usize
+        },
+        max_in_flight_bytes: if o.max_in_flight_bytes == 0 {
+            defaults.max_in_flight_bytes
+        } else {
+            usize::try_from(o.max_in_flight_bytes).unwrap_or(usize::MAX)
         },
         max_deliveries: if o.max_deliveries == 0 {
             defaults.max_deliveries
@@ -295,6 +305,7 @@ pub fn options_to_wire(o: &SubscribeOptions) -> v1::SubscribeOptions {
         } as i32,
         ack_deadline_ms: duration_ms(o.ack_deadline),
         max_in_flight: u32::try_from(o.max_in_flight).unwrap_or(u32::MAX),
+        max_in_flight_bytes: o.max_in_flight_bytes as u64,
         max_deliveries: o.max_deliveries,
         backoff: Some(v1::Backoff {
             initial_ms: duration_ms(o.backoff.initial),
@@ -320,6 +331,7 @@ pub fn options_to_wire(o: &SubscribeOptions) -> v1::SubscribeOptions {
         batch: o.batch.as_ref().map(|b| v1::BatchOptions {
             window_ms: b.window.map_or(0, duration_ms),
             max_events: u32::try_from(b.max_events).unwrap_or(u32::MAX),
+            max_bytes: b.max_bytes as u64,
             key_header: match &b.key {
                 GroupKey::Topic => String::new(),
                 GroupKey::Header(h) => h.clone(),
@@ -544,6 +556,7 @@ mod tests {
             ack_mode: AckMode::Auto,
             ack_deadline: Duration::from_secs(5),
             max_in_flight: 7,
+            max_in_flight_bytes: 4096,
             max_deliveries: 3,
             backoff: Backoff {
                 initial: Duration::from_millis(50),
@@ -560,6 +573,7 @@ mod tests {
             batch: Some(BatchOptions {
                 window: Some(Duration::from_millis(250)),
                 max_events: 10,
+                max_bytes: 65_536,
                 key: GroupKey::Header("game".into()),
                 aggregation: Aggregation::KeepLast,
             }),

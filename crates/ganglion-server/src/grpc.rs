@@ -29,8 +29,6 @@ const FRAME_BYTES: usize = 1024 * 1024;
 /// Frames a subscription may have queued for its connection; beyond it the subscription
 /// waits (and, through `max_in_flight`, so does its consumer).
 const FRAME_QUEUE: usize = 4;
-/// Events per replay response message.
-const REPLAY_CHUNK: usize = 512;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -304,6 +302,17 @@ impl EventBusService for GrpcBus {
             }),
             other => status(other),
         })?;
+        // A batch is one delivery, and a delivery travels in one message.
+        let most = self.state.limits.max_grpc_message_bytes / 2;
+        if let Some(batch) = options.batch.as_ref().filter(|b| b.max_bytes > most) {
+            return Err(status(BusError::invalid(
+                "open.options.batch.max_bytes",
+                format!(
+                    "is {}; at most {most} (half the server's largest gRPC message) is allowed",
+                    batch.max_bytes
+                ),
+            )));
+        }
         let slot = self.state.subscription_slot(peer).map_err(status)?;
         let subscription = self
             .state
@@ -361,20 +370,26 @@ impl EventBusService for GrpcBus {
         let start = convert::replay_start(request.from_seq, request.since_ms).map_err(status)?;
         let limit = replay_limit(request.limit as usize, self.state.limits.max_replay_events)
             .map_err(status)?;
-        let events = self
+        let page_bytes = self.state.limits.replay_message_bytes();
+        let pages = self
             .state
             .bus
-            .replay(pattern, start, limit)
+            .replay_pages(pattern, start, limit, page_bytes)
             .await
             .map_err(status)?;
-        let mut chunks = Vec::with_capacity(events.len().div_ceil(REPLAY_CHUNK));
-        let mut events = events.into_iter().map(convert::event_to_wire).peekable();
-        while events.peek().is_some() {
-            chunks.push(Ok(v1::ReplayResponse {
-                events: events.by_ref().take(REPLAY_CHUNK).collect(),
-            }));
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        // One page in memory at a time: the next is read as the client takes this one.
+        let responses = futures_util::stream::unfold(Some(pages), |pages| async move {
+            let mut pages = pages?;
+            match pages.next_page().await {
+                Ok(Some(events)) => {
+                    let events = events.into_iter().map(convert::event_to_wire).collect();
+                    Some((Ok(v1::ReplayResponse { events }), Some(pages)))
+                }
+                Ok(None) => None,
+                Err(error) => Some((Err(status(error)), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn list_topics(

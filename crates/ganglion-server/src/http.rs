@@ -17,6 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,13 +35,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures_util::Stream;
 use ganglion_core::bus::{
-    AckMode, ErrorCode, EventBus, StartPosition, StorageClass, SubscribeOptions,
+    AckMode, ErrorCode, EventBus, REPLAY_PAGE_BYTES, StartPosition, StorageClass, SubscribeOptions,
 };
 use ganglion_core::{BusError, Event, Pattern, Topic, parse_since};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::State;
 use crate::grpc::replay_limit;
@@ -459,7 +459,7 @@ fn pattern_param(pattern: Option<String>) -> Result<Pattern, BusError> {
 async fn replay(
     Extract(state): Extract<Arc<State>>,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<Response> {
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let pattern = pattern_param(query.pattern)?;
     let start = match (query.from_seq, query.since) {
@@ -476,12 +476,73 @@ async fn replay(
         (None, None) => StartPosition::All,
     };
     let limit = replay_limit(query.limit.unwrap_or(0), state.limits.max_replay_events)?;
-    let events = state.bus.replay(pattern, start, limit).await?;
-    let next_seq = events.last().map(|e| e.seq + 1);
-    Ok(axum::Json(json!({
-        "events": events.iter().map(event_to_json).collect::<Vec<_>>(),
-        "next_seq": next_seq,
-    })))
+    let mut pages = state
+        .bus
+        .replay_pages(pattern, start, limit, REPLAY_PAGE_BYTES)
+        .await?;
+    // The first page before the response starts, so a failure still gets its status.
+    let first = pages.next_page().await?;
+    let body = Body::from_stream(replay_body(pages, first));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// `{"events": [...], "next_seq": N}`, written a page at a time: one page of events is
+/// in memory however long the replay.
+fn replay_body(
+    pages: Box<dyn ganglion_core::bus::ReplayPages>,
+    first: Option<Vec<Event>>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    enum Step {
+        Page(
+            Box<dyn ganglion_core::bus::ReplayPages>,
+            Option<Vec<Event>>,
+            Option<u64>,
+        ),
+        Done,
+    }
+    let opening = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(Bytes::from_static(b"{\"events\":["))
+    });
+    let pages = futures_util::stream::unfold(Step::Page(pages, first, None), |step| async move {
+        let Step::Page(mut pages, page, last_seq) = step else {
+            return None;
+        };
+        let page = match page {
+            Some(page) => page,
+            None => match pages.next_page().await {
+                Ok(Some(page)) => page,
+                Ok(None) => {
+                    let next_seq = last_seq.map_or(json!(null), |s| json!(s + 1));
+                    let closing = format!("],\"next_seq\":{next_seq}}}");
+                    return Some((Ok(Bytes::from(closing)), Step::Done));
+                }
+                Err(error) => {
+                    // The status is sent already: end the body short, as HTTP allows.
+                    tracing::warn!(%error, "replay failed while streaming its response");
+                    return Some((Err(std::io::Error::other(error.to_string())), Step::Done));
+                }
+            },
+        };
+        let mut text = Vec::new();
+        for event in &page {
+            if last_seq.is_some() || !text.is_empty() {
+                text.push(b',');
+            }
+            if let Err(error) = serde_json::to_writer(&mut text, &event_to_json(event)) {
+                return Some((Err(std::io::Error::other(error)), Step::Done));
+            }
+        }
+        let last = page.last().map(|e| e.seq).or(last_seq);
+        Some((Ok(Bytes::from(text)), Step::Page(pages, None, last)))
+    });
+    futures_util::StreamExt::chain(opening, pages)
 }
 
 #[derive(Debug, Deserialize)]
@@ -507,47 +568,61 @@ async fn stream(
             retry_after: Duration::from_secs(5),
         }));
     }
-    let mut subscription = match state.bus.subscribe(pattern, options).await {
-        Ok(subscription) => subscription,
-        Err(e) => {
-            state.metrics.sse_closed();
-            return Err(e.into());
-        }
-    };
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let mut stopped = std::pin::pin!(state.stopped());
-        loop {
-            let delivery = tokio::select! {
-                d = subscription.next() => d,
-                _ = &mut stopped => break,
-                _ = tx.closed() => break,
-            };
-            let Some(delivery) = delivery else {
-                let reason = subscription
-                    .closed_reason()
-                    .unwrap_or_else(|| "the subscription was closed".to_owned());
-                let _ = tx
-                    .send(Ok(SseEvent::default().event("closed").data(reason)))
-                    .await;
-                break;
-            };
-            for delivered in delivery.events() {
-                let mut sse = SseEvent::default()
-                    .event("event")
-                    .data(event_to_json(&delivered.event).to_string());
-                if delivered.event.seq > 0 {
-                    sse = sse.id(delivered.event.seq.to_string());
+    let client = SseClient(state.clone());
+    let subscription = state.bus.subscribe(pattern, options).await?;
+    Ok(Sse::new(sse_events(client, subscription)).keep_alive(KeepAlive::default()))
+}
+
+/// Counts an open SSE client until the stream is dropped.
+struct SseClient(Arc<State>);
+
+impl Drop for SseClient {
+    fn drop(&mut self) {
+        self.0.metrics.sse_closed();
+    }
+}
+
+/// A subscription's events as Server-Sent Events, taken from the subscription as the
+/// client reads them (no queue in between: a client that stops reading stops its
+/// subscription at the bus's byte bounds). Ends with a `closed` event and its reason
+/// when the subscription ends, and without one when the server stops.
+fn sse_events(
+    client: SseClient,
+    subscription: ganglion_core::bus::Subscription,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    let stopped: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(client.0.stopped());
+    let queued = std::collections::VecDeque::new();
+    futures_util::stream::unfold(
+        Some((client, subscription, stopped, queued)),
+        |step| async move {
+            let (client, mut subscription, mut stopped, mut queued) = step?;
+            loop {
+                if let Some(sse) = queued.pop_front() {
+                    client.0.metrics.delivered(1);
+                    return Some((Ok(sse), Some((client, subscription, stopped, queued))));
                 }
-                if tx.send(Ok(sse)).await.is_err() {
-                    break;
+                let delivery = tokio::select! {
+                    d = subscription.next() => d,
+                    _ = &mut stopped => return None,
+                };
+                let Some(delivery) = delivery else {
+                    let reason = subscription
+                        .closed_reason()
+                        .unwrap_or_else(|| "the subscription was closed".to_owned());
+                    return Some((Ok(SseEvent::default().event("closed").data(reason)), None));
+                };
+                for delivered in delivery.events() {
+                    let mut sse = SseEvent::default()
+                        .event("event")
+                        .data(event_to_json(&delivered.event).to_string());
+                    if delivered.event.seq > 0 {
+                        sse = sse.id(delivered.event.seq.to_string());
+                    }
+                    queued.push_back(sse);
                 }
-                state.metrics.delivered(1);
             }
-        }
-        state.metrics.sse_closed();
-    });
-    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+        },
+    )
 }
 
 async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axum::Json<Value>> {

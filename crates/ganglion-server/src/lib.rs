@@ -61,6 +61,15 @@ pub struct Limits {
     pub max_sse_clients: usize,
 }
 
+impl Limits {
+    /// Bytes of events in one replay response: 1 MiB, or half the largest gRPC message
+    /// if that is smaller (a page always holds at least one event, and events are
+    /// smaller than a message).
+    pub(crate) fn replay_message_bytes(&self) -> usize {
+        (1024 * 1024).min(self.max_grpc_message_bytes / 2).max(1)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

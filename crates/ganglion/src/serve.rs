@@ -252,9 +252,20 @@ fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
     bus.max_event_bytes = usize::try_from(c.bus.max_event_bytes).unwrap_or(usize::MAX);
     bus.dedupe_window = Duration::from_millis(c.bus.dedupe_window_ms);
     bus.batch_window = Duration::from_millis(c.bus.batch_window_ms);
+    bus.subscriber_buffer_bytes =
+        usize::try_from(c.bus.subscriber_buffer_bytes).unwrap_or(usize::MAX);
 
     let l = &c.limits;
     let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    if c.bus.max_event_bytes > l.max_grpc_message_bytes / 2 {
+        return Err(problem(
+            "bus.max_event_bytes",
+            format!(
+                "is {}; an event must fit in half a gRPC message (limits.max_grpc_message_bytes is {})",
+                c.bus.max_event_bytes, l.max_grpc_message_bytes
+            ),
+        ));
+    }
     let server = ServerOptions {
         limits: Limits {
             max_grpc_message_bytes: size(l.max_grpc_message_bytes),
@@ -453,9 +464,15 @@ mod tests {
             (
                 s.bus.max_event_bytes,
                 s.bus.dedupe_window,
-                s.bus.batch_window
+                s.bus.batch_window,
+                s.bus.subscriber_buffer_bytes
             ),
-            (bus.max_event_bytes, bus.dedupe_window, bus.batch_window)
+            (
+                bus.max_event_bytes,
+                bus.dedupe_window,
+                bus.batch_window,
+                bus.subscriber_buffer_bytes
+            )
         );
         assert_eq!(s.coordinator.leases, PoolsOptions::default());
         let mut with_breaker = Config::default();

@@ -122,9 +122,9 @@ pub fn strategy_options() -> SubscribeOptions {
     SubscribeOptions {
         batch: Some(BatchOptions {
             window: Some(Duration::from_millis(100)),
-            max_events: 10_000,
             key: GroupKey::Header("game_id".into()),
             aggregation: Aggregation::KeepLast,
+            ..BatchOptions::default()
         }),
         ..SubscribeOptions::default()
     }

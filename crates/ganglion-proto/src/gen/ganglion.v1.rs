@@ -153,7 +153,7 @@ pub struct BatchOptions {
     /// which a configuration reload changes live.
     #[prost(uint64, tag = "1")]
     pub window_ms: u64,
-    /// Default 1000.
+    /// Default 1000; at most 100000.
     #[prost(uint32, tag = "2")]
     pub max_events: u32,
     /// Group by this header; empty groups by topic.
@@ -161,6 +161,10 @@ pub struct BatchOptions {
     pub key_header: ::prost::alloc::string::String,
     #[prost(enumeration = "Aggregation", tag = "4")]
     pub aggregation: i32,
+    /// A window closes early once its events hold this many bytes. Default 1 MiB; at most
+    /// half the server's largest gRPC message.
+    #[prost(uint64, tag = "5")]
+    pub max_bytes: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SubscribeOptions {
@@ -177,10 +181,10 @@ pub struct SubscribeOptions {
     /// Default 30000.
     #[prost(uint64, tag = "5")]
     pub ack_deadline_ms: u64,
-    /// Default 1000.
+    /// Default 1000; at most 100000.
     #[prost(uint32, tag = "6")]
     pub max_in_flight: u32,
-    /// Default 5.
+    /// Default 5; at most 10000.
     #[prost(uint32, tag = "7")]
     pub max_deliveries: u32,
     #[prost(message, optional, tag = "8")]
@@ -196,6 +200,10 @@ pub struct SubscribeOptions {
     /// Deliver in batch windows.
     #[prost(message, optional, tag = "12")]
     pub batch: ::core::option::Option<BatchOptions>,
+    /// Most bytes of unacked events outstanding (one event always goes). Default 16 MiB;
+    /// at most 256 MiB.
+    #[prost(uint64, tag = "13")]
+    pub max_in_flight_bytes: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {

@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ganglion");
+// `ganglion serve` runs `GANGLION_TEST_SERVER_BIN` when set: to show that a test fails
+// against an earlier build.
 
 pub struct Served {
     pub child: Child,
@@ -30,29 +32,36 @@ pub fn serve(data_dir: &std::path::Path) -> Served {
 
 /// [`serve`] with extra environment variables (`GANGLION__…` settings).
 pub fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Served {
+    serve_with(data_dir, env, &[])
+}
+
+/// [`serve`] with extra environment variables and command-line flags.
+pub fn serve_with(data_dir: &std::path::Path, env: &[(&str, &str)], flags: &[&str]) -> Served {
     let config = data_dir.with_extension("yaml");
     std::fs::write(
         &config,
         "coordinator:\n  pools:\n    gpu: { gpus: [\"0\"] }\n    redis: { capacity: 20 }\n  quotas:\n    claude: { rule: \"100 per 1h\", shares: { advisor: 2 } }\n  breakers:\n    claude-api: {}\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ganglion serve starts");
+    let mut child =
+        Command::new(std::env::var("GANGLION_TEST_SERVER_BIN").unwrap_or_else(|_| BIN.to_owned()))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(flags)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ganglion serve starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, log) = mpsc::channel();
     std::thread::spawn(move || {
@@ -199,7 +208,31 @@ pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    )
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// A test that needs something this machine may lack: skipped with the reason, except
@@ -248,4 +281,18 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// A process's resident memory now and at its peak (VmRSS, VmHWM), in bytes.
+pub fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
