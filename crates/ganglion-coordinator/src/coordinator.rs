@@ -54,7 +54,7 @@ fn within(kind: &str, name: &str, error: CoordinatorError) -> CoordinatorError {
 
 fn not_found(kind: &str, name: &str) -> CoordinatorError {
     CoordinatorError::NotFound {
-        what: format!("{kind} {name:?}"),
+        what: format!("{kind} {}", ganglion_core::excerpt(name)),
     }
 }
 

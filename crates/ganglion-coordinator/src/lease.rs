@@ -410,7 +410,10 @@ fn check_name(field: &str, name: &str) -> Result<(), CoordinatorError> {
     } else {
         Err(CoordinatorError::invalid(
             field,
-            format!("{name:?} must be 1 to 128 letters, digits, '-', '_', '.' or ':'"),
+            format!(
+                "{} must be 1 to 128 letters, digits, '-', '_', '.' or ':'",
+                ganglion_core::excerpt(name)
+            ),
         ))
     }
 }
@@ -593,6 +596,7 @@ impl Pools {
     /// Waits in line for `request.amount` units, up to `request.wait_timeout`.
     pub async fn acquire(&self, request: AcquireRequest) -> Result<Lease, CoordinatorError> {
         check_name("holder", &request.holder)?;
+        crate::check_wait(request.wait_timeout)?;
         let options = self.options();
         let max_hold = request
             .max_hold
@@ -610,7 +614,7 @@ impl Pools {
             let now = self.now(&mut state);
             let Some(pool) = state.pools.get(&request.pool) else {
                 return Err(CoordinatorError::NotFound {
-                    what: format!("pool {:?}", request.pool),
+                    what: format!("pool {}", ganglion_core::excerpt(&request.pool)),
                 });
             };
             let capacity = pool.spec.units.len();
@@ -860,7 +864,7 @@ impl Pools {
         let now = self.now(&mut state);
         if !state.pools.contains_key(pool) {
             return Err(CoordinatorError::NotFound {
-                what: format!("pool {pool:?}"),
+                what: format!("pool {}", ganglion_core::excerpt(pool)),
             });
         }
         let live = state.leases.values().any(|h| {

@@ -42,6 +42,25 @@ pub enum CoordinatorError {
     Unavailable(String),
 }
 
+/// The longest a caller may wait for a lease, a permit, a request or a response: a wait
+/// holds a place in line and a connection.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Refuses a wait above [`MAX_WAIT`], naming it `wait_ms` as both APIs do.
+pub(crate) fn check_wait(wait: Duration) -> Result<(), CoordinatorError> {
+    if wait > MAX_WAIT {
+        return Err(CoordinatorError::invalid(
+            "wait_ms",
+            format!(
+                "is {} ms; at most {} ms is allowed",
+                wait.as_millis(),
+                MAX_WAIT.as_millis()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl CoordinatorError {
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         CoordinatorError::InvalidArgument {

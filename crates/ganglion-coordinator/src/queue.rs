@@ -299,6 +299,7 @@ impl RequestQueue {
         id: u64,
         wait: Duration,
     ) -> Result<Option<Outcome>, CoordinatorError> {
+        crate::check_wait(wait)?;
         let mut rx = {
             let inner = self.lock();
             let leader = inner.follows.get(&id).copied().unwrap_or(id);
@@ -329,6 +330,7 @@ impl RequestQueue {
         worker: &str,
         timeout: Duration,
     ) -> Result<Option<Taken>, CoordinatorError> {
+        crate::check_wait(timeout)?;
         let deadline = self.clock.monotonic() + timeout;
         loop {
             let notified = self.work.notified();

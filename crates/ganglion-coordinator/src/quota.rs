@@ -69,7 +69,10 @@ impl QuotaSpec {
         let bad = || {
             CoordinatorError::invalid(
                 "rule",
-                format!("{rule:?} is not `<count> per <duration>`, like `100 per 1h`"),
+                format!(
+                    "{} is not `<count> per <duration>`, like `100 per 1h`",
+                    ganglion_core::excerpt(rule)
+                ),
             )
         };
         let mut words = rule.split_whitespace();
@@ -115,7 +118,10 @@ fn check_name(field: &str, name: &str) -> Result<(), CoordinatorError> {
     } else {
         Err(CoordinatorError::invalid(
             field,
-            format!("{name:?} must be 1 to 64 letters, digits, '-' or '_'"),
+            format!(
+                "{} must be 1 to 64 letters, digits, '-' or '_'",
+                ganglion_core::excerpt(name)
+            ),
         ))
     }
 }
@@ -477,6 +483,7 @@ impl Quota {
         timeout: Duration,
     ) -> Result<Permit, CoordinatorError> {
         check_name("component", component)?;
+        crate::check_wait(timeout)?;
         let deadline = self.clock.monotonic() + timeout;
         let (tx, mut rx) = oneshot::channel();
         let id = {

@@ -271,7 +271,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 pub fn parse_since(since: &str, now: SystemTime) -> Result<SystemTime, String> {
     let bad = || {
         format!(
-            "{since:?} is neither milliseconds since the epoch nor an age like 90s, 15m, 2h or 1d"
+            "{} is neither milliseconds since the epoch nor an age like 90s, 15m, 2h or 1d",
+            crate::excerpt(since)
         )
     };
     if let Ok(ms) = since.parse::<u64>() {

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Query, State as Extract};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -61,6 +62,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/quotas/{quota}/permits", post(acquire_permit))
         .route("/metrics", get(metrics_prometheus))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -182,6 +184,16 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "INVALID_ARGUMENT",
+        message: "this route does not take that method".to_owned(),
+        field: Some("method".to_owned()),
+        retry_after: None,
+    }
+}
 
 async fn not_found() -> ApiError {
     ApiError::from(BusError::NotFound {
@@ -705,9 +717,10 @@ fn field_str(object: &Map<String, Value>, field: &str) -> ApiResult<String> {
 /// "max_hold_ms"?}`: a lease to renew within its TTL and release.
 async fn acquire_lease(
     Extract(state): Extract<Arc<State>>,
-    Path(pool): Path<String>,
+    pool: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
+    let pool = path_param(pool)?;
     let o = object_body(
         &state,
         body,
@@ -727,23 +740,40 @@ async fn acquire_lease(
     Ok(axum::Json(crate::coordinator::lease_json(&lease)))
 }
 
+/// A path parameter, or a JSON error naming the path when it is not one.
+fn path_param(param: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    param
+        .map(|Path(value)| value)
+        .map_err(|e| ApiError::invalid("path", e.body_text()))
+}
+
 fn lease_id(id: &str) -> ApiResult<u64> {
-    id.parse()
-        .map_err(|_| ApiError::invalid("id", format!("{id:?} is not a lease id")))
+    // Digits only (`+1` parses as a number, and is not a lease id).
+    Some(id)
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "id",
+                format!("{} is not a lease id", ganglion_core::excerpt(id)),
+            )
+        })
 }
 
 async fn renew_lease(
     Extract(state): Extract<Arc<State>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<axum::Json<Value>> {
+    let id = path_param(id)?;
     let lease = state.coordinator.pools().renew(lease_id(&id)?)?;
     Ok(axum::Json(crate::coordinator::lease_json(&lease)))
 }
 
 async fn release_lease(
     Extract(state): Extract<Arc<State>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<axum::Json<Value>> {
+    let id = path_param(id)?;
     state.coordinator.pools().release(lease_id(&id)?)?;
     Ok(axum::Json(json!({ "released": true })))
 }
@@ -752,21 +782,20 @@ async fn release_lease(
 /// or 429 with `Retry-After`.
 async fn acquire_permit(
     Extract(state): Extract<Arc<State>>,
-    Path(quota): Path<String>,
+    quota: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
+    let quota = path_param(quota)?;
     let o = object_body(&state, body, &["component", "priority", "wait_ms"]).await?;
     let quota = state.coordinator.quota(&quota)?.clone();
     let component = field_str(&o, "component")?;
+    // Every field is checked, whether or not this request uses it.
+    let priority = field_i32(&o, "priority")?;
     let permit = match field_u64(&o, "wait_ms")? {
         None | Some(0) => quota.try_acquire(&component)?,
         Some(ms) => {
             quota
-                .acquire(
-                    &component,
-                    field_i32(&o, "priority")?,
-                    Duration::from_millis(ms),
-                )
+                .acquire(&component, priority, Duration::from_millis(ms))
                 .await?
         }
     };

@@ -509,6 +509,79 @@ async fn the_http_resources_routes() {
     server.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_over_http_gets_a_json_error_naming_the_field() {
+    use common::http;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.http;
+    let field = |r: &common::Response| r.json()["error"]["field"].as_str().map(str::to_owned);
+
+    // Every field is checked, also those this request does not use.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/quotas/claude/permits",
+        Some(r#"{"component":"advisor","priority":"high"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (400, Some("priority")),
+        "{}",
+        r.body
+    );
+    // A lease id is digits only.
+    let r = http(addr, "POST", "/api/v1/leases/+1/release", None).await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (400, Some("id")),
+        "{}",
+        r.body
+    );
+    // A path that is not valid percent-encoded UTF-8 gets JSON too.
+    let r = http(addr, "POST", "/api/v1/leases/%FF/release", None).await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (400, Some("path")),
+        "{}",
+        r.body
+    );
+    let r = http(addr, "DELETE", "/api/v1/resources", None).await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (405, Some("method")),
+        "{}",
+        r.body
+    );
+    // Waits have a ceiling.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/resources/gpu/acquire",
+        Some(r#"{"holder":"x","wait_ms":86400000}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (400, Some("wait_ms")),
+        "{}",
+        r.body
+    );
+    // A long name is not echoed back whole.
+    let long = "p".repeat(4000);
+    let r = http(
+        addr,
+        "POST",
+        &format!("/api/v1/resources/{long}/acquire"),
+        Some(r#"{"holder":"x"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", &r.body[..200.min(r.body.len())]);
+    assert!(r.body.len() < 300, "{} bytes of error", r.body.len());
+    server.stop().await.unwrap();
+}
+
 /// A call that outlives the drain timeout (a permit waited for over an hour) is cut:
 /// `serve` returns, the caller gets an error rather than a hang, and calls on other
 /// connections, served by other gRPC threads, are cut with it.
