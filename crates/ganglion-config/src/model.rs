@@ -51,6 +51,22 @@ pub struct ServerConfig {
     /// Threads serving gRPC connections; each connection stays on one. 0: one per core.
     #[schemars(range(max = 1024))]
     pub grpc_threads: usize,
+    /// An HTTP request head (also between keep-alive requests), and a gRPC connection's
+    /// first call, must arrive within this, or the connection is closed.
+    #[schemars(range(min = 100, max = 3600000))]
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress is closed after this.
+    #[schemars(range(min = 1000))]
+    pub idle_timeout_ms: u64,
+    /// A gRPC connection silent this long is pinged (HTTP/2 PING).
+    #[schemars(range(min = 100))]
+    pub grpc_keepalive_interval_ms: u64,
+    /// A ping not answered within this closes the connection, ending its calls: an
+    /// `Acquire` stream's lease is released. With the interval, at most
+    /// `coordinator.leases.ttl_ms`, so that a holder that stops answering (a paused
+    /// process) loses its lease within the TTL.
+    #[schemars(range(min = 100))]
+    pub grpc_keepalive_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +77,10 @@ impl Default for ServerConfig {
             http_addr: "127.0.0.1:8080".to_owned(),
             drain_timeout_ms: 10_000,
             grpc_threads: 0,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            grpc_keepalive_interval_ms: 10_000,
+            grpc_keepalive_timeout_ms: 10_000,
         }
     }
 }
@@ -87,6 +107,14 @@ pub struct LimitsConfig {
     /// Server-Sent Events streams open at once.
     #[schemars(range(min = 1))]
     pub max_sse_clients: u64,
+    /// Connections open at once, HTTP and gRPC together (and at most the file
+    /// descriptor limit less a reserve). At the cap, the connection idle longest makes
+    /// room; when none is idle, new connections serve health checks only.
+    #[schemars(range(min = 1))]
+    pub max_connections: u64,
+    /// Connections open at once from one IP address, with the same rule at the cap.
+    #[schemars(range(min = 1))]
+    pub max_connections_per_peer: u64,
 }
 
 impl Default for LimitsConfig {
@@ -98,6 +126,8 @@ impl Default for LimitsConfig {
             max_subscriptions_per_connection: 64,
             max_replay_events: 100_000,
             max_sse_clients: 256,
+            max_connections: 10_000,
+            max_connections_per_peer: 1_000,
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::conn::{self, Admission, ConnGuard, Connections, Transport};
 use crate::{ServerError, State};
 
 /// Publish requests one publish stream may have in flight (acks still come back in
@@ -32,11 +33,36 @@ const FRAME_QUEUE: usize = 4;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Serves the bus, health and reflection on `listener` until the state says stop.
+/// The gRPC services a connection is served: all of them, or health alone (for
+/// connections let in over the caps, from the reserve).
+#[derive(Clone)]
+struct Services {
+    all: tonic::service::Routes,
+    health_only: tonic::service::Routes,
+}
+
+/// Every call but health on a connection let in over the caps.
+async fn too_many_connections() -> axum::response::Response {
+    let status = Status::unavailable(
+        "every connection is busy: this one serves grpc.health.v1 only; try again",
+    );
+    axum::response::IntoResponse::into_response(status.into_http::<axum::body::Body>())
+}
+
+/// A connection the acceptor let in, for a front to serve.
+struct Accepted {
+    stream: std::net::TcpStream,
+    guard: ConnGuard,
+    health_only: bool,
+}
+
+/// Serves the bus, the coordinator, health and reflection on `listener` until the
+/// state says stop.
 pub(crate) async fn serve(
     state: Arc<State>,
     listener: TcpListener,
     threads: usize,
+    connections: Arc<Connections>,
 ) -> Result<(), ServerError> {
     let limits = state.limits.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -45,10 +71,18 @@ pub(crate) async fn serve(
         .await;
     tokio::spawn(watch_health(state.clone(), health_reporter.clone()));
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ganglion_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection protocols: v1, and v1alpha for grpcio-reflection and older
+    // grpcurl.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ganglion_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .expect("the committed descriptor set decodes");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .expect("the committed descriptor set decodes");
 
     let bus = EventBusServer::new(GrpcBus {
@@ -56,31 +90,46 @@ pub(crate) async fn serve(
     })
     .max_decoding_message_size(limits.max_grpc_message_bytes)
     .max_encoding_message_size(limits.max_grpc_message_bytes);
-
     let coordinator = ganglion_proto::v1::coordinator_server::CoordinatorServer::new(
         crate::coordinator::GrpcCoordinator {
             state: state.clone(),
         },
-    );
+    )
+    .max_decoding_message_size(limits.max_grpc_message_bytes)
+    .max_encoding_message_size(limits.max_grpc_message_bytes);
     health_reporter
         .set_serving::<ganglion_proto::v1::coordinator_server::CoordinatorServer<
             crate::coordinator::GrpcCoordinator,
         >>()
         .await;
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(8 * 1024 * 1024)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(bus)
-        .add_service(coordinator);
+    let services = Services {
+        all: tonic::service::Routes::new(health_service.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(bus)
+            .add_service(coordinator)
+            .prepare(),
+        health_only: tonic::service::Routes::from(
+            tonic::service::Routes::new(health_service)
+                .into_axum_router()
+                .fallback(too_many_connections),
+        )
+        .prepare(),
+    };
 
     // Dropping this future (the drain timeout aborts it) drops `_cut`, which cuts every
     // front's connections at once.
     let (_cut, cut) = watch::channel(());
     let fronts = (0..threads.max(1))
-        .map(|index| Front::start(index, router.clone(), state.stopped(), cut.clone()))
+        .map(|index| {
+            Front::start(
+                index,
+                services.clone(),
+                limits.max_concurrent_streams,
+                state.clone(),
+                cut.clone(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut next = 0;
     let mut stopped = std::pin::pin!(state.stopped());
@@ -89,13 +138,8 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut stopped => break,
         };
-        let stream = match accepted.and_then(|(stream, _)| {
-            // Nagle would hold small frames (one event at a time to a subscriber that
-            // sends nothing back) until the peer's delayed ACK, about 2 ms here.
-            stream.set_nodelay(true)?;
-            stream.into_std()
-        }) {
-            Ok(stream) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors, or a connection reset before it was accepted:
                 // the listener itself is fine; back off briefly rather than spin.
@@ -104,7 +148,26 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        if fronts[next].connections.send(stream).await.is_err() {
+        let (guard, health_only) = match connections.admit(peer, Transport::Grpc) {
+            Admission::Served(guard) => (guard, false),
+            Admission::HealthOnly(guard) => (guard, true),
+            Admission::Refused => continue,
+        };
+        // Nagle would hold small frames (one event at a time to a subscriber that sends
+        // nothing back) until the peer's delayed ACK, about 2 ms here.
+        let stream = match stream.set_nodelay(true).and_then(|()| stream.into_std()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "a gRPC connection failed as it was accepted");
+                continue;
+            }
+        };
+        let accepted = Accepted {
+            stream,
+            guard,
+            health_only,
+        };
+        if fronts[next].connections.send(accepted).await.is_err() {
             // Its thread ended with an error (returned below); serving on without it
             // would drop every connection handed to it.
             tracing::error!(
@@ -115,6 +178,7 @@ pub(crate) async fn serve(
         }
         next = (next + 1) % fronts.len();
     }
+    drop(listener);
     let mut result = Ok(());
     for front in fronts {
         drop(front.connections);
@@ -133,18 +197,19 @@ pub(crate) async fn serve(
 /// one thread, so a call costs no wake-ups between worker threads, and fronts share
 /// nothing but the bus and the coordinator behind them.
 struct Front {
-    connections: mpsc::Sender<std::net::TcpStream>,
+    connections: mpsc::Sender<Accepted>,
     done: tokio::sync::oneshot::Receiver<Result<(), ServerError>>,
 }
 
 impl Front {
     fn start(
         index: usize,
-        router: tonic::transport::server::Router,
-        stopped: impl Future<Output = ()> + Send + 'static,
+        services: Services,
+        max_streams: u32,
+        state: Arc<State>,
         mut cut: watch::Receiver<()>,
     ) -> Result<Front, ServerError> {
-        let (connections, accepted) = mpsc::channel::<std::net::TcpStream>(64);
+        let (connections, mut accepted) = mpsc::channel::<Accepted>(64);
         let (finished, done) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -154,16 +219,44 @@ impl Front {
             .name(format!("ganglion-grpc-{index}"))
             .spawn(move || {
                 let served = runtime.block_on(async move {
-                    let incoming =
-                        ReceiverStream::new(accepted).map(tokio::net::TcpStream::from_std);
-                    tokio::select! {
-                        served = router.serve_with_incoming_shutdown(incoming, stopped) => served,
-                        _ = cut.changed() => Ok(()),
+                    // Each connection task holds a sender; all gone: all served.
+                    let (open, mut drained) = mpsc::channel::<()>(1);
+                    loop {
+                        let next = tokio::select! {
+                            next = accepted.recv() => next,
+                            _ = cut.changed() => return Ok(()),
+                        };
+                        let Some(Accepted {
+                            stream,
+                            guard,
+                            health_only,
+                        }) = next
+                        else {
+                            break;
+                        };
+                        let stream = tokio::net::TcpStream::from_std(stream)
+                            .map_err(ServerError::GrpcThread)?;
+                        let service = if health_only {
+                            services.health_only.clone()
+                        } else {
+                            services.all.clone()
+                        };
+                        let (open, stopped) = (open.clone(), state.stopped());
+                        tokio::spawn(async move {
+                            conn::serve_http2(stream, service, max_streams, guard, stopped).await;
+                            drop(open);
+                        });
                     }
+                    drop(open);
+                    tokio::select! {
+                        _ = drained.recv() => {}
+                        _ = cut.changed() => {}
+                    }
+                    Ok(())
                 });
                 // Dropping the runtime ends every call still open on this front.
                 drop(runtime);
-                let _ = finished.send(served.map_err(ServerError::from));
+                let _ = finished.send(served);
             })
             .map_err(ServerError::GrpcThread)?;
         Ok(Front { connections, done })
@@ -200,8 +293,17 @@ struct GrpcBus {
     state: Arc<State>,
 }
 
+/// The one way a bus error leaves over gRPC: internal details are logged in full here
+/// and sent as "internal error" (as HTTP does).
 fn status(error: BusError) -> Status {
+    log_internal(&error);
     status_from_error(&error)
+}
+
+fn log_internal(error: &BusError) {
+    if let BusError::Internal(detail) = error {
+        tracing::error!(%detail, "internal error answering a gRPC call");
+    }
 }
 
 async fn publish(
@@ -256,11 +358,14 @@ impl EventBusService for GrpcBus {
                             request_id: request.request_id,
                             error: None,
                         },
-                        Err(e) => v1::PublishResponse {
-                            acks: Vec::new(),
-                            request_id: request.request_id,
-                            error: Some(convert::error_to_wire(&state.metrics.refused(e))),
-                        },
+                        Err(e) => {
+                            log_internal(&e);
+                            v1::PublishResponse {
+                                acks: Vec::new(),
+                                request_id: request.request_id,
+                                error: Some(convert::error_to_wire(&state.metrics.refused(e))),
+                            }
+                        }
                     };
                     Ok(response)
                 }

@@ -66,6 +66,71 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
+/// The routes a connection let in over the caps (from the reserve) is served: health
+/// and the Prometheus scrape, and a 429 for the rest.
+fn health_only_router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics_prometheus))
+        .fallback(too_many_connections)
+        .with_state(state)
+}
+
+async fn too_many_connections() -> ApiError {
+    ApiError::from(BusError::ResourceExhausted {
+        what: "every connection is busy; this one serves health checks and /metrics only"
+            .to_owned(),
+        retry_after: Duration::from_secs(1),
+    })
+}
+
+/// Serves the HTTP API on `listener` until the state says stop, then waits for open
+/// connections to finish (streams end at shutdown). Connections are let in, timed out
+/// and closed by [`Connections`](crate::conn::Connections).
+pub(crate) async fn serve(
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    connections: Arc<crate::conn::Connections>,
+) -> std::io::Result<()> {
+    use crate::conn::{Admission, Transport};
+    let (all, health_only) = (router(state.clone()), health_only_router(state.clone()));
+    // Each connection task holds a sender; all gone: all served.
+    let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let mut stopped = std::pin::pin!(state.stopped());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (guard, service) = match connections.admit(peer, Transport::Http) {
+            Admission::Served(guard) => (guard, all.clone()),
+            Admission::HealthOnly(guard) => (guard, health_only.clone()),
+            Admission::Refused => {
+                tokio::spawn(crate::conn::refuse_http(stream));
+                continue;
+            }
+        };
+        let (open, stopped) = (open.clone(), state.stopped());
+        tokio::spawn(async move {
+            crate::conn::serve_http1(stream, service, guard, stopped).await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open);
+    let _ = drained.recv().await;
+    Ok(())
+}
+
 /// An error as the API answers it.
 #[derive(Debug)]
 struct ApiError {

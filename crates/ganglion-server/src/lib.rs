@@ -21,7 +21,14 @@
 //! one thread with no wake-ups between runtime workers, which is most of a small call's
 //! cost on a virtual machine; connections still spread over every core. HTTP, the bus's
 //! own tasks and the coordinator's timers run on the caller's runtime.
+//!
+//! # Connections
+//!
+//! Both listeners let connections in through one table with a global and a per-peer
+//! cap, time out idle ones and half-sent request heads, ping gRPC peers, and keep a
+//! reserve that answers health checks when every slot is busy: see [`ConnectionLimits`].
 
+mod conn;
 mod coordinator;
 mod grpc;
 mod http;
@@ -33,13 +40,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt as _;
 use ganglion_bus::Bus;
 use ganglion_coordinator::{Coordinator, CoordinatorConfig};
 use ganglion_core::BusError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use conn::{ConnectionLimits, RESERVED_FDS, raise_fd_limit};
 pub use http::{event_to_json, router};
 pub use metrics::Metrics;
 
@@ -87,6 +94,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerOptions {
     pub limits: Limits,
+    /// Caps, timeouts and keepalive of connections (see the `conn` module docs).
+    pub connections: ConnectionLimits,
     /// How long shutdown waits for open calls and streams before cutting them.
     pub drain_timeout: Duration,
     /// Threads serving gRPC connections (see the module docs); 0: one per core.
@@ -97,6 +106,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             limits: Limits::default(),
+            connections: ConnectionLimits::default(),
             drain_timeout: Duration::from_secs(10),
             grpc_threads: 0,
         }
@@ -106,8 +116,6 @@ impl Default for ServerOptions {
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("gRPC server: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
     #[error("shutting the bus down: {0}")]
@@ -132,6 +140,8 @@ pub struct State {
     stopping: watch::Receiver<bool>,
     /// Open subscriptions per gRPC peer (one peer address is one connection).
     subscriptions: Mutex<HashMap<SocketAddr, usize>>,
+    /// The connections being served, once serving (for `/metrics`).
+    connections: Mutex<Option<Arc<conn::Connections>>>,
 }
 
 impl State {
@@ -150,6 +160,7 @@ impl State {
             started: Instant::now(),
             stopping,
             subscriptions: Mutex::new(HashMap::new()),
+            connections: Mutex::new(None),
         })
     }
 
@@ -300,6 +311,9 @@ pub async fn serve_with(
     let timers = tokio::spawn(coordinator.pools().clone().run_timers());
     coordinator::LeaseEventPublisher::start(bus.clone(), &coordinator);
 
+    let fd_limit = raise_fd_limit();
+    let connections = conn::Connections::new(options.connections.clone(), fd_limit);
+    *state.connections.lock().unwrap_or_else(|e| e.into_inner()) = Some(connections.clone());
     let grpc_server = grpc::serve(
         state.clone(),
         grpc,
@@ -307,15 +321,9 @@ pub async fn serve_with(
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         },
+        connections.clone(),
     );
-    let http_server = axum::serve(
-        http.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        router(state.clone()),
-    )
-    .with_graceful_shutdown(state.stopped())
-    .into_future();
+    let http_server = http::serve(state.clone(), http, connections);
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(http_server);
 

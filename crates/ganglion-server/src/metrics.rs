@@ -58,9 +58,6 @@ impl Metrics {
     /// Counts a refused request; returns the error for the caller to send.
     pub(crate) fn refused(&self, error: BusError) -> BusError {
         self.refused_code(error.code());
-        if let BusError::Internal(detail) = &error {
-            tracing::error!(%detail, "internal error answering a request");
-        }
         error
     }
 
@@ -250,6 +247,46 @@ fn server_metrics(x: &mut Exposition, state: &State) {
         "Server-Sent Events streams open now.",
         load(&m.sse_clients),
     );
+    let connections = state
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(c) = connections {
+        x.each(
+            "ganglion_server_connections",
+            "gauge",
+            "Connections open now, by listener (those let in over the caps for health checks not counted).",
+            c.open()
+                .into_iter()
+                .map(|(t, n)| (label("transport", t.as_str()), n)),
+        );
+        let counters = [
+            (
+                "ganglion_server_connections_evicted_total",
+                "Idle connections closed to make room for a new one at a cap.",
+                &c.counters.evicted,
+            ),
+            (
+                "ganglion_server_connections_refused_total",
+                "Connections closed at once: every slot busy, the health reserve too.",
+                &c.counters.refused,
+            ),
+            (
+                "ganglion_server_connections_health_only_total",
+                "Connections let in over the caps, served health checks only.",
+                &c.counters.health_only,
+            ),
+            (
+                "ganglion_server_connections_timed_out_total",
+                "Connections closed for sitting idle (or making no first request) too long.",
+                &c.counters.timed_out,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            x.one(name, "counter", help, load(counter));
+        }
+    }
     x.one(
         "ganglion_server_uptime_seconds",
         "gauge",

@@ -287,7 +287,7 @@ async fn leases_fences_permits_queue_and_status_over_grpc() {
 /// Run by the test below as a child process: holds the GPU over a stream until killed.
 #[allow(clippy::print_stdout)] // the child's report to its parent
 #[tokio::test]
-#[ignore = "a child process of a_holder_killed_with_sigkill_loses_its_lease_within_a_second"]
+#[ignore = "a child process of the tests of holders that die or pause"]
 async fn child_holder() {
     let url = std::env::var("GANGLION_TEST_SERVER").expect("run by its parent test");
     let mut c = CoordinatorClient::connect(url).await.unwrap();
@@ -302,26 +302,9 @@ async fn child_holder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_with_sigkill_loses_its_lease_within_a_second() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_holder", "--nocapture"])
-        .env("GANGLION_TEST_SERVER", &server.grpc)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let token: u64 = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("GRANTED ").map(|t| t.parse().unwrap()))
-            .expect("the child reports its grant")
-    })
-    .await
-    .unwrap();
+    let (mut child, token) = holder_child(&server).await;
 
     let mut c = client(&server).await;
     let waiter = {
@@ -340,13 +323,7 @@ async fn a_holder_killed_with_sigkill_loses_its_lease_within_a_second() {
     assert!(!waiter.is_finished(), "the child still holds the GPU");
 
     let killed = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-KILL");
     let _ = child.wait();
     let (lease, granted_at, _stream) = soon("the waiter's grant", waiter).await.unwrap();
     let took = granted_at.duration_since(killed);
@@ -365,6 +342,128 @@ async fn a_holder_killed_with_sigkill_loses_its_lease_within_a_second() {
         .into_inner();
     assert!(!stale.valid);
     drop(_stream);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_message_limit_applies_to_the_coordinator_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(bus_options(dir.path())).unwrap();
+    let coordinator = Coordinator::open(config(), Arc::new(SystemClock), None).unwrap();
+    let options = ServerOptions {
+        limits: ganglion_server::Limits {
+            max_grpc_message_bytes: 256 * 1024,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    };
+    let server = Server::start_with(bus, Arc::new(coordinator), options).await;
+    // The client may send what it likes; the server's limit decides.
+    let mut c = client(&server)
+        .await
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let submit = |size: usize| v1::SubmitRequest {
+        queue: "claude".into(),
+        request: Bytes::from(vec![b'x'; size]),
+        ..Default::default()
+    };
+    c.submit(submit(200 * 1024)).await.unwrap();
+    let refused = c.submit(submit(400 * 1024)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
+    server.stop().await.unwrap();
+}
+
+/// Starts `child_holder` against `server`; returns it and its lease's fencing token.
+async fn holder_child(server: &Server) -> (std::process::Child, u64) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_holder", "--nocapture"])
+        .env("GANGLION_TEST_SERVER", &server.grpc)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let token: u64 = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("GRANTED ").map(|t| t.parse().unwrap()))
+            .expect("the child reports its grant")
+    })
+    .await
+    .unwrap();
+    (child, token)
+}
+
+fn signal(child: &std::process::Child, signal: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_paused_with_sigstop_loses_its_lease_within_its_ttl() {
+    // A paused process keeps its TCP connection (the kernel still acknowledges), so
+    // only the HTTP/2 keepalive can tell: unanswered pings close the connection, and
+    // with it the stream that held the lease.
+    let ttl = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::open(bus_options(dir.path())).unwrap();
+    let config = CoordinatorConfig {
+        leases: ganglion_coordinator::lease::PoolsOptions {
+            ttl,
+            ..Default::default()
+        },
+        ..config()
+    };
+    let coordinator = Coordinator::open(config, Arc::new(SystemClock), None).unwrap();
+    let options = ServerOptions {
+        connections: ganglion_server::ConnectionLimits {
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    };
+    let server = Server::start_with(bus, Arc::new(coordinator), options).await;
+    let (mut child, token) = holder_child(&server).await;
+
+    let c = client(&server).await;
+    let waiter = {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let mut stream = c
+                .acquire(acquire("next", 30_000))
+                .await
+                .unwrap()
+                .into_inner();
+            let lease = granted(&mut stream).await;
+            (lease, Instant::now(), stream)
+        })
+    };
+    // Held well past the TTL while the holder is alive: the stream keeps it.
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the live holder kept the GPU past its TTL"
+    );
+
+    let paused = Instant::now();
+    signal(&child, "-STOP");
+    let (lease, granted_at, _stream) = soon("the waiter's grant", waiter).await.unwrap();
+    let took = granted_at.duration_since(paused);
+    assert!(
+        took <= ttl + Duration::from_secs(1),
+        "the paused holder kept the GPU {took:?} (TTL {ttl:?})"
+    );
+    assert!(lease.fencing_token > token);
+    signal(&child, "-KILL");
+    let _ = child.wait();
     server.stop().await.unwrap();
 }
 

@@ -16,7 +16,7 @@ use ganglion_coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
 use ganglion_core::Pattern;
 use ganglion_core::SystemClock;
 use ganglion_core::bus::StorageClass;
-use ganglion_server::{Limits, ServerOptions};
+use ganglion_server::{ConnectionLimits, Limits, ServerOptions};
 use ganglion_telemetry::{Format, Logs, OtlpOptions, Traces};
 use tokio::net::TcpListener;
 
@@ -275,9 +275,27 @@ fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
             max_replay_events: size(l.max_replay_events),
             max_sse_clients: size(l.max_sse_clients),
         },
+        connections: ConnectionLimits {
+            max_connections: size(l.max_connections),
+            max_connections_per_peer: size(l.max_connections_per_peer),
+            header_read_timeout: Duration::from_millis(c.server.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(c.server.idle_timeout_ms),
+            keepalive_interval: Duration::from_millis(c.server.grpc_keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(c.server.grpc_keepalive_timeout_ms),
+        },
         drain_timeout: Duration::from_millis(c.server.drain_timeout_ms),
         grpc_threads: c.server.grpc_threads,
     };
+    let keepalive = c.server.grpc_keepalive_interval_ms + c.server.grpc_keepalive_timeout_ms;
+    if keepalive > c.coordinator.leases.ttl_ms {
+        return Err(problem(
+            "coordinator.leases.ttl_ms",
+            format!(
+                "is {} ms; it must be at least server.grpc_keepalive_interval_ms + grpc_keepalive_timeout_ms ({keepalive} ms), or a stream holder that stops answering would keep its lease past the TTL",
+                c.coordinator.leases.ttl_ms
+            ),
+        ));
+    }
     Ok(Settings {
         coordinator: coordinator_config(&c.coordinator, discover)?,
         data_dir,
