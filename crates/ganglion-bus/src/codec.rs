@@ -107,6 +107,31 @@ pub fn peek_topic(record: &[u8], seq: u64) -> Result<&str, DecodeError> {
     Reader::start(record, seq)?.str16()
 }
 
+/// An encoded event's type and the value of header `name`, without decoding the rest
+/// (nothing is allocated): for counting dead letters as the log is read through.
+pub(crate) fn peek_type_and_header<'a>(
+    record: &'a [u8],
+    name: &str,
+) -> Option<(&'a str, Option<&'a str>)> {
+    let mut r = Reader::start(record, 0).ok()?;
+    r.str16().ok()?; // topic
+    r.str16().ok()?; // id
+    let event_type = r.str16().ok()?;
+    r.str16().ok()?; // source
+    r.str16().ok()?; // content type
+    r.take(8).ok()?; // timestamp
+    let count = r.u16().ok()?;
+    for _ in 0..count {
+        let header = r.str16().ok()?;
+        let len = u32::from_le_bytes(r.take(4).ok()?.try_into().ok()?) as usize;
+        let value = r.str_of(len).ok()?;
+        if header == name {
+            return Some((event_type, Some(value)));
+        }
+    }
+    Some((event_type, None))
+}
+
 /// Decodes record `seq` if its topic matches `pattern` (`Ok(None)` if not), reading
 /// only the topic of the records it skips.
 pub(crate) fn decode_matching(

@@ -110,7 +110,8 @@ impl Member {
 pub(crate) struct ConsumerShared {
     pub(crate) closed_reason: Mutex<Option<String>>,
     pub(crate) durable: bool,
-    pub(crate) counters: ConsumerCounters,
+    /// Kept when a durable consumer stops, so its series go on while it is away.
+    pub(crate) counters: Arc<ConsumerCounters>,
     /// The room for ephemeral events this consumer has left, in units of
     /// [`ephemeral_cost`](Self::ephemeral_cost): publishers take permits before handing
     /// events over, the consumer returns them as events leave.
@@ -123,12 +124,17 @@ pub(crate) struct ConsumerShared {
 }
 
 impl ConsumerShared {
-    pub(crate) fn new(ephemeral_buffer: usize, buffer_bytes: usize, durable: bool) -> Self {
+    pub(crate) fn new(
+        ephemeral_buffer: usize,
+        buffer_bytes: usize,
+        durable: bool,
+        counters: Arc<ConsumerCounters>,
+    ) -> Self {
         let budget = buffer_bytes.clamp(1, u32::MAX as usize);
         ConsumerShared {
             closed_reason: Mutex::new(None),
             durable,
-            counters: ConsumerCounters::default(),
+            counters,
             ephemeral_permits: tokio::sync::Semaphore::new(budget),
             ephemeral_budget: budget,
             min_cost: (budget / ephemeral_buffer.max(1)).max(1),
@@ -519,6 +525,11 @@ impl Consumer {
             || self.done.contains(&seq)
             || !self.options.filter.accepts(&event)
         {
+            return;
+        }
+        if self.core.retention.expired(event.topic.as_str(), seq) {
+            // Expired under retention before this subscriber read it.
+            add(&self.shared.counters.expired, 1);
             return;
         }
         let attempt = self.resumed_attempts.remove(&seq).unwrap_or(0) + 1;

@@ -109,4 +109,37 @@ pub(crate) fn redrive_marker(letter: &DeadLetter) -> Event {
         .with_type(REDRIVEN_TYPE)
         .with_source("ganglion")
         .with_header(REDRIVEN_SEQ, letter.event.seq.to_string())
+        .with_header(SUBSCRIPTION, letter.subscription.clone())
+}
+
+/// Dead letters of one subscription: published, and redriven since.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) letters: u64,
+    pub(crate) redriven: u64,
+}
+
+impl Counts {
+    /// Dead letters not redriven.
+    pub(crate) fn live(&self) -> u64 {
+        self.letters.saturating_sub(self.redriven)
+    }
+}
+
+/// The subscription an event is a dead letter (`true`) or a redrive marker (`false`)
+/// of, if it is either.
+pub(crate) fn classify_parts<'a>(
+    event_type: &str,
+    subscription: Option<&'a str>,
+) -> Option<(&'a str, bool)> {
+    let subscription = subscription?;
+    Some((subscription, event_type != REDRIVEN_TYPE))
+}
+
+/// [`classify_parts`] of an event.
+pub(crate) fn classify(event: &Event) -> Option<(&str, bool)> {
+    if event.headers.is_empty() {
+        return None;
+    }
+    classify_parts(&event.event_type, event.header(SUBSCRIPTION))
 }

@@ -40,6 +40,7 @@ mod consumer;
 mod dedupe;
 mod dlq;
 mod recent;
+mod retention;
 mod state;
 mod stats;
 pub mod testing;
@@ -65,6 +66,7 @@ pub use codec::{DecodeError, decode, encode, peek_topic};
 pub use dlq::REDRIVEN_TYPE;
 /// The event log under the bus, for its options.
 pub use ganglion_log as log;
+pub use retention::RetentionRule;
 pub use stats::SubscriptionStats;
 
 use consumer::{Consumer, ConsumerShared, ConsumerSpec, Control, Member};
@@ -108,6 +110,10 @@ pub struct BusOptions {
     /// The window of batch subscriptions that do not give one. Default 100 ms; change it
     /// live with [`Bus::set_batch_window`].
     pub batch_window: Duration,
+    /// How long the log keeps events, by topic pattern (first match wins; a topic no
+    /// rule matches keeps its events). Change it live with [`Bus::set_retention`]. See
+    /// the `retention` module for what expiry means. Default: none.
+    pub retention: Vec<RetentionRule>,
 }
 
 impl BusOptions {
@@ -125,6 +131,7 @@ impl BusOptions {
             slow_consumer_grace: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
             batch_window: Duration::from_millis(100),
+            retention: Vec::new(),
         }
     }
 
@@ -159,9 +166,20 @@ struct Entry {
     cut_off: bool,
 }
 
+/// A durable subscription with no subscriber now: what it is and what it counted, so
+/// listings and metrics keep showing it (and its backlog) while it is away.
+#[derive(Debug)]
+struct Parked {
+    pattern: String,
+    dlq_topic: String,
+    counters: Arc<stats::ConsumerCounters>,
+}
+
 #[derive(Debug, Default)]
 struct Registry {
     consumers: HashMap<String, Entry>,
+    /// Durables without a subscriber, by name.
+    parked: HashMap<String, Parked>,
     members: HashMap<SubscriptionId, String>,
     /// Consumer keys by pattern, for routing ephemeral events.
     ephemeral: PatternIndex<String>,
@@ -195,6 +213,10 @@ pub(crate) struct Core {
     batch_window_micros: AtomicU64,
     /// Age of events at their first delivery, sampled per delivery round.
     pub(crate) delivery_latency: ganglion_core::stats::Histogram,
+    pub(crate) retention: retention::Retention,
+    /// Dead letters published and redriven, by subscription (custom dead-letter topics
+    /// included), for the gauge and the listing.
+    dead_letter_counts: Mutex<HashMap<String, dlq::Counts>>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -211,7 +233,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn log_error(e: LogError) -> BusError {
+pub(crate) fn log_error(e: LogError) -> BusError {
     match e {
         LogError::NoSpace { .. } | LogError::Failed { .. } => BusError::Unavailable(e.to_string()),
         LogError::Closed => BusError::Closed,
@@ -363,6 +385,11 @@ impl Core {
             .collect();
         if !to_log.is_empty() {
             let records: Vec<Bytes> = to_log.iter().map(|&i| codec::encode(&events[i])).collect();
+            let lens: Vec<u64> = if self.retention.counts() {
+                records.iter().map(|r| r.len() as u64).collect()
+            } else {
+                Vec::new()
+            };
             let result = self.log.append(records).await;
             let mut dedupe = lock(&self.dedupe);
             let ack = match result {
@@ -374,6 +401,12 @@ impl Core {
                     return Err(log_error(e));
                 }
             };
+            if !lens.is_empty() {
+                self.retention
+                    .record(to_log.iter().zip(&lens).enumerate().map(|(n, (&i, &len))| {
+                        (events[i].topic.as_str(), ack.first_seq + n as u64, len)
+                    }));
+            }
             let expires = ack.timestamp_micros + self.options.dedupe_window.as_micros() as u64;
             let mut topics = lock(&self.topics);
             for (n, &i) in to_log.iter().enumerate() {
@@ -417,6 +450,7 @@ impl Core {
             }
         }
         if !logged.is_empty() {
+            self.count_dead_letters(logged.iter().map(|e| &**e));
             self.recent.add(logged);
         }
         if !ephemeral.is_empty() {
@@ -549,6 +583,18 @@ impl Core {
             let entry = registry.consumers.remove(&key).expect("entry exists");
             registry.ephemeral.remove(&entry.pattern, &key);
             let _ = entry.control.send(Control::Stop);
+            if entry.shared.durable {
+                entry.shared.counters.in_flight.store(0, Ordering::Relaxed);
+                entry.shared.counters.ready.store(0, Ordering::Relaxed);
+                registry.parked.insert(
+                    entry.name.clone(),
+                    Parked {
+                        pattern: entry.pattern.to_string(),
+                        dlq_topic: entry.dlq_topic.to_string(),
+                        counters: entry.shared.counters.clone(),
+                    },
+                );
+            }
             registry.retiring.insert(key, entry.finished);
         }
         true
@@ -594,11 +640,11 @@ impl Core {
                     return Ok((out, record.seq));
                 }
                 match codec::decode_matching(&record.payload, record.seq, pattern) {
-                    Ok(Some(event)) => {
+                    Ok(Some(event)) if !self.retention.expired(event.topic.as_str(), event.seq) => {
                         bytes += event.size();
                         out.push(event);
                     }
-                    Ok(None) => {}
+                    Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "skipping undecodable record"),
                 }
             }
@@ -746,6 +792,7 @@ impl Bus {
             ..options.log.clone()
         };
         let unavailable = |e: LogError| BusError::Unavailable(e.to_string());
+        let on_disk = !options.in_memory && storage.is_none();
         let (log, states) = if options.in_memory || storage.is_some() {
             let storage =
                 storage.unwrap_or_else(|| Arc::new(ganglion_log::storage::MemStorage::new()));
@@ -762,7 +809,11 @@ impl Bus {
             (log, state::StateStore::Dir(consumers_dir))
         };
         let batch_window_micros = AtomicU64::new(micros(options.batch_window));
+        let purges = on_disk.then(|| options.data_dir.join("purges"));
+        let retention = retention::Retention::new(options.retention.clone(), purges)?;
         let core = Core {
+            retention,
+            dead_letter_counts: Mutex::default(),
             log,
             batch_window_micros,
             delivery_latency: Default::default(),
@@ -777,6 +828,7 @@ impl Bus {
             closed: AtomicBool::new(false),
         };
         core.rebuild()?;
+        core.park_saved_durables();
         let core = Arc::new(core);
         Ok(Bus {
             _handle: Arc::new(Handle(core.clone())),
@@ -809,27 +861,52 @@ impl Bus {
         self.core.batch_window()
     }
 
-    /// Every consumer running now (a subscription, a queue group or a durable name, as
-    /// one), with what it counted since it started in this process.
+    /// Every subscription: the consumers running now (a subscription, a queue group or
+    /// a durable name, as one), and the durables with no subscriber now, with what each
+    /// counted since this process started, its lag and its dead letters.
     pub fn subscriptions(&self) -> Vec<SubscriptionStats> {
         let next_seq = self.core.log.next_seq();
+        let dead = lock(&self.core.dead_letter_counts).clone();
+        let dead_letters = |name: &str| dead.get(name).map_or(0, |c| c.live());
         let registry = lock(&self.core.registry);
-        let mut stats: Vec<SubscriptionStats> = registry
-            .consumers
-            .values()
-            .map(|e| {
-                e.shared.counters.report(
-                    &e.name,
-                    e.pattern.to_string(),
-                    e.queue_group.clone(),
-                    e.shared.durable,
-                    e.members.len(),
-                    next_seq,
-                )
-            })
-            .collect();
+        let running = registry.consumers.values().map(|e| {
+            let mut stats = e.shared.counters.report(
+                &e.name,
+                e.pattern.to_string(),
+                e.queue_group.clone(),
+                e.shared.durable,
+                e.members.len(),
+                next_seq,
+            );
+            stats.dead_letter_topic = e.dlq_topic.to_string();
+            stats.dead_letters = dead_letters(&e.name);
+            stats
+        });
+        let parked = registry.parked.iter().map(|(name, p)| {
+            let mut stats = p
+                .counters
+                .report(name, p.pattern.clone(), None, true, 0, next_seq);
+            // Its backlog: from the first event it has not acked (where it resumes).
+            if let Ok(Some(saved)) = self.core.states.load(name) {
+                stats.lag = next_seq.saturating_sub(saved.floor);
+            }
+            stats.dead_letter_topic = p.dlq_topic.clone();
+            stats.dead_letters = dead_letters(name);
+            stats
+        });
+        let mut stats: Vec<SubscriptionStats> = running.chain(parked).collect();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
         stats
+    }
+
+    /// Dead letters not redriven, by subscription (custom dead-letter topics included).
+    pub fn dead_letter_counts(&self) -> Vec<(String, u64)> {
+        let mut counts: Vec<(String, u64)> = lock(&self.core.dead_letter_counts)
+            .iter()
+            .map(|(name, c)| (name.clone(), c.live()))
+            .collect();
+        counts.sort();
+        counts
     }
 
     /// How old events are at their first delivery (from their timestamp, in whole
@@ -841,6 +918,120 @@ impl Bus {
     /// The event log under the bus.
     pub fn log(&self) -> &Log {
         &self.core.log
+    }
+
+    /// The retention rules in force.
+    pub fn retention(&self) -> Vec<RetentionRule> {
+        self.core.retention.rules().to_vec()
+    }
+
+    /// Replaces the retention rules (a reloaded config): what expires changes at the next
+    /// pass ([`apply_retention`](Self::apply_retention)); reads the log through once
+    /// to count the rules' events.
+    pub async fn set_retention(&self, rules: Vec<RetentionRule>) -> Result<(), BusError> {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || core.retention.set_rules(rules, &core.log))
+            .await
+            .map_err(|e| BusError::Internal(e.to_string()))??;
+        tracing::info!("retention rules changed");
+        self.apply_retention().await.map(drop)
+    }
+
+    /// One retention pass now: works out what has expired (by age on the bus's clock,
+    /// by count, by bytes, by purge) and deletes the oldest segments whose every record
+    /// has; returns the records deleted. [`run_retention`](Self::run_retention) does
+    /// this every `every`.
+    pub async fn apply_retention(&self) -> Result<u64, BusError> {
+        let core = self.core.clone();
+        let below = tokio::task::spawn_blocking(move || {
+            let now = core.clock.now_micros();
+            core.retention.pass(&core.log, now)
+        })
+        .await
+        .map_err(|e| BusError::Internal(e.to_string()))??;
+        let Some(below) = below else {
+            return Ok(0);
+        };
+        let report = self
+            .core
+            .log
+            .delete_before(below)
+            .await
+            .map_err(log_error)?;
+        if report.segments_deleted > 0 {
+            tracing::info!(
+                segments = report.segments_deleted,
+                records = report.records_deleted,
+                bytes = report.bytes_deleted,
+                "retention deleted segments whose every event had expired"
+            );
+        }
+        Ok(report.records_deleted)
+    }
+
+    /// Applies retention every `every` until the bus closes.
+    pub fn run_retention(
+        &self,
+        every: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let bus = Arc::downgrade(&self.core);
+        let handle = Arc::downgrade(&self._handle);
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let (Some(core), Some(handle)) = (bus.upgrade(), handle.upgrade()) else {
+                    return;
+                };
+                if core.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let bus = Bus {
+                    core,
+                    _handle: handle,
+                };
+                if let Err(error) = bus.apply_retention().await {
+                    tracing::warn!(%error, "retention pass failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Purges the topics `pattern` matches: every event published to them so far
+    /// expires at once (replays and subscribers no longer see them; the disk space comes
+    /// back as retention deletes segments). Returns how many topics matched and how
+    /// many events they had been given since the log began (or their last purge).
+    pub fn purge(&self, pattern: &Pattern) -> Result<(u64, u64), BusError> {
+        let below = self.core.log.next_seq();
+        self.core.retention.purge(pattern.clone(), below)?;
+        let mut topics = lock(&self.core.topics);
+        let (mut matched, mut events) = (0, 0);
+        for (topic, stats) in topics.iter_mut() {
+            if pattern.matches(topic) && stats.storage == StorageClass::Durable {
+                matched += 1;
+                events += stats.events;
+                stats.events = 0;
+                stats.first_seq = 0;
+            }
+        }
+        tracing::info!(%pattern, topics = matched, events, "topics purged");
+        Ok((matched, events))
+    }
+
+    /// Purges the topics `pattern` matches and forgets them (they are listed again once
+    /// something is published to them). Returns the topics deleted and their events.
+    pub fn delete_topics(&self, pattern: &Pattern) -> Result<(Vec<Topic>, u64), BusError> {
+        let (_, events) = self.purge(pattern)?;
+        let mut topics = lock(&self.core.topics);
+        let deleted: Vec<Topic> = topics
+            .keys()
+            .filter(|t| pattern.matches(t))
+            .cloned()
+            .collect();
+        for topic in &deleted {
+            topics.remove(topic);
+        }
+        tracing::info!(%pattern, topics = deleted.len(), "topics deleted");
+        Ok((deleted, events))
     }
 
     /// Stops every consumer (durable ones save their state), refuses further calls, and
@@ -957,10 +1148,18 @@ impl Bus {
                 (cursor, Default::default(), Default::default())
             }
         };
+        // A durable that was away picks its counters up again.
+        let counters = options
+            .durable
+            .as_ref()
+            .and_then(|name| registry.parked.remove(name))
+            .map(|parked| parked.counters)
+            .unwrap_or_default();
         let consumer_shared = Arc::new(ConsumerShared::new(
             core.options.ephemeral_buffer,
             core.options.subscriber_buffer_bytes,
             options.durable.is_some(),
+            counters,
         ));
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (ephemeral_tx, ephemeral_rx) = mpsc::unbounded_channel();
@@ -1175,6 +1374,45 @@ impl Core {
         finished
     }
 
+    /// Lists every durable saved on disk as parked, until a subscriber returns.
+    fn park_saved_durables(&self) {
+        let mut registry = lock(&self.registry);
+        for name in self.states.names() {
+            match self.states.load(&name) {
+                Ok(Some(state)) => {
+                    let counters = Arc::new(stats::ConsumerCounters::default());
+                    counters.cursor.store(state.floor, Ordering::Relaxed);
+                    registry.parked.insert(
+                        name,
+                        Parked {
+                            pattern: state.pattern,
+                            dlq_topic: state.dlq_topic,
+                            counters,
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot read a durable's saved state"),
+            }
+        }
+    }
+
+    /// Counts the dead letters and redrive markers among `events` (being logged).
+    fn count_dead_letters<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
+        let mut counts = None;
+        for event in events {
+            if let Some((subscription, letter)) = dlq::classify(event) {
+                let counts = counts.get_or_insert_with(|| lock(&self.dead_letter_counts));
+                let c = counts.entry(subscription.to_owned()).or_default();
+                if letter {
+                    c.letters += 1;
+                } else {
+                    c.redriven += 1;
+                }
+            }
+        }
+    }
+
     /// Rebuilds the topic list and the idempotency keys still in the window from the log.
     fn rebuild(&self) -> Result<(), BusError> {
         let window = self.options.dedupe_window.as_micros() as u64;
@@ -1191,6 +1429,21 @@ impl Core {
                     tracing::warn!(seq = record.seq, "skipping undecodable record");
                     continue;
                 };
+                self.retention
+                    .record([(topic, record.seq, record.payload.len() as u64)]);
+                if let Some((event_type, subscription)) =
+                    codec::peek_type_and_header(&record.payload, dlq::SUBSCRIPTION)
+                    && let Some((subscription, letter)) =
+                        dlq::classify_parts(event_type, subscription)
+                {
+                    let mut counts = lock(&self.dead_letter_counts);
+                    let c = counts.entry(subscription.to_owned()).or_default();
+                    if letter {
+                        c.letters += 1;
+                    } else {
+                        c.redriven += 1;
+                    }
+                }
                 let Ok(topic) = Topic::new(topic) else {
                     continue;
                 };

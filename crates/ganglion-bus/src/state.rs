@@ -49,6 +49,27 @@ impl StateStore {
         }
     }
 
+    /// The names of every durable with a saved state.
+    pub(crate) fn names(&self) -> Vec<String> {
+        match self {
+            StateStore::Dir(dir) => fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".state").map(str::to_owned)
+                })
+                .collect(),
+            StateStore::Memory(states) => states
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect(),
+        }
+    }
+
     pub(crate) fn load(&self, name: &str) -> Result<Option<DurableState>, String> {
         match self {
             StateStore::Dir(dir) => load(dir, name),
@@ -82,22 +103,32 @@ fn render(state: &DurableState) -> String {
     )
 }
 
-/// Writes the state so that a crash leaves either the old file or the new one, and a
-/// failed write (a full disk) leaves no temporary file.
+/// Writes the state so that a crash leaves either the old file or the new one.
 fn save(dir: &Path, name: &str, state: &DurableState) -> io::Result<()> {
-    let target = path(dir, name);
-    let tmp = dir.join(format!("{name}.state.tmp"));
+    write_atomically(&path(dir, name), render(state).as_bytes())
+}
+
+/// Writes `bytes` to `target` so that a crash leaves the old file or the new one (a
+/// temporary file, fdatasynced, renamed over, the directory synced), and a failed write
+/// (a full disk) leaves no temporary file.
+pub(crate) fn write_atomically(target: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = target.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let written = (|| {
         let mut file = fs::File::create(&tmp)?;
-        file.write_all(render(state).as_bytes())?;
+        file.write_all(bytes)?;
         file.sync_data()?;
-        fs::rename(&tmp, &target)
+        fs::rename(&tmp, target)
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fs::File::open(dir)?.sync_all()
+    match target.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Removes temporary files a crash left in `dir`.
@@ -106,7 +137,7 @@ pub(crate) fn remove_stale_temporaries(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(".state.tmp") {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
             let _ = fs::remove_file(entry.path());
         }
     }

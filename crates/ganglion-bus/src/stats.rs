@@ -14,6 +14,7 @@ pub(crate) struct ConsumerCounters {
     pub(crate) nacked: AtomicU64,
     pub(crate) ack_timeouts: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) expired: AtomicU64,
     pub(crate) ready: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) cursor: AtomicU64,
@@ -52,12 +53,21 @@ pub struct SubscriptionStats {
     pub ack_timeouts: u64,
     /// Events published to the dead-letter topic (out of attempts, or termed).
     pub dead_lettered: u64,
+    /// Events that expired under retention (or a purge) before this subscription read
+    /// them.
+    pub expired: u64,
     /// Events in memory waiting for a subscriber (the rest wait in the log).
     pub ready: u64,
     /// Logged events out with subscribers, not yet acked.
     pub in_flight: u64,
-    /// Log records not read by this consumer yet (every topic's, not only its own).
+    /// Log records not read by this consumer yet (every topic's, not only its own); for
+    /// a durable with no subscriber now, those from where it will resume (its first
+    /// unacked event).
     pub lag: u64,
+    /// Where its dead letters go.
+    pub dead_letter_topic: String,
+    /// Dead letters published for it and not redriven.
+    pub dead_letters: u64,
 }
 
 impl ConsumerCounters {
@@ -82,9 +92,12 @@ impl ConsumerCounters {
             nacked: get(&self.nacked),
             ack_timeouts: get(&self.ack_timeouts),
             dead_lettered: get(&self.dead_lettered),
+            expired: get(&self.expired),
             ready: get(&self.ready),
             in_flight: get(&self.in_flight),
             lag: next_seq.saturating_sub(get(&self.cursor)),
+            dead_letter_topic: String::new(),
+            dead_letters: 0,
         }
     }
 }

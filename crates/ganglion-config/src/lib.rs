@@ -179,6 +179,23 @@ pub struct Loader {
     validators: Vec<Validator>,
 }
 
+/// The layer names in `dir` (files `<name>.yaml`), sorted.
+fn known_layers(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".yaml")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 impl fmt::Debug for Loader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Loader")
@@ -309,6 +326,35 @@ impl Loader {
                     Origin::Flag(format!("--{what}")),
                     format!("{name:?} is not a name of letters, digits, `-` and `_`"),
                 ));
+            }
+        }
+        // A layer asked for by name must exist: a misspelt `--env prodution` would
+        // otherwise run on the defaults without a word.
+        for (what, name, sub) in [
+            ("environment", &self.environment, "environments"),
+            ("component", &self.component, "components"),
+        ] {
+            if let Some(name) = name.as_ref().filter(|_| problems.is_empty()) {
+                let file = self.dir.join(sub).join(format!("{name}.yaml"));
+                if !file.is_file() {
+                    let known = known_layers(&self.dir.join(sub));
+                    problems.push(Problem::new(
+                        what,
+                        Origin::Flag(format!(
+                            "--{}",
+                            if what == "environment" { "env" } else { what }
+                        )),
+                        format!(
+                            "{name:?} has no layer: {} does not exist{}",
+                            file.display(),
+                            if known.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (there are: {})", known.join(", "))
+                            }
+                        ),
+                    ));
+                }
             }
         }
         if !problems.is_empty() {

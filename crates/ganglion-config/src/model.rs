@@ -154,6 +154,32 @@ pub struct BusConfig {
     /// a restart.
     #[schemars(range(min = 65536, max = 1073741824))]
     pub subscriber_buffer_bytes: u64,
+    /// How long the log keeps events, by topic pattern: the first rule whose pattern
+    /// matches a topic applies to it, and a topic no rule matches keeps its events. An
+    /// event older than `max_age`, or past the newest `max_events` or `max_bytes` of its
+    /// rule's topics, expires: replays and subscribers (durable ones too) no longer see
+    /// it, and a segment's disk space comes back once every record in it has expired.
+    /// Applies live.
+    pub retention: Vec<RetentionConfig>,
+}
+
+/// One retention rule under `bus.retention`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// A topic pattern (`game.>`, `metrics.*.raw`, `>` for every topic).
+    pub pattern: String,
+    /// Events older than this expire: `90s`, `15m`, `2h`, `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Past the newest this many bytes of records of the rule's topics, events expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<u64>,
+    /// Past the newest this many events of the rule's topics, events expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_events: Option<u64>,
 }
 
 impl Default for BusConfig {
@@ -164,6 +190,7 @@ impl Default for BusConfig {
             batch_window_ms: 100,
             ephemeral: vec!["bench.events.>".to_owned(), "coordinator.>".to_owned()],
             subscriber_buffer_bytes: 8 * 1024 * 1024,
+            retention: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::{Config, Loaded, Loader, Problems};
 /// changes, including a quota or breaker added or removed, needs a restart.
 pub const LIVE_KEYS: &[&str] = &[
     "bus.batch_window_ms",
+    "bus.retention",
     "telemetry.log_level",
     "features",
     "coordinator.leases",

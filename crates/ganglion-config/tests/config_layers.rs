@@ -295,6 +295,30 @@ fn the_committed_example_tree_states_every_default_and_every_layer_parses() {
 }
 
 #[test]
+fn a_layer_asked_for_by_name_must_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let problems = Loader::new(&root)
+        .environment(Some("prodution".into()))
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(problems.contains("prodution"), "{problems}");
+    assert!(
+        problems.contains("development, production, staging"),
+        "{problems}"
+    );
+    let problems = Loader::new(&root)
+        .component(Some("nobody".into()))
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        problems.contains("components/nobody.yaml does not exist"),
+        "{problems}"
+    );
+}
+
+#[test]
 fn the_schema_describes_every_field() {
     let schema = ganglion_config::schema();
     let text = schema.to_string();

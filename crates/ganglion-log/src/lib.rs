@@ -628,6 +628,23 @@ impl Log {
         self.ask(Command::Retention { reply }, answer).await
     }
 
+    /// Deletes the sealed segments holding only records below `seq`, oldest first (a
+    /// retention decided above the log, per topic, say). The active segment stays.
+    pub async fn delete_before(&self, seq: u64) -> Result<RetentionReport> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::DeleteBefore { seq, reply }, answer).await
+    }
+
+    /// Each segment's first sequence and one past its last, oldest first; the last is
+    /// the active segment.
+    pub fn segment_bounds(&self) -> Vec<(u64, u64)> {
+        self.shared
+            .segments()
+            .iter()
+            .map(|s| (s.base_seq, s.extent().next_seq))
+            .collect()
+    }
+
     /// Oldest retained sequence.
     pub fn first_seq(&self) -> u64 {
         self.shared.first_seq()

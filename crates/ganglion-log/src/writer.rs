@@ -36,6 +36,10 @@ pub(crate) enum Command {
     Retention {
         reply: oneshot::Sender<Result<RetentionReport>>,
     },
+    DeleteBefore {
+        seq: u64,
+        reply: oneshot::Sender<Result<RetentionReport>>,
+    },
 }
 
 /// Where the next record goes. The writer's copy runs ahead of the segment's published
@@ -320,6 +324,9 @@ impl Writer {
             Command::Retention { reply } => {
                 let _ = reply.send(self.retention());
             }
+            Command::DeleteBefore { seq, reply } => {
+                let _ = reply.send(self.delete_before(seq));
+            }
         }
     }
 
@@ -585,6 +592,25 @@ impl Writer {
             total -= extent.len;
             doomed += 1;
         }
+        self.delete_oldest(&segments, doomed)
+    }
+
+    /// Deletes the sealed segments that hold nothing at or after `seq`, oldest first.
+    fn delete_before(&mut self, seq: u64) -> Result<RetentionReport> {
+        let segments = self.shared.segments();
+        let doomed = segments[..segments.len() - 1]
+            .iter()
+            .take_while(|s| s.extent().next_seq <= seq)
+            .count();
+        self.delete_oldest(&segments, doomed)
+    }
+
+    /// Deletes the `doomed` oldest of `segments` (never the active one).
+    fn delete_oldest(
+        &mut self,
+        segments: &[Arc<Segment>],
+        doomed: usize,
+    ) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         if doomed == 0 {
             return Ok(report);

@@ -531,6 +531,46 @@ impl EventBusService for GrpcBus {
         }))
     }
 
+    async fn purge_topics(
+        &self,
+        request: Request<v1::PurgeTopicsRequest>,
+    ) -> Result<Response<v1::PurgeTopicsResponse>, Status> {
+        let pattern =
+            convert::pattern_from_wire(&request.into_inner().pattern, "pattern").map_err(status)?;
+        let (_, topics, events) = purge_topics(&self.state.bus, pattern, false)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::PurgeTopicsResponse { topics, events }))
+    }
+
+    async fn delete_topics(
+        &self,
+        request: Request<v1::DeleteTopicsRequest>,
+    ) -> Result<Response<v1::DeleteTopicsResponse>, Status> {
+        let pattern =
+            convert::pattern_from_wire(&request.into_inner().pattern, "pattern").map_err(status)?;
+        let (topics, _, events) = purge_topics(&self.state.bus, pattern, true)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::DeleteTopicsResponse { topics, events }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _request: Request<v1::ListSubscriptionsRequest>,
+    ) -> Result<Response<v1::ListSubscriptionsResponse>, Status> {
+        let subscriptions = self
+            .state
+            .bus
+            .subscriptions()
+            .into_iter()
+            .map(subscription_to_wire)
+            .collect();
+        Ok(Response::new(v1::ListSubscriptionsResponse {
+            subscriptions,
+        }))
+    }
+
     async fn redrive_dead_letters(
         &self,
         request: Request<v1::RedriveDeadLettersRequest>,
@@ -544,6 +584,49 @@ impl EventBusService for GrpcBus {
             .map_err(status)?;
         Ok(Response::new(v1::RedriveDeadLettersResponse { redriven }))
     }
+}
+
+/// A subscription as `ListSubscriptions` reports it.
+fn subscription_to_wire(s: ganglion_bus::SubscriptionStats) -> v1::SubscriptionInfo {
+    v1::SubscriptionInfo {
+        name: s.name,
+        pattern: s.pattern,
+        queue_group: s.queue_group.unwrap_or_default(),
+        durable: s.durable,
+        members: u32::try_from(s.members).unwrap_or(u32::MAX),
+        lag: s.lag,
+        in_flight: s.in_flight,
+        ready: s.ready,
+        dead_letter_topic: s.dead_letter_topic,
+        dead_letters: s.dead_letters,
+        delivered: s.delivered,
+        redelivered: s.redelivered,
+        acked: s.acked,
+        nacked: s.nacked,
+        expired: s.expired,
+    }
+}
+
+/// Purges (or, with `delete`, deletes) the topics `pattern` matches, off the async
+/// threads (a purge is written to disk before it answers).
+pub(crate) async fn purge_topics(
+    bus: &Bus,
+    pattern: ganglion_core::Pattern,
+    delete: bool,
+) -> Result<(Vec<String>, u64, u64), BusError> {
+    let bus = bus.clone();
+    tokio::task::spawn_blocking(move || {
+        if delete {
+            let (topics, events) = bus.delete_topics(&pattern)?;
+            let n = topics.len() as u64;
+            Ok((topics.iter().map(|t| t.to_string()).collect(), n, events))
+        } else {
+            let (topics, events) = bus.purge(&pattern)?;
+            Ok((Vec::new(), topics, events))
+        }
+    })
+    .await
+    .map_err(|e| BusError::Internal(e.to_string()))?
 }
 
 /// A replay limit: 0 means 1000; more than `max` is refused.

@@ -8,6 +8,9 @@
 //! | `GET /api/v1/events?pattern=&from_seq=&since=&limit=` | replay |
 //! | `GET /api/v1/stream?pattern=` | live events as Server-Sent Events |
 //! | `GET /api/v1/topics` | topics with counts |
+//! | `POST /api/v1/topics/purge` | `{"pattern"}`: expire the matching topics' events |
+//! | `POST /api/v1/topics/delete` | `{"pattern"}`: purge and forget the matching topics |
+//! | `GET /api/v1/subscriptions` | every subscription, connected or not |
 //! | `GET /api/v1/metrics` | JSON summary |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -54,6 +57,9 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/events", get(replay).post(publish))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/topics", get(topics))
+        .route("/api/v1/topics/purge", post(purge_topics))
+        .route("/api/v1/topics/delete", post(delete_topics))
+        .route("/api/v1/subscriptions", get(subscriptions))
         .route("/api/v1/metrics", get(metrics_json))
         .route("/api/v1/resources", get(resources))
         .route("/api/v1/resources/{pool}/acquire", post(acquire_lease))
@@ -712,6 +718,62 @@ async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axum::Json<Val
             "last_seq": t.last_seq,
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// `POST /api/v1/topics/purge` `{"pattern"}` → `{"topics", "events"}`.
+async fn purge_topics(
+    Extract(state): Extract<Arc<State>>,
+    body: Body,
+) -> ApiResult<axum::Json<Value>> {
+    let o = object_body(&state, body, &["pattern"]).await?;
+    let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
+    let (_, topics, events) = crate::grpc::purge_topics(&state.bus, pattern, false).await?;
+    Ok(axum::Json(json!({ "topics": topics, "events": events })))
+}
+
+/// `POST /api/v1/topics/delete` `{"pattern"}` → `{"topics": [...], "events"}`.
+async fn delete_topics(
+    Extract(state): Extract<Arc<State>>,
+    body: Body,
+) -> ApiResult<axum::Json<Value>> {
+    let o = object_body(&state, body, &["pattern"]).await?;
+    let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
+    let (topics, _, events) = crate::grpc::purge_topics(&state.bus, pattern, true).await?;
+    Ok(axum::Json(json!({ "topics": topics, "events": events })))
+}
+
+/// `GET /api/v1/subscriptions`: every subscription, connected or not.
+async fn subscriptions(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+    let subscriptions: Vec<Value> = state
+        .bus
+        .subscriptions()
+        .iter()
+        .map(subscription_json)
+        .collect();
+    axum::Json(json!({ "subscriptions": subscriptions }))
+}
+
+/// A subscription as the HTTP API shows it (here and in `/api/v1/metrics`).
+pub(crate) fn subscription_json(s: &ganglion_bus::SubscriptionStats) -> Value {
+    json!({
+        "name": s.name,
+        "pattern": s.pattern,
+        "queue_group": s.queue_group,
+        "durable": s.durable,
+        "members": s.members,
+        "lag": s.lag,
+        "in_flight": s.in_flight,
+        "ready": s.ready,
+        "dead_letter_topic": s.dead_letter_topic,
+        "dead_letters": s.dead_letters,
+        "delivered": s.delivered,
+        "redelivered": s.redelivered,
+        "acked": s.acked,
+        "nacked": s.nacked,
+        "ack_timeouts": s.ack_timeouts,
+        "dead_lettered": s.dead_lettered,
+        "expired": s.expired,
+    })
 }
 
 async fn metrics_json(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {

@@ -113,6 +113,9 @@ impl Default for ServerOptions {
     }
 }
 
+/// How often retention rules are applied (ages move on; counts and bytes grow).
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
+
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -309,6 +312,7 @@ pub async fn serve_with(
         stop_rx,
     );
     let timers = tokio::spawn(coordinator.pools().clone().run_timers());
+    let retention = tokio::spawn(bus.run_retention(RETENTION_EVERY));
     coordinator::LeaseEventPublisher::start(bus.clone(), &coordinator);
 
     let fd_limit = raise_fd_limit();
@@ -353,6 +357,7 @@ pub async fn serve_with(
         }
     };
     timers.abort();
+    retention.abort();
     coordinator::LeaseEventPublisher::stop(&coordinator);
     if let Err(error) = coordinator.pools().flush() {
         tracing::error!(%error, "cannot write the lease state at shutdown");

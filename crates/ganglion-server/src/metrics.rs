@@ -383,11 +383,18 @@ fn bus_metrics(x: &mut Exposition, state: &State, topics: &[ganglion_core::bus::
     x.each(
         "ganglion_bus_dead_letter_events",
         "gauge",
-        "Events on each subscription's dead-letter topic (dlq.<subscription>).",
-        topics.iter().filter_map(|t| {
-            let subscription = t.topic.as_str().strip_prefix("dlq.")?;
-            Some((label("subscription", subscription), t.events))
-        }),
+        "Dead letters of each subscription not redriven (whatever its dead-letter topic).",
+        state
+            .bus
+            .dead_letter_counts()
+            .into_iter()
+            .map(|(subscription, n)| (label("subscription", &subscription), n)),
+    );
+    x.each(
+        "ganglion_bus_subscription_expired_events_total",
+        "counter",
+        "Events that expired under retention (or a purge) before the subscription read them.",
+        per_sub(|s| s.expired),
     );
     x.histograms(
         "ganglion_bus_delivery_latency_seconds",
@@ -527,22 +534,36 @@ fn coordinator_metrics(x: &mut Exposition, state: &State) {
 }
 
 /// The standard `process_*` metrics (as every Prometheus client library names them),
-/// read from `/proc/self`; nothing is written where `/proc` is missing.
+/// read from `/proc/self`; nothing is written where `/proc` is missing. And
+/// `ganglion_build_info`.
 fn process_metrics(x: &mut Exposition) {
+    x.each(
+        "ganglion_build_info",
+        "gauge",
+        "Always 1; the version of the running build in its label.",
+        [(label("version", env!("CARGO_PKG_VERSION")), 1)],
+    );
     let page_size = 4096.0;
     let ticks_per_second = 100.0;
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
-        && let Some(resident) = statm
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        let pages: Vec<f64> = statm
             .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<f64>().ok())
-    {
-        x.one(
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            resident * page_size,
-        );
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if let [virtual_pages, resident_pages, ..] = pages[..] {
+            x.one(
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                virtual_pages * page_size,
+            );
+            x.one(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                resident_pages * page_size,
+            );
+        }
     }
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         // Fields after the command name (which may hold spaces, inside parentheses).
@@ -558,6 +579,35 @@ fn process_metrics(x: &mut Exposition) {
             "counter",
             "Total user and system CPU time spent in seconds.",
             ticks / ticks_per_second,
+        );
+        // starttime is field 22: ticks after boot; boot time is in /proc/stat.
+        let started = fields.get(19).and_then(|v| v.parse::<f64>().ok());
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(started), Some(boot)) = (started, boot) {
+            x.one(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                boot + started / ticks_per_second,
+            );
+        }
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits")
+        && let Some(max) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u64>().ok())
+    {
+        x.one(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max,
         );
     }
     if let Some(limit) = memory_limit() {
@@ -593,22 +643,12 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "open": load(&m.subscriptions_open),
             "opened": load(&m.subscriptions_opened),
             "sse_clients": load(&m.sse_clients),
-            "consumers": state.bus.subscriptions().iter().map(|s| json!({
-                "name": s.name,
-                "pattern": s.pattern,
-                "queue_group": s.queue_group,
-                "durable": s.durable,
-                "members": s.members,
-                "delivered": s.delivered,
-                "redelivered": s.redelivered,
-                "acked": s.acked,
-                "nacked": s.nacked,
-                "ack_timeouts": s.ack_timeouts,
-                "dead_lettered": s.dead_lettered,
-                "ready": s.ready,
-                "in_flight": s.in_flight,
-                "lag": s.lag,
-            })).collect::<Vec<_>>(),
+            "consumers": state
+                .bus
+                .subscriptions()
+                .iter()
+                .map(crate::http::subscription_json)
+                .collect::<Vec<_>>(),
         },
         "coordinator": crate::coordinator::status_json(&state.coordinator),
         "log": {

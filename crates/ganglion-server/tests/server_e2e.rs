@@ -900,3 +900,147 @@ async fn the_client_reconnects_and_a_durable_subscription_resumes_after_a_restar
     drop(client);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_listed_connected_or_not_and_topics_can_be_purged_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(open_bus(dir.path()), ServerOptions::default()).await;
+    let client = Client::connect(server.grpc.clone()).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut rpc = v1::event_bus_client::EventBusClient::new(channel);
+
+    // A durable with a custom dead-letter topic: one dead letter, then it goes away.
+    let options = SubscribeOptions {
+        durable: Some("scorer".into()),
+        max_deliveries: 1,
+        dead_letter_topic: Some(topic("failures.scorer")),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = client.subscribe(pattern("game.>"), options).await.unwrap();
+    for i in 0..3 {
+        client
+            .publish(Event::new(topic("game.move"), i.to_string()))
+            .await
+            .unwrap();
+    }
+    soon("a delivery", sub.next())
+        .await
+        .unwrap()
+        .term("bad move");
+    soon("the dead letter", async {
+        loop {
+            let r = http(server.http, "GET", "/metrics", None).await;
+            if sample(
+                &r.body,
+                "ganglion_bus_dead_letter_events{subscription=\"scorer\"}",
+            ) == Some(1.0)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drop(sub);
+
+    // Listed while away, with its backlog, over gRPC and HTTP, and in /metrics.
+    let listed = soon("a parked durable", async {
+        loop {
+            let list = rpc
+                .list_subscriptions(v1::ListSubscriptionsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .subscriptions;
+            if let Some(s) = list
+                .into_iter()
+                .find(|s| s.name == "scorer" && s.members == 0)
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(listed.durable && listed.lag >= 2, "{listed:?}");
+    assert_eq!(listed.dead_letter_topic, "failures.scorer");
+    assert_eq!(listed.dead_letters, 1);
+    let r = http(server.http, "GET", "/api/v1/subscriptions", None).await;
+    let scorer = r.json()["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "scorer")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (scorer["members"].clone(), scorer["dead_letters"].clone()),
+        (json!(0), json!(1))
+    );
+    let r = http(server.http, "GET", "/metrics", None).await;
+    assert!(
+        sample(
+            &r.body,
+            "ganglion_bus_subscription_lag_records{subscription=\"scorer\"}"
+        )
+        .is_some_and(|lag| lag >= 2.0),
+        "the away durable's lag stays in the scrape"
+    );
+
+    // Purge over gRPC: the events are gone from replays; later ones are kept.
+    let purged = rpc
+        .purge_topics(v1::PurgeTopicsRequest {
+            pattern: "game.>".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((purged.topics, purged.events), (1, 3));
+    let replay = client
+        .replay(pattern("game.>"), StartPosition::All, 100)
+        .await
+        .unwrap();
+    assert!(replay.is_empty(), "{replay:?}");
+    client
+        .publish(Event::new(topic("game.move"), "after"))
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .replay(pattern("game.>"), StartPosition::All, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Delete over HTTP: the topic is forgotten.
+    let r = http(
+        server.http,
+        "POST",
+        "/api/v1/topics/delete",
+        Some(r#"{"pattern": "failures.>"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["topics"], json!(["failures.scorer"]));
+    let r = http(server.http, "GET", "/api/v1/topics", None).await;
+    assert!(!r.body.contains("failures.scorer"), "{}", r.body);
+    let r = http(
+        server.http,
+        "POST",
+        "/api/v1/topics/purge",
+        Some(r#"{"pattern": "a..b"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, json!("pattern"))
+    );
+    drop(client);
+    server.stop().await.unwrap();
+}

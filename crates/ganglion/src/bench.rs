@@ -105,13 +105,8 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let connect = || async {
-        Client::connect(args.client.server.clone())
-            .await
-            .with_context(|| format!("connecting to {}", args.client.server))
-    };
-    let publisher = connect().await?;
-    let subscriber = connect().await?;
+    let publisher = crate::commands::connect(&args.client).await?;
+    let subscriber = crate::commands::connect(&args.client).await?;
     let run_id = ganglion_core::unix_micros(std::time::SystemTime::now());
     let mut rows = Vec::new();
     for workload in &args.workloads {
@@ -462,11 +457,8 @@ async fn c1_on_its_own_thread(args: &BenchArgs) -> anyhow::Result<Row> {
 }
 
 async fn c1(args: &BenchArgs) -> anyhow::Result<Row> {
-    use ganglion_proto::v1::coordinator_client::CoordinatorClient;
     use ganglion_proto::v1::{AcquireRequest, ReleaseRequest, lease_update};
-    let mut client = CoordinatorClient::connect(args.client.server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.client.server))?;
+    let mut client = crate::commands::coordinator_rpc(&args.client).await?;
     let rounds = args.c1_rounds;
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
     let bar = progress(rounds, "C1 lease");

@@ -12,10 +12,42 @@ use serde_json::{Value, json};
 
 use crate::{ClientArgs, Output};
 
-async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
-    Client::connect(args.server.clone())
+/// The server's gRPC URL: `host:port` as given gets `http://`.
+pub(crate) fn server_url(server: &str) -> anyhow::Result<String> {
+    if server.is_empty() {
+        bail!("--server is empty: give host:port (127.0.0.1:50051) or a URL");
+    }
+    Ok(if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    })
+}
+
+/// The error for a server that cannot be reached, with what to check.
+pub(crate) fn unreachable_server(url: &str, error: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot connect to {url}: {error}\n  is `ganglion serve` running there? (--server or GANGLION_SERVER says where)"
+    )
+}
+
+pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let url = server_url(&args.server)?;
+    Client::connect(url.clone())
         .await
-        .with_context(|| format!("connecting to {}", args.server))
+        .map_err(|e| unreachable_server(&url, e))
+}
+
+/// A raw gRPC client of the coordinator service.
+pub(crate) async fn coordinator_rpc(
+    args: &ClientArgs,
+) -> anyhow::Result<
+    ganglion_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+> {
+    let url = server_url(&args.server)?;
+    ganglion_proto::v1::coordinator_client::CoordinatorClient::connect(url.clone())
+        .await
+        .map_err(|e| unreachable_server(&url, e))
 }
 
 /// Writes one line to stdout; a closed pipe (`| head`) ends the command quietly.
@@ -246,12 +278,103 @@ pub(crate) async fn topics(args: &ClientArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A raw gRPC client of the bus service, for the administrative calls the `EventBus`
+/// contract does not have.
+async fn bus_rpc(
+    args: &ClientArgs,
+) -> anyhow::Result<ganglion_proto::v1::event_bus_client::EventBusClient<tonic::transport::Channel>>
+{
+    let endpoint = server_url(&args.server)?;
+    ganglion_proto::v1::event_bus_client::EventBusClient::connect(endpoint.clone())
+        .await
+        .map_err(|e| unreachable_server(&endpoint, e))
+}
+
+/// `ganglion topics purge|delete PATTERN`.
+pub(crate) async fn purge_topics(
+    args: &ClientArgs,
+    pattern: &str,
+    delete: bool,
+) -> anyhow::Result<()> {
+    Pattern::new(pattern).with_context(|| format!("pattern {pattern:?}"))?;
+    let mut rpc = bus_rpc(args).await?;
+    let pattern = pattern.to_owned();
+    let (topics, events) = if delete {
+        let r = rpc
+            .delete_topics(ganglion_proto::v1::DeleteTopicsRequest { pattern })
+            .await
+            .map_err(|s| ganglion_proto::convert::error_from_status(&s))?
+            .into_inner();
+        (r.topics, r.events)
+    } else {
+        let r = rpc
+            .purge_topics(ganglion_proto::v1::PurgeTopicsRequest { pattern })
+            .await
+            .map_err(|s| ganglion_proto::convert::error_from_status(&s))?
+            .into_inner();
+        (vec![String::new(); r.topics as usize], r.events)
+    };
+    let verb = if delete { "deleted" } else { "purged" };
+    match args.output {
+        Output::Json if delete => line(json!({ "topics": topics, "events": events })),
+        Output::Json => line(json!({ "topics": topics.len(), "events": events })),
+        Output::Table => line(format!(
+            "{verb} {} topic(s), {events} event(s){}",
+            topics.len(),
+            if delete && !topics.is_empty() {
+                format!(": {}", topics.join(", "))
+            } else {
+                String::new()
+            }
+        )),
+    }
+}
+
+/// `ganglion subscriptions`.
+pub(crate) async fn subscriptions(args: &ClientArgs) -> anyhow::Result<()> {
+    let mut rpc = bus_rpc(args).await?;
+    let list = rpc
+        .list_subscriptions(ganglion_proto::v1::ListSubscriptionsRequest {})
+        .await
+        .map_err(|s| ganglion_proto::convert::error_from_status(&s))?
+        .into_inner()
+        .subscriptions;
+    match args.output {
+        Output::Json => line(json!({
+            "subscriptions": list.iter().map(|s| json!({
+                "name": s.name, "pattern": s.pattern, "queue_group": s.queue_group,
+                "durable": s.durable, "members": s.members, "lag": s.lag,
+                "in_flight": s.in_flight, "ready": s.ready,
+                "dead_letter_topic": s.dead_letter_topic, "dead_letters": s.dead_letters,
+                "delivered": s.delivered, "redelivered": s.redelivered, "acked": s.acked,
+                "nacked": s.nacked, "expired": s.expired,
+            })).collect::<Vec<_>>(),
+        })),
+        Output::Table => {
+            line(format!(
+                "{:<24} {:<24} {:>7} {:>7} {:>10} {:>9} {:>8}  kind",
+                "name", "pattern", "members", "lag", "in flight", "dead", "expired"
+            ))?;
+            for s in &list {
+                let kind = match (s.durable, s.queue_group.is_empty()) {
+                    (true, _) if s.members == 0 => "durable (not connected)",
+                    (true, _) => "durable",
+                    (false, false) => "queue group",
+                    (false, true) => "",
+                };
+                line(format!(
+                    "{:<24} {:<24} {:>7} {:>7} {:>10} {:>9} {:>8}  {kind}",
+                    s.name, s.pattern, s.members, s.lag, s.in_flight, s.dead_letters, s.expired
+                ))?;
+            }
+            Ok(())
+        }
+    }
+}
+
 pub(crate) async fn resources(args: &ClientArgs, watch: bool) -> anyhow::Result<()> {
     use ganglion_proto::v1::StatusRequest;
-    use ganglion_proto::v1::coordinator_client::CoordinatorClient;
-    let mut client = CoordinatorClient::connect(args.server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.server))?;
+    let mut client = coordinator_rpc(args).await?;
     loop {
         let s = client.status(StatusRequest {}).await?.into_inner();
         match args.output {

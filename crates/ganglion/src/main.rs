@@ -31,11 +31,11 @@ struct Cli {
 /// Where the client commands connect, and how they print.
 #[derive(Debug, Clone, clap::Args)]
 struct ClientArgs {
-    /// gRPC address of a running `ganglion serve`.
+    /// gRPC address of a running `ganglion serve`: host:port, or a URL.
     #[arg(
         long,
         env = "GANGLION_SERVER",
-        default_value = "http://127.0.0.1:50051",
+        default_value = "127.0.0.1:50051",
         global = true
     )]
     server: String,
@@ -101,8 +101,16 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// List the topics the bus has seen.
+    /// List the topics the bus has seen; purge or delete them.
     Topics {
+        #[command(subcommand)]
+        command: Option<TopicsCommand>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every subscription, connected or not: pattern, members, lag, in flight, dead
+    /// letters.
+    Subscriptions {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -163,6 +171,14 @@ enum ConfigCommand {
     },
     /// Print the JSON Schema of the configuration.
     Schema,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Expire every logged event of the topics PATTERN matches (later events are kept).
+    Purge { pattern: String },
+    /// Purge the topics PATTERN matches and forget them.
+    Delete { pattern: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,7 +261,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 client,
             } => commands::dlq_redrive(&client, subscription, seqs).await,
         },
-        Command::Topics { client } => commands::topics(&client).await,
+        Command::Topics { command, client } => match command {
+            None => commands::topics(&client).await,
+            Some(TopicsCommand::Purge { pattern }) => {
+                commands::purge_topics(&client, &pattern, false).await
+            }
+            Some(TopicsCommand::Delete { pattern }) => {
+                commands::purge_topics(&client, &pattern, true).await
+            }
+        },
+        Command::Subscriptions { client } => commands::subscriptions(&client).await,
         Command::Resources { watch, client } => commands::resources(&client, watch).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Config { command } => match command {

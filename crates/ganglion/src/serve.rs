@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ganglion_bus::{Bus, BusOptions};
+use ganglion_bus::{Bus, BusOptions, RetentionRule};
 use ganglion_config::{self as config, Config, ConfigHandle, Loader};
 use ganglion_coordinator::breaker::BreakerSpec;
 use ganglion_coordinator::lease::{PoolSpec, PoolsOptions};
@@ -203,6 +203,49 @@ pub(crate) fn breaker_specs(c: &config::CoordinatorConfig) -> Result<Vec<Breaker
         .collect()
 }
 
+/// `bus.retention`, checked: a pattern, and at least one limit, each in range.
+pub(crate) fn retention_rules(b: &config::BusConfig) -> Result<Vec<RetentionRule>, Problem> {
+    b.retention
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let at = |key: &str| format!("bus.retention.{i}.{key}");
+            let pattern = Pattern::new(&r.pattern).map_err(|e| problem(at("pattern"), e))?;
+            let max_age = r
+                .max_age
+                .as_deref()
+                .map(|age| {
+                    ganglion_core::parse_duration(age)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            problem(
+                                at("max_age"),
+                                format!("{age:?} is not a duration like 90s, 15m, 2h or 7d"),
+                            )
+                        })
+                })
+                .transpose()?;
+            for (key, value) in [("max_bytes", r.max_bytes), ("max_events", r.max_events)] {
+                if value == Some(0) {
+                    return Err(problem(at(key), "must be at least 1"));
+                }
+            }
+            if max_age.is_none() && r.max_bytes.is_none() && r.max_events.is_none() {
+                return Err(problem(
+                    at("pattern"),
+                    "a rule needs max_age, max_bytes or max_events",
+                ));
+            }
+            Ok(RetentionRule {
+                pattern,
+                max_age,
+                max_bytes: r.max_bytes,
+                max_events: r.max_events,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn lease_options(l: &config::LeaseConfig) -> PoolsOptions {
     PoolsOptions {
         ttl: Duration::from_millis(l.ttl_ms),
@@ -254,6 +297,7 @@ fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
     bus.batch_window = Duration::from_millis(c.bus.batch_window_ms);
     bus.subscriber_buffer_bytes =
         usize::try_from(c.bus.subscriber_buffer_bytes).unwrap_or(usize::MAX);
+    bus.retention = retention_rules(&c.bus)?;
 
     let l = &c.limits;
     let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
@@ -408,10 +452,24 @@ fn apply_live_settings(
     logs: &Logs,
     coordinator: &Arc<Coordinator>,
 ) {
-    let bus = bus.clone();
+    let batch_bus = bus.clone();
     on_change(config, "bus.batch_window_ms", move |c| {
-        bus.set_batch_window(Duration::from_millis(c.bus.batch_window_ms))
+        batch_bus
+            .set_batch_window(Duration::from_millis(c.bus.batch_window_ms))
             .map_err(|e| e.to_string())
+    });
+    let retention_bus = bus.clone();
+    on_change(config, "bus.retention", move |c| {
+        let rules =
+            retention_rules(&c.bus).map_err(|(path, message)| format!("{path}: {message}"))?;
+        let bus = retention_bus.clone();
+        // Counting the rules' events reads the log through: not on this task.
+        tokio::spawn(async move {
+            if let Err(error) = bus.set_retention(rules).await {
+                tracing::warn!(%error, "bus.retention not applied");
+            }
+        });
+        Ok(())
     });
     let logs = logs.clone();
     on_change(config, "telemetry.log_level", move |c| {

@@ -441,3 +441,51 @@ fn a_damaged_log_stops_serve_and_log_verify_and_repair_mend_it() {
     assert!(ok, "{err}");
     assert_eq!(json(&out)["seq"], 6, "the lost number 5 is not given again");
 }
+
+#[test]
+fn topics_purge_delete_subscriptions_and_a_server_given_as_host_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let host_port = server.grpc.trim_start_matches("http://").to_owned();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--server", &host_port])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for round in 0..3 {
+        let (ok, _, err) = run(&["publish", "game.round", &format!("{{\"round\": {round}}}")]);
+        assert!(ok, "{err}");
+    }
+    let (ok, out, err) = run(&["subscriptions", "--output", "json"]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["subscriptions"], serde_json::json!([]));
+    let (ok, out, err) = run(&["topics", "purge", "game.>"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("purged 1 topic(s), 3 event(s)"), "{out}");
+    let (ok, out, _) = run(&["replay", "game.>", "--output", "json"]);
+    assert!(ok);
+    assert_eq!(json(&out)["events"], serde_json::json!([]));
+    let (ok, out, err) = run(&["topics", "delete", "game.>", "--output", "json"]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["topics"], serde_json::json!(["game.round"]));
+
+    // Nobody listening: the error says so, and what to check.
+    let out = Command::new(BIN)
+        .args(["topics", "--server", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is `ganglion serve` running there?"), "{err}");
+
+    // A layer asked for by name must exist.
+    let (ok, _, err) = offline(&["config", "validate", "--env", "prodution"]);
+    assert!(!ok && err.contains("\"prodution\" has no layer"), "{err}");
+}

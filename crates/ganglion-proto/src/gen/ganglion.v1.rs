@@ -372,6 +372,79 @@ pub struct RedriveDeadLettersResponse {
     #[prost(uint64, tag = "1")]
     pub redriven: u64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PurgeTopicsRequest {
+    #[prost(string, tag = "1")]
+    pub pattern: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PurgeTopicsResponse {
+    /// Topics the pattern matched.
+    #[prost(uint64, tag = "1")]
+    pub topics: u64,
+    /// Events they had been given since the log began (or their last purge).
+    #[prost(uint64, tag = "2")]
+    pub events: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteTopicsRequest {
+    #[prost(string, tag = "1")]
+    pub pattern: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteTopicsResponse {
+    #[prost(string, repeated, tag = "1")]
+    pub topics: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "2")]
+    pub events: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListSubscriptionsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscriptionInfo {
+    /// The durable name, the queue group, or the generated `sub-N`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub pattern: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub queue_group: ::prost::alloc::string::String,
+    #[prost(bool, tag = "4")]
+    pub durable: bool,
+    /// Subscribers attached now (0: a durable waiting for its subscriber).
+    #[prost(uint32, tag = "5")]
+    pub members: u32,
+    /// Log records not read yet (every topic's).
+    #[prost(uint64, tag = "6")]
+    pub lag: u64,
+    /// Events out with subscribers, not yet acked.
+    #[prost(uint64, tag = "7")]
+    pub in_flight: u64,
+    /// Events in memory waiting for a subscriber.
+    #[prost(uint64, tag = "8")]
+    pub ready: u64,
+    #[prost(string, tag = "9")]
+    pub dead_letter_topic: ::prost::alloc::string::String,
+    /// Dead letters not redriven.
+    #[prost(uint64, tag = "10")]
+    pub dead_letters: u64,
+    /// Counted since the server started.
+    #[prost(uint64, tag = "11")]
+    pub delivered: u64,
+    #[prost(uint64, tag = "12")]
+    pub redelivered: u64,
+    #[prost(uint64, tag = "13")]
+    pub acked: u64,
+    #[prost(uint64, tag = "14")]
+    pub nacked: u64,
+    #[prost(uint64, tag = "15")]
+    pub expired: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListSubscriptionsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub subscriptions: ::prost::alloc::vec::Vec<SubscriptionInfo>,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum AckMode {
@@ -663,6 +736,57 @@ pub mod event_bus_client {
             ));
             self.inner.unary(req, path, codec).await
         }
+        /// Expires every logged event of the topics a pattern matches, as retention would:
+        /// replays and subscribers no longer see them; later events are kept.
+        pub async fn purge_topics(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PurgeTopicsRequest>,
+        ) -> std::result::Result<tonic::Response<super::PurgeTopicsResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.EventBus/PurgeTopics");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.EventBus", "PurgeTopics"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Purges the topics a pattern matches and forgets them (until published to again).
+        pub async fn delete_topics(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteTopicsRequest>,
+        ) -> std::result::Result<tonic::Response<super::DeleteTopicsResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ganglion.v1.EventBus/DeleteTopics");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.EventBus", "DeleteTopics"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every subscription, connected or not: durables with no subscriber now are listed
+        /// with their backlog.
+        pub async fn list_subscriptions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListSubscriptionsRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListSubscriptionsResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/ganglion.v1.EventBus/ListSubscriptions");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ganglion.v1.EventBus", "ListSubscriptions"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -726,6 +850,23 @@ pub mod event_bus_server {
             &self,
             request: tonic::Request<super::RedriveDeadLettersRequest>,
         ) -> std::result::Result<tonic::Response<super::RedriveDeadLettersResponse>, tonic::Status>;
+        /// Expires every logged event of the topics a pattern matches, as retention would:
+        /// replays and subscribers no longer see them; later events are kept.
+        async fn purge_topics(
+            &self,
+            request: tonic::Request<super::PurgeTopicsRequest>,
+        ) -> std::result::Result<tonic::Response<super::PurgeTopicsResponse>, tonic::Status>;
+        /// Purges the topics a pattern matches and forgets them (until published to again).
+        async fn delete_topics(
+            &self,
+            request: tonic::Request<super::DeleteTopicsRequest>,
+        ) -> std::result::Result<tonic::Response<super::DeleteTopicsResponse>, tonic::Status>;
+        /// Every subscription, connected or not: durables with no subscriber now are listed
+        /// with their backlog.
+        async fn list_subscriptions(
+            &self,
+            request: tonic::Request<super::ListSubscriptionsRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListSubscriptionsResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct EventBusServer<T> {
@@ -1063,6 +1204,124 @@ pub mod event_bus_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RedriveDeadLettersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.EventBus/PurgeTopics" => {
+                    #[allow(non_camel_case_types)]
+                    struct PurgeTopicsSvc<T: EventBus>(pub Arc<T>);
+                    impl<T: EventBus> tonic::server::UnaryService<super::PurgeTopicsRequest> for PurgeTopicsSvc<T> {
+                        type Response = super::PurgeTopicsResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PurgeTopicsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as EventBus>::purge_topics(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PurgeTopicsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.EventBus/DeleteTopics" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteTopicsSvc<T: EventBus>(pub Arc<T>);
+                    impl<T: EventBus> tonic::server::UnaryService<super::DeleteTopicsRequest> for DeleteTopicsSvc<T> {
+                        type Response = super::DeleteTopicsResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteTopicsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EventBus>::delete_topics(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteTopicsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ganglion.v1.EventBus/ListSubscriptions" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListSubscriptionsSvc<T: EventBus>(pub Arc<T>);
+                    impl<T: EventBus> tonic::server::UnaryService<super::ListSubscriptionsRequest>
+                        for ListSubscriptionsSvc<T>
+                    {
+                        type Response = super::ListSubscriptionsResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListSubscriptionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EventBus>::list_subscriptions(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListSubscriptionsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
