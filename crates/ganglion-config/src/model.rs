@@ -264,8 +264,23 @@ pub struct QuotaConfig {
     /// `<count> per <duration>`, like `100 per 1h` (units ms, s, m, h, d).
     pub rule: String,
     /// Weights of components sharing the quota when it is saturated; others weigh 1.
+    /// Shares divide what is granted while several components want more than they get;
+    /// they keep nothing for a component that was not asking.
     #[serde(default)]
     pub shares: BTreeMap<String, u32>,
+    /// Grants kept for a component in every window whoever draws first (`advisor: 40`):
+    /// the others are refused while a grant would leave less than the unused
+    /// reservations. At most the limit in all.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reserve: BTreeMap<String, u32>,
+    /// A waiter this old goes before every younger one, whatever its priority.
+    #[serde(default = "default_quota_aging_ms")]
+    #[schemars(range(min = 1))]
+    pub aging_ms: u64,
+}
+
+fn default_quota_aging_ms() -> u64 {
+    600_000
 }
 
 /// A request queue paced by a quota.
@@ -282,6 +297,22 @@ pub struct QueueConfig {
     #[serde(default = "default_take_timeout_s")]
     #[schemars(range(min = 1))]
     pub take_timeout_s: u64,
+    /// Requests waiting or in progress at most; a submit beyond is refused.
+    #[serde(default = "default_queue_max_pending")]
+    #[schemars(range(min = 1))]
+    pub max_pending: u64,
+    /// Bytes of requests waiting or in progress at most.
+    #[serde(default = "default_queue_max_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: u64,
+}
+
+fn default_queue_max_pending() -> u64 {
+    10_000
+}
+
+fn default_queue_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_take_timeout_s() -> u64 {

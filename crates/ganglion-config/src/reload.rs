@@ -21,6 +21,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "coordinator.leases",
     "coordinator.quotas.*.rule",
     "coordinator.quotas.*.shares",
+    "coordinator.quotas.*.reserve",
+    "coordinator.quotas.*.aging_ms",
     "coordinator.breakers.*.failure_threshold",
     "coordinator.breakers.*.recovery_timeout_ms",
     "coordinator.breakers.*.half_open_probes",

@@ -14,13 +14,32 @@ use crate::queue::RequestQueue;
 use crate::quota::{Quota, QuotaSpec};
 
 /// A request queue's definition: which quota paces it, how long answers are cached,
-/// how long a worker has to complete what it took.
+/// how long a worker has to complete what it took, how much may wait.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueSpec {
     pub name: String,
     pub quota: String,
     pub cache_ttl: Duration,
     pub take_timeout: Duration,
+    /// Requests waiting or in progress at most.
+    pub max_pending: usize,
+    /// Bytes of requests waiting or in progress at most.
+    pub max_bytes: usize,
+}
+
+impl QueueSpec {
+    /// A queue on `quota` with the default cache TTL (1 h), take timeout (5 min) and
+    /// bounds.
+    pub fn new(name: impl Into<String>, quota: impl Into<String>) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            quota: quota.into(),
+            cache_ttl: Duration::from_secs(3600),
+            take_timeout: crate::queue::DEFAULT_TAKE_TIMEOUT,
+            max_pending: crate::queue::DEFAULT_MAX_PENDING,
+            max_bytes: crate::queue::DEFAULT_MAX_BYTES,
+        }
+    }
 }
 
 /// What the coordinator manages.
@@ -96,8 +115,13 @@ impl Coordinator {
                     format!("no quota named {:?}", spec.quota),
                 )
             })?;
-            let queue = RequestQueue::new(spec.name.clone(), quota, spec.cache_ttl, clock.clone())
-                .with_take_timeout(spec.take_timeout);
+            let mut queue =
+                RequestQueue::new(spec.name.clone(), quota, spec.cache_ttl, clock.clone())
+                    .with_take_timeout(spec.take_timeout)
+                    .with_limits(spec.max_pending, spec.max_bytes);
+            if let Some(dir) = dir {
+                queue = queue.persisted_in(dir)?;
+            }
             queues.insert(spec.name, (spec.quota, Arc::new(queue)));
         }
         let mut breakers = BTreeMap::new();
@@ -168,6 +192,7 @@ impl Coordinator {
         self.pools
             .write_error()
             .or_else(|| self.quotas.values().find_map(|q| q.write_error()))
+            .or_else(|| self.queues.values().find_map(|(_, q)| q.write_error()))
     }
 
     pub fn quota(&self, name: &str) -> Result<&Arc<Quota>, CoordinatorError> {

@@ -14,6 +14,7 @@
 
 pub mod breaker;
 mod coordinator;
+mod journal;
 pub mod lease;
 pub mod queue;
 pub mod quota;

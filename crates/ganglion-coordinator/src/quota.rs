@@ -10,13 +10,24 @@
 //! some window.) Decisions take one mutex, so concurrency cannot add grants. Time that
 //! goes backwards is treated as standing still.
 //!
-//! # Waiting, priority and shares
+//! # Waiting, priority, shares and reservations
 //!
 //! [`Quota::acquire`] waits up to a timeout. When a grant frees up it goes to the waiter
-//! with the highest priority; among equal priorities, to the component furthest below its
-//! weighted share of the grants in the window (weights from [`QuotaSpec::shares`],
-//! default 1), then first come first served. A [`Quota::try_acquire`] never overtakes a
-//! waiter.
+//! that has waited [`QuotaSpec::aging`] (default 10 min) if one has, oldest first; else
+//! to the waiter with the highest priority; among equal priorities, to the component
+//! furthest below its weighted share of the grants in the window (weights from
+//! [`QuotaSpec::shares`], default 1), then first come first served. So shares divide a
+//! *saturated* quota (1:2:1 gives 25/50/25 of what is granted while all three want more
+//! than they get); they guarantee nothing to a component that was not asking when the
+//! others drew.
+//!
+//! A reservation ([`QuotaSpec::reserve`], `advisor: 40`) is a guarantee: in every
+//! trailing window, the component can get its reserved number of grants whoever drew
+//! first. Grants to other components stop while granting one more would leave fewer
+//! calls in the window than the reservations not yet used: with `100 per 1h` and
+//! `advisor: 40`, the others together get at most 60 in any hour in which the advisor
+//! has had none, and the advisor's first 40 are never refused for lack of room (only
+//! for an upstream suspension). Reservations add up to at most the limit.
 //!
 //! # Upstream limits and restarts
 //!
@@ -27,8 +38,6 @@
 //! returned, and is ignored.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,6 +46,7 @@ use ganglion_core::Clock;
 use tokio::sync::{oneshot, watch};
 
 use crate::CoordinatorError;
+use crate::journal::Journal;
 
 /// A quota's definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +58,11 @@ pub struct QuotaSpec {
     pub window: Duration,
     /// Weights of components sharing the quota when it is saturated; others weigh 1.
     pub shares: BTreeMap<String, u32>,
+    /// Grants kept for a component in every window, whoever draws first (see the
+    /// module docs). They add up to at most `limit`.
+    pub reserve: BTreeMap<String, u32>,
+    /// A waiter this old goes before every waiter that is not, whatever its priority.
+    pub aging: Duration,
     /// The fraction of `limit` in use at which the near-limit signal turns on.
     pub near_limit: f64,
 }
@@ -60,6 +75,8 @@ impl QuotaSpec {
             limit,
             window,
             shares: BTreeMap::new(),
+            reserve: BTreeMap::new(),
+            aging: Duration::from_secs(600),
             near_limit: 0.8,
         }
     }
@@ -107,6 +124,23 @@ impl QuotaSpec {
                     "a weight must be at least 1",
                 ));
             }
+        }
+        let mut reserved: u64 = 0;
+        for (component, n) in &self.reserve {
+            check_name(&format!("reserve.{component}"), component)?;
+            reserved += u64::from(*n);
+        }
+        if reserved > u64::from(self.limit) {
+            return Err(CoordinatorError::invalid(
+                "reserve",
+                format!(
+                    "reserves {reserved} grants in all; at most the limit ({}) can be",
+                    self.limit
+                ),
+            ));
+        }
+        if self.aging < Duration::from_millis(1) {
+            return Err(CoordinatorError::invalid("aging", "must be at least 1 ms"));
         }
         Ok(())
     }
@@ -163,6 +197,8 @@ struct Grant {
 #[derive(Debug)]
 struct Waiter {
     id: u64,
+    /// When it joined the line (the quota's wall-clock micros).
+    since: u64,
     priority: i32,
     component: Arc<str>,
     tx: oneshot::Sender<Permit>,
@@ -231,7 +267,7 @@ impl Quota {
         let path = dir.join(format!("{}.quota", quota.name));
         // A compaction a crash (or a full disk) interrupted.
         let _ = std::fs::remove_file(path.with_extension("quota.tmp"));
-        let (grants, suspended_until) = Journal::read(&path)?;
+        let (grants, suspended_until) = read_journal(&path)?;
         {
             let mut inner = quota.lock();
             for (at, component) in grants {
@@ -305,12 +341,35 @@ impl Quota {
         }
     }
 
-    /// How long until a grant could be made, or `None` if one can be now.
-    fn wait_needed(&self, inner: &Inner, now: u64) -> Option<u64> {
+    /// Grants `component` still has reserved in the window.
+    fn unmet(inner: &Inner, component: &str) -> u64 {
+        let reserved = inner.spec.reserve.get(component).copied().unwrap_or(0);
+        let used = inner.per_component.get(component).copied().unwrap_or(0);
+        u64::from(reserved.saturating_sub(used))
+    }
+
+    /// Grants `component` could be made now: the room left once the other components'
+    /// unused reservations are set aside.
+    fn free_for(inner: &Inner, component: &str) -> u64 {
+        let others: u64 = inner
+            .spec
+            .reserve
+            .keys()
+            .filter(|c| c.as_str() != component)
+            .map(|c| Quota::unmet(inner, c))
+            .sum();
+        u64::from(inner.spec.limit)
+            .saturating_sub(inner.grants.len() as u64)
+            .saturating_sub(others)
+    }
+
+    /// How long until a grant to `component` could be made, or `None` if one can be
+    /// now.
+    fn wait_needed(&self, inner: &Inner, now: u64, component: &str) -> Option<u64> {
         if inner.suspended_until > now {
             return Some(inner.suspended_until - now);
         }
-        if inner.grants.len() < inner.spec.limit as usize {
+        if Quota::free_for(inner, component) > 0 {
             return None;
         }
         let oldest = inner.grants.front().map_or(now, |g| g.at);
@@ -332,7 +391,7 @@ impl Quota {
         let Some(path) = inner.journal_path.clone() else {
             return Ok(());
         };
-        match Journal::open(path, inner) {
+        match rewrite_journal(path, inner) {
             Ok(journal) => {
                 inner.journal = Some(journal);
                 inner.journal_error = None;
@@ -344,6 +403,20 @@ impl Quota {
                 Err(error)
             }
         }
+    }
+
+    /// Each component's grants in the window over its weight, now (0 for one with
+    /// none): who is furthest below its share, for the request queue's order.
+    pub(crate) fn shares_now(&self) -> impl Fn(&str) -> f64 + use<> {
+        let mut inner = self.lock();
+        let now = self.now(&mut inner);
+        self.expire(&mut inner, now);
+        let shares: HashMap<String, f64> = inner
+            .per_component
+            .iter()
+            .map(|(c, n)| (c.to_string(), f64::from(*n) / Quota::weight(&inner, c)))
+            .collect();
+        move |component| shares.get(component).copied().unwrap_or(0.0)
     }
 
     /// Why grants cannot be journaled now, if they cannot.
@@ -362,7 +435,7 @@ impl Quota {
             Quota::reopen_journal(inner)?;
         }
         if let Some(journal) = inner.journal.as_mut()
-            && let Err(error) = journal.grant(now, component)
+            && let Err(error) = journal.append(&format!("g {now} {component}\n"))
         {
             inner.journal = None;
             inner.journal_error = Some(error.to_string());
@@ -376,7 +449,7 @@ impl Quota {
         if inner
             .journal
             .as_ref()
-            .is_some_and(|j| j.lines > j.compact_at)
+            .is_some_and(Journal::wants_compaction)
             && let Err(error) = Quota::reopen_journal(inner)
         {
             // The grant is journaled already; the next one tries again.
@@ -405,22 +478,42 @@ impl Quota {
         }
     }
 
-    /// Grants to waiters while there is room, best waiter first.
+    /// Grants to waiters while one can be granted, best waiter first (see the module
+    /// docs for the order); a waiter blocked by others' reservations lets the next in
+    /// order go.
     fn pump(&self, inner: &mut Inner, now: u64) {
-        while !inner.waiters.is_empty() && self.wait_needed(inner, now).is_none() {
-            let best = (0..inner.waiters.len())
-                .min_by(|&a, &b| {
-                    let (wa, wb) = (&inner.waiters[a], &inner.waiters[b]);
-                    let share = |w: &Waiter| {
-                        f64::from(inner.per_component.get(&w.component).copied().unwrap_or(0))
-                            / Quota::weight(inner, &w.component)
-                    };
-                    wb.priority
-                        .cmp(&wa.priority)
-                        .then(share(wa).total_cmp(&share(wb)))
-                        .then(wa.id.cmp(&wb.id))
-                })
-                .expect("waiters is not empty");
+        loop {
+            if inner.waiters.is_empty() || inner.suspended_until > now {
+                return;
+            }
+            let aging = micros(inner.spec.aging);
+            let mut order: Vec<usize> = (0..inner.waiters.len()).collect();
+            order.sort_by(|&a, &b| {
+                let (wa, wb) = (&inner.waiters[a], &inner.waiters[b]);
+                let aged = |w: &Waiter| now.saturating_sub(w.since) >= aging;
+                let share = |w: &Waiter| {
+                    f64::from(inner.per_component.get(&w.component).copied().unwrap_or(0))
+                        / Quota::weight(inner, &w.component)
+                };
+                aged(wb)
+                    .cmp(&aged(wa))
+                    .then_with(|| {
+                        if aged(wa) && aged(wb) {
+                            std::cmp::Ordering::Equal
+                        } else {
+                            wb.priority
+                                .cmp(&wa.priority)
+                                .then(share(wa).total_cmp(&share(wb)))
+                        }
+                    })
+                    .then(wa.id.cmp(&wb.id))
+            });
+            let Some(best) = order
+                .into_iter()
+                .find(|&i| Quota::free_for(inner, &inner.waiters[i].component) > 0)
+            else {
+                return;
+            };
             let waiter = inner.waiters.swap_remove(best);
             let permit = match self.record(inner, now, &waiter.component) {
                 Ok(permit) => permit,
@@ -453,10 +546,9 @@ impl Quota {
         let now = self.now(&mut inner);
         self.expire(&mut inner, now);
         self.pump(&mut inner, now);
-        let wait = self.wait_needed(&inner, now).or_else(|| {
-            // Room, but others queued first (they are being woken): do not overtake.
-            (!inner.waiters.is_empty()).then_some(1)
-        });
+        // Waiters still in line after the pump cannot be granted now; this call may,
+        // if there is room for its component.
+        let wait = self.wait_needed(&inner, now, component);
         let result = match wait {
             None => self.record(&mut inner, now, &Arc::from(component)),
             Some(micros) => {
@@ -490,8 +582,10 @@ impl Quota {
             let mut inner = self.lock();
             let id = inner.next_waiter;
             inner.next_waiter += 1;
+            let since = self.now(&mut inner);
             inner.waiters.push(Waiter {
                 id,
+                since,
                 priority,
                 component: Arc::from(component),
                 tx,
@@ -508,7 +602,7 @@ impl Quota {
                 self.pump(&mut inner, now);
                 self.signal(&inner);
                 (
-                    self.wait_needed(&inner, now).unwrap_or(1),
+                    self.wait_needed(&inner, now, component).unwrap_or(1),
                     inner.journal_error.clone(),
                 )
             };
@@ -546,7 +640,7 @@ impl Quota {
                 Quota::reopen_journal(&mut inner)?;
             }
             if let Some(journal) = inner.journal.as_mut()
-                && let Err(error) = journal.suspend(until)
+                && let Err(error) = journal.append(&format!("s {until}\n"))
             {
                 inner.journal = None;
                 inner.journal_error = Some(error.to_string());
@@ -601,126 +695,44 @@ impl Drop for Leave<'_> {
     }
 }
 
-/// The append-only journal: `g <micros> <component>` per grant, `s <micros>` per
-/// suspension, each line fdatasynced before the grant is returned. Compacted (rewritten
-/// with the live grants, then renamed over) when it grows past its live content.
-#[derive(Debug)]
-struct Journal {
-    path: PathBuf,
-    file: File,
-    /// The file's length: a failed append is cut back to it, so no torn line is left
-    /// for a later line to follow.
-    len: u64,
-    lines: usize,
-    compact_at: usize,
-}
+/// The journal: `g <micros> <component>` per grant, `s <micros>` per suspension, each
+/// fdatasynced before the grant is returned (see [`crate::journal`]).
+const JOURNAL: &str = "quota journal";
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> CoordinatorError {
-    CoordinatorError::Unavailable(format!("quota journal {}: {e}", path.display()))
+/// The grants and the suspension a journal holds.
+fn read_journal(path: &Path) -> Result<(Vec<(u64, String)>, u64), CoordinatorError> {
+    let mut grants = Vec::new();
+    let mut suspended = 0;
+    for (number, line) in Journal::read(JOURNAL, path)? {
+        let mut parts = line.split(' ');
+        match (
+            parts.next(),
+            parts.next().map(str::parse::<u64>),
+            parts.next(),
+        ) {
+            (Some("g"), Some(Ok(at)), Some(component)) => grants.push((at, component.to_owned())),
+            (Some("s"), Some(Ok(until)), None) => suspended = until,
+            _ => return Err(Journal::damaged(JOURNAL, path, number, &line)),
+        }
+    }
+    grants.sort_by_key(|(at, _)| *at);
+    Ok((grants, suspended))
 }
 
-impl Journal {
-    fn read(path: &Path) -> Result<(Vec<(u64, String)>, u64), CoordinatorError> {
-        let file = match File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(io_error(path, e)),
-        };
-        let mut grants = Vec::new();
-        let mut suspended = 0;
-        let mut reader = BufReader::new(file);
-        let mut line = String::new();
-        let mut number = 0;
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).map_err(|e| io_error(path, e))?;
-            if n == 0 {
-                break;
-            }
-            number += 1;
-            if !line.ends_with('\n') {
-                tracing::warn!(path = %path.display(), line = number, "ignoring a torn last journal line (that grant was never returned)");
-                break;
-            }
-            let mut parts = line.trim_end().split(' ');
-            let parsed = match (
-                parts.next(),
-                parts.next().map(str::parse::<u64>),
-                parts.next(),
-            ) {
-                (Some("g"), Some(Ok(at)), Some(component)) => {
-                    grants.push((at, component.to_owned()));
-                    true
-                }
-                (Some("s"), Some(Ok(until)), None) => {
-                    suspended = until;
-                    true
-                }
-                _ => false,
-            };
-            if !parsed {
-                return Err(CoordinatorError::Unavailable(format!(
-                    "quota journal {} line {number} is damaged: {:?}",
-                    path.display(),
-                    line.trim_end()
-                )));
-            }
-        }
-        grants.sort_by_key(|(at, _)| *at);
-        Ok((grants, suspended))
+/// Rewrites the journal with the live grants and suspension.
+fn rewrite_journal(path: PathBuf, inner: &Inner) -> Result<Journal, CoordinatorError> {
+    let mut text = String::new();
+    for grant in &inner.grants {
+        text.push_str(&format!("g {} {}\n", grant.at, grant.component));
     }
-
-    /// Rewrites the journal with what is live, then appends from there.
-    fn open(path: PathBuf, inner: &Inner) -> Result<Journal, CoordinatorError> {
-        let mut text = String::new();
-        for grant in &inner.grants {
-            text.push_str(&format!("g {} {}\n", grant.at, grant.component));
-        }
-        if inner.suspended_until > 0 {
-            text.push_str(&format!("s {}\n", inner.suspended_until));
-        }
-        crate::write_atomically(&path, text.as_bytes()).map_err(|e| io_error(&path, e))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, e))?;
-        let lines = inner.grants.len() + 1;
-        Ok(Journal {
-            path,
-            file,
-            len: text.len() as u64,
-            lines,
-            compact_at: (lines * 4).max(1024),
-        })
+    if inner.suspended_until > 0 {
+        text.push_str(&format!("s {}\n", inner.suspended_until));
     }
-
-    fn append(&mut self, line: &str) -> Result<(), CoordinatorError> {
-        let written = self
-            .file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            // Leave no partial line behind (the quota rewrites the journal before the
-            // next grant anyway).
-            let _ = self.file.set_len(self.len);
-            return Err(io_error(&self.path, e));
-        }
-        self.len += line.len() as u64;
-        self.lines += 1;
-        Ok(())
-    }
-
-    fn grant(&mut self, at: u64, component: &str) -> Result<(), CoordinatorError> {
-        self.append(&format!("g {at} {component}\n"))
-    }
-
-    fn suspend(&mut self, until: u64) -> Result<(), CoordinatorError> {
-        self.append(&format!("s {until}\n"))
-    }
+    Journal::rewrite(JOURNAL, path, &text, inner.grants.len() + 1)
 }
 
 #[cfg(test)]

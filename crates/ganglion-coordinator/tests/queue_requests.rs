@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ganglion_coordinator::queue::{DEFAULT_TAKE_TIMEOUT, RequestQueue};
+use ganglion_coordinator::queue::{DEFAULT_TAKE_TIMEOUT, RequestQueue, Submission};
 use ganglion_coordinator::quota::{Quota, QuotaSpec};
 use ganglion_core::ManualClock;
 
@@ -25,7 +25,7 @@ async fn fifty_identical_concurrent_misses_make_one_upstream_call() {
     let ids: Vec<u64> = (0..50)
         .map(|_| {
             queue
-                .submit(Bytes::from_static(b"what should I play?"), 0, None, None)
+                .submit(Submission::new(Bytes::from_static(b"what should I play?")))
                 .unwrap()
         })
         .collect();
@@ -57,7 +57,7 @@ async fn the_cache_answers_until_its_ttl_and_not_after() {
     let (clock, queue) = queue("100 per 1h");
     let ask = || {
         queue
-            .submit(Bytes::from_static(b"same question"), 0, None, None)
+            .submit(Submission::new(Bytes::from_static(b"same question")))
             .unwrap()
     };
     let first = ask();
@@ -90,13 +90,13 @@ async fn the_cache_answers_until_its_ttl_and_not_after() {
 async fn workers_take_only_what_the_quota_grants_highest_priority_first() {
     let (clock, queue) = queue("2 per 1m");
     let low = queue
-        .submit(Bytes::from_static(b"low"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"low")))
         .unwrap();
     let high = queue
-        .submit(Bytes::from_static(b"high"), 5, None, None)
+        .submit(Submission::new(Bytes::from_static(b"high")).priority(5))
         .unwrap();
     let third = queue
-        .submit(Bytes::from_static(b"third"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"third")))
         .unwrap();
     assert_eq!(
         queue.take("w", Duration::ZERO).await.unwrap().unwrap().id,
@@ -123,7 +123,7 @@ async fn workers_take_only_what_the_quota_grants_highest_priority_first() {
 async fn with_the_quota_used_up_a_request_with_a_fallback_is_answered_at_once_degraded() {
     let (_clock, queue) = queue("1 per 1h");
     let first = queue
-        .submit(Bytes::from_static(b"q1"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"q1")))
         .unwrap();
     let taken = queue.take("w", Duration::ZERO).await.unwrap().unwrap();
     queue
@@ -140,10 +140,8 @@ async fn with_the_quota_used_up_a_request_with_a_fallback_is_answered_at_once_de
     // From the cache, degraded or not, it is immediate; a new question gets its fallback.
     let id = queue
         .submit(
-            Bytes::from_static(b"q2"),
-            0,
-            None,
-            Some(Bytes::from_static(b"play it safe")),
+            Submission::new(Bytes::from_static(b"q2"))
+                .fallback(Bytes::from_static(b"play it safe")),
         )
         .unwrap();
     let outcome = queue
@@ -158,7 +156,7 @@ async fn with_the_quota_used_up_a_request_with_a_fallback_is_answered_at_once_de
     );
     // Without a fallback it waits in line.
     let id = queue
-        .submit(Bytes::from_static(b"q3"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"q3")))
         .unwrap();
     assert_eq!(queue.get_response(id, Duration::ZERO).await.unwrap(), None);
 }
@@ -167,10 +165,10 @@ async fn with_the_quota_used_up_a_request_with_a_fallback_is_answered_at_once_de
 async fn idempotency_keys_errors_and_unknown_ids() {
     let (_clock, queue) = queue("10 per 1h");
     let a = queue
-        .submit(Bytes::from_static(b"x"), 0, Some("k1"), None)
+        .submit(Submission::new(Bytes::from_static(b"x")).idempotency_key("k1"))
         .unwrap();
     let b = queue
-        .submit(Bytes::from_static(b"different"), 0, Some("k1"), None)
+        .submit(Submission::new(Bytes::from_static(b"different")).idempotency_key("k1"))
         .unwrap();
     assert_eq!(a, b);
     assert_eq!(queue.depth(), 1);
@@ -186,7 +184,7 @@ async fn idempotency_keys_errors_and_unknown_ids() {
     assert_eq!(outcome.response, Err("upstream said 500".into()));
     // A failure is not cached: the same question is asked again.
     queue
-        .submit(Bytes::from_static(b"x"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"x")))
         .unwrap();
     assert_eq!(queue.depth(), 1);
     assert!(queue.complete(999, Ok(Bytes::new())).is_err());
@@ -201,7 +199,7 @@ async fn answers_from_workers_are_forgotten_after_the_retention() {
     let mut ids = Vec::new();
     for n in 0..1100u32 {
         let id = queue
-            .submit(Bytes::from(format!("question {n}")), 0, None, None)
+            .submit(Submission::new(Bytes::from(format!("question {n}"))))
             .unwrap();
         let taken = queue.take("worker", Duration::ZERO).await.unwrap().unwrap();
         queue
@@ -219,7 +217,7 @@ async fn answers_from_workers_are_forgotten_after_the_retention() {
     clock.advance(Duration::from_secs(3601));
     // The next submit prunes.
     queue
-        .submit(Bytes::from_static(b"one more"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"one more")))
         .unwrap();
     assert!(
         matches!(
@@ -256,7 +254,7 @@ fn queue_with_take_timeout(rule: &str, take_timeout: Duration) -> (ManualClock, 
 async fn a_request_its_worker_never_completes_is_taken_again_after_the_take_timeout() {
     let (clock, queue) = queue_with_take_timeout("100 per 1h", Duration::from_secs(60));
     let id = queue
-        .submit(Bytes::from_static(b"plan the next round"), 5, None, None)
+        .submit(Submission::new(Bytes::from_static(b"plan the next round")).priority(5))
         .unwrap();
     let first = queue
         .take("crashed", Duration::ZERO)
@@ -302,7 +300,7 @@ async fn a_request_its_worker_never_completes_is_taken_again_after_the_take_time
 async fn a_late_answer_before_the_request_is_taken_again_stands() {
     let (clock, queue) = queue_with_take_timeout("100 per 1h", Duration::from_secs(60));
     let id = queue
-        .submit(Bytes::from_static(b"slow question"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"slow question")))
         .unwrap();
     queue.take("slow", Duration::ZERO).await.unwrap().unwrap();
     clock.advance(Duration::from_secs(61));
@@ -320,7 +318,138 @@ async fn a_late_answer_before_the_request_is_taken_again_stands() {
     assert_eq!(outcome.response, Ok(Bytes::from_static(b"slow answer")));
     // A request never taken cannot be completed.
     let fresh = queue
-        .submit(Bytes::from_static(b"new question"), 0, None, None)
+        .submit(Submission::new(Bytes::from_static(b"new question")))
         .unwrap();
     assert!(queue.complete(fresh, Ok(Bytes::new())).is_err());
+}
+
+fn persisted_queue(dir: &std::path::Path, clock: &ManualClock) -> Arc<RequestQueue> {
+    let quota = Arc::new(
+        Quota::new(
+            QuotaSpec::parse("claude", "100 per 1h").unwrap(),
+            Arc::new(clock.clone()),
+        )
+        .unwrap(),
+    );
+    let queue = RequestQueue::new(
+        "claude",
+        quota,
+        Duration::from_secs(3600),
+        Arc::new(clock.clone()),
+    )
+    .persisted_in(dir)
+    .unwrap();
+    Arc::new(queue)
+}
+
+#[tokio::test]
+async fn the_queue_survives_a_restart_waiting_taken_answered_and_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_fixed_instant();
+    let (waiting, taken, answered, keyed);
+    {
+        let queue = persisted_queue(dir.path(), &clock);
+        answered = queue.submit(Submission::new(&b"q1"[..])).unwrap();
+        let t = queue.take("w", Duration::ZERO).await.unwrap().unwrap();
+        queue.complete(t.id, Ok(Bytes::from_static(b"a1"))).unwrap();
+        taken = queue
+            .submit(Submission::new(&b"q2"[..]).component("advisor"))
+            .unwrap();
+        assert_eq!(
+            queue.take("w", Duration::ZERO).await.unwrap().unwrap().id,
+            taken
+        );
+        waiting = queue
+            .submit(Submission::new(&b"q3"[..]).priority(5))
+            .unwrap();
+        keyed = queue
+            .submit(Submission::new(&b"q4"[..]).idempotency_key("once"))
+            .unwrap();
+        // The process dies here: nothing is closed.
+    }
+    let queue = persisted_queue(dir.path(), &clock);
+    assert_eq!(
+        queue.depth(),
+        3,
+        "waiting, taken and keyed are back in line"
+    );
+    let outcome = queue
+        .get_response(answered, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.response, Ok(Bytes::from_static(b"a1")));
+    let again = queue
+        .submit(Submission::new(&b"q4 again"[..]).idempotency_key("once"))
+        .unwrap();
+    assert_eq!(again, keyed, "the idempotency key is remembered");
+    let hit = queue.submit(Submission::new(&b"q1"[..])).unwrap();
+    assert!(
+        queue
+            .get_response(hit, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap()
+            .cached
+    );
+    // The worker that took q2 before the restart may still answer it.
+    queue
+        .complete(taken, Ok(Bytes::from_static(b"a2")))
+        .unwrap();
+    let next = queue.take("w", Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(next.id, waiting, "the highest priority first");
+    let fresh = queue.submit(Submission::new(&b"q5"[..])).unwrap();
+    assert!(fresh > keyed && fresh > hit);
+}
+
+#[tokio::test]
+async fn shares_of_the_quota_go_by_the_component_that_submitted() {
+    let clock = ManualClock::at_fixed_instant();
+    let mut spec = QuotaSpec::parse("claude", "3 per 1h").unwrap();
+    spec.shares = [("advisor".to_owned(), 2)].into();
+    let quota = Arc::new(Quota::new(spec, Arc::new(clock.clone())).unwrap());
+    let queue = RequestQueue::new(
+        "claude",
+        quota.clone(),
+        Duration::from_secs(3600),
+        Arc::new(clock.clone()),
+    );
+    // Analytics submits first and more: the advisor still gets its share.
+    for n in 0..10 {
+        queue
+            .submit(Submission::new(format!("analytics {n}")).component("analytics"))
+            .unwrap();
+    }
+    for n in 0..10 {
+        queue
+            .submit(Submission::new(format!("advisor {n}")).component("advisor"))
+            .unwrap();
+    }
+    let mut taken = Vec::new();
+    while let Some(t) = queue.take("one-worker", Duration::ZERO).await.unwrap() {
+        taken.push(t.component);
+    }
+    assert_eq!(taken, ["analytics", "advisor", "advisor"]);
+    let status = quota.status();
+    assert_eq!(status.by_component.get("advisor"), Some(&2), "{status:?}");
+    assert_eq!(
+        status.by_component.get("one-worker"),
+        None,
+        "the worker is not charged"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_submits_with_a_retry_after() {
+    let (_clock, queue) = queue("100 per 1h");
+    let queue = Arc::into_inner(queue).unwrap().with_limits(2, 1 << 20);
+    queue.submit(Submission::new(&b"a"[..])).unwrap();
+    queue.submit(Submission::new(&b"b"[..])).unwrap();
+    let refused = queue.submit(Submission::new(&b"c"[..])).unwrap_err();
+    assert!(matches!(
+        refused,
+        ganglion_coordinator::CoordinatorError::ResourceExhausted { .. }
+    ));
+    // Joining an identical request waiting costs nothing.
+    queue.submit(Submission::new(&b"a"[..])).unwrap();
 }

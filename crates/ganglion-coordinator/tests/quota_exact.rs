@@ -445,3 +445,125 @@ fn grants_and_suspensions_survive_a_restart_and_a_torn_line_is_ignored() {
     .unwrap_err();
     assert!(err.to_string().contains("line 2"), "{err}");
 }
+
+#[tokio::test]
+async fn a_reservation_is_kept_for_its_component_whoever_draws_first() {
+    let clock = clock();
+    let mut spec = QuotaSpec::parse("claude", "100 per 1h").unwrap();
+    spec.reserve = BTreeMap::from([("advisor".into(), 40)]);
+    let quota = Quota::new(spec, Arc::new(clock.clone())).unwrap();
+    // The trainer draws first, as fast as it can: it gets the unreserved 60.
+    let mut trainer = 0;
+    while quota.try_acquire("trainer").is_ok() {
+        trainer += 1;
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(trainer, 60);
+    let refused = quota.try_acquire("analytics").unwrap_err();
+    assert!(matches!(
+        refused,
+        CoordinatorError::ResourceExhausted { .. }
+    ));
+    // The advisor still gets its 40 in the same hour, and no more.
+    for _ in 0..40 {
+        quota.try_acquire("advisor").unwrap();
+    }
+    assert!(
+        quota.try_acquire("advisor").is_err(),
+        "the limit still holds"
+    );
+    assert_eq!(quota.status().used, 100);
+
+    // A reservation used up is room like any other: the advisor may draw past it
+    // when the others leave room.
+    clock.advance(Duration::from_secs(3601));
+    for _ in 0..70 {
+        quota.try_acquire("advisor").unwrap();
+    }
+    let mut others = 0;
+    while quota.try_acquire("trainer").is_ok() {
+        others += 1;
+    }
+    assert_eq!(others, 30);
+
+    // Reservations cannot promise more than the limit.
+    let mut bad = QuotaSpec::parse("x", "10 per 1h").unwrap();
+    bad.reserve = BTreeMap::from([("a".into(), 6), ("b".into(), 5)]);
+    let err = bad.validate().unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::InvalidArgument { ref field, .. } if field == "reserve")
+    );
+}
+
+#[tokio::test]
+async fn a_waiter_blocked_by_a_reservation_lets_the_reserved_component_go_first() {
+    let clock = clock();
+    let mut spec = QuotaSpec::parse("q", "2 per 1m").unwrap();
+    spec.reserve = BTreeMap::from([("advisor".into(), 1)]);
+    let quota = Arc::new(Quota::new(spec, Arc::new(clock.clone())).unwrap());
+    quota.try_acquire("trainer").unwrap();
+    // The trainer waits (the last call is the advisor's); the advisor gets it at once.
+    let waiting = {
+        let quota = quota.clone();
+        tokio::spawn(async move { quota.acquire("trainer", 10, Duration::from_secs(600)).await })
+    };
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished());
+    quota.acquire("advisor", 0, Duration::ZERO).await.unwrap();
+    drive(
+        &clock,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+        || waiting.is_finished(),
+    )
+    .await;
+    let permit = waiting.await.unwrap().unwrap();
+    assert!(permit.granted_at_micros >= clock.now_micros() - 120_000_000);
+}
+
+#[tokio::test]
+async fn a_low_priority_waiter_ages_past_a_stream_of_high_priority_ones() {
+    let clock = clock();
+    let mut spec = QuotaSpec::parse("q", "1 per 1m").unwrap();
+    spec.aging = Duration::from_secs(300);
+    let quota = Arc::new(Quota::new(spec, Arc::new(clock.clone())).unwrap());
+    quota.try_acquire("first").unwrap();
+    let low = {
+        let quota = quota.clone();
+        tokio::spawn(async move { quota.acquire("low", 0, Duration::from_secs(3600)).await })
+    };
+    // Always two high-priority waiters ready: without aging the low one starves.
+    let mut high = Vec::new();
+    let mut elapsed = Duration::ZERO;
+    while !low.is_finished() && elapsed < Duration::from_secs(3600) {
+        high.retain(|t: &tokio::task::JoinHandle<_>| !t.is_finished());
+        while high.len() < 2 {
+            let quota = quota.clone();
+            high.push(tokio::spawn(async move {
+                quota.acquire("high", 10, Duration::from_secs(3600)).await
+            }));
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        clock.advance(Duration::from_secs(10));
+        elapsed += Duration::from_secs(10);
+    }
+    assert!(
+        low.is_finished(),
+        "the low-priority waiter starved for an hour"
+    );
+    let permit = low.await.unwrap().unwrap();
+    let waited = Duration::from_micros(
+        permit.granted_at_micros - (clock.now_micros() - elapsed.as_micros() as u64),
+    );
+    assert!(
+        waited >= Duration::from_secs(300) && waited <= Duration::from_secs(300 + 70),
+        "served after aging (5 min) plus at most one window: {waited:?}"
+    );
+    for t in high {
+        t.abort();
+    }
+}

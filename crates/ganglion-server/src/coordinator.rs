@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use ganglion_bus::Bus;
 use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseEvent, LeaseStage};
+use ganglion_coordinator::queue::Submission;
 use ganglion_coordinator::{Coordinator, CoordinatorError};
 use ganglion_core::bus::EventBus;
 use ganglion_core::{Event, Topic};
@@ -272,9 +273,14 @@ impl CoordinatorService for GrpcCoordinator {
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let r = request.into_inner();
         let queue = self.coordinator().queue(&r.queue).map_err(status)?;
-        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key.as_str());
         let id = queue
-            .submit(r.request, r.priority, key, r.fallback)
+            .submit(Submission {
+                request: r.request,
+                priority: r.priority,
+                component: r.component,
+                idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+                fallback: r.fallback,
+            })
             .map_err(status)?;
         Ok(Response::new(v1::SubmitResponse { request_id: id }))
     }
@@ -321,6 +327,7 @@ impl CoordinatorService for GrpcCoordinator {
                 request_id: t.id,
                 request: t.request,
                 priority: t.priority,
+                component: t.component,
             },
         }))
     }

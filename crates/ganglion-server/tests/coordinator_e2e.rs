@@ -22,12 +22,7 @@ fn config() -> CoordinatorConfig {
     CoordinatorConfig {
         pools: vec![PoolSpec::gpus("gpu", &["0"])],
         quotas: vec![QuotaSpec::parse("claude", "2 per 1h").unwrap()],
-        queues: vec![QueueSpec {
-            name: "claude".into(),
-            quota: "claude".into(),
-            cache_ttl: Duration::from_secs(3600),
-            take_timeout: Duration::from_secs(300),
-        }],
+        queues: vec![QueueSpec::new("claude", "claude")],
         ..CoordinatorConfig::default()
     }
 }
@@ -856,5 +851,190 @@ async fn a_cancelled_wait_leaves_the_line() {
     })
     .await;
     drop(holder);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_queue_over_http_survives_a_restart() {
+    use common::http;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.http;
+
+    // One JSON request from the advisor, one binary one from analytics.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/queues/claude/requests",
+        Some(r#"{"request":{"prompt":"next move?"},"component":"advisor","priority":5}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = r.json()["request_id"].as_u64().unwrap();
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/queues/claude/requests",
+        Some(r#"{"request_base64":"AP8A","component":"analytics","idempotency_key":"k1"}"#),
+    )
+    .await;
+    let second = r.json()["request_id"].as_u64().unwrap();
+    // The same idempotency key gives the same id.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/queues/claude/requests",
+        Some(r#"{"request_base64":"AP8A","component":"analytics","idempotency_key":"k1"}"#),
+    )
+    .await;
+    assert_eq!(r.json()["request_id"], json!(second));
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/queues/claude/requests/{first}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["ready"], false, "{}", r.body);
+
+    // Taken by a worker that then goes away with the server.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/queues/claude/take",
+        Some(r#"{"worker":"w1"}"#),
+    )
+    .await;
+    let taken = r.json();
+    assert_eq!(
+        (
+            taken["taken"].clone(),
+            taken["request_id"].clone(),
+            taken["component"].clone()
+        ),
+        (json!(true), json!(first), json!("advisor")),
+        "the higher priority first: {}",
+        r.body
+    );
+    assert_eq!(taken["request"], json!({"prompt": "next move?"}));
+    server.stop().await.unwrap();
+
+    // After the restart both requests are still there, the taken one back in line
+    // first. Taking it again draws a second call from the quota (the first worker may
+    // have made its call), which leaves none for the other request this hour.
+    let server = start(dir.path()).await;
+    let addr = server.http;
+    let take = |wait_ms: u64| {
+        let body = format!(r#"{{"worker":"w2","wait_ms":{wait_ms}}}"#);
+        async move {
+            http(addr, "POST", "/api/v1/queues/claude/take", Some(&body))
+                .await
+                .json()
+        }
+    };
+    let again = take(1000).await;
+    assert_eq!(
+        (again["request_id"].clone(), again["request"].clone()),
+        (json!(first), json!({"prompt": "next move?"})),
+    );
+    assert_eq!(take(20).await["taken"], false);
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/queues/claude/requests/{second}"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.json()["ready"].clone()), (200, json!(false)));
+    let r = http(
+        addr,
+        "POST",
+        &format!("/api/v1/queues/claude/requests/{first}/complete"),
+        Some(r#"{"response":{"move":"e4"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/queues/claude/requests/{first}?wait_ms=1000"),
+        None,
+    )
+    .await;
+    let answer = r.json();
+    assert_eq!(
+        (answer["ready"].clone(), answer["response"].clone()),
+        (json!(true), json!({"move": "e4"})),
+        "{}",
+        r.body
+    );
+    // The answer itself survives a restart (within its retention).
+    server.stop().await.unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.http;
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/queues/claude/requests/{first}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["response"], json!({"move": "e4"}), "{}", r.body);
+
+    // Errors name what is wrong.
+    for (method, path, body, status, field) in [
+        (
+            "POST",
+            "/api/v1/queues/claude/requests",
+            r#"{}"#,
+            400,
+            "request",
+        ),
+        (
+            "POST",
+            "/api/v1/queues/claude/requests",
+            r#"{"request":1,"request_base64":"AA=="}"#,
+            400,
+            "request_base64",
+        ),
+        (
+            "POST",
+            "/api/v1/queues/claude/requests",
+            r#"{"request_base64":"%%%"}"#,
+            400,
+            "request_base64",
+        ),
+        (
+            "POST",
+            "/api/v1/queues/claude/requests",
+            r#"{"request":1,"component":"a b"}"#,
+            400,
+            "component",
+        ),
+        ("POST", "/api/v1/queues/claude/take", r#"{}"#, 400, "worker"),
+        (
+            "POST",
+            "/api/v1/queues/claude/requests/1/complete",
+            r#"{"response":1,"error":"x"}"#,
+            400,
+            "error",
+        ),
+    ] {
+        let r = http(addr, method, path, Some(body)).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].clone()),
+            (status, json!(field)),
+            "{method} {path} {body}: {}",
+            r.body
+        );
+    }
+    let r = http(addr, "GET", "/api/v1/queues/claude/requests/+1", None).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = http(addr, "GET", "/api/v1/queues/nope/requests/1", None).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = http(addr, "GET", "/api/v1/queues/claude/requests/999", None).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
     server.stop().await.unwrap();
 }

@@ -163,10 +163,11 @@ pub(crate) fn coordinator_config(
             ));
         }
         out.queues.push(QueueSpec {
-            name: name.clone(),
-            quota: queue.quota.clone(),
             cache_ttl: Duration::from_secs(queue.cache_ttl_s),
             take_timeout: Duration::from_secs(queue.take_timeout_s),
+            max_pending: usize::try_from(queue.max_pending).unwrap_or(usize::MAX),
+            max_bytes: usize::try_from(queue.max_bytes).unwrap_or(usize::MAX),
+            ..QueueSpec::new(name.clone(), queue.quota.clone())
         });
     }
     out.breakers = breaker_specs(c)?;
@@ -181,6 +182,8 @@ pub(crate) fn quota_specs(c: &config::CoordinatorConfig) -> Result<Vec<QuotaSpec
             let mut spec = QuotaSpec::parse(name.clone(), &quota.rule)
                 .map_err(|e| problem(format!("coordinator.quotas.{name}.{}", field(&e)), &e))?;
             spec.shares = quota.shares.clone();
+            spec.reserve = quota.reserve.clone();
+            spec.aging = Duration::from_millis(quota.aging_ms);
             spec.validate()
                 .map_err(|e| problem(format!("coordinator.quotas.{name}.{}", field(&e)), &e))?;
             Ok(spec)

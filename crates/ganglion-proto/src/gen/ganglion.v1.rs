@@ -1513,6 +1513,10 @@ pub struct SubmitRequest {
     /// Answered with this, marked degraded, when the quota is used up.
     #[prost(bytes = "bytes", optional, tag = "5")]
     pub fallback: ::core::option::Option<::prost::bytes::Bytes>,
+    /// Who asks: its share (and reservation) of the quota pays for the call. Empty:
+    /// "anonymous".
+    #[prost(string, tag = "6")]
+    pub component: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SubmitResponse {
@@ -1570,6 +1574,9 @@ pub struct TakeResponse {
     pub request: ::prost::bytes::Bytes,
     #[prost(int32, tag = "4")]
     pub priority: i32,
+    /// The component that submitted it.
+    #[prost(string, tag = "5")]
+    pub component: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CompleteRequest {

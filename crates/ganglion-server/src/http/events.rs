@@ -1,22 +1,4 @@
-//! The JSON HTTP API. Handlers parse, call the bus, and answer; every error is
-//! `{"error": {"code", "message", "field"?}}` with its status (400, 404, 413, 429, 503).
-//!
-//! | route | does |
-//! |---|---|
-//! | `GET /api/v1/health` | 200 `{"status":"ok","components":{…}}`; 503 while appends or grants are refused (a failed log, a full disk) or the server stops |
-//! | `POST /api/v1/events` | one event `{"topic","payload",…}` → `{"seq","id","duplicate"}`; `{"events":[…]}` → `{"acks":[…]}` |
-//! | `GET /api/v1/events?pattern=&from_seq=&since=&limit=` | replay |
-//! | `GET /api/v1/stream?pattern=` | live events as Server-Sent Events |
-//! | `GET /api/v1/topics` | topics with counts |
-//! | `POST /api/v1/topics/purge` | `{"pattern"}`: expire the matching topics' events |
-//! | `POST /api/v1/topics/delete` | `{"pattern"}`: purge and forget the matching topics |
-//! | `GET /api/v1/subscriptions` | every subscription, connected or not |
-//! | `GET /api/v1/metrics` | JSON summary |
-//! | `GET /metrics` | Prometheus text |
-//!
-//! Payloads: a JSON `payload` is published as `application/json`; `payload_base64` with
-//! a `content_type` carries anything else. Responses inline JSON payloads and give other
-//! payloads as `payload_base64`.
+//! The event routes: publish, replay, the live stream, topics and subscriptions.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,280 +7,27 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::Path;
-use axum::extract::rejection::PathRejection;
 use axum::extract::{Query, State as Extract};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures_util::Stream;
 use ganglion_core::bus::{
-    AckMode, ErrorCode, EventBus, REPLAY_PAGE_BYTES, StartPosition, StorageClass, SubscribeOptions,
+    AckMode, EventBus, REPLAY_PAGE_BYTES, StartPosition, StorageClass, SubscribeOptions,
 };
-use ganglion_core::{BusError, Event, Pattern, Topic, parse_since};
+use ganglion_core::{BusError, Event, Topic, parse_since};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::{ApiError, ApiResult, field_str, json_body, object_body, pattern_param};
 use crate::State;
 use crate::grpc::replay_limit;
-use ganglion_coordinator::CoordinatorError;
-use ganglion_coordinator::lease::AcquireRequest;
 
-/// The HTTP API over `state`.
-pub fn router(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/events", get(replay).post(publish))
-        .route("/api/v1/stream", get(stream))
-        .route("/api/v1/topics", get(topics))
-        .route("/api/v1/topics/purge", post(purge_topics))
-        .route("/api/v1/topics/delete", post(delete_topics))
-        .route("/api/v1/subscriptions", get(subscriptions))
-        .route("/api/v1/metrics", get(metrics_json))
-        .route("/api/v1/resources", get(resources))
-        .route("/api/v1/resources/{pool}/acquire", post(acquire_lease))
-        .route("/api/v1/leases/{id}/renew", post(renew_lease))
-        .route("/api/v1/leases/{id}/release", post(release_lease))
-        .route("/api/v1/quotas/{quota}/permits", post(acquire_permit))
-        .route("/metrics", get(metrics_prometheus))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-}
-
-/// The routes a connection let in over the caps (from the reserve) is served: health
-/// and the Prometheus scrape, and a 429 for the rest.
-fn health_only_router(state: Arc<State>) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/metrics", get(metrics_prometheus))
-        .fallback(too_many_connections)
-        .with_state(state)
-}
-
-async fn too_many_connections() -> ApiError {
-    ApiError::from(BusError::ResourceExhausted {
-        what: "every connection is busy; this one serves health checks and /metrics only"
-            .to_owned(),
-        retry_after: Duration::from_secs(1),
-    })
-}
-
-/// Serves the HTTP API on `listener` until the state says stop, then waits for open
-/// connections to finish (streams end at shutdown). Connections are let in, timed out
-/// and closed by [`Connections`](crate::conn::Connections).
-pub(crate) async fn serve(
-    state: Arc<State>,
-    listener: tokio::net::TcpListener,
-    connections: Arc<crate::conn::Connections>,
-) -> std::io::Result<()> {
-    use crate::conn::{Admission, Transport};
-    let (all, health_only) = (router(state.clone()), health_only_router(state.clone()));
-    // Each connection task holds a sender; all gone: all served.
-    let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let mut stopped = std::pin::pin!(state.stopped());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stopped => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting an HTTP connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (guard, service) = match connections.admit(peer, Transport::Http) {
-            Admission::Served(guard) => (guard, all.clone()),
-            Admission::HealthOnly(guard) => (guard, health_only.clone()),
-            Admission::Refused => {
-                tokio::spawn(crate::conn::refuse_http(stream));
-                continue;
-            }
-        };
-        let (open, stopped) = (open.clone(), state.stopped());
-        tokio::spawn(async move {
-            crate::conn::serve_http1(stream, service, guard, stopped).await;
-            drop(open);
-        });
-    }
-    drop(listener);
-    drop(open);
-    let _ = drained.recv().await;
-    Ok(())
-}
-
-/// An error as the API answers it.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-    retry_after: Option<Duration>,
-}
-
-impl ApiError {
-    /// The stable code a refusal is counted under (a 413 is a bad argument).
-    fn error_code(&self) -> ErrorCode {
-        match self.status {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::InvalidArgument,
-            StatusCode::NOT_FOUND => ErrorCode::NotFound,
-            StatusCode::TOO_MANY_REQUESTS => ErrorCode::ResourceExhausted,
-            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
-            _ => ErrorCode::Internal,
-        }
-    }
-
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::from(BusError::invalid(field.into(), message.into()))
-    }
-}
-
-impl From<BusError> for ApiError {
-    fn from(error: BusError) -> ApiError {
-        let status = match &error {
-            BusError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
-            BusError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BusError::NotFound { .. } => StatusCode::NOT_FOUND,
-            BusError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
-            BusError::Unavailable(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-            BusError::Internal(detail) => {
-                tracing::error!(%detail, "internal error answering an HTTP request");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        let message = match &error {
-            BusError::InvalidArgument { message, .. } => message.clone(),
-            BusError::TooLarge { size, limit, .. } => {
-                format!("the event is {size} bytes; at most {limit} are allowed")
-            }
-            BusError::Internal(_) => "internal error".to_owned(),
-            other => other.to_string(),
-        };
-        ApiError {
-            status,
-            code: if matches!(error, BusError::TooLarge { .. }) {
-                "TOO_LARGE"
-            } else {
-                error.code().as_str()
-            },
-            message,
-            field: error.field().map(str::to_owned),
-            retry_after: match error {
-                BusError::ResourceExhausted { retry_after, .. } => Some(retry_after),
-                _ => None,
-            },
-        }
-    }
-}
-
-impl From<CoordinatorError> for ApiError {
-    fn from(error: CoordinatorError) -> ApiError {
-        let (status, code) = match &error {
-            CoordinatorError::InvalidArgument { .. } => {
-                (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
-            }
-            CoordinatorError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            CoordinatorError::ResourceExhausted { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED")
-            }
-            CoordinatorError::DeadlineExceeded(_) => {
-                (StatusCode::TOO_MANY_REQUESTS, "DEADLINE_EXCEEDED")
-            }
-            CoordinatorError::Stale(_) => (StatusCode::CONFLICT, "STALE"),
-            CoordinatorError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        };
-        ApiError {
-            status,
-            code,
-            message: match &error {
-                CoordinatorError::InvalidArgument { message, .. } => message.clone(),
-                other => other.to_string(),
-            },
-            field: match &error {
-                CoordinatorError::InvalidArgument { field, .. } => Some(field.clone()),
-                _ => None,
-            },
-            retry_after: match error {
-                CoordinatorError::ResourceExhausted { retry_after, .. } => Some(retry_after),
-                _ => None,
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["field"] = json!(field);
-        }
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(after) = self.retry_after {
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-async fn method_not_allowed() -> ApiError {
-    ApiError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        code: "INVALID_ARGUMENT",
-        message: "this route does not take that method".to_owned(),
-        field: Some("method".to_owned()),
-        retry_after: None,
-    }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::from(BusError::NotFound {
-        what: "route".to_owned(),
-    })
-}
-
-async fn health(Extract(state): Extract<Arc<State>>) -> Response {
-    let (ok, body) = state.health();
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
-}
-
-/// Reads the body up to the limit (413 beyond it) and parses it as JSON.
-async fn json_body(state: &State, body: Body) -> ApiResult<Value> {
-    let limit = state.limits.max_http_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "TOO_LARGE",
-            message: format!("the request body is larger than {limit} bytes"),
-            field: None,
-            retry_after: None,
-        })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))
-}
-
-async fn publish(Extract(state): Extract<Arc<State>>, body: Body) -> Response {
+pub(super) async fn publish(Extract(state): Extract<Arc<State>>, body: Body) -> Response {
     match publish_inner(&state, body).await {
         Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
         Err(e) => {
@@ -527,19 +256,14 @@ pub fn event_to_json(event: &Event) -> Value {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReplayQuery {
+pub(super) struct ReplayQuery {
     pattern: Option<String>,
     from_seq: Option<u64>,
     since: Option<String>,
     limit: Option<usize>,
 }
 
-fn pattern_param(pattern: Option<String>) -> Result<Pattern, BusError> {
-    let pattern = pattern.unwrap_or_else(|| ">".to_owned());
-    Pattern::new(&pattern).map_err(|e| BusError::invalid("pattern", e))
-}
-
-async fn replay(
+pub(super) async fn replay(
     Extract(state): Extract<Arc<State>>,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
@@ -630,11 +354,11 @@ fn replay_body(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StreamQuery {
+pub(super) struct StreamQuery {
     pattern: Option<String>,
 }
 
-async fn stream(
+pub(super) async fn stream(
     Extract(state): Extract<Arc<State>>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
@@ -708,7 +432,7 @@ fn sse_events(
     )
 }
 
-async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axum::Json<Value>> {
+pub(super) async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axum::Json<Value>> {
     let topics = state.bus.topics().await?;
     Ok(axum::Json(json!({
         "topics": topics.iter().map(|t| json!({
@@ -721,7 +445,7 @@ async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axum::Json<Val
 }
 
 /// `POST /api/v1/topics/purge` `{"pattern"}` → `{"topics", "events"}`.
-async fn purge_topics(
+pub(super) async fn purge_topics(
     Extract(state): Extract<Arc<State>>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
@@ -732,7 +456,7 @@ async fn purge_topics(
 }
 
 /// `POST /api/v1/topics/delete` `{"pattern"}` → `{"topics": [...], "events"}`.
-async fn delete_topics(
+pub(super) async fn delete_topics(
     Extract(state): Extract<Arc<State>>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
@@ -743,7 +467,7 @@ async fn delete_topics(
 }
 
 /// `GET /api/v1/subscriptions`: every subscription, connected or not.
-async fn subscriptions(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+pub(super) async fn subscriptions(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
     let subscriptions: Vec<Value> = state
         .bus
         .subscriptions()
@@ -774,165 +498,6 @@ pub(crate) fn subscription_json(s: &ganglion_bus::SubscriptionStats) -> Value {
         "dead_lettered": s.dead_lettered,
         "expired": s.expired,
     })
-}
-
-async fn metrics_json(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
-    axum::Json(crate::metrics::summary(&state))
-}
-
-async fn metrics_prometheus(Extract(state): Extract<Arc<State>>) -> Response {
-    let topics = state.bus.topics().await.unwrap_or_default();
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        crate::metrics::prometheus(&state, &topics),
-    )
-        .into_response()
-}
-
-/// `GET /api/v1/resources`: pools with holders and waiters, quotas used and remaining,
-/// queues, breakers.
-async fn resources(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
-    axum::Json(crate::coordinator::status_json(&state.coordinator))
-}
-
-/// A JSON request body as an object, refusing keys outside `allowed`.
-async fn object_body(state: &State, body: Body, allowed: &[&str]) -> ApiResult<Map<String, Value>> {
-    let Value::Object(object) = json_body(state, body).await? else {
-        return Err(ApiError::invalid("body", "must be a JSON object"));
-    };
-    if let Some(key) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            key.clone(),
-            format!("is not a field here (expected {})", allowed.join(", ")),
-        ));
-    }
-    Ok(object)
-}
-
-fn field_u64(object: &Map<String, Value>, field: &str) -> ApiResult<Option<u64>> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
-    }
-}
-
-fn field_i32(object: &Map<String, Value>, field: &str) -> ApiResult<i32> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(0),
-        Some(v) => v
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
-    }
-}
-
-fn field_str(object: &Map<String, Value>, field: &str) -> ApiResult<String> {
-    match object.get(field) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        None | Some(Value::Null) => Err(ApiError::invalid(field, "is required")),
-        Some(_) => Err(ApiError::invalid(field, "must be a string")),
-    }
-}
-
-/// `POST /api/v1/resources/{pool}/acquire` `{"holder", "priority"?, "amount"?, "wait_ms"?,
-/// "max_hold_ms"?}`: a lease to renew within its TTL and release.
-async fn acquire_lease(
-    Extract(state): Extract<Arc<State>>,
-    pool: Result<Path<String>, PathRejection>,
-    body: Body,
-) -> ApiResult<axum::Json<Value>> {
-    let pool = path_param(pool)?;
-    let o = object_body(
-        &state,
-        body,
-        &["holder", "priority", "amount", "wait_ms", "max_hold_ms"],
-    )
-    .await?;
-    let amount = field_u64(&o, "amount")?.unwrap_or(1);
-    let request = AcquireRequest {
-        pool,
-        holder: field_str(&o, "holder")?,
-        priority: field_i32(&o, "priority")?,
-        amount: u32::try_from(amount).map_err(|_| ApiError::invalid("amount", "is too large"))?,
-        wait_timeout: Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0)),
-        max_hold: field_u64(&o, "max_hold_ms")?.map(Duration::from_millis),
-    };
-    let lease = state.coordinator.pools().acquire(request).await?;
-    Ok(axum::Json(crate::coordinator::lease_json(&lease)))
-}
-
-/// A path parameter, or a JSON error naming the path when it is not one.
-fn path_param(param: Result<Path<String>, PathRejection>) -> ApiResult<String> {
-    param
-        .map(|Path(value)| value)
-        .map_err(|e| ApiError::invalid("path", e.body_text()))
-}
-
-fn lease_id(id: &str) -> ApiResult<u64> {
-    // Digits only (`+1` parses as a number, and is not a lease id).
-    Some(id)
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "id",
-                format!("{} is not a lease id", ganglion_core::excerpt(id)),
-            )
-        })
-}
-
-async fn renew_lease(
-    Extract(state): Extract<Arc<State>>,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult<axum::Json<Value>> {
-    let id = path_param(id)?;
-    let lease = state.coordinator.pools().renew(lease_id(&id)?)?;
-    Ok(axum::Json(crate::coordinator::lease_json(&lease)))
-}
-
-async fn release_lease(
-    Extract(state): Extract<Arc<State>>,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult<axum::Json<Value>> {
-    let id = path_param(id)?;
-    state.coordinator.pools().release(lease_id(&id)?)?;
-    Ok(axum::Json(json!({ "released": true })))
-}
-
-/// `POST /api/v1/quotas/{quota}/permits` `{"component", "priority"?, "wait_ms"?}`: a call,
-/// or 429 with `Retry-After`.
-async fn acquire_permit(
-    Extract(state): Extract<Arc<State>>,
-    quota: Result<Path<String>, PathRejection>,
-    body: Body,
-) -> ApiResult<axum::Json<Value>> {
-    let quota = path_param(quota)?;
-    let o = object_body(&state, body, &["component", "priority", "wait_ms"]).await?;
-    let quota = state.coordinator.quota(&quota)?.clone();
-    let component = field_str(&o, "component")?;
-    // Every field is checked, whether or not this request uses it.
-    let priority = field_i32(&o, "priority")?;
-    let permit = match field_u64(&o, "wait_ms")? {
-        None | Some(0) => quota.try_acquire(&component)?,
-        Some(ms) => {
-            quota
-                .acquire(&component, priority, Duration::from_millis(ms))
-                .await?
-        }
-    };
-    Ok(axum::Json(json!({
-        "quota": permit.quota,
-        "component": permit.component,
-        "granted_at_ms": permit.granted_at_micros / 1000,
-        "used": permit.used,
-        "remaining": permit.remaining,
-    })))
 }
 
 #[cfg(test)]

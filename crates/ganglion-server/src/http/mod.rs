@@ -1,0 +1,381 @@
+//! The JSON HTTP API. Handlers parse, call the bus, and answer; every error is
+//! `{"error": {"code", "message", "field"?}}` with its status (400, 404, 413, 429, 503).
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /api/v1/health` | 200 `{"status":"ok","components":{…}}`; 503 while appends or grants are refused (a failed log, a full disk) or the server stops |
+//! | `POST /api/v1/events` | one event `{"topic","payload",…}` → `{"seq","id","duplicate"}`; `{"events":[…]}` → `{"acks":[…]}` |
+//! | `GET /api/v1/events?pattern=&from_seq=&since=&limit=` | replay |
+//! | `GET /api/v1/stream?pattern=` | live events as Server-Sent Events |
+//! | `GET /api/v1/topics` | topics with counts |
+//! | `POST /api/v1/topics/purge` | `{"pattern"}`: expire the matching topics' events |
+//! | `POST /api/v1/topics/delete` | `{"pattern"}`: purge and forget the matching topics |
+//! | `GET /api/v1/subscriptions` | every subscription, connected or not |
+//! | `GET /api/v1/resources` | pools, quotas, queues, breakers |
+//! | `POST /api/v1/resources/{pool}/acquire`, `/api/v1/leases/{id}/renew` and `/release` | leases |
+//! | `POST /api/v1/quotas/{quota}/permits` | a call, or 429 with `Retry-After` |
+//! | `POST /api/v1/queues/{queue}/requests`, `GET …/requests/{id}`, `POST …/take`, `POST …/requests/{id}/complete` | the request queue |
+//! | `GET /api/v1/metrics` | JSON summary |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Payloads: a JSON `payload` is published as `application/json`; `payload_base64` with
+//! a `content_type` carries anything else. Responses inline JSON payloads and give other
+//! payloads as `payload_base64`.
+
+mod coordinator;
+mod events;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::extract::State as Extract;
+use axum::extract::rejection::PathRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ganglion_core::bus::{ErrorCode, EventBus};
+use ganglion_core::{BusError, Pattern};
+use serde_json::{Map, Value, json};
+
+use crate::State;
+use coordinator::*;
+use events::*;
+use ganglion_coordinator::CoordinatorError;
+
+pub use events::event_to_json;
+pub(crate) use events::subscription_json;
+
+/// The HTTP API over `state`.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/events", get(replay).post(publish))
+        .route("/api/v1/stream", get(stream))
+        .route("/api/v1/topics", get(topics))
+        .route("/api/v1/topics/purge", post(purge_topics))
+        .route("/api/v1/topics/delete", post(delete_topics))
+        .route("/api/v1/subscriptions", get(subscriptions))
+        .route("/api/v1/metrics", get(metrics_json))
+        .route("/api/v1/resources", get(resources))
+        .route("/api/v1/resources/{pool}/acquire", post(acquire_lease))
+        .route("/api/v1/leases/{id}/renew", post(renew_lease))
+        .route("/api/v1/leases/{id}/release", post(release_lease))
+        .route("/api/v1/quotas/{quota}/permits", post(acquire_permit))
+        .route("/api/v1/queues/{queue}/requests", post(submit_request))
+        .route(
+            "/api/v1/queues/{queue}/requests/{id}",
+            get(request_response),
+        )
+        .route(
+            "/api/v1/queues/{queue}/requests/{id}/complete",
+            post(complete_request),
+        )
+        .route("/api/v1/queues/{queue}/take", post(take_request))
+        .route("/metrics", get(metrics_prometheus))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The routes a connection let in over the caps (from the reserve) is served: health
+/// and the Prometheus scrape, and a 429 for the rest.
+fn health_only_router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics_prometheus))
+        .fallback(too_many_connections)
+        .with_state(state)
+}
+
+async fn too_many_connections() -> ApiError {
+    ApiError::from(BusError::ResourceExhausted {
+        what: "every connection is busy; this one serves health checks and /metrics only"
+            .to_owned(),
+        retry_after: Duration::from_secs(1),
+    })
+}
+
+/// Serves the HTTP API on `listener` until the state says stop, then waits for open
+/// connections to finish (streams end at shutdown). Connections are let in, timed out
+/// and closed by [`Connections`](crate::conn::Connections).
+pub(crate) async fn serve(
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    connections: Arc<crate::conn::Connections>,
+) -> std::io::Result<()> {
+    use crate::conn::{Admission, Transport};
+    let (all, health_only) = (router(state.clone()), health_only_router(state.clone()));
+    // Each connection task holds a sender; all gone: all served.
+    let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let mut stopped = std::pin::pin!(state.stopped());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (guard, service) = match connections.admit(peer, Transport::Http) {
+            Admission::Served(guard) => (guard, all.clone()),
+            Admission::HealthOnly(guard) => (guard, health_only.clone()),
+            Admission::Refused => {
+                tokio::spawn(crate::conn::refuse_http(stream));
+                continue;
+            }
+        };
+        let (open, stopped) = (open.clone(), state.stopped());
+        tokio::spawn(async move {
+            crate::conn::serve_http1(stream, service, guard, stopped).await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open);
+    let _ = drained.recv().await;
+    Ok(())
+}
+
+/// An error as the API answers it.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// The stable code a refusal is counted under (a 413 is a bad argument).
+    pub(crate) fn error_code(&self) -> ErrorCode {
+        match self.status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::InvalidArgument,
+            StatusCode::NOT_FOUND => ErrorCode::NotFound,
+            StatusCode::TOO_MANY_REQUESTS => ErrorCode::ResourceExhausted,
+            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::from(BusError::invalid(field.into(), message.into()))
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> ApiError {
+        let status = match &error {
+            BusError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            BusError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BusError::NotFound { .. } => StatusCode::NOT_FOUND,
+            BusError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            BusError::Unavailable(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            BusError::Internal(detail) => {
+                tracing::error!(%detail, "internal error answering an HTTP request");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match &error {
+            BusError::InvalidArgument { message, .. } => message.clone(),
+            BusError::TooLarge { size, limit, .. } => {
+                format!("the event is {size} bytes; at most {limit} are allowed")
+            }
+            BusError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        ApiError {
+            status,
+            code: if matches!(error, BusError::TooLarge { .. }) {
+                "TOO_LARGE"
+            } else {
+                error.code().as_str()
+            },
+            message,
+            field: error.field().map(str::to_owned),
+            retry_after: match error {
+                BusError::ResourceExhausted { retry_after, .. } => Some(retry_after),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(error: CoordinatorError) -> ApiError {
+        let (status, code) = match &error {
+            CoordinatorError::InvalidArgument { .. } => {
+                (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
+            }
+            CoordinatorError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            CoordinatorError::ResourceExhausted { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED")
+            }
+            CoordinatorError::DeadlineExceeded(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "DEADLINE_EXCEEDED")
+            }
+            CoordinatorError::Stale(_) => (StatusCode::CONFLICT, "STALE"),
+            CoordinatorError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        };
+        ApiError {
+            status,
+            code,
+            message: match &error {
+                CoordinatorError::InvalidArgument { message, .. } => message.clone(),
+                other => other.to_string(),
+            },
+            field: match &error {
+                CoordinatorError::InvalidArgument { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+            retry_after: match error {
+                CoordinatorError::ResourceExhausted { retry_after, .. } => Some(retry_after),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "INVALID_ARGUMENT",
+        message: "this route does not take that method".to_owned(),
+        field: Some("method".to_owned()),
+        retry_after: None,
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::from(BusError::NotFound {
+        what: "route".to_owned(),
+    })
+}
+
+async fn health(Extract(state): Extract<Arc<State>>) -> Response {
+    let (ok, body) = state.health();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Reads the body up to the limit (413 beyond it) and parses it as JSON.
+pub(crate) async fn json_body(state: &State, body: Body) -> ApiResult<Value> {
+    let limit = state.limits.max_http_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "TOO_LARGE",
+            message: format!("the request body is larger than {limit} bytes"),
+            field: None,
+            retry_after: None,
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))
+}
+
+async fn metrics_json(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+    axum::Json(crate::metrics::summary(&state))
+}
+
+async fn metrics_prometheus(Extract(state): Extract<Arc<State>>) -> Response {
+    let topics = state.bus.topics().await.unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::metrics::prometheus(&state, &topics),
+    )
+        .into_response()
+}
+
+/// A JSON request body as an object, refusing keys outside `allowed`.
+pub(crate) async fn object_body(
+    state: &State,
+    body: Body,
+    allowed: &[&str],
+) -> ApiResult<Map<String, Value>> {
+    let Value::Object(object) = json_body(state, body).await? else {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    };
+    if let Some(key) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            key.clone(),
+            format!("is not a field here (expected {})", allowed.join(", ")),
+        ));
+    }
+    Ok(object)
+}
+
+pub(crate) fn field_u64(object: &Map<String, Value>, field: &str) -> ApiResult<Option<u64>> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
+    }
+}
+
+pub(crate) fn field_i32(object: &Map<String, Value>, field: &str) -> ApiResult<i32> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
+    }
+}
+
+pub(crate) fn field_str(object: &Map<String, Value>, field: &str) -> ApiResult<String> {
+    match object.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Err(ApiError::invalid(field, "is required")),
+        Some(_) => Err(ApiError::invalid(field, "must be a string")),
+    }
+}
+
+/// A path parameter, or a JSON error naming the path when it is not one.
+pub(crate) fn path_param(param: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    param
+        .map(|Path(value)| value)
+        .map_err(|e| ApiError::invalid("path", e.body_text()))
+}
+
+pub(crate) fn pattern_param(pattern: Option<String>) -> Result<Pattern, BusError> {
+    let pattern = pattern.unwrap_or_else(|| ">".to_owned());
+    Pattern::new(&pattern).map_err(|e| BusError::invalid("pattern", e))
+}
