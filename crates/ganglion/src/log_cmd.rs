@@ -99,11 +99,22 @@ fn print(
     Ok(())
 }
 
+/// A locked log is one a running server holds: say so.
+fn locked_hint(e: ganglion_bus::log::LogError) -> anyhow::Error {
+    match e {
+        ganglion_bus::log::LogError::Locked { .. } => anyhow::Error::new(e).context(
+            "a running `ganglion serve` holds this log: stop it first (the log is read and repaired while nothing writes it)",
+        ),
+        e => e.into(),
+    }
+}
+
 /// `ganglion log verify`: every problem, changing nothing; exit 1 if an open would be
 /// refused.
 pub(crate) fn verify(args: &LogArgs) -> anyhow::Result<()> {
     let dir = args.log_dir()?;
     let report = Log::verify(&dir, LogOptions::default())
+        .map_err(locked_hint)
         .with_context(|| format!("verifying {}", dir.display()))?;
     print(args.output, &dir, &report, false)?;
     let refused = report.findings.iter().filter(|f| f.refuses_open).count();
@@ -129,7 +140,9 @@ pub(crate) fn repair(args: &LogArgs, drop_damaged_tail: bool) -> anyhow::Result<
         recovery: Recovery::DropDamagedTail,
         ..LogOptions::default()
     };
-    let log = Log::open(&dir, options).with_context(|| format!("repairing {}", dir.display()))?;
+    let log = Log::open(&dir, options)
+        .map_err(locked_hint)
+        .with_context(|| format!("repairing {}", dir.display()))?;
     let stats = log.stats();
     let report = VerifyReport {
         segments: stats.segments,
