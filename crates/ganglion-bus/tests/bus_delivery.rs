@@ -274,3 +274,66 @@ async fn term_sends_an_event_straight_to_the_dead_letter_topic() {
     );
     assert_eq!(letters[0].event.topic.as_str(), format!("dlq.{name}"));
 }
+
+#[tokio::test]
+async fn dead_letter_counts_are_letters_not_redrive_markers_on_custom_topics_too() {
+    let h = harness();
+    let mut sub = h
+        .bus
+        .subscribe(
+            pattern("jobs.>"),
+            SubscribeOptions {
+                durable: Some("worker".into()),
+                dead_letter_topic: Some(topic("errors.worker")),
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    for n in 0..3 {
+        h.bus
+            .publish(event("jobs.a", &format!("bad {n}")))
+            .await
+            .unwrap();
+        next(&mut sub).await.term("cannot parse");
+    }
+    let counted = |bus: &ganglion_bus::Bus| {
+        let listed = bus
+            .subscriptions()
+            .into_iter()
+            .find(|s| s.name == "worker")
+            .map(|s| (s.dead_letter_topic.clone(), s.dead_letters));
+        (listed, bus.dead_letter_counts())
+    };
+    let want = |n: u64| {
+        (
+            Some(("errors.worker".to_owned(), n)),
+            vec![("worker".to_owned(), n)],
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while counted(&h.bus) != want(3) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("three dead letters counted: {:?}", counted(&h.bus)));
+
+    // A redrive appends the event again and a marker on the dead-letter topic: one
+    // dead letter fewer, not one more.
+    let first = dead_letters_soon(&h.bus, "worker").await[0].event.seq;
+    assert_eq!(
+        h.bus.redrive("worker".into(), vec![first]).await.unwrap(),
+        1
+    );
+    next(&mut sub).await.ack();
+    assert_eq!(counted(&h.bus), want(2));
+
+    // Counted again from the log after a restart, while the subscriber is away.
+    drop(sub);
+    let Harness { bus, clock, dir } = h;
+    bus.shutdown().await.unwrap();
+    drop(bus);
+    let bus = ganglion_bus::Bus::open(options(dir.path(), &clock)).unwrap();
+    assert_eq!(counted(&bus), want(2));
+}
