@@ -506,15 +506,19 @@ pub(crate) fn recover(
 fn new_segment(ctx: &Ctx<'_>, base: u64) -> Result<Segment> {
     let (path, file) = create_segment(ctx.storage, ctx.dir, base)
         .map_err(|e| LogError::io("create segment in", ctx.dir, e))?;
-    let header_len = header_len(FORMAT_VERSION);
-    Ok(Segment::new(
+    Ok(empty_segment(base, path, file))
+}
+
+/// A segment in the current format with no records yet.
+fn empty_segment(base: u64, path: PathBuf, file: Arc<dyn StorageFile>) -> Segment {
+    Segment::new(
         base,
         FORMAT_VERSION,
         path,
         file,
         Vec::new(),
-        empty_extent(base, header_len),
-    ))
+        empty_extent(base, header_len(FORMAT_VERSION)),
+    )
 }
 
 /// A directory with no segment: a new log, or one whose every segment is gone.
@@ -684,14 +688,7 @@ fn open_sealed(ctx: &mut Ctx<'_>, base: u64, next_base: u64, has_index: bool) ->
             }
             // What is left is an empty stand-in; the gap check declares its sequences
             // lost.
-            return Ok(Segment::new(
-                base,
-                FORMAT_VERSION,
-                path,
-                file,
-                Vec::new(),
-                empty_extent(base, header_len(FORMAT_VERSION)),
-            ));
+            return Ok(empty_segment(base, path, file));
         }
     };
 
@@ -788,14 +785,7 @@ fn open_active(ctx: &mut Ctx<'_>, base: u64) -> Result<(Segment, Option<u64>, Op
                     file.sync_data()
                         .map_err(|e| LogError::io("sync", &path, e))?;
                 }
-                let segment = Segment::new(
-                    base,
-                    FORMAT_VERSION,
-                    path,
-                    file,
-                    Vec::new(),
-                    empty_extent(base, header_len(FORMAT_VERSION)),
-                );
+                let segment = empty_segment(base, path, file);
                 return Ok((segment, None, None));
             }
             let damage = if file_len > 0 && all_zeros(&path, &*file, file_len)? {
@@ -824,14 +814,7 @@ fn open_active(ctx: &mut Ctx<'_>, base: u64) -> Result<(Segment, Option<u64>, Op
                 let segment = new_segment(ctx, base)?;
                 return Ok((segment, None, Some(acked)));
             }
-            let segment = Segment::new(
-                base,
-                FORMAT_VERSION,
-                path,
-                file,
-                Vec::new(),
-                empty_extent(base, header_len(FORMAT_VERSION)),
-            );
+            let segment = empty_segment(base, path, file);
             return Ok((segment, None, Some(acked)));
         }
     };

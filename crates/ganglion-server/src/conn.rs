@@ -429,6 +429,30 @@ where
     }
 }
 
+/// The next connection `listener` accepts, or `None` once `stopped` resolves. A failed
+/// accept (out of descriptors, a connection reset before it was accepted) leaves the
+/// listener fine: it is logged, and the next one tried after a short pause rather than
+/// in a spin.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    mut stopped: Pin<&mut impl Future<Output = ()>>,
+    transport: Transport,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => return None,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(error) => {
+                tracing::warn!(%error, ?transport, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves one admitted HTTP/1.1 connection (the JSON API); see [`drive`].
 pub(crate) async fn serve_http1<S, B>(
     stream: TcpStream,

@@ -133,21 +133,9 @@ pub(crate) async fn serve(
         .collect::<Result<Vec<_>, _>>()?;
     let mut next = 0;
     let mut stopped = std::pin::pin!(state.stopped());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stopped => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of descriptors, or a connection reset before it was accepted:
-                // the listener itself is fine; back off briefly rather than spin.
-                tracing::warn!(%error, "accepting a gRPC connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) =
+        crate::conn::accept(&listener, stopped.as_mut(), Transport::Grpc).await
+    {
         let (guard, health_only) = match connections.admit(peer, Transport::Grpc) {
             Admission::Served(guard) => (guard, false),
             Admission::HealthOnly(guard) => (guard, true),

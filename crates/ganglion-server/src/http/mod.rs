@@ -111,19 +111,9 @@ pub(crate) async fn serve(
     // Each connection task holds a sender; all gone: all served.
     let (open, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut stopped = std::pin::pin!(state.stopped());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stopped => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting an HTTP connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) =
+        crate::conn::accept(&listener, stopped.as_mut(), Transport::Http).await
+    {
         let _ = stream.set_nodelay(true);
         let (guard, service) = match connections.admit(peer, Transport::Http) {
             Admission::Served(guard) => (guard, all.clone()),
