@@ -804,7 +804,7 @@ impl Bus {
             std::fs::create_dir_all(&consumers_dir).map_err(|e| {
                 BusError::Unavailable(format!("creating {}: {e}", consumers_dir.display()))
             })?;
-            state::remove_stale_temporaries(&consumers_dir);
+            ganglion_core::fs::remove_stale_temporaries(&consumers_dir);
             let log = Log::open(options.data_dir.join("log"), log_options).map_err(unavailable)?;
             (log, state::StateStore::Dir(consumers_dir))
         };

@@ -424,5 +424,5 @@ fn save_purges(path: &std::path::Path, purges: &[(Pattern, u64)]) -> std::io::Re
         .iter()
         .map(|(p, below)| format!("{p} {below}\n"))
         .collect();
-    crate::state::write_atomically(path, text.as_bytes())
+    ganglion_core::fs::write_atomically(path, text.as_bytes())
 }

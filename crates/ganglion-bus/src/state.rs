@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -105,42 +105,7 @@ fn render(state: &DurableState) -> String {
 
 /// Writes the state so that a crash leaves either the old file or the new one.
 fn save(dir: &Path, name: &str, state: &DurableState) -> io::Result<()> {
-    write_atomically(&path(dir, name), render(state).as_bytes())
-}
-
-/// Writes `bytes` to `target` so that a crash leaves the old file or the new one (a
-/// temporary file, fdatasynced, renamed over, the directory synced), and a failed write
-/// (a full disk) leaves no temporary file.
-pub(crate) fn write_atomically(target: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = target.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let written = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_data()?;
-        fs::rename(&tmp, target)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    match target.parent() {
-        Some(dir) => fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
-/// Removes temporary files a crash left in `dir`.
-pub(crate) fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(".tmp") {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    ganglion_core::fs::write_atomically(&path(dir, name), render(state).as_bytes())
 }
 
 /// Reads a saved state; `Ok(None)` if there is none. A damaged file is an error naming

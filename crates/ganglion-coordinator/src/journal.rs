@@ -79,7 +79,8 @@ impl Journal {
         text: &str,
         lines: usize,
     ) -> Result<Journal, CoordinatorError> {
-        crate::write_atomically(&path, text.as_bytes()).map_err(|e| io_error(what, &path, e))?;
+        ganglion_core::fs::write_atomically(&path, text.as_bytes())
+            .map_err(|e| io_error(what, &path, e))?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)

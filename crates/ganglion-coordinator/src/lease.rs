@@ -1143,7 +1143,7 @@ impl Pools {
     }
 
     fn write_text(&self, path: &Path, text: &str) -> Result<(), CoordinatorError> {
-        let result = crate::write_atomically(path, text.as_bytes()).map_err(|e| {
+        let result = ganglion_core::fs::write_atomically(path, text.as_bytes()).map_err(|e| {
             // Not on disk: write it again next time.
             self.dirty.store(true, std::sync::atomic::Ordering::Release);
             format!("lease state {}: {e}", path.display())

@@ -71,31 +71,6 @@ impl CoordinatorError {
     }
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old file or the new one (a
-/// temporary file, fdatasynced, renamed over, the directory synced), and leaves no
-/// temporary file behind when it fails (a full disk).
-pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
 /// A new definition of a running `kind` (`quota`, `breaker`) must keep its name.
 pub(crate) fn same_name(kind: &str, new: &str, running: &str) -> Result<(), CoordinatorError> {
     if new == running {

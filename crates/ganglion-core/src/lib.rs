@@ -8,6 +8,7 @@ pub mod bus;
 mod clock;
 pub mod context;
 mod event;
+pub mod fs;
 pub mod stats;
 mod topic;
 pub mod trace;
