@@ -448,6 +448,11 @@ impl Consumer {
         }
         if self.durable {
             self.persist();
+            // Parked now: its lag counts from where it will resume.
+            self.shared
+                .counters
+                .cursor
+                .store(self.floor(), std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -1153,18 +1158,22 @@ impl Consumer {
         }
     }
 
+    /// Everything below this is done: the first event still outstanding, or the cursor.
+    fn floor(&self) -> u64 {
+        self.outstanding
+            .first()
+            .copied()
+            .unwrap_or(self.cursor)
+            .min(self.cursor)
+    }
+
     /// Writes a durable consumer's state: everything below the floor is done.
     fn persist(&mut self) {
         self.persist_at = None;
         if !self.dirty {
             return;
         }
-        let floor = self
-            .outstanding
-            .first()
-            .copied()
-            .unwrap_or(self.cursor)
-            .min(self.cursor);
+        let floor = self.floor();
         self.done = self.done.split_off(&floor);
         let mut attempts = BTreeMap::new();
         for (seq, f) in &self.in_flight {

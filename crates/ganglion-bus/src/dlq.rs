@@ -120,6 +120,15 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
+    /// Counts a dead letter (`true`) or a redrive marker (`false`), as [`classify`] says.
+    pub(crate) fn count(&mut self, letter: bool) {
+        if letter {
+            self.letters += 1;
+        } else {
+            self.redriven += 1;
+        }
+    }
+
     /// Dead letters not redriven.
     pub(crate) fn live(&self) -> u64 {
         self.letters.saturating_sub(self.redriven)

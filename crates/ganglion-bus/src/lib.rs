@@ -883,13 +883,11 @@ impl Bus {
             stats
         });
         let parked = registry.parked.iter().map(|(name, p)| {
+            // Its cursor is where it resumes (its first unacked event): the lag is its
+            // backlog.
             let mut stats = p
                 .counters
                 .report(name, p.pattern.clone(), None, true, 0, next_seq);
-            // Its backlog: from the first event it has not acked (where it resumes).
-            if let Ok(Some(saved)) = self.core.states.load(name) {
-                stats.lag = next_seq.saturating_sub(saved.floor);
-            }
             stats.dead_letter_topic = p.dlq_topic.clone();
             stats.dead_letters = dead_letters(name);
             stats
@@ -1402,13 +1400,11 @@ impl Core {
         let mut counts = None;
         for event in events {
             if let Some((subscription, letter)) = dlq::classify(event) {
-                let counts = counts.get_or_insert_with(|| lock(&self.dead_letter_counts));
-                let c = counts.entry(subscription.to_owned()).or_default();
-                if letter {
-                    c.letters += 1;
-                } else {
-                    c.redriven += 1;
-                }
+                counts
+                    .get_or_insert_with(|| lock(&self.dead_letter_counts))
+                    .entry(subscription.to_owned())
+                    .or_default()
+                    .count(letter);
             }
         }
     }
@@ -1419,6 +1415,7 @@ impl Core {
         let window_start = self.clock.now_micros().saturating_sub(window);
         let mut topics = lock(&self.topics);
         let mut dedupe = lock(&self.dedupe);
+        let counting = self.retention.counts();
         let mut next = self.log.first_seq();
         loop {
             let records = self.log.read(next, 4096).map_err(log_error)?;
@@ -1429,20 +1426,19 @@ impl Core {
                     tracing::warn!(seq = record.seq, "skipping undecodable record");
                     continue;
                 };
-                self.retention
-                    .record([(topic, record.seq, record.payload.len() as u64)]);
+                if counting {
+                    self.retention
+                        .record([(topic, record.seq, record.payload.len() as u64)]);
+                }
                 if let Some((event_type, subscription)) =
                     codec::peek_type_and_header(&record.payload, dlq::SUBSCRIPTION)
                     && let Some((subscription, letter)) =
                         dlq::classify_parts(event_type, subscription)
                 {
-                    let mut counts = lock(&self.dead_letter_counts);
-                    let c = counts.entry(subscription.to_owned()).or_default();
-                    if letter {
-                        c.letters += 1;
-                    } else {
-                        c.redriven += 1;
-                    }
+                    lock(&self.dead_letter_counts)
+                        .entry(subscription.to_owned())
+                        .or_default()
+                        .count(letter);
                 }
                 let Ok(topic) = Topic::new(topic) else {
                     continue;
