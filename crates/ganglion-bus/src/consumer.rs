@@ -448,10 +448,10 @@ impl Consumer {
         }
         if self.durable {
             self.persist();
-            // Parked now: its lag counts from where it will resume.
+            // Its last acks may have moved the floor: the parked listing counts from it.
             self.shared
                 .counters
-                .cursor
+                .floor
                 .store(self.floor(), std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -739,6 +739,10 @@ impl Consumer {
         );
         c.cursor
             .store(self.cursor, std::sync::atomic::Ordering::Relaxed);
+        if self.durable {
+            c.floor
+                .store(self.floor(), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Whether something could be delivered if a subscriber had room.

@@ -883,8 +883,6 @@ impl Bus {
             stats
         });
         let parked = registry.parked.iter().map(|(name, p)| {
-            // Its cursor is where it resumes (its first unacked event): the lag is its
-            // backlog.
             let mut stats = p
                 .counters
                 .report(name, p.pattern.clone(), None, true, 0, next_seq);
@@ -1379,7 +1377,7 @@ impl Core {
             match self.states.load(&name) {
                 Ok(Some(state)) => {
                     let counters = Arc::new(stats::ConsumerCounters::default());
-                    counters.cursor.store(state.floor, Ordering::Relaxed);
+                    counters.floor.store(state.floor, Ordering::Relaxed);
                     registry.parked.insert(
                         name,
                         Parked {

@@ -18,6 +18,8 @@ pub(crate) struct ConsumerCounters {
     pub(crate) ready: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) cursor: AtomicU64,
+    /// A durable's first event not done: where it resumes.
+    pub(crate) floor: AtomicU64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -95,7 +97,12 @@ impl ConsumerCounters {
             expired: get(&self.expired),
             ready: get(&self.ready),
             in_flight: get(&self.in_flight),
-            lag: next_seq.saturating_sub(get(&self.cursor)),
+            // A durable with no subscriber resumes from its floor: that is its backlog.
+            lag: next_seq.saturating_sub(get(if members == 0 && durable {
+                &self.floor
+            } else {
+                &self.cursor
+            })),
             dead_letter_topic: String::new(),
             dead_letters: 0,
         }
