@@ -1064,10 +1064,7 @@ impl Bus {
         let queued = QueuedBytes::new(core.options.subscriber_buffer_bytes);
         if let Some(entry) = registry.consumers.get_mut(&key) {
             if entry.pattern != pattern {
-                return Err(BusError::invalid(
-                    "pattern",
-                    format!("durable {name:?} is bound to pattern {}", entry.pattern),
-                ));
+                return Err(durable_pattern_mismatch(&name));
             }
             if entry.queue_group.is_none() || entry.queue_group != options.queue_group {
                 return Err(BusError::invalid(
@@ -1109,10 +1106,7 @@ impl Bus {
         if let Some(saved) = &saved
             && saved.pattern != pattern.as_str()
         {
-            return Err(BusError::invalid(
-                "pattern",
-                format!("durable {name:?} is bound to pattern {}", saved.pattern),
-            ));
+            return Err(durable_pattern_mismatch(&name));
         }
         let dlq_topic = match (&options.dead_letter_topic, &saved) {
             (Some(topic), _) => topic.clone(),
@@ -1566,3 +1560,13 @@ impl EventBus for Bus {
         })
     }
 }
+
+/// A durable joined with a pattern other than its own. The error does not say which
+/// pattern it has: that is for those who may list subscriptions.
+fn durable_pattern_mismatch(name: &str) -> BusError {
+    BusError::invalid(
+        "pattern",
+        format!("durable {name:?} exists with another pattern; subscribe with the pattern it was created with"),
+    )
+}
+

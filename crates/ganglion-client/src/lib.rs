@@ -36,7 +36,105 @@ use ganglion_proto::convert::{self, error_from_status, system_time_ms};
 use ganglion_proto::v1;
 use ganglion_proto::v1::event_bus_client::EventBusClient;
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// The generated bus client over this SDK's connection, credentials attached.
+pub type Rpc = EventBusClient<InterceptedService<Channel, Credentials>>;
+/// The generated coordinator client over this SDK's connection, credentials attached.
+pub type CoordinatorRpc =
+    v1::coordinator_client::CoordinatorClient<InterceptedService<Channel, Credentials>>;
+
+/// TLS for the connection: the CA that signed the server's certificate (the system's
+/// roots are not consulted), and a client certificate for mTLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// PEM of the CA certificates to trust.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of the client certificate chain and its key, for mTLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to check the server's certificate against; default: the endpoint's host.
+    pub domain: Option<String>,
+}
+
+/// Attaches the bearer token to every call.
+#[derive(Clone)]
+pub struct Credentials {
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Credentials carrying `token` (none: calls go without).
+    pub fn new(token: Option<&str>) -> Result<Credentials, BusError> {
+        let authorization = token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| BusError::invalid("token", "must be printable ASCII"))
+            })
+            .transpose()?;
+        Ok(Credentials { authorization })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to `options.endpoint` (TLS when `options.tls` is set or the endpoint is
+/// `https://`), connected within the connect timeout.
+pub async fn channel(options: &ClientOptions) -> Result<Channel, BusError> {
+    let mut endpoint = Endpoint::from_shared(options.endpoint.clone())
+        .map_err(|e| BusError::invalid("endpoint", e))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024);
+    if let Some(tls) = &options.tls {
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &tls.ca_pem {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &tls.identity_pem {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| BusError::invalid("tls", e.to_string()))?;
+    }
+    endpoint.connect().await.map_err(|e| {
+        let mut message = format!("cannot reach {}: {e}", options.endpoint);
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        BusError::Unavailable(message)
+    })
+}
 
 /// How the client connects and batches.
 #[derive(Debug, Clone)]
@@ -59,6 +157,10 @@ pub struct ClientOptions {
     /// First and longest wait between reconnection attempts.
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// A bearer token sent with every call (see the server's `auth.identities`).
+    pub token: Option<String>,
+    /// TLS, and a client certificate for mTLS. Without it, plain text.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientOptions {
@@ -72,6 +174,8 @@ impl ClientOptions {
             max_message_bytes: 16 * 1024 * 1024,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            token: None,
+            tls: None,
         }
     }
 }
@@ -85,7 +189,8 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    rpc: EventBusClient<Channel>,
+    rpc: Rpc,
+    coordinator: CoordinatorRpc,
     options: ClientOptions,
     publisher: mpsc::Sender<publish::Job>,
     subscriptions: Mutex<HashMap<SubscriptionId, tokio::task::AbortHandle>>,
@@ -100,24 +205,20 @@ impl Client {
 
     /// Connects, failing if the server cannot be reached within the connect timeout.
     pub async fn connect_with(options: ClientOptions) -> Result<Client, BusError> {
-        let endpoint = Endpoint::from_shared(options.endpoint.clone())
-            .map_err(|e| BusError::invalid("endpoint", e))?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(4 * 1024 * 1024)
-            .initial_connection_window_size(8 * 1024 * 1024);
-        let channel = endpoint.connect().await.map_err(|e| {
-            BusError::Unavailable(format!("cannot reach {}: {e}", options.endpoint))
-        })?;
-        let rpc = EventBusClient::new(channel)
+        let channel = channel(&options).await?;
+        let credentials = Credentials::new(options.token.as_deref())?;
+        let rpc = EventBusClient::with_interceptor(channel.clone(), credentials.clone())
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
+        let coordinator =
+            v1::coordinator_client::CoordinatorClient::with_interceptor(channel, credentials)
+                .max_decoding_message_size(options.max_message_bytes)
+                .max_encoding_message_size(options.max_message_bytes);
         let publisher = publish::spawn(rpc.clone(), options.clone());
         Ok(Client {
             inner: Arc::new(Inner {
                 rpc,
+                coordinator,
                 options,
                 publisher,
                 subscriptions: Mutex::new(HashMap::new()),
@@ -127,8 +228,13 @@ impl Client {
     }
 
     /// The generated gRPC client, for calls this SDK does not wrap.
-    pub fn rpc(&self) -> EventBusClient<Channel> {
+    pub fn rpc(&self) -> Rpc {
         self.inner.rpc.clone()
+    }
+
+    /// The generated coordinator client on the same connection and credentials.
+    pub fn coordinator(&self) -> CoordinatorRpc {
+        self.inner.coordinator.clone()
     }
 }
 

@@ -7,11 +7,9 @@ use ganglion_core::bus::PublishAck;
 use ganglion_core::{BusError, Event};
 use ganglion_proto::convert::{ack_from_wire, error_from_status, error_from_wire, event_to_wire};
 use ganglion_proto::v1;
-use ganglion_proto::v1::event_bus_client::EventBusClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use crate::{ClientOptions, Reconnect};
 
@@ -44,7 +42,7 @@ pub(crate) async fn submit(
     response.await.map_err(|_| BusError::Closed)?
 }
 
-pub(crate) fn spawn(rpc: EventBusClient<Channel>, options: ClientOptions) -> mpsc::Sender<Job> {
+pub(crate) fn spawn(rpc: crate::Rpc, options: ClientOptions) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel(options.pipeline.max(1) * 64);
     tokio::spawn(run(rpc, options, rx));
     tx
@@ -65,7 +63,7 @@ struct Stream {
     responses: Streaming<v1::PublishResponse>,
 }
 
-async fn open(rpc: &mut EventBusClient<Channel>, pipeline: usize) -> Result<Stream, BusError> {
+async fn open(rpc: &mut crate::Rpc, pipeline: usize) -> Result<Stream, BusError> {
     let (requests, rx) = mpsc::channel(pipeline.max(1));
     let responses = rpc
         .publish_stream(ReceiverStream::new(rx))
@@ -79,7 +77,7 @@ async fn open(rpc: &mut EventBusClient<Channel>, pipeline: usize) -> Result<Stre
 }
 
 async fn run(
-    mut rpc: EventBusClient<Channel>,
+    mut rpc: crate::Rpc,
     options: ClientOptions,
     mut jobs: mpsc::Receiver<Job>,
 ) {

@@ -13,12 +13,10 @@ use ganglion_proto::convert::{
     TopicCache, delivered_from_wire, duration_ms, error_from_status, key_count_from_wire,
     options_to_wire,
 };
-use ganglion_proto::v1::event_bus_client::EventBusClient;
 use ganglion_proto::v1::{self, subscribe_request, subscribe_response};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use crate::{ClientOptions, Reconnect, lock};
 
@@ -82,7 +80,7 @@ struct Opened {
 }
 
 async fn open_stream(
-    rpc: &mut EventBusClient<Channel>,
+    rpc: &mut crate::Rpc,
     open: &v1::OpenSubscription,
 ) -> Result<Opened, BusError> {
     let (requests, rx) = mpsc::unbounded_channel();
@@ -117,7 +115,7 @@ async fn open_stream(
 
 /// Opens a subscription; returns it and the task that feeds it.
 pub(crate) async fn open(
-    mut rpc: EventBusClient<Channel>,
+    mut rpc: crate::Rpc,
     options: &ClientOptions,
     id: SubscriptionId,
     pattern: Pattern,
@@ -139,7 +137,7 @@ pub(crate) async fn open(
 }
 
 async fn run(
-    mut rpc: EventBusClient<Channel>,
+    mut rpc: crate::Rpc,
     open: v1::OpenSubscription,
     opened: Opened,
     control: Arc<Control>,

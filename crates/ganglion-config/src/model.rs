@@ -21,6 +21,9 @@ pub struct Config {
     pub bus: BusConfig,
     /// Resource pools, leases, quotas, request queues and circuit breakers.
     pub coordinator: CoordinatorConfig,
+    /// Who may connect and what each caller may do. Live: tokens can be rotated and
+    /// permissions changed without a restart.
+    pub auth: AuthConfig,
     /// Logs, metrics and traces.
     pub telemetry: TelemetryConfig,
     /// Feature flags. An enabled flag's `set` is applied over the layers below it. Flags
@@ -67,6 +70,122 @@ pub struct ServerConfig {
     /// process) loses its lease within the TTL.
     #[schemars(range(min = 100))]
     pub grpc_keepalive_timeout_ms: u64,
+    /// With no `auth.identities`, every caller may do everything, so the server refuses
+    /// to listen beyond loopback unless this is `true`. With identities, `true` also
+    /// lets callers without credentials in, with `auth.anonymous` permissions.
+    pub allow_anonymous: bool,
+    /// TLS on both listeners (certificate and key re-read when the files change).
+    /// Without it both listen in plain text. Enabling or disabling needs a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to. Needed when either
+    /// listener asks for client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Client certificates on the gRPC listener: `none`, `optional` or `required`.
+    #[serde(default)]
+    pub grpc_client_certs: ClientCerts,
+    /// Client certificates on the HTTP listener: `none`, `optional` or `required`.
+    #[serde(default)]
+    pub http_client_certs: ClientCerts,
+}
+
+/// Whether a listener asks for client certificates (mTLS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCerts {
+    /// Not asked for; callers authenticate with tokens.
+    #[default]
+    None,
+    /// Asked for and verified when sent; callers without one may use a token.
+    Optional,
+    /// A handshake without a valid client certificate fails.
+    Required,
+}
+
+/// `auth:`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Each component that may connect, by name (letters, digits, `-`, `_`). Empty:
+    /// authentication is off and every caller may do everything (loopback only, unless
+    /// `server.allow_anonymous`).
+    pub identities: BTreeMap<String, IdentityConfig>,
+    /// What callers without credentials may do when identities exist and
+    /// `server.allow_anonymous` is `true`. Nothing by default.
+    pub anonymous: PermissionsConfig,
+}
+
+/// `auth.identities.<name>:`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Hashes of the bearer tokens that authenticate as this identity, `sha256:<hex>`,
+    /// as `ganglion auth token NAME` prints them. Two during a rotation.
+    pub tokens: Vec<String>,
+    /// Names in a client certificate (its subject CN, a DNS or URI SAN) that
+    /// authenticate as this identity. Empty: the identity's own name.
+    pub certificates: Vec<String>,
+    /// What this identity may do; everything not allowed is refused.
+    pub permissions: PermissionsConfig,
+}
+
+/// Allow and deny lists, NATS-style: a name is allowed if an `allow` entry matches it
+/// and no `deny` entry does.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rule {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// What one caller may do. Topic rules take topic patterns (`game.>`, `*.state`); name
+/// rules take names with `*` globs (`trainer-*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PermissionsConfig {
+    /// Topics it may publish to. `coordinator.>` and `dlq.>` are the server's alone.
+    pub publish: Rule,
+    /// Patterns it may subscribe to (a pattern must lie inside an allowed one and
+    /// overlap no denied one), also as a custom dead-letter topic it names.
+    pub subscribe: Rule,
+    /// Durable subscription names and queue groups it may create or join (names).
+    pub durables: Rule,
+    /// Patterns it may replay from the log.
+    pub replay: Rule,
+    /// Subscriptions whose dead letters it may list and redrive (names).
+    pub dlq: Rule,
+    /// The coordinator's pools, quotas and queues it may use.
+    pub resources: ResourcePermissions,
+    /// Read-only views: topics, subscriptions, resources, metrics.
+    pub monitor: bool,
+    /// Purge and delete topics, release or renew another's lease, answer a request
+    /// another worker took. Every admin action is audited.
+    pub admin: bool,
+}
+
+/// `permissions.resources:` (all names).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourcePermissions {
+    /// Pools it may lease from (and check fencing tokens of).
+    pub pools: Rule,
+    /// Quotas it may draw permits on.
+    pub quotas: Rule,
+    /// Request queues it may submit to and read responses from.
+    pub submit: Rule,
+    /// Request queues it may take requests from and answer, as a worker.
+    pub work: Rule,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +200,8 @@ impl Default for ServerConfig {
             idle_timeout_ms: 300_000,
             grpc_keepalive_interval_ms: 10_000,
             grpc_keepalive_timeout_ms: 10_000,
+            allow_anonymous: false,
+            tls: None,
         }
     }
 }

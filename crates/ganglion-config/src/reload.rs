@@ -17,6 +17,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "bus.batch_window_ms",
     "bus.retention",
     "telemetry.log_level",
+    "auth",
     "features",
     "coordinator.leases",
     "coordinator.quotas.*.rule",

@@ -831,6 +831,14 @@ impl Pools {
         self.release_now(&mut state, lease, "released by its holder", now)
     }
 
+    /// Who holds lease `lease`, while it is held.
+    pub fn holder(&self, lease: u64) -> Option<String> {
+        self.lock()
+            .leases
+            .get(&lease)
+            .map(|held| held.lease.holder.clone())
+    }
+
     /// Extends a lease's TTL from now; refused for a revoked or unknown lease.
     pub fn renew(&self, lease: u64) -> Result<Lease, CoordinatorError> {
         let mut state = self.lock();

@@ -120,6 +120,8 @@ struct Pending {
     request: Bytes,
     /// Taken before, and not completed within the take timeout.
     retaken: bool,
+    /// The worker that took it last (not kept across restarts).
+    taken_by: Option<Arc<str>>,
 }
 
 /// A request a worker took and has not completed.
@@ -386,6 +388,7 @@ impl RequestQueue {
                         key: content,
                         request,
                         retaken: true,
+                        taken_by: None,
                     });
                     max_id = max_id.max(id);
                 }
@@ -652,6 +655,7 @@ impl RequestQueue {
                 key,
                 request,
                 retaken: false,
+                taken_by: None,
             };
             self.journal(&mut inner, &Inner::pending_line(&pending, idempotency_key))?;
             inner.bytes += pending.request.len();
@@ -766,7 +770,8 @@ impl RequestQueue {
                                 // Nothing of that component left; the grant is spent.
                                 continue;
                             };
-                            let p = inner.pending.swap_remove(at);
+                            let mut p = inner.pending.swap_remove(at);
+                            p.taken_by = Some(Arc::from(worker));
                             let until = self.clock.monotonic().saturating_add(self.take_timeout);
                             tracing::debug!(queue = %self.name, id = p.id, worker, component = %p.component, retaken = p.retaken, "taken");
                             let taken = Taken {
@@ -833,6 +838,18 @@ impl RequestQueue {
             inner.cache.insert(request.key, cached);
         }
         Ok(())
+    }
+
+    /// The worker that took request `id` last, if it is taken, or back in line after a
+    /// take that timed out (whose answer is still accepted).
+    pub fn taken_by(&self, id: u64) -> Option<String> {
+        let inner = self.lock();
+        let pending = inner
+            .taken
+            .get(&id)
+            .map(|t| &t.pending)
+            .or_else(|| inner.pending.iter().find(|p| p.id == id));
+        pending.and_then(|p| p.taken_by.as_deref().map(str::to_owned))
     }
 
     /// Requests waiting for a worker.

@@ -54,6 +54,10 @@ pub enum ErrorCode {
     ResourceExhausted,
     Unavailable,
     Internal,
+    /// No valid credentials.
+    Unauthenticated,
+    /// Credentials, but not the permission.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -64,6 +68,8 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 }
@@ -93,6 +99,12 @@ pub enum BusError {
     Closed,
     #[error("internal error: {0}")]
     Internal(String),
+    /// No valid credentials (a bearer token or a client certificate).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller's identity lacks the permission.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl BusError {
@@ -105,6 +117,8 @@ impl BusError {
             BusError::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
             BusError::Unavailable(_) | BusError::Closed => ErrorCode::Unavailable,
             BusError::Internal(_) => ErrorCode::Internal,
+            BusError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            BusError::PermissionDenied(_) => ErrorCode::PermissionDenied,
         }
     }
 

@@ -425,6 +425,8 @@ pub fn status_from_error(error: &BusError) -> Status {
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Internal => Code::Internal,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
     };
     let message = match error {
         BusError::Internal(_) => "internal error".to_owned(),
@@ -476,6 +478,8 @@ pub fn error_from_status(status: &Status) -> BusError {
         Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted => {
             BusError::Unavailable(message)
         }
+        Code::Unauthenticated => BusError::Unauthenticated(message),
+        Code::PermissionDenied => BusError::PermissionDenied(message),
         _ => BusError::Internal(format!("{:?}: {message}", status.code())),
     }
 }

@@ -1,5 +1,8 @@
 //! `ganglion.v1.Coordinator` over gRPC, and the bus events of leases.
 
+use crate::auth::{Action, Caller, grpc_caller};
+use ganglion_core::BusError;
+use ganglion_proto::convert::status_from_error;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,6 +165,70 @@ fn held_lease_stream(held: HeldLease) -> impl Stream<Item = Result<v1::LeaseUpda
     })
 }
 
+/// Who may use the coordinator's names (see [`crate::auth`]): each check runs before the
+/// name is looked up, so a refusal never tells whether a pool, quota or queue exists.
+impl State {
+    /// The holder a lease of `pool` is granted to.
+    pub(crate) fn lease_holder(
+        &self,
+        caller: &Caller,
+        pool: &str,
+        holder: &str,
+    ) -> Result<String, BusError> {
+        self.may(caller, Action::Lease(pool))?;
+        Ok(caller.claim(&self.audit, "holder", holder)?)
+    }
+
+    /// Allows renewing or releasing lease `id`: its holder, or an admin. An unknown
+    /// lease is left to the coordinator to report.
+    pub(crate) fn may_touch_lease(&self, caller: &Caller, id: u64, verb: &str) -> Result<(), BusError> {
+        match self.coordinator.pools().holder(id) {
+            Some(holder) => Ok(caller.may_act_for(&self.audit, verb, &format!("lease {id}"), &holder)?),
+            None => Ok(()),
+        }
+    }
+
+    /// The component a permit of `quota` is drawn for.
+    pub(crate) fn permit_component(
+        &self,
+        caller: &Caller,
+        quota: &str,
+        component: &str,
+    ) -> Result<String, BusError> {
+        self.may(caller, Action::Permit(quota))?;
+        Ok(caller.claim(&self.audit, "component", component)?)
+    }
+
+    /// The component a request to `queue` is submitted for.
+    pub(crate) fn submit_component(
+        &self,
+        caller: &Caller,
+        queue: &str,
+        component: &str,
+    ) -> Result<String, BusError> {
+        self.may(caller, Action::Submit(queue))?;
+        Ok(caller.claim(&self.audit, "component", component)?)
+    }
+
+    /// The worker taking from `queue`.
+    pub(crate) fn worker(&self, caller: &Caller, queue: &str, worker: &str) -> Result<String, BusError> {
+        self.may(caller, Action::Work(queue))?;
+        Ok(caller.claim(&self.audit, "worker", worker)?)
+    }
+
+    /// Allows answering request `id` of `queue`: the worker that took it, or an admin.
+    pub(crate) fn may_complete(&self, caller: &Caller, queue: &str, id: u64) -> Result<(), BusError> {
+        self.may(caller, Action::Work(queue))?;
+        let taker = self
+            .coordinator
+            .queue(queue)
+            .ok()
+            .and_then(|q| q.taken_by(id))
+            .unwrap_or_default();
+        Ok(caller.may_act_for(&self.audit, "answer", &format!("request {id} of queue {queue}"), &taker)?)
+    }
+}
+
 #[tonic::async_trait]
 impl CoordinatorService for GrpcCoordinator {
     type AcquireStream = LeaseStream;
@@ -170,12 +237,17 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        let holder = self
+            .state
+            .lease_holder(&caller, &r.pool, &r.holder)
+            .map_err(|e| status_from_error(&e))?;
         let pools = self.coordinator().pools().clone();
         let lease = pools
             .acquire(AcquireRequest {
                 pool: r.pool,
-                holder: r.holder,
+                holder,
                 priority: r.priority,
                 amount: r.amount.max(1),
                 wait_timeout: Duration::from_millis(r.wait_ms),
@@ -202,11 +274,12 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::Lease>, Status> {
-        let lease = self
-            .coordinator()
-            .pools()
-            .renew(request.into_inner().lease_id)
-            .map_err(status)?;
+        let caller = grpc_caller(&request)?;
+        let id = request.into_inner().lease_id;
+        self.state
+            .may_touch_lease(&caller, id, "renew")
+            .map_err(|e| status_from_error(&e))?;
+        let lease = self.coordinator().pools().renew(id).map_err(status)?;
         Ok(Response::new(lease_to_wire(&lease)))
     }
 
@@ -214,10 +287,12 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        self.coordinator()
-            .pools()
-            .release(request.into_inner().lease_id)
-            .map_err(status)?;
+        let caller = grpc_caller(&request)?;
+        let id = request.into_inner().lease_id;
+        self.state
+            .may_touch_lease(&caller, id, "release")
+            .map_err(|e| status_from_error(&e))?;
+        self.coordinator().pools().release(id).map_err(status)?;
         Ok(Response::new(v1::ReleaseResponse {}))
     }
 
@@ -225,7 +300,11 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::CheckFenceRequest>,
     ) -> Result<Response<v1::CheckFenceResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        self.state
+            .may(&caller, Action::Lease(&r.pool))
+            .map_err(|e| status_from_error(&e))?;
         let response = match self
             .coordinator()
             .pools()
@@ -248,9 +327,14 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::PermitRequest>,
     ) -> Result<Response<v1::Permit>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        let component = self
+            .state
+            .permit_component(&caller, &r.quota, &r.component)
+            .map_err(|e| status_from_error(&e))?;
         let quota = self.coordinator().quota(&r.quota).map_err(status)?;
-        let permit = quota.try_acquire(&r.component).map_err(status)?;
+        let permit = quota.try_acquire(&component).map_err(status)?;
         Ok(Response::new(permit_to_wire(permit)))
     }
 
@@ -258,10 +342,15 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::PermitRequest>,
     ) -> Result<Response<v1::Permit>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        let component = self
+            .state
+            .permit_component(&caller, &r.quota, &r.component)
+            .map_err(|e| status_from_error(&e))?;
         let quota = self.coordinator().quota(&r.quota).map_err(status)?.clone();
         let permit = quota
-            .acquire(&r.component, r.priority, Duration::from_millis(r.wait_ms))
+            .acquire(&component, r.priority, Duration::from_millis(r.wait_ms))
             .await
             .map_err(status)?;
         Ok(Response::new(permit_to_wire(permit)))
@@ -271,13 +360,18 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        let component = self
+            .state
+            .submit_component(&caller, &r.queue, &r.component)
+            .map_err(|e| status_from_error(&e))?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?;
         let id = queue
             .submit(Submission {
                 request: r.request,
                 priority: r.priority,
-                component: r.component,
+                component,
                 idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
                 fallback: r.fallback,
             })
@@ -289,7 +383,11 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::GetResponseRequest>,
     ) -> Result<Response<v1::GetResponseResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        self.state
+            .may(&caller, Action::Submit(&r.queue))
+            .map_err(|e| status_from_error(&e))?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
         let outcome = queue
             .get_response(r.request_id, Duration::from_millis(r.wait_ms))
@@ -314,10 +412,15 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::TakeRequest>,
     ) -> Result<Response<v1::TakeResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        let worker = self
+            .state
+            .worker(&caller, &r.queue, &r.worker)
+            .map_err(|e| status_from_error(&e))?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
         let taken = queue
-            .take(&r.worker, Duration::from_millis(r.wait_ms))
+            .take(&worker, Duration::from_millis(r.wait_ms))
             .await
             .map_err(status)?;
         Ok(Response::new(match taken {
@@ -336,7 +439,11 @@ impl CoordinatorService for GrpcCoordinator {
         &self,
         request: Request<v1::CompleteRequest>,
     ) -> Result<Response<v1::CompleteResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let r = request.into_inner();
+        self.state
+            .may_complete(&caller, &r.queue, r.request_id)
+            .map_err(|e| status_from_error(&e))?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?;
         let result = match r.result {
             Some(v1::complete_request::Result::Response(body)) => Ok(body),
@@ -349,8 +456,12 @@ impl CoordinatorService for GrpcCoordinator {
 
     async fn status(
         &self,
-        _request: Request<v1::StatusRequest>,
+        request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
+        let caller = grpc_caller(&request)?;
+        self.state
+            .may(&caller, Action::Monitor)
+            .map_err(|e| status_from_error(&e))?;
         Ok(Response::new(status_of(self.coordinator())))
     }
 }

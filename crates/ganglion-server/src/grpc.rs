@@ -1,5 +1,6 @@
 //! `ganglion.v1.EventBus` over gRPC: each method converts, calls the bus, converts back.
 
+use crate::auth::{Action, Caller, grpc_caller};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,17 +103,24 @@ pub(crate) async fn serve(
             crate::coordinator::GrpcCoordinator,
         >>()
         .await;
+    let authenticate =
+        axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate);
     let services = Services {
-        all: tonic::service::Routes::new(health_service.clone())
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(bus)
-            .add_service(coordinator)
-            .prepare(),
+        all: tonic::service::Routes::from(
+            tonic::service::Routes::new(health_service.clone())
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(bus)
+                .add_service(coordinator)
+                .into_axum_router()
+                .layer(authenticate.clone()),
+        )
+        .prepare(),
         health_only: tonic::service::Routes::from(
             tonic::service::Routes::new(health_service)
                 .into_axum_router()
-                .fallback(too_many_connections),
+                .fallback(too_many_connections)
+                .layer(authenticate),
         )
         .prepare(),
     };
@@ -297,14 +305,24 @@ fn log_internal(error: &BusError) {
 async fn publish(
     bus: &Bus,
     state: &State,
+    caller: &Caller,
     events: Vec<v1::Event>,
 ) -> Result<Vec<v1::PublishAck>, BusError> {
     let events = events_from_wire(events)?;
+    state.may_publish(caller, &events)?;
     let count = events.len() as u64;
     let started = std::time::Instant::now();
     let acks = bus.publish_batch(events).await?;
     state.metrics.published(count, started.elapsed());
     Ok(acks.into_iter().map(convert::ack_to_wire).collect())
+}
+
+impl GrpcBus {
+    /// Allows a read-only view (`monitor`), or refuses it.
+    fn monitor<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let caller = grpc_caller(request)?;
+        self.state.may(&caller, Action::Monitor).map_err(status)
+    }
 }
 
 #[tonic::async_trait]
@@ -313,8 +331,9 @@ impl EventBusService for GrpcBus {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let request = request.into_inner();
-        let acks = publish(&self.state.bus, &self.state, request.events)
+        let acks = publish(&self.state.bus, &self.state, &caller, request.events)
             .await
             .map_err(|e| self.state.metrics.refused(e))
             .map_err(status)?;
@@ -332,15 +351,16 @@ impl EventBusService for GrpcBus {
         request: Request<Streaming<v1::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let state = self.state.clone();
+        let caller = grpc_caller(&request)?;
         // Stop taking requests at shutdown; those in flight still get their responses.
         let responses = request
             .into_inner()
             .take_until(self.state.stopped())
             .map(move |request| {
-                let state = state.clone();
+                let (state, caller) = (state.clone(), caller.clone());
                 async move {
                     let request = request?;
-                    let response = match publish(&state.bus, &state, request.events).await {
+                    let response = match publish(&state.bus, &state, &caller, request.events).await {
                         Ok(acks) => v1::PublishResponse {
                             acks,
                             request_id: request.request_id,
@@ -369,6 +389,7 @@ impl EventBusService for GrpcBus {
         request: Request<Streaming<v1::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = request.remote_addr();
+        let caller = grpc_caller(&request)?;
         let mut inbound = request.into_inner();
         let open = match inbound.message().await? {
             Some(v1::SubscribeRequest {
@@ -406,6 +427,9 @@ impl EventBusService for GrpcBus {
                 ),
             )));
         }
+        self.state
+            .may_subscribe(&caller, &pattern, &options)
+            .map_err(status)?;
         let slot = self.state.subscription_slot(peer).map_err(status)?;
         let subscription = self
             .state
@@ -458,8 +482,12 @@ impl EventBusService for GrpcBus {
         &self,
         request: Request<v1::ReplayRequest>,
     ) -> Result<Response<Self::ReplayStream>, Status> {
+        let caller = grpc_caller(&request)?;
         let request = request.into_inner();
         let pattern = convert::pattern_from_wire(&request.pattern, "pattern").map_err(status)?;
+        self.state
+            .may(&caller, Action::Replay(&pattern))
+            .map_err(status)?;
         let start = convert::replay_start(request.from_seq, request.since_ms).map_err(status)?;
         let limit = replay_limit(request.limit as usize, self.state.limits.max_replay_events)
             .map_err(status)?;
@@ -487,8 +515,9 @@ impl EventBusService for GrpcBus {
 
     async fn list_topics(
         &self,
-        _request: Request<v1::ListTopicsRequest>,
+        request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        self.monitor(&request)?;
         let topics = self.state.bus.topics().await.map_err(status)?;
         Ok(Response::new(v1::ListTopicsResponse {
             topics: topics.into_iter().map(convert::topic_to_wire).collect(),
@@ -499,7 +528,11 @@ impl EventBusService for GrpcBus {
         &self,
         request: Request<v1::ListDeadLettersRequest>,
     ) -> Result<Response<v1::ListDeadLettersResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let request = request.into_inner();
+        self.state
+            .may(&caller, Action::DeadLetters(&request.subscription))
+            .map_err(status)?;
         let limit = if request.limit == 0 {
             100
         } else {
@@ -523,8 +556,12 @@ impl EventBusService for GrpcBus {
         &self,
         request: Request<v1::PurgeTopicsRequest>,
     ) -> Result<Response<v1::PurgeTopicsResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let pattern =
             convert::pattern_from_wire(&request.into_inner().pattern, "pattern").map_err(status)?;
+        self.state
+            .may(&caller, Action::Admin(&format!("purge topics {pattern}")))
+            .map_err(status)?;
         let (_, topics, events) = purge_topics(&self.state.bus, pattern, false)
             .await
             .map_err(status)?;
@@ -535,8 +572,12 @@ impl EventBusService for GrpcBus {
         &self,
         request: Request<v1::DeleteTopicsRequest>,
     ) -> Result<Response<v1::DeleteTopicsResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let pattern =
             convert::pattern_from_wire(&request.into_inner().pattern, "pattern").map_err(status)?;
+        self.state
+            .may(&caller, Action::Admin(&format!("delete topics {pattern}")))
+            .map_err(status)?;
         let (topics, _, events) = purge_topics(&self.state.bus, pattern, true)
             .await
             .map_err(status)?;
@@ -545,8 +586,9 @@ impl EventBusService for GrpcBus {
 
     async fn list_subscriptions(
         &self,
-        _request: Request<v1::ListSubscriptionsRequest>,
+        request: Request<v1::ListSubscriptionsRequest>,
     ) -> Result<Response<v1::ListSubscriptionsResponse>, Status> {
+        self.monitor(&request)?;
         let subscriptions = self
             .state
             .bus
@@ -563,7 +605,15 @@ impl EventBusService for GrpcBus {
         &self,
         request: Request<v1::RedriveDeadLettersRequest>,
     ) -> Result<Response<v1::RedriveDeadLettersResponse>, Status> {
+        let caller = grpc_caller(&request)?;
         let request = request.into_inner();
+        self.state
+            .may(&caller, Action::DeadLetters(&request.subscription))
+            .map_err(status)?;
+        self.state.audit.admin(
+            caller.name(),
+            &format!("redrive dead letters of {}", request.subscription),
+        );
         let redriven = self
             .state
             .bus

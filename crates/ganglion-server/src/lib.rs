@@ -28,6 +28,7 @@
 //! cap, time out idle ones and half-sent request heads, ping gRPC peers, and keep a
 //! reserve that answers health checks when every slot is busy: see [`ConnectionLimits`].
 
+pub mod auth;
 mod conn;
 mod coordinator;
 mod grpc;
@@ -91,7 +92,7 @@ impl Default for Limits {
 }
 
 /// How the server runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub limits: Limits,
     /// Caps, timeouts and keepalive of connections (see the `conn` module docs).
@@ -100,6 +101,9 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Threads serving gRPC connections (see the module docs); 0: one per core.
     pub grpc_threads: usize,
+    /// Who may call, and what each caller may do (see [`auth`]); the caller keeps the
+    /// handle to swap the policy on a config reload. Default: open.
+    pub auth: Arc<auth::AuthHandle>,
 }
 
 impl Default for ServerOptions {
@@ -109,6 +113,7 @@ impl Default for ServerOptions {
             connections: ConnectionLimits::default(),
             drain_timeout: Duration::from_secs(10),
             grpc_threads: 0,
+            auth: Arc::default(),
         }
     }
 }
@@ -145,6 +150,10 @@ pub struct State {
     subscriptions: Mutex<HashMap<SocketAddr, usize>>,
     /// The connections being served, once serving (for `/metrics`).
     connections: Mutex<Option<Arc<conn::Connections>>>,
+    /// The access policy in force.
+    auth: Arc<auth::AuthHandle>,
+    /// Refusals and admin actions, counted (and logged as they happen).
+    audit: auth::Audit,
 }
 
 impl State {
@@ -153,6 +162,7 @@ impl State {
         bus: Bus,
         coordinator: Arc<Coordinator>,
         limits: Limits,
+        auth: Arc<auth::AuthHandle>,
         stopping: watch::Receiver<bool>,
     ) -> Arc<State> {
         Arc::new(State {
@@ -164,6 +174,8 @@ impl State {
             stopping,
             subscriptions: Mutex::new(HashMap::new()),
             connections: Mutex::new(None),
+            auth,
+            audit: auth::Audit::default(),
         })
     }
 
@@ -217,6 +229,42 @@ impl State {
             },
         });
         (ok, body)
+    }
+
+    /// Allows `action` for `caller`, or refuses it (audited).
+    pub(crate) fn may(&self, caller: &auth::Caller, action: auth::Action<'_>) -> Result<(), BusError> {
+        caller.may(&self.audit, action).map_err(BusError::from)
+    }
+
+    /// Allows publishing every event of a batch, or refuses the batch.
+    pub(crate) fn may_publish(
+        &self,
+        caller: &auth::Caller,
+        events: &[ganglion_core::Event],
+    ) -> Result<(), BusError> {
+        events
+            .iter()
+            .try_for_each(|e| self.may(caller, auth::Action::Publish(&e.topic)))
+    }
+
+    /// Allows a subscription: its pattern, the durable name and queue group it joins,
+    /// and a dead-letter topic it names (the server writes there on its behalf).
+    pub(crate) fn may_subscribe(
+        &self,
+        caller: &auth::Caller,
+        pattern: &ganglion_core::Pattern,
+        options: &ganglion_core::bus::SubscribeOptions,
+    ) -> Result<(), BusError> {
+        self.may(caller, auth::Action::Subscribe(pattern))?;
+        for name in [&options.durable, &options.queue_group].into_iter().flatten() {
+            self.may(caller, auth::Action::Join(name))?;
+        }
+        match &options.dead_letter_topic {
+            Some(topic) if !auth::is_reserved(topic.as_str()) => {
+                self.may(caller, auth::Action::Publish(topic))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Resolves once shutdown has begun.
@@ -309,6 +357,7 @@ pub async fn serve_with(
         bus.clone(),
         coordinator.clone(),
         options.limits.clone(),
+        options.auth.clone(),
         stop_rx,
     );
     let timers = tokio::spawn(coordinator.pools().clone().run_timers());

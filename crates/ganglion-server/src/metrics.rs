@@ -22,18 +22,20 @@ pub struct Metrics {
     /// How long publish calls took, from decoded request to durable acknowledgement.
     publish_duration: Histogram,
     delivered: AtomicU64,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; 7],
     subscriptions_opened: AtomicU64,
     subscriptions_open: AtomicU64,
     sse_clients: AtomicU64,
 }
 
-const CODES: [ErrorCode; 5] = [
+const CODES: [ErrorCode; 7] = [
     ErrorCode::InvalidArgument,
     ErrorCode::NotFound,
     ErrorCode::ResourceExhausted,
     ErrorCode::Unavailable,
     ErrorCode::Internal,
+    ErrorCode::Unauthenticated,
+    ErrorCode::PermissionDenied,
 ];
 
 fn code_index(code: ErrorCode) -> usize {
@@ -228,6 +230,22 @@ fn server_metrics(x: &mut Exposition, state: &State) {
         CODES
             .iter()
             .map(|c| (label("code", c.as_str()), load(&m.refused[code_index(*c)]))),
+    );
+    let audit = &state.audit;
+    x.each(
+        "ganglion_auth_refused_total",
+        "counter",
+        "Requests refused by authentication (no or bad credentials) or by permissions (the identity may not).",
+        [
+            (label("reason", "unauthenticated"), load(&audit.unauthenticated)),
+            (label("reason", "permission_denied"), load(&audit.refused)),
+        ],
+    );
+    x.one(
+        "ganglion_audit_admin_actions_total",
+        "counter",
+        "Admin actions allowed (purge, delete, redrive, another's lease or request), each also an audit log line.",
+        load(&audit.admin),
     );
     x.one(
         "ganglion_server_subscriptions_opened_total",

@@ -31,9 +31,48 @@ pub(crate) fn unreachable_server(url: &str, error: impl std::fmt::Display) -> an
     )
 }
 
+/// How to connect, from the flags: the URL (`https://` with TLS), the token, the
+/// certificates.
+pub(crate) fn client_options(args: &ClientArgs) -> anyhow::Result<ganglion_client::ClientOptions> {
+    let tls = args.tls_ca.is_some() || args.tls_cert.is_some();
+    let url = match server_url(&args.server)? {
+        url if tls => url.replacen("http://", "https://", 1),
+        url => url,
+    };
+    let mut options = ganglion_client::ClientOptions::new(url);
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    options.token = match (&args.token, &args.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => Some(
+            String::from_utf8(read(path, "token file")?)
+                .context("the token file is not text")?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if tls {
+        options.tls = Some(ganglion_client::ClientTls {
+            ca_pem: args.tls_ca.as_deref().map(|p| read(p, "CA file")).transpose()?,
+            identity_pem: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some((
+                    read(cert, "client certificate")?,
+                    read(key, "client key")?,
+                )),
+                _ => None,
+            },
+            domain: None,
+        });
+    }
+    Ok(options)
+}
+
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
-    let url = server_url(&args.server)?;
-    Client::connect(url.clone())
+    let options = client_options(args)?;
+    let url = options.endpoint.clone();
+    Client::connect_with(options)
         .await
         .map_err(|e| unreachable_server(&url, e))
 }
@@ -41,13 +80,26 @@ pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
 /// A raw gRPC client of the coordinator service.
 pub(crate) async fn coordinator_rpc(
     args: &ClientArgs,
-) -> anyhow::Result<
-    ganglion_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
-> {
-    let url = server_url(&args.server)?;
-    ganglion_proto::v1::coordinator_client::CoordinatorClient::connect(url.clone())
-        .await
-        .map_err(|e| unreachable_server(&url, e))
+) -> anyhow::Result<ganglion_client::CoordinatorRpc> {
+    Ok(connect(args).await?.coordinator())
+}
+
+/// `ganglion auth token NAME`.
+pub(crate) fn auth_token(name: &str, output: Output) -> anyhow::Result<()> {
+    if !ganglion_core::is_valid_name(name) {
+        bail!("{name:?} is not an identity name: 1 to 64 letters, digits, '-' or '_'");
+    }
+    let token = ganglion_server::auth::mint_token();
+    let hash = ganglion_server::auth::token_hash(&token);
+    match output {
+        Output::Json => line(serde_json::json!({ "identity": name, "token": token, "hash": hash })),
+        Output::Table => {
+            line(format!("token for {name} (give it to the component as GANGLION_TOKEN or a file; it is shown once and stored nowhere):"))?;
+            line(format!("  {token}"))?;
+            line(format!("hash to list under auth.identities.{name}.tokens:"))?;
+            line(format!("  {hash}"))
+        }
+    }
 }
 
 /// Writes one line to stdout; a closed pipe (`| head`) ends the command quietly.
@@ -280,14 +332,8 @@ pub(crate) async fn topics(args: &ClientArgs) -> anyhow::Result<()> {
 
 /// A raw gRPC client of the bus service, for the administrative calls the `EventBus`
 /// contract does not have.
-async fn bus_rpc(
-    args: &ClientArgs,
-) -> anyhow::Result<ganglion_proto::v1::event_bus_client::EventBusClient<tonic::transport::Channel>>
-{
-    let endpoint = server_url(&args.server)?;
-    ganglion_proto::v1::event_bus_client::EventBusClient::connect(endpoint.clone())
-        .await
-        .map_err(|e| unreachable_server(&endpoint, e))
+async fn bus_rpc(args: &ClientArgs) -> anyhow::Result<ganglion_client::Rpc> {
+    Ok(connect(args).await?.rpc())
 }
 
 /// `ganglion topics purge|delete PATTERN`.

@@ -42,6 +42,40 @@ struct ClientArgs {
     /// How results are printed.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// A bearer token for the server's `auth.identities` (better from GANGLION_TOKEN or
+    /// --token-file than on a command line others can see).
+    #[arg(long, env = "GANGLION_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(
+        long,
+        env = "GANGLION_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token",
+        global = true
+    )]
+    token_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that signed the server's certificate: connects over TLS.
+    #[arg(long, env = "GANGLION_TLS_CA", value_name = "PATH", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for mTLS, with --tls-key.
+    #[arg(
+        long,
+        env = "GANGLION_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key",
+        global = true
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "GANGLION_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert",
+        global = true
+    )]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,6 +159,11 @@ enum Command {
     /// Measure a running server: W1 (ephemeral throughput), W2 (durable publish and
     /// consume), W3 (latency at a steady rate).
     Bench(bench::BenchArgs),
+    /// Identities: mint tokens for `auth.identities`.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Check, print or describe the layered configuration.
     Config {
         #[command(subcommand)]
@@ -171,6 +210,18 @@ enum ConfigCommand {
     },
     /// Print the JSON Schema of the configuration.
     Schema,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Mint a token for identity NAME: prints the token (give it to the component, as
+    /// GANGLION_TOKEN or a file) and the hash to list under
+    /// auth.identities.NAME.tokens. Nothing is stored.
+    Token {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,6 +324,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscriptions { client } => commands::subscriptions(&client).await,
         Command::Resources { watch, client } => commands::resources(&client, watch).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Auth { command } => match command {
+            AuthCommand::Token { name, output } => commands::auth_token(&name, output),
+        },
         Command::Config { command } => match command {
             ConfigCommand::Validate { layers } => commands::config_validate(&layers.loader()),
             ConfigCommand::Show { layers, output } => {

@@ -16,6 +16,7 @@ use ganglion_coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
 use ganglion_core::Pattern;
 use ganglion_core::SystemClock;
 use ganglion_core::bus::StorageClass;
+use ganglion_server::auth::{AuthHandle, Policy};
 use ganglion_server::{ConnectionLimits, Limits, ServerOptions};
 use ganglion_telemetry::{Format, Logs, OtlpOptions, Traces};
 use tokio::net::TcpListener;
@@ -277,6 +278,28 @@ struct Settings {
     server: ServerOptions,
 }
 
+/// The access policy `auth:` describes, refusing an open server (no identities) on an
+/// address beyond loopback unless `server.allow_anonymous` says so.
+fn auth_policy(c: &Config, addrs: &[SocketAddr]) -> Result<Policy, Problem> {
+    let policy = Policy::compile(&c.auth, c.server.allow_anonymous)?;
+    if policy.is_open() && !c.server.allow_anonymous {
+        let paths = ["server.grpc_addr", "server.http_addr"];
+        if let Some((path, addr)) = paths
+            .iter()
+            .zip(addrs)
+            .find(|(_, addr)| !addr.ip().is_loopback())
+        {
+            return Err(problem(
+                *path,
+                format!(
+                    "is {addr}, beyond loopback, and no auth.identities are configured: anyone who reaches it could do anything. Configure identities (see `ganglion auth token`), or set server.allow_anonymous: true to accept that"
+                ),
+            ));
+        }
+    }
+    Ok(policy)
+}
+
 fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
     let addr = |path: &str, value: &str| {
         value.parse::<SocketAddr>().map_err(|_| {
@@ -332,6 +355,7 @@ fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
         },
         drain_timeout: Duration::from_millis(c.server.drain_timeout_ms),
         grpc_threads: c.server.grpc_threads,
+        auth: AuthHandle::new(auth_policy(c, &[grpc_addr, http_addr])?),
     };
     let keepalive = c.server.grpc_keepalive_interval_ms + c.server.grpc_keepalive_timeout_ms;
     if keepalive > c.coordinator.leases.ttl_ms {
@@ -426,7 +450,24 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display(),
     );
     let coordinator = Arc::new(coordinator);
+    if settings.server.auth.get().is_open() {
+        tracing::warn!(
+            "no auth.identities configured: every caller may do everything (listening on loopback only unless server.allow_anonymous)"
+        );
+    }
     apply_live_settings(&config, &bus, &logs, &coordinator);
+    let auth = settings.server.auth.clone();
+    let allow_anonymous = current.server.allow_anonymous;
+    on_change(&config, "auth", move |c| {
+        let policy = Policy::compile(&c.auth, allow_anonymous)
+            .map_err(|(path, message)| format!("{path}: {message}"))?;
+        if policy.is_open() != auth.get().is_open() {
+            return Err("turning authentication on or off needs a restart".to_owned());
+        }
+        auth.set(policy);
+        tracing::info!("auth reloaded: tokens and permissions in force");
+        Ok(())
+    });
     ganglion_server::serve_with(
         bus,
         coordinator,
@@ -537,7 +578,10 @@ mod tests {
     #[test]
     fn the_config_defaults_are_the_library_defaults() {
         let s = settings(&Config::default(), false).unwrap();
-        assert_eq!(s.server, ServerOptions::default());
+        let default = ServerOptions::default();
+        assert_eq!(s.server.limits, default.limits);
+        assert_eq!(s.server.connections, default.connections);
+        assert_eq!(s.server.drain_timeout, default.drain_timeout);
         let bus = BusOptions::new(&s.data_dir);
         assert_eq!(
             (

@@ -9,23 +9,31 @@ use axum::extract::{Path, State as Extract};
 use ganglion_coordinator::lease::AcquireRequest;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, field_i32, field_str, field_u64, object_body, path_param};
+use super::{
+    ApiError, ApiResult, Monitor, Who, field_i32, field_str, field_u64, object_body, path_param,
+};
+use crate::auth::Action;
 use crate::State;
 
 /// `GET /api/v1/resources`: pools with holders and waiters, quotas used and remaining,
 /// queues, breakers.
-pub(super) async fn resources(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+pub(super) async fn resources(
+    _: Monitor,
+    Extract(state): Extract<Arc<State>>,
+) -> axum::Json<Value> {
     axum::Json(crate::coordinator::status_json(&state.coordinator))
 }
 
 /// `POST /api/v1/resources/{pool}/acquire` `{"holder", "priority"?, "amount"?, "wait_ms"?,
 /// "max_hold_ms"?}`: a lease to renew within its TTL and release.
 pub(super) async fn acquire_lease(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     pool: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
     let pool = path_param(pool)?;
+    state.may(&caller, Action::Lease(&pool))?;
     let o = object_body(
         &state,
         body,
@@ -33,9 +41,10 @@ pub(super) async fn acquire_lease(
     )
     .await?;
     let amount = field_u64(&o, "amount")?.unwrap_or(1);
+    let holder = optional_str(&o, "holder")?.unwrap_or_default();
     let request = AcquireRequest {
+        holder: state.lease_holder(&caller, &pool, &holder)?,
         pool,
-        holder: field_str(&o, "holder")?,
         priority: field_i32(&o, "priority")?,
         amount: u32::try_from(amount).map_err(|_| ApiError::invalid("amount", "is too large"))?,
         wait_timeout: Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0)),
@@ -63,34 +72,41 @@ fn numeric_id(id: &str, what: &str) -> ApiResult<u64> {
 }
 
 pub(super) async fn renew_lease(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<axum::Json<Value>> {
-    let id = path_param(id)?;
-    let lease = state.coordinator.pools().renew(lease_id(&id)?)?;
+    let id = lease_id(&path_param(id)?)?;
+    state.may_touch_lease(&caller, id, "renew")?;
+    let lease = state.coordinator.pools().renew(id)?;
     Ok(axum::Json(crate::coordinator::lease_json(&lease)))
 }
 
 pub(super) async fn release_lease(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<axum::Json<Value>> {
-    let id = path_param(id)?;
-    state.coordinator.pools().release(lease_id(&id)?)?;
+    let id = lease_id(&path_param(id)?)?;
+    state.may_touch_lease(&caller, id, "release")?;
+    state.coordinator.pools().release(id)?;
     Ok(axum::Json(json!({ "released": true })))
 }
 
 /// `POST /api/v1/quotas/{quota}/permits` `{"component", "priority"?, "wait_ms"?}`: a call,
 /// or 429 with `Retry-After`.
 pub(super) async fn acquire_permit(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     quota: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
     let quota = path_param(quota)?;
+    state.may(&caller, Action::Permit(&quota))?;
     let o = object_body(&state, body, &["component", "priority", "wait_ms"]).await?;
+    let component = optional_str(&o, "component")?.unwrap_or_default();
+    let component = state.permit_component(&caller, &quota, &component)?;
     let quota = state.coordinator.quota(&quota)?.clone();
-    let component = field_str(&o, "component")?;
     // Every field is checked, whether or not this request uses it.
     let priority = field_i32(&o, "priority")?;
     let permit = match field_u64(&o, "wait_ms")? {
@@ -150,22 +166,35 @@ fn bytes_json(out: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]
     }
 }
 
+/// The queue named in the path, once `action` on it is allowed.
 fn queue_of(
     state: &State,
-    queue: Result<Path<String>, PathRejection>,
+    caller: &crate::auth::Caller,
+    action: Action<'_>,
+    queue: &str,
 ) -> ApiResult<Arc<ganglion_coordinator::queue::RequestQueue>> {
-    let queue = path_param(queue)?;
-    Ok(state.coordinator.queue(&queue)?.clone())
+    state.may(caller, action)?;
+    Ok(state.coordinator.queue(queue)?.clone())
+}
+
+/// An optional string field (absent or null: `None`).
+fn optional_str(o: &serde_json::Map<String, Value>, field: &str) -> ApiResult<Option<String>> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => field_str(o, field).map(Some),
+    }
 }
 
 /// `POST /api/v1/queues/{queue}/requests` `{"request" | "request_base64", "priority"?,
 /// "component"?, "idempotency_key"?, "fallback" | "fallback_base64"?}` → `{"request_id"}`.
 pub(super) async fn submit_request(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     queue: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
-    let queue = queue_of(&state, queue)?;
+    let name = path_param(queue)?;
+    let queue = queue_of(&state, &caller, Action::Submit(&name), &name)?;
     let o = object_body(
         &state,
         body,
@@ -182,15 +211,12 @@ pub(super) async fn submit_request(
     .await?;
     let request = bytes_field(&o, "request")?
         .ok_or_else(|| ApiError::invalid("request", "is required (or request_base64)"))?;
-    let optional = |field: &str| match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(_) => field_str(&o, field).map(Some),
-    };
+    let component = optional_str(&o, "component")?.unwrap_or_default();
     let id = queue.submit(ganglion_coordinator::queue::Submission {
         request,
         priority: field_i32(&o, "priority")?,
-        component: optional("component")?.unwrap_or_default(),
-        idempotency_key: optional("idempotency_key")?,
+        component: state.submit_component(&caller, &name, &component)?,
+        idempotency_key: optional_str(&o, "idempotency_key")?,
         fallback: bytes_field(&o, "fallback")?,
     })?;
     Ok(axum::Json(json!({ "request_id": id })))
@@ -205,6 +231,7 @@ pub(super) struct WaitQuery {
 /// `GET /api/v1/queues/{queue}/requests/{id}?wait_ms=` → `{"request_id", "ready",
 /// "response" | "response_base64" | "error", "cached", "degraded"}`.
 pub(super) async fn request_response(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
@@ -212,7 +239,7 @@ pub(super) async fn request_response(
     let Path((queue, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let axum::extract::Query(query) =
         query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let queue = state.coordinator.queue(&queue)?.clone();
+    let queue = queue_of(&state, &caller, Action::Submit(&queue), &queue)?;
     let id = numeric_id(&id, "request id")?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     let mut out = serde_json::Map::new();
@@ -239,13 +266,16 @@ pub(super) async fn request_response(
 /// `POST /api/v1/queues/{queue}/take` `{"worker", "wait_ms"?}` → `{"taken": false}` or
 /// `{"taken": true, "request_id", "priority", "component", "request" | "request_base64"}`.
 pub(super) async fn take_request(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     queue: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
-    let queue = queue_of(&state, queue)?;
+    let name = path_param(queue)?;
+    let queue = queue_of(&state, &caller, Action::Work(&name), &name)?;
     let o = object_body(&state, body, &["worker", "wait_ms"]).await?;
-    let worker = field_str(&o, "worker")?;
+    let worker = optional_str(&o, "worker")?.unwrap_or_default();
+    let worker = state.worker(&caller, &name, &worker)?;
     let wait = Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0));
     let mut out = serde_json::Map::new();
     match queue.take(&worker, wait).await? {
@@ -266,13 +296,15 @@ pub(super) async fn take_request(
 /// `POST /api/v1/queues/{queue}/requests/{id}/complete` `{"response" |
 /// "response_base64" | "error"}` → `{"completed": true}`.
 pub(super) async fn complete_request(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
-    let Path((queue, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
-    let queue = state.coordinator.queue(&queue)?.clone();
+    let Path((name, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let id = numeric_id(&id, "request id")?;
+    state.may_complete(&caller, &name, id)?;
+    let queue = state.coordinator.queue(&name)?.clone();
     let o = object_body(&state, body, &["response", "response_base64", "error"]).await?;
     let result = match (bytes_field(&o, "response")?, o.get("error")) {
         (Some(_), Some(_)) => {

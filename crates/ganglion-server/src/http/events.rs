@@ -23,12 +23,19 @@ use ganglion_core::{BusError, Event, Topic, parse_since};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, ApiResult, field_str, json_body, object_body, pattern_param};
+use super::{
+    ApiError, ApiResult, Monitor, Who, field_str, json_body, object_body, pattern_param,
+};
+use crate::auth::Action;
 use crate::State;
 use crate::grpc::replay_limit;
 
-pub(super) async fn publish(Extract(state): Extract<Arc<State>>, body: Body) -> Response {
-    match publish_inner(&state, body).await {
+pub(super) async fn publish(
+    Who(caller): Who,
+    Extract(state): Extract<Arc<State>>,
+    body: Body,
+) -> Response {
+    match publish_inner(&state, &caller, body).await {
         Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
         Err(e) => {
             state.metrics.refused_code(e.error_code());
@@ -37,7 +44,11 @@ pub(super) async fn publish(Extract(state): Extract<Arc<State>>, body: Body) -> 
     }
 }
 
-async fn publish_inner(state: &State, body: Body) -> ApiResult<Value> {
+async fn publish_inner(
+    state: &State,
+    caller: &crate::auth::Caller,
+    body: Body,
+) -> ApiResult<Value> {
     let body = json_body(state, body).await?;
     let Value::Object(mut object) = body else {
         return Err(ApiError::invalid(
@@ -68,6 +79,7 @@ async fn publish_inner(state: &State, body: Body) -> ApiResult<Value> {
     } else {
         vec![event_from_json(Value::Object(object), "")?]
     };
+    state.may_publish(caller, &events)?;
     let count = events.len() as u64;
     let started = std::time::Instant::now();
     let acks = state.bus.publish_batch(events).await.map_err(|e| {
@@ -264,11 +276,13 @@ pub(super) struct ReplayQuery {
 }
 
 pub(super) async fn replay(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let pattern = pattern_param(query.pattern)?;
+    state.may(&caller, Action::Replay(&pattern))?;
     let start = match (query.from_seq, query.since) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
@@ -359,6 +373,7 @@ pub(super) struct StreamQuery {
 }
 
 pub(super) async fn stream(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
@@ -368,6 +383,7 @@ pub(super) async fn stream(
         ack_mode: AckMode::Auto,
         ..SubscribeOptions::default()
     };
+    state.may_subscribe(&caller, &pattern, &options)?;
     let limit = state.limits.max_sse_clients;
     if !state.metrics.try_open_sse(limit) {
         return Err(ApiError::from(BusError::ResourceExhausted {
@@ -432,7 +448,10 @@ fn sse_events(
     )
 }
 
-pub(super) async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axum::Json<Value>> {
+pub(super) async fn topics(
+    _: Monitor,
+    Extract(state): Extract<Arc<State>>,
+) -> ApiResult<axum::Json<Value>> {
     let topics = state.bus.topics().await?;
     Ok(axum::Json(json!({
         "topics": topics.iter().map(|t| json!({
@@ -446,28 +465,35 @@ pub(super) async fn topics(Extract(state): Extract<Arc<State>>) -> ApiResult<axu
 
 /// `POST /api/v1/topics/purge` `{"pattern"}` → `{"topics", "events"}`.
 pub(super) async fn purge_topics(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
     let o = object_body(&state, body, &["pattern"]).await?;
     let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
+    state.may(&caller, Action::Admin(&format!("purge topics {pattern}")))?;
     let (_, topics, events) = crate::grpc::purge_topics(&state.bus, pattern, false).await?;
     Ok(axum::Json(json!({ "topics": topics, "events": events })))
 }
 
 /// `POST /api/v1/topics/delete` `{"pattern"}` → `{"topics": [...], "events"}`.
 pub(super) async fn delete_topics(
+    Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
     let o = object_body(&state, body, &["pattern"]).await?;
     let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
+    state.may(&caller, Action::Admin(&format!("delete topics {pattern}")))?;
     let (topics, _, events) = crate::grpc::purge_topics(&state.bus, pattern, true).await?;
     Ok(axum::Json(json!({ "topics": topics, "events": events })))
 }
 
 /// `GET /api/v1/subscriptions`: every subscription, connected or not.
-pub(super) async fn subscriptions(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+pub(super) async fn subscriptions(
+    _: Monitor,
+    Extract(state): Extract<Arc<State>>,
+) -> axum::Json<Value> {
     let subscriptions: Vec<Value> = state
         .bus
         .subscriptions()

@@ -1,5 +1,7 @@
 //! The JSON HTTP API. Handlers parse, call the bus, and answer; every error is
-//! `{"error": {"code", "message", "field"?}}` with its status (400, 404, 413, 429, 503).
+//! `{"error": {"code", "message", "field"?}}` with its status (400, 401, 403, 404, 413,
+//! 429, 503). Every route but health needs credentials when identities are configured
+//! (see [`crate::auth`]).
 //!
 //! | route | does |
 //! |---|---|
@@ -77,6 +79,10 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/metrics", get(metrics_prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -87,6 +93,10 @@ fn health_only_router(state: Arc<State>) -> Router {
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics_prometheus))
         .fallback(too_many_connections)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -153,6 +163,8 @@ impl ApiError {
             StatusCode::NOT_FOUND => ErrorCode::NotFound,
             StatusCode::TOO_MANY_REQUESTS => ErrorCode::ResourceExhausted,
             StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+            StatusCode::UNAUTHORIZED => ErrorCode::Unauthenticated,
+            StatusCode::FORBIDDEN => ErrorCode::PermissionDenied,
             _ => ErrorCode::Internal,
         }
     }
@@ -170,6 +182,8 @@ impl From<BusError> for ApiError {
             BusError::NotFound { .. } => StatusCode::NOT_FOUND,
             BusError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             BusError::Unavailable(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            BusError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            BusError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             BusError::Internal(detail) => {
                 tracing::error!(%detail, "internal error answering an HTTP request");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -280,6 +294,45 @@ async fn health(Extract(state): Extract<Arc<State>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The caller of a request, as the authentication middleware found it.
+pub(crate) struct Who(pub(crate) crate::auth::Caller);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Who, ApiError> {
+        parts
+            .extensions
+            .get::<crate::auth::Caller>()
+            .cloned()
+            .map(Who)
+            .ok_or_else(|| {
+                ApiError::from(BusError::Unauthenticated(
+                    "the request was not authenticated".to_owned(),
+                ))
+            })
+    }
+}
+
+/// A caller allowed the read-only views (`monitor`); refuses the rest with 403.
+pub(crate) struct Monitor;
+
+impl axum::extract::FromRequestParts<Arc<State>> for Monitor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<State>,
+    ) -> Result<Monitor, ApiError> {
+        let Who(caller) = Who::from_request_parts(parts, state).await?;
+        state.may(&caller, crate::auth::Action::Monitor)?;
+        Ok(Monitor)
+    }
+}
+
 /// Reads the body up to the limit (413 beyond it) and parses it as JSON.
 pub(crate) async fn json_body(state: &State, body: Body) -> ApiResult<Value> {
     let limit = state.limits.max_http_body_bytes;
@@ -296,11 +349,11 @@ pub(crate) async fn json_body(state: &State, body: Body) -> ApiResult<Value> {
         .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))
 }
 
-async fn metrics_json(Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
+async fn metrics_json(_: Monitor, Extract(state): Extract<Arc<State>>) -> axum::Json<Value> {
     axum::Json(crate::metrics::summary(&state))
 }
 
-async fn metrics_prometheus(Extract(state): Extract<Arc<State>>) -> Response {
+async fn metrics_prometheus(_: Monitor, Extract(state): Extract<Arc<State>>) -> Response {
     let topics = state.bus.topics().await.unwrap_or_default();
     (
         [(
