@@ -137,6 +137,8 @@ pub(crate) struct ConnCounters {
     pub(crate) refused: AtomicU64,
     pub(crate) timed_out: AtomicU64,
     pub(crate) health_only: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub(crate) tls_failed: AtomicU64,
 }
 
 /// Every open connection of the server.
@@ -156,6 +158,12 @@ pub(crate) struct ConnGuard {
     connections: Arc<Connections>,
     conn: Arc<Conn>,
     health_only: bool,
+}
+
+impl ConnGuard {
+    pub(crate) fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
 }
 
 impl Drop for ConnGuard {
@@ -395,7 +403,15 @@ impl<B: Body> Body for TrackedBody<B> {
 pub(crate) struct Tracked<S> {
     inner: S,
     guard: Arc<ConnGuard>,
-    addresses: tonic::transport::server::TcpConnectInfo,
+    peer: Peer,
+}
+
+/// Who is on the other end of a connection: its addresses, and the names in the client
+/// certificate its TLS handshake verified.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) addresses: tonic::transport::server::TcpConnectInfo,
+    pub(crate) certificate: Option<crate::auth::PeerCertificate>,
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Tracked<S>
@@ -416,7 +432,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        request.extensions_mut().insert(self.addresses.clone());
+        request
+            .extensions_mut()
+            .insert(self.peer.addresses.clone());
+        if let Some(certificate) = &self.peer.certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
         let in_progress = InProgress::begin(&self.guard);
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -453,9 +474,48 @@ pub(crate) async fn accept(
     }
 }
 
-/// Serves one admitted HTTP/1.1 connection (the JSON API); see [`drive`].
-pub(crate) async fn serve_http1<S, B>(
+/// A connection's byte stream: TCP, or TLS over TCP.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// An admitted connection's stream, after the TLS handshake when `tls` is given, and
+/// who is on the other end; `None` when the handshake failed or took longer than the
+/// header read timeout (the connection is then closed).
+pub(crate) async fn secure(
     stream: TcpStream,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+    connections: &Connections,
+) -> Option<(Box<dyn Io>, Peer)> {
+    let addresses = addresses(&stream);
+    let Some(acceptor) = tls else {
+        let peer = Peer {
+            addresses,
+            certificate: None,
+        };
+        return Some((Box::new(stream), peer));
+    };
+    let timeout = connections.limits.header_read_timeout;
+    match crate::tls::handshake(acceptor, stream, timeout).await {
+        Ok((stream, certificate)) => Some((
+            Box::new(stream),
+            Peer {
+                addresses,
+                certificate,
+            },
+        )),
+        Err(error) => {
+            connections.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, peer = ?addresses.remote_addr, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Serves one admitted HTTP/1.1 connection (the JSON API); see [`drive`].
+pub(crate) async fn serve_http1<I, S, B>(
+    stream: I,
+    peer: Peer,
     service: S,
     guard: ConnGuard,
     stopped: impl Future<Output = ()>,
@@ -470,6 +530,7 @@ pub(crate) async fn serve_http1<S, B>(
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let guard = Arc::new(guard);
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -479,7 +540,7 @@ pub(crate) async fn serve_http1<S, B>(
     let service = TowerToHyperService::new(Tracked {
         inner: service,
         guard: guard.clone(),
-        addresses: addresses(&stream),
+        peer,
     });
     let connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
     drive(connection, |c| c.graceful_shutdown(), &guard, stopped).await;
@@ -493,8 +554,9 @@ fn addresses(stream: &TcpStream) -> tonic::transport::server::TcpConnectInfo {
 }
 
 /// Serves one admitted HTTP/2 connection (gRPC), with keepalive pings; see [`drive`].
-pub(crate) async fn serve_http2<S, B>(
-    stream: TcpStream,
+pub(crate) async fn serve_http2<I, S, B>(
+    stream: I,
+    peer: Peer,
     service: S,
     max_streams: u32,
     guard: ConnGuard,
@@ -510,6 +572,7 @@ pub(crate) async fn serve_http2<S, B>(
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let guard = Arc::new(guard);
     let limits = &guard.connections.limits;
@@ -524,7 +587,7 @@ pub(crate) async fn serve_http2<S, B>(
     let service = TowerToHyperService::new(Tracked {
         inner: service,
         guard: guard.clone(),
-        addresses: addresses(&stream),
+        peer,
     });
     let connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
     drive(connection, |c| c.graceful_shutdown(), &guard, stopped).await;

@@ -64,6 +64,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     threads: usize,
     connections: Arc<Connections>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<(), ServerError> {
     let limits = state.limits.clone();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -136,6 +137,7 @@ pub(crate) async fn serve(
                 limits.max_concurrent_streams,
                 state.clone(),
                 cut.clone(),
+                tls.clone(),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -204,6 +206,7 @@ impl Front {
         max_streams: u32,
         state: Arc<State>,
         mut cut: watch::Receiver<()>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Result<Front, ServerError> {
         let (connections, mut accepted) = mpsc::channel::<Accepted>(64);
         let (finished, done) = tokio::sync::oneshot::channel();
@@ -238,8 +241,15 @@ impl Front {
                             services.all.clone()
                         };
                         let (open, stopped) = (open.clone(), state.stopped());
+                        let tls = tls.clone();
                         tokio::spawn(async move {
-                            conn::serve_http2(stream, service, max_streams, guard, stopped).await;
+                            let connections = guard.connections().clone();
+                            if let Some((io, peer)) =
+                                conn::secure(stream, tls.as_ref(), &connections).await
+                            {
+                                conn::serve_http2(io, peer, service, max_streams, guard, stopped)
+                                    .await;
+                            }
                             drop(open);
                         });
                     }

@@ -34,6 +34,7 @@ mod coordinator;
 mod grpc;
 mod http;
 mod metrics;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -50,6 +51,7 @@ use tokio::sync::watch;
 pub use conn::{ConnectionLimits, RESERVED_FDS, raise_fd_limit};
 pub use http::{event_to_json, router};
 pub use metrics::Metrics;
+pub use tls::{ClientCerts, TlsError, TlsOptions};
 
 /// Limits on what one client may ask of the server. Every one is refused with a clear
 /// error, never by dropping data.
@@ -104,6 +106,8 @@ pub struct ServerOptions {
     /// Who may call, and what each caller may do (see [`auth`]); the caller keeps the
     /// handle to swap the policy on a config reload. Default: open.
     pub auth: Arc<auth::AuthHandle>,
+    /// TLS on both listeners; `None`: plain text.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ServerOptions {
@@ -114,6 +118,7 @@ impl Default for ServerOptions {
             drain_timeout: Duration::from_secs(10),
             grpc_threads: 0,
             auth: Arc::default(),
+            tls: None,
         }
     }
 }
@@ -134,6 +139,8 @@ pub enum ServerError {
     GrpcThread(std::io::Error),
     #[error("a server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What the gRPC and HTTP handlers share.
@@ -352,6 +359,11 @@ pub async fn serve_with(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let acceptors = options
+        .tls
+        .as_ref()
+        .map(tls::Acceptors::new)
+        .transpose()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = State::new(
         bus.clone(),
@@ -375,8 +387,14 @@ pub async fn serve_with(
             n => n,
         },
         connections.clone(),
+        acceptors.as_ref().map(|a| a.grpc.clone()),
     );
-    let http_server = http::serve(state.clone(), http, connections);
+    let http_server = http::serve(
+        state.clone(),
+        http,
+        connections,
+        acceptors.map(|a| a.http),
+    );
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(http_server);
 

@@ -300,6 +300,11 @@ fn server_metrics(x: &mut Exposition, state: &State) {
                 "Connections closed for sitting idle (or making no first request) too long.",
                 &c.counters.timed_out,
             ),
+            (
+                "ganglion_server_tls_handshakes_failed_total",
+                "TLS handshakes that failed (a bad or missing client certificate, a plain-text client) or timed out.",
+                &c.counters.tls_failed,
+            ),
         ];
         for (name, help, counter) in counters {
             x.one(name, "counter", help, load(counter));

@@ -17,7 +17,7 @@ use ganglion_core::Pattern;
 use ganglion_core::SystemClock;
 use ganglion_core::bus::StorageClass;
 use ganglion_server::auth::{AuthHandle, Policy};
-use ganglion_server::{ConnectionLimits, Limits, ServerOptions};
+use ganglion_server::{ClientCerts, ConnectionLimits, Limits, ServerOptions, TlsOptions};
 use ganglion_telemetry::{Format, Logs, OtlpOptions, Traces};
 use tokio::net::TcpListener;
 
@@ -278,6 +278,21 @@ struct Settings {
     server: ServerOptions,
 }
 
+fn tls_options(t: &config::TlsConfig) -> TlsOptions {
+    let certs = |c: config::ClientCerts| match c {
+        config::ClientCerts::None => ClientCerts::None,
+        config::ClientCerts::Optional => ClientCerts::Optional,
+        config::ClientCerts::Required => ClientCerts::Required,
+    };
+    TlsOptions {
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        client_ca_file: t.client_ca_file.clone(),
+        grpc_client_certs: certs(t.grpc_client_certs),
+        http_client_certs: certs(t.http_client_certs),
+    }
+}
+
 /// The access policy `auth:` describes, refusing an open server (no identities) on an
 /// address beyond loopback unless `server.allow_anonymous` says so.
 fn auth_policy(c: &Config, addrs: &[SocketAddr]) -> Result<Policy, Problem> {
@@ -356,6 +371,7 @@ fn settings(c: &Config, discover: bool) -> Result<Settings, Problem> {
         drain_timeout: Duration::from_millis(c.server.drain_timeout_ms),
         grpc_threads: c.server.grpc_threads,
         auth: AuthHandle::new(auth_policy(c, &[grpc_addr, http_addr])?),
+        tls: c.server.tls.as_ref().map(tls_options),
     };
     let keepalive = c.server.grpc_keepalive_interval_ms + c.server.grpc_keepalive_timeout_ms;
     if keepalive > c.coordinator.leases.ttl_ms {
@@ -444,9 +460,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!(
         next_seq,
-        "ganglion serving: gRPC on {}, HTTP on {}, data in {} (embedded engine)",
+        "ganglion serving: gRPC on {}, HTTP on {}{}, data in {} (embedded engine)",
         grpc.local_addr()?,
         http.local_addr()?,
+        if settings.server.tls.is_some() { " (TLS)" } else { "" },
         data_dir.display(),
     );
     let coordinator = Arc::new(coordinator);

@@ -115,6 +115,7 @@ pub(crate) async fn serve(
     state: Arc<State>,
     listener: tokio::net::TcpListener,
     connections: Arc<crate::conn::Connections>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
     use crate::conn::{Admission, Transport};
     let (all, health_only) = (router(state.clone()), health_only_router(state.clone()));
@@ -134,8 +135,13 @@ pub(crate) async fn serve(
             }
         };
         let (open, stopped) = (open.clone(), state.stopped());
+        let (tls, connections) = (tls.clone(), connections.clone());
         tokio::spawn(async move {
-            crate::conn::serve_http1(stream, service, guard, stopped).await;
+            if let Some((io, peer)) =
+                crate::conn::secure(stream, tls.as_ref(), &connections).await
+            {
+                crate::conn::serve_http1(io, peer, service, guard, stopped).await;
+            }
             drop(open);
         });
     }
