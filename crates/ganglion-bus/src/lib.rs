@@ -1566,7 +1566,8 @@ impl EventBus for Bus {
 fn durable_pattern_mismatch(name: &str) -> BusError {
     BusError::invalid(
         "pattern",
-        format!("durable {name:?} exists with another pattern; subscribe with the pattern it was created with"),
+        format!(
+            "durable {name:?} exists with another pattern; subscribe with the pattern it was created with"
+        ),
     )
 }
-

@@ -76,11 +76,7 @@ async fn open(rpc: &mut crate::Rpc, pipeline: usize) -> Result<Stream, BusError>
     })
 }
 
-async fn run(
-    mut rpc: crate::Rpc,
-    options: ClientOptions,
-    mut jobs: mpsc::Receiver<Job>,
-) {
+async fn run(mut rpc: crate::Rpc, options: ClientOptions, mut jobs: mpsc::Receiver<Job>) {
     let mut reconnect = Reconnect::new(&options);
     let mut stream: Option<Stream> = None;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();

@@ -145,7 +145,9 @@ pub struct IdentityConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Rule {
+    /// What is allowed (nothing unless listed).
     pub allow: Vec<String>,
+    /// Exceptions to `allow`.
     pub deny: Vec<String>,
 }
 

@@ -430,6 +430,7 @@ pub fn status_from_error(error: &BusError) -> Status {
     };
     let message = match error {
         BusError::Internal(_) => "internal error".to_owned(),
+        BusError::Unauthenticated(m) | BusError::PermissionDenied(m) => m.clone(),
         other => other.to_string(),
     };
     let mut status = Status::new(code, message);
@@ -494,6 +495,7 @@ pub fn error_to_wire(error: &BusError) -> v1::Error {
                 format!("the event is {size} bytes; at most {limit} are allowed")
             }
             BusError::Internal(_) => "internal error".to_owned(),
+            BusError::Unauthenticated(m) | BusError::PermissionDenied(m) => m.clone(),
             other => other.to_string(),
         },
         field: error.field().unwrap_or_default().to_owned(),
@@ -507,6 +509,8 @@ pub fn error_to_wire(error: &BusError) -> v1::Error {
 /// The bus error an in-band wire `Error` stands for.
 pub fn error_from_wire(error: v1::Error) -> BusError {
     match error.code.as_str() {
+        "UNAUTHENTICATED" => BusError::Unauthenticated(error.message),
+        "PERMISSION_DENIED" => BusError::PermissionDenied(error.message),
         "INVALID_ARGUMENT" => BusError::InvalidArgument {
             field: error.field,
             message: error.message,

@@ -432,9 +432,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        request
-            .extensions_mut()
-            .insert(self.peer.addresses.clone());
+        request.extensions_mut().insert(self.peer.addresses.clone());
         if let Some(certificate) = &self.peer.certificate {
             request.extensions_mut().insert(certificate.clone());
         }
@@ -475,7 +473,10 @@ pub(crate) async fn accept(
 }
 
 /// A connection's byte stream: TCP, or TLS over TCP.
-pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+pub(crate) trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
 
@@ -505,7 +506,10 @@ pub(crate) async fn secure(
             },
         )),
         Err(error) => {
-            connections.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+            connections
+                .counters
+                .tls_failed
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, peer = ?addresses.remote_addr, "TLS handshake failed");
             None
         }

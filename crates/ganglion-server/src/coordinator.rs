@@ -179,12 +179,23 @@ impl State {
         Ok(caller.claim(&self.audit, "holder", holder)?)
     }
 
-    /// Allows renewing or releasing lease `id`: its holder, or an admin. An unknown
-    /// lease is left to the coordinator to report.
-    pub(crate) fn may_touch_lease(&self, caller: &Caller, id: u64, verb: &str) -> Result<(), BusError> {
+    /// Allows renewing or releasing lease `id`: its holder, or an admin. A lease not
+    /// held is the coordinator's to report to an admin; to anyone else it is refused
+    /// like another's, so ids cannot be probed.
+    pub(crate) fn may_touch_lease(
+        &self,
+        caller: &Caller,
+        id: u64,
+        verb: &str,
+    ) -> Result<(), BusError> {
         match self.coordinator.pools().holder(id) {
-            Some(holder) => Ok(caller.may_act_for(&self.audit, verb, &format!("lease {id}"), &holder)?),
-            None => Ok(()),
+            None if caller.is_admin() => Ok(()),
+            holder => Ok(caller.may_act_for(
+                &self.audit,
+                verb,
+                &format!("lease {id}"),
+                &holder.unwrap_or_default(),
+            )?),
         }
     }
 
@@ -211,13 +222,23 @@ impl State {
     }
 
     /// The worker taking from `queue`.
-    pub(crate) fn worker(&self, caller: &Caller, queue: &str, worker: &str) -> Result<String, BusError> {
+    pub(crate) fn worker(
+        &self,
+        caller: &Caller,
+        queue: &str,
+        worker: &str,
+    ) -> Result<String, BusError> {
         self.may(caller, Action::Work(queue))?;
         Ok(caller.claim(&self.audit, "worker", worker)?)
     }
 
     /// Allows answering request `id` of `queue`: the worker that took it, or an admin.
-    pub(crate) fn may_complete(&self, caller: &Caller, queue: &str, id: u64) -> Result<(), BusError> {
+    pub(crate) fn may_complete(
+        &self,
+        caller: &Caller,
+        queue: &str,
+        id: u64,
+    ) -> Result<(), BusError> {
         self.may(caller, Action::Work(queue))?;
         let taker = self
             .coordinator
@@ -225,7 +246,12 @@ impl State {
             .ok()
             .and_then(|q| q.taken_by(id))
             .unwrap_or_default();
-        Ok(caller.may_act_for(&self.audit, "answer", &format!("request {id} of queue {queue}"), &taker)?)
+        Ok(caller.may_act_for(
+            &self.audit,
+            "answer",
+            &format!("request {id} of queue {queue}"),
+            &taker,
+        )?)
     }
 }
 

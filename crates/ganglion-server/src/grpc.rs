@@ -370,7 +370,8 @@ impl EventBusService for GrpcBus {
                 let (state, caller) = (state.clone(), caller.clone());
                 async move {
                     let request = request?;
-                    let response = match publish(&state.bus, &state, &caller, request.events).await {
+                    let response = match publish(&state.bus, &state, &caller, request.events).await
+                    {
                         Ok(acks) => v1::PublishResponse {
                             acks,
                             request_id: request.request_id,

@@ -239,7 +239,11 @@ impl State {
     }
 
     /// Allows `action` for `caller`, or refuses it (audited).
-    pub(crate) fn may(&self, caller: &auth::Caller, action: auth::Action<'_>) -> Result<(), BusError> {
+    pub(crate) fn may(
+        &self,
+        caller: &auth::Caller,
+        action: auth::Action<'_>,
+    ) -> Result<(), BusError> {
         caller.may(&self.audit, action).map_err(BusError::from)
     }
 
@@ -263,7 +267,10 @@ impl State {
         options: &ganglion_core::bus::SubscribeOptions,
     ) -> Result<(), BusError> {
         self.may(caller, auth::Action::Subscribe(pattern))?;
-        for name in [&options.durable, &options.queue_group].into_iter().flatten() {
+        for name in [&options.durable, &options.queue_group]
+            .into_iter()
+            .flatten()
+        {
             self.may(caller, auth::Action::Join(name))?;
         }
         match &options.dead_letter_topic {
@@ -359,11 +366,7 @@ pub async fn serve_with(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let acceptors = options
-        .tls
-        .as_ref()
-        .map(tls::Acceptors::new)
-        .transpose()?;
+    let acceptors = options.tls.as_ref().map(tls::Acceptors::new).transpose()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = State::new(
         bus.clone(),
@@ -389,12 +392,7 @@ pub async fn serve_with(
         connections.clone(),
         acceptors.as_ref().map(|a| a.grpc.clone()),
     );
-    let http_server = http::serve(
-        state.clone(),
-        http,
-        connections,
-        acceptors.map(|a| a.http),
-    );
+    let http_server = http::serve(state.clone(), http, connections, acceptors.map(|a| a.http));
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(http_server);
 

@@ -84,9 +84,12 @@ fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey,
         .load_private_key(key)
         .map_err(|e| tls_error(key_file, e))?;
     let certified = CertifiedKey::new(chain, key);
-    certified
-        .keys_match()
-        .map_err(|e| tls_error(key_file, format!("does not match {}: {e}", cert_file.display())))?;
+    certified.keys_match().map_err(|e| {
+        tls_error(
+            key_file,
+            format!("does not match {}: {e}", cert_file.display()),
+        )
+    })?;
     Ok(certified)
 }
 
@@ -102,22 +105,29 @@ struct Reloading {
     current: ArcSwap<CertifiedKey>,
     /// When the files were last looked at, and their modification times then.
     checked: Mutex<(Instant, Option<SystemTime>, Option<SystemTime>)>,
+    /// How often the files are looked at (on a handshake).
+    check_every: Duration,
 }
 
 impl Reloading {
-    fn open(cert_file: &Path, key_file: &Path) -> Result<Reloading, TlsError> {
+    fn open(
+        cert_file: &Path,
+        key_file: &Path,
+        check_every: Duration,
+    ) -> Result<Reloading, TlsError> {
         let current = load_certified_key(cert_file, key_file)?;
         Ok(Reloading {
             cert_file: cert_file.to_owned(),
             key_file: key_file.to_owned(),
             current: ArcSwap::from_pointee(current),
             checked: Mutex::new((Instant::now(), modified(cert_file), modified(key_file))),
+            check_every,
         })
     }
 
     fn refresh(&self) {
         let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        if checked.0.elapsed() < Duration::from_secs(1) {
+        if checked.0.elapsed() < self.check_every {
             return;
         }
         let (cert, key) = (modified(&self.cert_file), modified(&self.key_file));
@@ -161,7 +171,11 @@ impl std::fmt::Debug for Acceptors {
 impl Acceptors {
     /// Loads the certificate, the key and the client CA, or says which file is wrong.
     pub(crate) fn new(options: &TlsOptions) -> Result<Acceptors, TlsError> {
-        let certificate = Arc::new(Reloading::open(&options.cert_file, &options.key_file)?);
+        let certificate = Arc::new(Reloading::open(
+            &options.cert_file,
+            &options.key_file,
+            Duration::from_secs(1),
+        )?);
         let roots = match &options.client_ca_file {
             Some(path) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -198,7 +212,10 @@ impl Acceptors {
                         verifier
                     };
                     builder.with_client_cert_verifier(verifier.build().map_err(|e| {
-                        tls_error(options.client_ca_file.as_deref().unwrap_or(Path::new("")), e)
+                        tls_error(
+                            options.client_ca_file.as_deref().unwrap_or(Path::new("")),
+                            e,
+                        )
                     })?)
                 }
             };
@@ -222,7 +239,9 @@ pub(crate) async fn handshake(
 ) -> std::io::Result<(TlsStream<TcpStream>, Option<PeerCertificate>)> {
     let stream = tokio::time::timeout(timeout, acceptor.accept(stream))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+        })??;
     let names = stream
         .get_ref()
         .1
@@ -252,4 +271,57 @@ pub(crate) fn certificate_names(der: &CertificateDer<'_>) -> Vec<String> {
         }
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_certificate(dir: &Path, name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn served(reloading: &Reloading) -> Vec<u8> {
+        reloading.refresh();
+        reloading.current.load().cert[0].to_vec()
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_certificate(dir.path(), "first");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let reloading = Reloading::open(&cert, &key, Duration::ZERO).unwrap();
+        assert_eq!(served(&reloading), first);
+
+        let second = write_certificate(dir.path(), "second");
+        assert_eq!(served(&reloading), second);
+
+        // Half a renewal (a key that is not the certificate's) keeps the last good one.
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&key, other.serialize_pem()).unwrap();
+        assert_eq!(served(&reloading), second);
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert_eq!(served(&reloading), second);
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_certificate(dir.path(), "x");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&key, "garbage").unwrap();
+        let error = Reloading::open(&cert, &key, Duration::ZERO).unwrap_err();
+        assert_eq!(error.path, key);
+        let missing = dir.path().join("missing.pem");
+        let error = Reloading::open(&missing, &key, Duration::ZERO).unwrap_err();
+        assert_eq!(error.path, missing);
+    }
 }

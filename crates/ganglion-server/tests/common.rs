@@ -133,7 +133,20 @@ impl Response {
 }
 
 fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+    request_with(method, path, &[], body)
+}
+
+/// An HTTP/1.1 request with extra `headers`.
+pub fn request_with(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         request.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -168,6 +181,59 @@ pub async fn http_bytes(
         parse(&raw)
     })
     .await
+}
+
+/// Sends a request with a bearer token (if any) and reads the whole response.
+pub async fn http_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
+    soon("an HTTP response", async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream
+            .write_all(&request_with(
+                method,
+                path,
+                &headers,
+                body.map(str::as_bytes),
+            ))
+            .await;
+        read_response(&mut stream, path).await
+    })
+    .await
+}
+
+/// Reads a response: to its end, or (for an event stream, which does not end) its head.
+pub async fn read_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    path: &str,
+) -> Response {
+    let mut raw = Vec::new();
+    if path.starts_with("/api/v1/stream") {
+        let mut buf = [0u8; 4096];
+        while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(raw.len(), |at| at + 4);
+        raw.truncate(head);
+    } else {
+        let _ = stream.read_to_end(&mut raw).await;
+    }
+    parse(&raw)
 }
 
 fn parse(raw: &[u8]) -> Response {

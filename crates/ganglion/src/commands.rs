@@ -55,12 +55,15 @@ pub(crate) fn client_options(args: &ClientArgs) -> anyhow::Result<ganglion_clien
     };
     if tls {
         options.tls = Some(ganglion_client::ClientTls {
-            ca_pem: args.tls_ca.as_deref().map(|p| read(p, "CA file")).transpose()?,
+            ca_pem: args
+                .tls_ca
+                .as_deref()
+                .map(|p| read(p, "CA file"))
+                .transpose()?,
             identity_pem: match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => Some((
-                    read(cert, "client certificate")?,
-                    read(key, "client key")?,
-                )),
+                (Some(cert), Some(key)) => {
+                    Some((read(cert, "client certificate")?, read(key, "client key")?))
+                }
                 _ => None,
             },
             domain: None,
@@ -94,7 +97,9 @@ pub(crate) fn auth_token(name: &str, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => line(serde_json::json!({ "identity": name, "token": token, "hash": hash })),
         Output::Table => {
-            line(format!("token for {name} (give it to the component as GANGLION_TOKEN or a file; it is shown once and stored nowhere):"))?;
+            line(format!(
+                "token for {name} (give it to the component as GANGLION_TOKEN or a file; it is shown once and stored nowhere):"
+            ))?;
             line(format!("  {token}"))?;
             line(format!("hash to list under auth.identities.{name}.tokens:"))?;
             line(format!("  {hash}"))

@@ -458,20 +458,24 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             None
         }
     };
-    tracing::info!(
-        next_seq,
-        "ganglion serving: gRPC on {}, HTTP on {}{}, data in {} (embedded engine)",
-        grpc.local_addr()?,
-        http.local_addr()?,
-        if settings.server.tls.is_some() { " (TLS)" } else { "" },
-        data_dir.display(),
-    );
-    let coordinator = Arc::new(coordinator);
     if settings.server.auth.get().is_open() {
         tracing::warn!(
             "no auth.identities configured: every caller may do everything (listening on loopback only unless server.allow_anonymous)"
         );
     }
+    tracing::info!(
+        next_seq,
+        "ganglion serving: gRPC on {}, HTTP on {}{}, data in {} (embedded engine)",
+        grpc.local_addr()?,
+        http.local_addr()?,
+        if settings.server.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        },
+        data_dir.display(),
+    );
+    let coordinator = Arc::new(coordinator);
     apply_live_settings(&config, &bus, &logs, &coordinator);
     let auth = settings.server.auth.clone();
     let allow_anonymous = current.server.allow_anonymous;

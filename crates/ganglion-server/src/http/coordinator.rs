@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::{
     ApiError, ApiResult, Monitor, Who, field_i32, field_str, field_u64, object_body, path_param,
 };
-use crate::auth::Action;
 use crate::State;
+use crate::auth::Action;
 
 /// `GET /api/v1/resources`: pools with holders and waiters, quotas used and remaining,
 /// queues, breakers.

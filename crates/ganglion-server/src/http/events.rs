@@ -23,11 +23,9 @@ use ganglion_core::{BusError, Event, Topic, parse_since};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{
-    ApiError, ApiResult, Monitor, Who, field_str, json_body, object_body, pattern_param,
-};
-use crate::auth::Action;
+use super::{ApiError, ApiResult, Monitor, Who, field_str, json_body, object_body, pattern_param};
 use crate::State;
+use crate::auth::Action;
 use crate::grpc::replay_limit;
 
 pub(super) async fn publish(

@@ -137,8 +137,7 @@ pub(crate) async fn serve(
         let (open, stopped) = (open.clone(), state.stopped());
         let (tls, connections) = (tls.clone(), connections.clone());
         tokio::spawn(async move {
-            if let Some((io, peer)) =
-                crate::conn::secure(stream, tls.as_ref(), &connections).await
+            if let Some((io, peer)) = crate::conn::secure(stream, tls.as_ref(), &connections).await
             {
                 crate::conn::serve_http1(io, peer, service, guard, stopped).await;
             }
@@ -201,6 +200,7 @@ impl From<BusError> for ApiError {
                 format!("the event is {size} bytes; at most {limit} are allowed")
             }
             BusError::Internal(_) => "internal error".to_owned(),
+            BusError::Unauthenticated(m) | BusError::PermissionDenied(m) => m.clone(),
             other => other.to_string(),
         };
         ApiError {

@@ -37,12 +37,23 @@ pub fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Serve
 
 /// [`serve`] with extra environment variables and command-line flags.
 pub fn serve_with(data_dir: &std::path::Path, env: &[(&str, &str)], flags: &[&str]) -> Served {
-    let config = data_dir.with_extension("yaml");
-    std::fs::write(
-        &config,
+    serve_config(
+        data_dir,
         "coordinator:\n  pools:\n    gpu: { gpus: [\"0\"] }\n    redis: { capacity: 20 }\n  quotas:\n    claude: { rule: \"100 per 1h\", shares: { advisor: 2 } }\n  breakers:\n    claude-api: {}\n",
+        env,
+        flags,
     )
-    .unwrap();
+}
+
+/// `ganglion serve --config <data_dir>.yaml` holding `yaml`, on ephemeral ports.
+pub fn serve_config(
+    data_dir: &std::path::Path,
+    yaml: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> Served {
+    let config = data_dir.with_extension("yaml");
+    std::fs::write(&config, yaml).unwrap();
     let mut child =
         Command::new(std::env::var("GANGLION_TEST_SERVER_BIN").unwrap_or_else(|_| BIN.to_owned()))
             .args([
