@@ -229,7 +229,14 @@ impl State {
         worker: &str,
     ) -> Result<String, BusError> {
         self.may(caller, Action::Work(queue))?;
-        Ok(caller.claim(&self.audit, "worker", worker)?)
+        let worker = caller.claim(&self.audit, "worker", worker)?;
+        if worker.is_empty() {
+            return Err(BusError::invalid(
+                "worker",
+                "is required: the taking worker's name",
+            ));
+        }
+        Ok(worker)
     }
 
     /// Allows answering request `id` of `queue`: the worker that took it, or an admin.

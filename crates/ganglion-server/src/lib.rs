@@ -49,7 +49,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use conn::{ConnectionLimits, RESERVED_FDS, raise_fd_limit};
-pub use http::{event_to_json, router};
+pub use http::{event_to_json, events_from_json, router};
 pub use metrics::Metrics;
 pub use tls::{ClientCerts, TlsError, TlsOptions};
 

@@ -48,6 +48,29 @@ async fn publish_inner(
     body: Body,
 ) -> ApiResult<Value> {
     let body = json_body(state, body).await?;
+    let (events, batch) = events_from_body(body)?;
+    state.may_publish(caller, &events)?;
+    let count = events.len() as u64;
+    let started = std::time::Instant::now();
+    let acks = state.bus.publish_batch(events).await.map_err(|e| {
+        // The bus names fields `events[i].x`; a single-event body has no `events`.
+        let e = if batch { e } else { strip_batch_prefix(e) };
+        ApiError::from(e)
+    })?;
+    state.metrics.published(count, started.elapsed());
+    let acks: Vec<Value> = acks
+        .into_iter()
+        .map(|a| json!({ "seq": a.seq, "id": a.id.to_string(), "duplicate": a.duplicate }))
+        .collect();
+    Ok(if batch {
+        json!({ "acks": acks })
+    } else {
+        acks.into_iter().next().unwrap_or(Value::Null)
+    })
+}
+
+/// The events of a publish body: one event object, or `{"events": [...]}` (then `true`).
+fn events_from_body(body: Value) -> ApiResult<(Vec<Event>, bool)> {
     let Value::Object(mut object) = body else {
         return Err(ApiError::invalid(
             "body",
@@ -77,24 +100,17 @@ async fn publish_inner(
     } else {
         vec![event_from_json(Value::Object(object), "")?]
     };
-    state.may_publish(caller, &events)?;
-    let count = events.len() as u64;
-    let started = std::time::Instant::now();
-    let acks = state.bus.publish_batch(events).await.map_err(|e| {
-        // The bus names fields `events[i].x`; a single-event body has no `events`.
-        let e = if batch { e } else { strip_batch_prefix(e) };
-        ApiError::from(e)
-    })?;
-    state.metrics.published(count, started.elapsed());
-    let acks: Vec<Value> = acks
-        .into_iter()
-        .map(|a| json!({ "seq": a.seq, "id": a.id.to_string(), "duplicate": a.duplicate }))
-        .collect();
-    Ok(if batch {
-        json!({ "acks": acks })
-    } else {
-        acks.into_iter().next().unwrap_or(Value::Null)
-    })
+    Ok((events, batch))
+}
+
+/// Parses a publish request body as `POST /api/v1/events` does, for the fuzzer and
+/// tests: the events, or the error (with its field) the API would answer.
+pub fn events_from_json(body: &[u8]) -> Result<Vec<Event>, BusError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| BusError::invalid("body", format!("is not valid JSON: {e}")))?;
+    events_from_body(value)
+        .map(|(events, _)| events)
+        .map_err(|e| BusError::invalid(e.field().unwrap_or("body"), e.message().to_owned()))
 }
 
 fn strip_batch_prefix(error: BusError) -> BusError {

@@ -47,8 +47,8 @@ use coordinator::*;
 use events::*;
 use ganglion_coordinator::CoordinatorError;
 
-pub use events::event_to_json;
 pub(crate) use events::subscription_json;
+pub use events::{event_to_json, events_from_json};
 
 /// The HTTP API over `state`.
 pub fn router(state: Arc<State>) -> Router {
@@ -172,6 +172,14 @@ impl ApiError {
             StatusCode::FORBIDDEN => ErrorCode::PermissionDenied,
             _ => ErrorCode::Internal,
         }
+    }
+
+    pub(crate) fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
