@@ -156,6 +156,8 @@ struct Inner {
     /// When each answered id was answered, oldest first: answers (and their followers
     /// and idempotency keys) are kept for `retention`, then forgotten.
     answered_at: VecDeque<(u64, u64)>,
+    /// id → the component that submitted it, while its answer is kept.
+    submitters: HashMap<u64, Arc<str>>,
     /// Bytes of the requests waiting or in progress.
     bytes: usize,
     journal: Option<Journal>,
@@ -214,6 +216,7 @@ fn unb64(text: &str) -> Option<Bytes> {
 /// ```text
 /// p <id> <priority> <component> <idempotency key|-> <request>      waiting
 /// f <id> <leader> <idempotency key|->                               joined a request
+/// s <id> <component>                                               who submitted it
 /// o <id> <at> <c|d|-> <ok|err> <response or error>                  answered
 /// k <expires at> <request> <response>                               cached
 /// ```
@@ -271,6 +274,9 @@ impl Inner {
         pending.sort_by_key(|p| p.id);
         for p in pending {
             lines.push(Inner::pending_line(p, keys.get(&p.id).copied()));
+        }
+        for (id, component) in &self.submitters {
+            lines.push(format!("s {id} {component}\n"));
         }
         for (follower, leader) in &self.follows {
             let key = keys.get(follower).copied().unwrap_or("");
@@ -380,6 +386,7 @@ impl RequestQueue {
                     let content = content_key(&request);
                     inner.in_flight.insert(content, id);
                     inner.outcomes.insert(id, watch::channel(None).0);
+                    inner.submitters.insert(id, Arc::from(*component));
                     inner.bytes += request.len();
                     inner.pending.push(Pending {
                         id,
@@ -425,6 +432,9 @@ impl RequestQueue {
                 }
                 ["i", id, key] => {
                     inner.idempotency.insert(text(key)?, num(id)?);
+                }
+                ["s", id, component] => {
+                    inner.submitters.insert(num(id)?, Arc::from(*component));
                 }
                 ["k", expires_at, request, response] => {
                     let request = unb64(request).ok_or_else(bad)?;
@@ -554,9 +564,11 @@ impl RequestQueue {
             follows,
             idempotency,
             cache,
+            submitters,
             ..
         } = inner;
         follows.retain(|_, leader| outcomes.contains_key(leader));
+        submitters.retain(|id, _| outcomes.contains_key(id) || follows.contains_key(id));
         idempotency.retain(|_, id| outcomes.contains_key(id) || follows.contains_key(id));
         cache.retain(|_, c| c.expires_at > now);
         if cache.len() > MAX_ANSWERS {
@@ -608,8 +620,10 @@ impl RequestQueue {
         }
         let id = inner.next_id;
         let key = content_key(&request);
-        let key_line =
-            idempotency_key.map_or(String::new(), |k| format!("i {id} {}\n", b64(k.as_bytes())));
+        let key_line = format!(
+            "s {id} {component}\n{}",
+            idempotency_key.map_or(String::new(), |k| format!("i {id} {}\n", b64(k.as_bytes())))
+        );
         if let Some(response) = self.cached(&mut inner, key, &request) {
             tracing::debug!(queue = %self.name, id, "answered from the cache");
             let outcome = Outcome {
@@ -632,7 +646,7 @@ impl RequestQueue {
         } else if let Some(&leader) = inner.in_flight.get(&key) {
             tracing::debug!(queue = %self.name, id, leader, "joined an identical request in flight");
             let line = format!(
-                "f {id} {leader} {}\n",
+                "s {id} {component}\nf {id} {leader} {}\n",
                 b64(idempotency_key.unwrap_or("").as_bytes())
             );
             self.journal(&mut inner, &line)?;
@@ -651,7 +665,7 @@ impl RequestQueue {
             let pending = Pending {
                 id,
                 priority,
-                component,
+                component: component.clone(),
                 key,
                 request,
                 retaken: false,
@@ -665,6 +679,7 @@ impl RequestQueue {
             self.work.notify_one();
         }
         inner.next_id += 1;
+        inner.submitters.insert(id, component);
         if let Some(k) = idempotency_key {
             inner.idempotency.insert(k.to_owned(), id);
         }
@@ -838,6 +853,12 @@ impl RequestQueue {
             inner.cache.insert(request.key, cached);
         }
         Ok(())
+    }
+
+    /// The component that submitted request `id`, while its answer is kept (unknown for
+    /// requests journalled before submitters were recorded).
+    pub fn submitter(&self, id: u64) -> Option<String> {
+        self.lock().submitters.get(&id).map(|c| c.to_string())
     }
 
     /// The worker that took request `id` last, if it is taken, or back in line after a

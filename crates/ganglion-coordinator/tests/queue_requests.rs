@@ -352,6 +352,7 @@ async fn the_queue_survives_a_restart_waiting_taken_answered_and_cached() {
         answered = queue.submit(Submission::new(&b"q1"[..])).unwrap();
         let t = queue.take("w", Duration::ZERO).await.unwrap().unwrap();
         queue.complete(t.id, Ok(Bytes::from_static(b"a1"))).unwrap();
+        assert_eq!(queue.taken_by(t.id), None, "answered: no longer taken");
         taken = queue
             .submit(Submission::new(&b"q2"[..]).component("advisor"))
             .unwrap();
@@ -373,6 +374,9 @@ async fn the_queue_survives_a_restart_waiting_taken_answered_and_cached() {
         3,
         "waiting, taken and keyed are back in line"
     );
+    // Who submitted each is remembered (an answer is its submitter's to read).
+    assert_eq!(queue.submitter(answered).as_deref(), Some("anonymous"));
+    assert_eq!(queue.submitter(taken).as_deref(), Some("advisor"));
     let outcome = queue
         .get_response(answered, Duration::ZERO)
         .await

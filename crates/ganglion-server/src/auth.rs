@@ -395,7 +395,7 @@ impl Caller {
         }
         audit.refused(self.name(), verb, target);
         Err(Refusal::Denied(format!(
-            "identity {} may not {verb} {target}: it is not the holder (or it is no longer held)",
+            "identity {} may not {verb} {target}: only its holder or an admin may (or it is gone)",
             self.name()
         )))
     }

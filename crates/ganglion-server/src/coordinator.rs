@@ -239,6 +239,32 @@ impl State {
         Ok(worker)
     }
 
+    /// Allows reading the response to request `id` of `queue`: the component that
+    /// submitted it, or an admin.
+    pub(crate) fn may_read_response(
+        &self,
+        caller: &Caller,
+        queue: &str,
+        id: u64,
+    ) -> Result<(), BusError> {
+        self.may(caller, Action::Submit(queue))?;
+        let submitter = self
+            .coordinator
+            .queue(queue)
+            .ok()
+            .and_then(|q| q.submitter(id));
+        match submitter {
+            // Unknown: never submitted, or journalled before submitters were recorded.
+            None => Ok(()),
+            Some(submitter) => Ok(caller.may_act_for(
+                &self.audit,
+                "read the response to",
+                &format!("request {id} of queue {queue}"),
+                &submitter,
+            )?),
+        }
+    }
+
     /// Allows answering request `id` of `queue`: the worker that took it, or an admin.
     pub(crate) fn may_complete(
         &self,
@@ -419,7 +445,7 @@ impl CoordinatorService for GrpcCoordinator {
         let caller = grpc_caller(&request)?;
         let r = request.into_inner();
         self.state
-            .may(&caller, Action::Submit(&r.queue))
+            .may_read_response(&caller, &r.queue, r.request_id)
             .map_err(|e| status_from_error(&e))?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
         let outcome = queue

@@ -72,6 +72,7 @@ fn auth_config(t: &Tokens) -> ganglion_config::AuthConfig {
                     "durables": { "allow": ["thief-*"] },
                     "resources": {
                         "pools": { "allow": ["gpu"] },
+                        "submit": { "allow": ["claude"] },
                         "work": { "allow": ["claude"] },
                     },
                 },
@@ -502,7 +503,11 @@ async fn only_the_holder_or_an_admin_renews_or_releases_a_lease() {
         let path = format!("/api/v1/leases/{id}/{verb}");
         let r = http_as(server.http, Some(&tokens.thief), "POST", &path, None).await;
         assert_eq!(r.status, 403, "{verb}: {}", r.body);
-        assert!(r.body.contains("not the holder"), "{}", r.body);
+        assert!(
+            r.body.contains("only its holder or an admin may"),
+            "{}",
+            r.body
+        );
     }
     let (_, mut thief) = clients(&server, Some(&tokens.thief)).await;
     let status = thief
@@ -643,14 +648,11 @@ async fn only_the_worker_that_took_a_request_answers_it() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = http_as(
-        server.http,
-        Some(&tokens.owner),
-        "GET",
-        &format!("/api/v1/queues/claude/requests/{id}"),
-        None,
-    )
-    .await;
+    // The answer is the submitter's: another submitter to the queue may not read it.
+    let response = format!("/api/v1/queues/claude/requests/{id}");
+    let r = http_as(server.http, Some(&tokens.thief), "GET", &response, None).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http_as(server.http, Some(&tokens.owner), "GET", &response, None).await;
     assert_eq!(r.json()["response"], "the answer", "{}", r.body);
     server.stop().await.unwrap();
 }

@@ -239,8 +239,9 @@ pub(super) async fn request_response(
     let Path((queue, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let axum::extract::Query(query) =
         query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let queue = queue_of(&state, &caller, Action::Submit(&queue), &queue)?;
     let id = numeric_id(&id, "request id")?;
+    state.may_read_response(&caller, &queue, id)?;
+    let queue = state.coordinator.queue(&queue)?.clone();
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     let mut out = serde_json::Map::new();
     out.insert("request_id".into(), json!(id));
