@@ -15,8 +15,11 @@ use ganglion_log::storage::{MemStorage, Storage as _};
 use ganglion_log::{Log, LogOptions, Recovery};
 use prost::Message as _;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its fuzz binary and corpus directory.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("event_record", event_record),
     ("log_recovery", log_recovery),
     ("topic_pattern", topic_pattern),

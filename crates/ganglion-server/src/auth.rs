@@ -682,6 +682,22 @@ pub(crate) fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Refusal>
 #[derive(Debug, Clone)]
 pub(crate) struct PeerCertificate(pub(crate) Arc<[String]>);
 
+/// The caller of a public request: no permissions at all.
+fn public_caller() -> Caller {
+    static NOBODY: std::sync::OnceLock<Arc<Identity>> = std::sync::OnceLock::new();
+    Caller(
+        NOBODY
+            .get_or_init(|| {
+                Arc::new(Identity {
+                    name: "anonymous".to_owned(),
+                    permissions: Permissions::default(),
+                    open: false,
+                })
+            })
+            .clone(),
+    )
+}
+
 /// Requests that need no credentials: health checks and gRPC reflection (the schema is
 /// public; the data behind it is not).
 fn is_public(path: &str) -> bool {
@@ -701,11 +717,7 @@ pub(crate) async fn authenticate(
     // Credentials on a public request are not looked at: a probe with a stale token
     // still learns whether the server is up, and nothing else.
     if is_public(request.uri().path()) {
-        request.extensions_mut().insert(Caller(Arc::new(Identity {
-            name: "anonymous".to_owned(),
-            permissions: Permissions::default(),
-            open: false,
-        })));
+        request.extensions_mut().insert(public_caller());
         return next.run(request).await;
     }
     let certificate = request.extensions().get::<PeerCertificate>().cloned();
