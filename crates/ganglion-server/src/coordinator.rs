@@ -168,15 +168,25 @@ fn held_lease_stream(held: HeldLease) -> impl Stream<Item = Result<v1::LeaseUpda
 /// Who may use the coordinator's names (see [`crate::auth`]): each check runs before the
 /// name is looked up, so a refusal never tells whether a pool, quota or queue exists.
 impl State {
-    /// The holder a lease of `pool` is granted to.
-    pub(crate) fn lease_holder(
+    /// The name a caller acts under once `action` is allowed: `field` (a lease's
+    /// `holder`, a quota's or a submission's `component`, a queue's `worker`) as given,
+    /// if the caller owns it, or the caller's own name if it is empty.
+    pub(crate) fn acting_as(
         &self,
         caller: &Caller,
-        pool: &str,
-        holder: &str,
+        action: Action<'_>,
+        field: &str,
+        name: &str,
     ) -> Result<String, BusError> {
-        self.may(caller, Action::Lease(pool))?;
-        Ok(caller.claim(&self.audit, "holder", holder)?)
+        self.may(caller, action)?;
+        let name = caller.claim(&self.audit, field, name)?;
+        if name.is_empty() && field == "worker" {
+            return Err(BusError::invalid(
+                "worker",
+                "is required: the taking worker's name",
+            ));
+        }
+        Ok(name)
     }
 
     /// Allows renewing or releasing lease `id`: its holder, or an admin. A lease not
@@ -197,46 +207,6 @@ impl State {
                 &holder.unwrap_or_default(),
             )?),
         }
-    }
-
-    /// The component a permit of `quota` is drawn for.
-    pub(crate) fn permit_component(
-        &self,
-        caller: &Caller,
-        quota: &str,
-        component: &str,
-    ) -> Result<String, BusError> {
-        self.may(caller, Action::Permit(quota))?;
-        Ok(caller.claim(&self.audit, "component", component)?)
-    }
-
-    /// The component a request to `queue` is submitted for.
-    pub(crate) fn submit_component(
-        &self,
-        caller: &Caller,
-        queue: &str,
-        component: &str,
-    ) -> Result<String, BusError> {
-        self.may(caller, Action::Submit(queue))?;
-        Ok(caller.claim(&self.audit, "component", component)?)
-    }
-
-    /// The worker taking from `queue`.
-    pub(crate) fn worker(
-        &self,
-        caller: &Caller,
-        queue: &str,
-        worker: &str,
-    ) -> Result<String, BusError> {
-        self.may(caller, Action::Work(queue))?;
-        let worker = caller.claim(&self.audit, "worker", worker)?;
-        if worker.is_empty() {
-            return Err(BusError::invalid(
-                "worker",
-                "is required: the taking worker's name",
-            ));
-        }
-        Ok(worker)
     }
 
     /// Allows reading the response to request `id` of `queue`: the component that
@@ -300,7 +270,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         let holder = self
             .state
-            .lease_holder(&caller, &r.pool, &r.holder)
+            .acting_as(&caller, Action::Lease(&r.pool), "holder", &r.holder)
             .map_err(|e| status_from_error(&e))?;
         let pools = self.coordinator().pools().clone();
         let lease = pools
@@ -390,7 +360,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         let component = self
             .state
-            .permit_component(&caller, &r.quota, &r.component)
+            .acting_as(&caller, Action::Permit(&r.quota), "component", &r.component)
             .map_err(|e| status_from_error(&e))?;
         let quota = self.coordinator().quota(&r.quota).map_err(status)?;
         let permit = quota.try_acquire(&component).map_err(status)?;
@@ -405,7 +375,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         let component = self
             .state
-            .permit_component(&caller, &r.quota, &r.component)
+            .acting_as(&caller, Action::Permit(&r.quota), "component", &r.component)
             .map_err(|e| status_from_error(&e))?;
         let quota = self.coordinator().quota(&r.quota).map_err(status)?.clone();
         let permit = quota
@@ -423,7 +393,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         let component = self
             .state
-            .submit_component(&caller, &r.queue, &r.component)
+            .acting_as(&caller, Action::Submit(&r.queue), "component", &r.component)
             .map_err(|e| status_from_error(&e))?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?;
         let id = queue
@@ -475,7 +445,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         let worker = self
             .state
-            .worker(&caller, &r.queue, &r.worker)
+            .acting_as(&caller, Action::Work(&r.queue), "worker", &r.worker)
             .map_err(|e| status_from_error(&e))?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
         let taken = queue
