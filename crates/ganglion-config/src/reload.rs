@@ -139,7 +139,8 @@ impl ConfigHandle {
         if changed.is_empty() {
             tracing::debug!("configuration reloaded: nothing changed");
         } else {
-            tracing::info!(changed = ?changed, "configuration reloaded");
+            // An admin action like a purge: on the audit target too.
+            tracing::info!(target: "ganglion::audit", action = "config change", changed = ?changed, "configuration reloaded");
         }
         if !restart_required.is_empty() {
             tracing::warn!(
@@ -189,14 +190,27 @@ impl ConfigHandle {
         let handle = self.clone();
         let task = tokio::spawn(async move {
             while let Some(paths) = rx.recv().await {
-                let mut touched = concerns(&files, &paths);
-                // Debounce: wait until the files have been quiet for `debounce`.
-                while let Ok(Some(paths)) = tokio::time::timeout(debounce, rx.recv()).await {
-                    touched |= concerns(&files, &paths);
+                if !concerns(&files, &paths) {
+                    continue;
                 }
-                if touched {
-                    let _ = handle.reload();
+                // Debounce: wait until the config files have been quiet for `debounce`.
+                // Other files under the watched directory (a data directory beside a
+                // config file, written all the time) neither count nor delay it.
+                let quiet = tokio::time::sleep(debounce);
+                tokio::pin!(quiet);
+                loop {
+                    tokio::select! {
+                        () = &mut quiet => break,
+                        paths = rx.recv() => match paths {
+                            Some(paths) if concerns(&files, &paths) => {
+                                quiet.as_mut().reset(tokio::time::Instant::now() + debounce);
+                            }
+                            Some(_) => {}
+                            None => return,
+                        },
+                    }
                 }
+                let _ = handle.reload();
             }
         });
         tracing::info!(dir = %dir.display(), "watching the configuration for changes");

@@ -267,6 +267,37 @@ async fn file_changes_are_picked_up_by_the_watcher() {
     assert_eq!(window.borrow().bus.batch_window_ms, 40);
 }
 
+/// A directory written all the time beside the config (a data directory) must not hold
+/// a reload back: before, its writes kept restarting the debounce and a change was never
+/// applied while the server was busy.
+#[tokio::test]
+async fn writes_to_other_files_do_not_delay_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "ganglion.yaml",
+        "bus:\n  batch_window_ms: 100\n",
+    );
+    let handle = ConfigHandle::load(Loader::new(dir.path())).unwrap();
+    let mut window = handle.watch("bus.batch_window_ms");
+    let _watcher = handle.watch_files(Duration::from_millis(200)).unwrap();
+    let busy = dir.path().join("data");
+    std::fs::create_dir(&busy).unwrap();
+    let writer = tokio::spawn(async move {
+        for n in 0u64.. {
+            std::fs::write(busy.join("segment"), n.to_le_bytes()).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    write(dir.path(), "ganglion.yaml", "bus:\n  batch_window_ms: 40\n");
+    tokio::time::timeout(Duration::from_secs(10), window.changed())
+        .await
+        .expect("the watcher reloads within 10 s while another file is written")
+        .unwrap();
+    writer.abort();
+    assert_eq!(window.borrow().bus.batch_window_ms, 40);
+}
+
 #[test]
 fn the_committed_example_tree_states_every_default_and_every_layer_parses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");

@@ -104,6 +104,43 @@ fn the_cli_reaches_a_tls_server_with_a_minted_token() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("game.round"), "{out}");
+
+    // Rotation without a restart: list a second token beside the first, then drop the
+    // first. The server reloads its config file on its own.
+    let (_, out, _) = offline(&["auth", "token", "cli", "--output", "json"]);
+    let second = json(&out);
+    let (token2, hash2) = (
+        second["token"].as_str().unwrap().to_owned(),
+        second["hash"].as_str().unwrap().to_owned(),
+    );
+    let with = |hashes: &str| yaml.replace(&format!("[\"{hash}\"]"), &format!("[{hashes}]"));
+    let until = |what: &str, token: &str, want_ok: bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (ok, _, err) = publish(&[("GANGLION_TOKEN", token)]);
+            if ok == want_ok {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let log: Vec<String> = server.log.try_iter().collect();
+                panic!("{what}: {err}\nserver log:\n{}", log.join("\n"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    std::fs::write(
+        data.with_extension("yaml"),
+        with(&format!("\"{hash}\", \"{hash2}\"")),
+    )
+    .unwrap();
+    until("the new token accepted", &token2, true);
+    let (ok, _, err) = publish(&[("GANGLION_TOKEN", &token)]);
+    assert!(ok, "the old token still works during the rollover: {err}");
+    std::fs::write(data.with_extension("yaml"), with(&format!("\"{hash2}\""))).unwrap();
+    until("the old token refused", &token, false);
+    let (ok, _, err) = publish(&[("GANGLION_TOKEN", &token2)]);
+    assert!(ok, "{err}");
+
     // Without the CA the server's certificate is not trusted.
     let (ok, _, err) = ganglion_as(
         &server,
