@@ -354,11 +354,7 @@ impl Caller {
     /// Whether `name` (a lease holder, a worker, a component) belongs to this caller:
     /// its own name or `<name>.<anything>`; every name in open mode and for `admin`.
     pub fn owns(&self, name: &str) -> bool {
-        self.0.open
-            || self.is_admin()
-            || name
-                .strip_prefix(self.0.name.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        self.0.open || self.is_admin() || self.owns_exactly(name)
     }
 
     /// `name` if the caller owns it, the caller's own name if `name` is empty, or a
