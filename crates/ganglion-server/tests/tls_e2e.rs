@@ -101,6 +101,15 @@ impl Pki {
 }
 
 async fn start(dir: &std::path::Path, tls: TlsOptions, token: &str) -> Server {
+    start_with(dir, tls, token, ServerOptions::default()).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    tls: TlsOptions,
+    token: &str,
+    options: ServerOptions,
+) -> Server {
     let auth: ganglion_config::AuthConfig = serde_json::from_value(json!({
         "identities": {
             "owner": {
@@ -113,7 +122,7 @@ async fn start(dir: &std::path::Path, tls: TlsOptions, token: &str) -> Server {
     let options = ServerOptions {
         auth: AuthHandle::new(Policy::compile(&auth, false).unwrap()),
         tls: Some(tls),
-        ..ServerOptions::default()
+        ..options
     };
     Server::start(Bus::open(bus_options(dir)).unwrap(), options).await
 }
@@ -319,6 +328,52 @@ async fn client_certificates_name_identities_and_bad_ones_are_refused() {
         answered.as_ref().map_or(true, |raw| raw.is_empty()),
         "a foreign certificate over HTTP was answered: {answered:?}"
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_finishes_its_handshake_is_cut_and_holds_nobody_up() {
+    use tokio::io::AsyncReadExt as _;
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let token = mint_token();
+    let mut options = ServerOptions::default();
+    options.connections.header_read_timeout = std::time::Duration::from_millis(300);
+    let server = start_with(
+        data.path(),
+        pki.tls(ClientCerts::None, ClientCerts::None),
+        &token,
+        options,
+    )
+    .await;
+    // Silent sockets on both listeners, and one that sends half a ClientHello.
+    let mut silent = Vec::new();
+    for addr in [server.grpc_addr, server.http, server.http] {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    silent[2]
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    // Meanwhile others are served.
+    let client = Client::connect_with(sdk_options(&server, &pki, Some(&token), None))
+        .await
+        .unwrap();
+    client.publish(event("game.table")).await.unwrap();
+    let health = https_get(&server, &pki, None, None, "/api/v1/health")
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+    // And the silent ones are closed by the server.
+    for mut socket in silent {
+        let mut buf = [0u8; 64];
+        let read = soon(
+            "the server to close a silent TLS peer",
+            socket.read(&mut buf),
+        )
+        .await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
     server.stop().await.unwrap();
 }
 
