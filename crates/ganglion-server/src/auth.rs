@@ -643,7 +643,7 @@ fn parse_token_hash(text: &str) -> Result<[u8; 32], String> {
     let expected = "expected \"sha256:\" and 64 hex digits, as `ganglion auth token NAME` prints";
     let hex = text
         .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64)
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or_else(|| format!("{:?}: {expected}", ganglion_core::excerpt(text)))?;
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
@@ -810,5 +810,9 @@ mod tests {
         assert_eq!(parse_token_hash(&hash).unwrap(), hash_token(&token));
         let error = parse_token_hash("md5:abc").unwrap_err();
         assert!(error.contains("sha256:"), "{error}");
+        // 64 bytes, but not 64 hex digits (found by the config_loader fuzzer: a
+        // multi-byte character used to panic the hex slicing).
+        let wide = format!("sha256:{}ƞ{}", "a".repeat(31), "b".repeat(31));
+        assert!(parse_token_hash(&wide).is_err());
     }
 }
