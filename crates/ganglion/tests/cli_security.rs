@@ -45,6 +45,17 @@ fn the_cli_reaches_a_tls_server_with_a_minted_token() {
     std::fs::write(&ca_file, ca.pem()).unwrap();
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    // Client certificates: one naming the identity `cli`, one naming nobody.
+    for name in ["cli", "stranger"] {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
 
     let (ok, out, err) = offline(&["auth", "token", "cli", "--output", "json"]);
     assert!(ok, "{err}");
@@ -64,9 +75,10 @@ fn the_cli_reaches_a_tls_server_with_a_minted_token() {
     assert!(!ok && err.contains("not an identity name"), "{err}");
 
     let yaml = format!(
-        "server:\n  tls:\n    cert_file: {}\n    key_file: {}\nauth:\n  identities:\n    cli:\n      tokens: [\"{hash}\"]\n      permissions:\n        publish: {{ allow: [\"game.>\"] }}\n        monitor: true\n",
+        "server:\n  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n    grpc_client_certs: optional\nauth:\n  identities:\n    cli:\n      tokens: [\"{hash}\"]\n      permissions:\n        publish: {{ allow: [\"game.>\"] }}\n        monitor: true\n",
         cert_file.display(),
         key_file.display(),
+        ca_file.display(),
     );
     let data = dir.path().join("data");
     let server = serve_config(&data, &yaml, &[], &[]);
@@ -140,6 +152,36 @@ fn the_cli_reaches_a_tls_server_with_a_minted_token() {
     until("the old token refused", &token, false);
     let (ok, _, err) = publish(&[("GANGLION_TOKEN", &token2)]);
     assert!(ok, "{err}");
+
+    // mTLS: the certificate names the identity, no token needed; one naming nobody is
+    // refused.
+    let with_certificate = |name: &str| {
+        let (cert, key) = (
+            dir.path().join(format!("{name}.pem")).display().to_string(),
+            dir.path().join(format!("{name}.key")).display().to_string(),
+        );
+        ganglion_as(
+            &server,
+            &[
+                &[
+                    "publish",
+                    "game.round",
+                    "{}",
+                    "--tls-cert",
+                    &cert,
+                    "--tls-key",
+                    &key,
+                ][..],
+                &tls[..],
+            ]
+            .concat(),
+            &[],
+        )
+    };
+    let (ok, _, err) = with_certificate("cli");
+    assert!(ok, "{err}");
+    let (ok, _, err) = with_certificate("stranger");
+    assert!(!ok && err.contains("names no identity"), "{err}");
 
     // Without the CA the server's certificate is not trusted.
     let (ok, _, err) = ganglion_as(
