@@ -1,0 +1,50 @@
+"""Ganglion's Python SDK: the event bus and the resource coordinator over gRPC (asyncio).
+
+See `ganglion.bus` and `ganglion.coordinator`.
+"""
+
+from ganglion._connection import Tls
+from ganglion._events import Event
+from ganglion.bus import Backoff, Bus, Delivery, PublishAck, Reject, Retry, Subscription, event
+from ganglion.coordinator import Coordinator, Lease, Permit, Queue, Response, TakenRequest
+from ganglion.errors import (
+    DeadlineExceeded,
+    GanglionError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Stale,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "Backoff",
+    "Bus",
+    "Coordinator",
+    "DeadlineExceeded",
+    "Delivery",
+    "Event",
+    "GanglionError",
+    "Internal",
+    "InvalidArgument",
+    "Lease",
+    "NotFound",
+    "Permit",
+    "PermissionDenied",
+    "PublishAck",
+    "Queue",
+    "Reject",
+    "ResourceExhausted",
+    "Response",
+    "Retry",
+    "Stale",
+    "Subscription",
+    "TakenRequest",
+    "Tls",
+    "Unauthenticated",
+    "Unavailable",
+    "event",
+]

@@ -1,0 +1,97 @@
+"""Events as Python sees them: payloads encoded by type, decoded by content type."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ganglion.v1 import bus_pb2
+
+JSON = "application/json"
+BINARY = "application/octet-stream"
+PROTOBUF = "application/x-protobuf"
+
+
+def encode_payload(payload: Any) -> tuple[bytes, str, str]:
+    """Payload bytes, content type and (for a protobuf message) its type name."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload), BINARY, ""
+    if isinstance(payload, Message):
+        return payload.SerializeToString(), PROTOBUF, payload.DESCRIPTOR.full_name
+    return json.dumps(payload, separators=(",", ":")).encode(), JSON, ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as delivered or replayed."""
+
+    topic: str
+    payload: bytes
+    content_type: str = ""
+    type: str = ""
+    source: str = ""
+    id: str = ""
+    seq: int = 0
+    timestamp_ms: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Any:
+        """The payload decoded: JSON as Python values; anything else as bytes."""
+        if self.content_type.split(";")[0].strip() == JSON:
+            return json.loads(self.payload)
+        return self.payload
+
+    def decode(self, message_type: type[Message]) -> Message:
+        """The payload as a protobuf message of `message_type`."""
+        message = message_type()
+        message.ParseFromString(self.payload)
+        return message
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get("correlation_id")
+
+    @classmethod
+    def from_wire(cls, e: bus_pb2.Event) -> Event:
+        return cls(
+            topic=e.topic,
+            payload=bytes(e.payload),
+            content_type=e.content_type,
+            type=e.type,
+            source=e.source,
+            id=e.id,
+            seq=e.seq,
+            timestamp_ms=e.timestamp_ms,
+            headers=dict(e.headers),
+        )
+
+
+def to_wire(
+    topic: str,
+    payload: Any,
+    *,
+    type: str = "",
+    source: str = "",
+    headers: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: str | None = None,
+    content_type: str | None = None,
+) -> bus_pb2.Event:
+    body, detected, type_name = encode_payload(payload)
+    all_headers = dict(headers or {})
+    if idempotency_key is not None:
+        all_headers["idempotency_key"] = idempotency_key
+    if correlation_id is not None:
+        all_headers["correlation_id"] = correlation_id
+    return bus_pb2.Event(
+        topic=topic,
+        payload=body,
+        content_type=content_type or detected,
+        type=type or type_name,
+        source=source,
+        headers=all_headers,
+    )

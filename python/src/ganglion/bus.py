@@ -1,0 +1,340 @@
+"""The event bus over gRPC, for asyncio.
+
+```python
+bus = await Bus.connect("127.0.0.1:50051")
+await bus.publish("game.state.update", {"game_id": "abc123", "round": 3})
+
+@bus.subscribe("game.state.*", durable="analytics")
+async def on_state(event: Event) -> None:   # returning acks; raising nacks (redelivered with backoff)
+    ...
+
+await bus.run()   # until cancelled; or `async for delivery in bus.subscription(...)`
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ganglion._connection import Connection, Tls
+from ganglion._events import Event, to_wire
+from ganglion.errors import GanglionError, from_rpc_error, from_wire
+from ganglion.v1 import bus_pb2, bus_pb2_grpc
+
+
+@dataclass(frozen=True)
+class PublishAck:
+    """Where an event went: its log sequence (0 for ephemeral topics), its id, and whether
+    it repeated an idempotency key already published."""
+
+    seq: int
+    id: str
+    duplicate: bool
+
+
+class Retry(Exception):
+    """Raise in a handler to have the delivery redelivered after `delay` seconds (default:
+    the subscription's backoff)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry")
+        self.delay = delay
+
+
+class Reject(Exception):
+    """Raise in a handler to dead-letter the delivery at once (no more attempts)."""
+
+
+class Delivery:
+    """One event (or one batch window) handed to a subscriber, to settle once."""
+
+    def __init__(self, wire: bus_pb2.Delivery, settle: Callable[[bus_pb2.SubscribeRequest], None]) -> None:
+        self.events = [Event.from_wire(d.event) for d in wire.events]
+        self.attempt = max((d.attempt for d in wire.events), default=1)
+        self.counts = {c.key: c.count for c in wire.counts}
+        self._seqs = list(wire.seqs)
+        self._settle = settle
+        self.settled = False
+
+    @property
+    def event(self) -> Event:
+        """The delivered event (the last one of a batch window)."""
+        return self.events[-1]
+
+    def _once(self, request: bus_pb2.SubscribeRequest) -> None:
+        if self.settled:
+            raise RuntimeError("this delivery is already settled")
+        self.settled = True
+        self._settle(request)
+
+    def ack(self) -> None:
+        self._once(bus_pb2.SubscribeRequest(ack=bus_pb2.Ack(seqs=self._seqs)))
+
+    def nack(self, delay: float | None = None, error: str = "") -> None:
+        """Redeliver, after `delay` seconds or the subscription's backoff."""
+        nack = bus_pb2.Nack(seqs=self._seqs, error=error)
+        if delay is not None:
+            nack.delay_ms = int(delay * 1000)
+        self._once(bus_pb2.SubscribeRequest(nack=nack))
+
+    def term(self, reason: str = "") -> None:
+        """Dead-letter now."""
+        self._once(bus_pb2.SubscribeRequest(term=bus_pb2.Term(seqs=self._seqs, reason=reason)))
+
+
+@dataclass
+class Backoff:
+    """Redelivery delays: `initial` seconds, times `multiplier` per attempt, at most `max`."""
+
+    initial: float = 1.0
+    multiplier: float = 2.0
+    max: float = 60.0
+
+
+class Subscription:
+    """A live subscription: iterate it for deliveries; settle each one."""
+
+    def __init__(self, stub: bus_pb2_grpc.EventBusStub, metadata: tuple[tuple[str, str], ...], open: bus_pb2.OpenSubscription) -> None:
+        self._outgoing: asyncio.Queue[bus_pb2.SubscribeRequest | None] = asyncio.Queue()
+        self._outgoing.put_nowait(bus_pb2.SubscribeRequest(open=open))
+        self._call = stub.Subscribe(self._requests(), metadata=metadata)
+        self._pending: list[Delivery] = []
+        self.name = ""
+        self.closed_reason: str | None = None
+
+    async def _requests(self) -> AsyncIterator[bus_pb2.SubscribeRequest]:
+        while True:
+            request = await self._outgoing.get()
+            if request is None:
+                return
+            yield request
+
+    async def opened(self) -> Subscription:
+        """Waits for the server to confirm the subscription (raising its refusal)."""
+        if self.name:
+            return self
+        response = await self._next_response()
+        if response is None or not response.HasField("subscribed"):
+            raise GanglionError(f"the server did not confirm the subscription: {response}")
+        self.name = response.subscribed.name
+        return self
+
+    async def _next_response(self) -> bus_pb2.SubscribeResponse | None:
+        try:
+            response = await self._call.read()
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        if response is grpc.aio.EOF:
+            return None
+        assert isinstance(response, bus_pb2.SubscribeResponse)
+        return response
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        await self.opened()
+        while not self._pending:
+            response = await self._next_response()
+            if response is None:
+                raise StopAsyncIteration
+            if response.HasField("closed"):
+                self.closed_reason = response.closed.reason
+                raise StopAsyncIteration
+            if response.HasField("deliveries"):
+                self._pending.extend(
+                    Delivery(d, self._outgoing.put_nowait) for d in response.deliveries.deliveries
+                )
+        return self._pending.pop(0)
+
+    async def close(self) -> None:
+        """Ends the subscription (unsettled deliveries are redelivered later)."""
+        self._outgoing.put_nowait(None)
+        self._call.cancel()
+
+
+Handler = Callable[[Event], Awaitable[Any]]
+
+
+class Bus:
+    """A connection to a Ganglion server's event bus."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._stub = bus_pb2_grpc.EventBusStub(connection.channel)
+        self._handlers: list[tuple[Handler, dict[str, Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        server: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: Tls | None = None,
+        timeout: float = 5.0,
+    ) -> Bus:
+        """Connects (within `timeout` seconds) to a `ganglion serve` gRPC address. The
+        channel reconnects by itself after a server restart."""
+        connection = Connection.open(server, token, tls)
+        try:
+            await asyncio.wait_for(connection.channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            await connection.close()
+            raise GanglionError(f"cannot reach a Ganglion server at {server} within {timeout} s") from None
+        return cls(connection)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._connection.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        type: str = "",
+        source: str = "",
+        headers: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        content_type: str | None = None,
+    ) -> PublishAck:
+        """Publishes one event: a dict, list or other JSON value as JSON, bytes as they
+        are, a protobuf message encoded (its full name as the type). Returns once it is
+        in the log (durable topics) or handed to subscribers (ephemeral)."""
+        event = to_wire(
+            topic,
+            payload,
+            type=type,
+            source=source,
+            headers=headers,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            content_type=content_type,
+        )
+        return (await self._publish([event]))[0]
+
+    async def publish_batch(self, events: list[bus_pb2.Event]) -> list[PublishAck]:
+        """Publishes events built with `ganglion.event(...)` in one call: all or none."""
+        return await self._publish(events)
+
+    async def _publish(self, events: list[bus_pb2.Event]) -> list[PublishAck]:
+        try:
+            response = await self._stub.Publish(
+                bus_pb2.PublishRequest(events=events), metadata=self._connection.metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        if response.HasField("error"):
+            err = response.error
+            raise from_wire(err.code, err.message, err.field, err.retry_after_ms)
+        return [PublishAck(a.seq, a.id, a.duplicate) for a in response.acks]
+
+    def subscription(
+        self,
+        pattern: str,
+        *,
+        durable: str | None = None,
+        queue: str | None = None,
+        max_in_flight: int = 0,
+        max_deliveries: int = 0,
+        ack_deadline: float | None = None,
+        backoff: Backoff | None = None,
+        dead_letter_topic: str | None = None,
+        from_seq: int | None = None,
+        types: list[str] | None = None,
+    ) -> Subscription:
+        """A subscription to iterate: `async for delivery in bus.subscription("game.>")`.
+        Zero or None means the server's default for each option."""
+        options = bus_pb2.SubscribeOptions(
+            durable=durable or "",
+            queue_group=queue or "",
+            max_in_flight=max_in_flight,
+            max_deliveries=max_deliveries,
+            ack_deadline_ms=int(ack_deadline * 1000) if ack_deadline else 0,
+            dead_letter_topic=dead_letter_topic or "",
+        )
+        if backoff is not None:
+            options.backoff.CopyFrom(
+                bus_pb2.Backoff(
+                    initial_ms=int(backoff.initial * 1000),
+                    multiplier=backoff.multiplier,
+                    max_ms=int(backoff.max * 1000),
+                )
+            )
+        if from_seq is not None:
+            options.start.CopyFrom(bus_pb2.StartPosition(seq=from_seq))
+        if types:
+            options.filter.types.extend(types)
+        open = bus_pb2.OpenSubscription(pattern=pattern, options=options)
+        return Subscription(self._stub, self._connection.metadata, open)
+
+    def subscribe(self, pattern: str, **options: Any) -> Callable[[Handler], Handler]:
+        """Registers an async handler for `run()`: returning acks the event, raising
+        `Retry` or any other exception nacks it (redelivered with backoff, dead-lettered
+        after `max_deliveries`), raising `Reject` dead-letters it at once."""
+
+        def register(handler: Handler) -> Handler:
+            self._handlers.append((handler, {"pattern": pattern, **options}))
+            return handler
+
+        return register
+
+    async def run(self) -> None:
+        """Runs every registered handler until cancelled (or a subscription ends)."""
+        subscriptions = [self.subscription(**options) for _, options in self._handlers]
+        for subscription in subscriptions:
+            await subscription.opened()
+        try:
+            await asyncio.gather(
+                *(self._serve(h, s) for (h, _), s in zip(self._handlers, subscriptions))
+            )
+        finally:
+            for subscription in subscriptions:
+                await subscription.close()
+
+    async def start(self) -> None:
+        """Like `run()`, in the background: returns once every subscription is open."""
+        subscriptions = [self.subscription(**options) for _, options in self._handlers]
+        for subscription in subscriptions:
+            await subscription.opened()
+        for (handler, _), subscription in zip(self._handlers, subscriptions):
+            task = asyncio.create_task(self._serve(handler, subscription))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _serve(handler: Handler, subscription: Subscription) -> None:
+        try:
+            async for delivery in subscription:
+                try:
+                    await handler(delivery.event)
+                except Retry as retry:
+                    delivery.nack(retry.delay, str(retry))
+                except Reject as reject:
+                    delivery.term(str(reject))
+                except Exception as error:  # a handler's failure is the event's, not ours
+                    delivery.nack(error=f"{type(error).__name__}: {error}")
+                else:
+                    delivery.ack()
+        finally:
+            await subscription.close()
+
+
+def event(topic: str, payload: Any, **fields: Any) -> bus_pb2.Event:
+    """An event for `Bus.publish_batch`, with the same fields as `Bus.publish`."""
+    return to_wire(topic, payload, **fields)

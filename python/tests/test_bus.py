@@ -1,0 +1,146 @@
+"""The bus against a real server: publish and subscribe with acks, payload types,
+field-named errors, dead letters after max deliveries, a durable resuming after a
+restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from ganglion import Backoff, Bus, Event, InvalidArgument, Reject, event
+from ganglion.v1 import bus_pb2
+
+WAIT = 10.0
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_publish_and_a_decorated_subscriber(server: Any) -> None:
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            got: asyncio.Queue[Event] = asyncio.Queue()
+
+            @bus.subscribe("game.state.*", durable="py-analytics")
+            async def on_state(e: Event) -> None:
+                await got.put(e)
+
+            await bus.start()
+            ack = await bus.publish("game.state.update", {"game_id": "abc123", "round": 3}, type="GameStateUpdate")
+            assert ack.seq >= 1 and ack.id and not ack.duplicate
+            e = await asyncio.wait_for(got.get(), WAIT)
+            assert e.topic == "game.state.update"
+            assert e.data == {"game_id": "abc123", "round": 3}
+            assert e.type == "GameStateUpdate" and e.content_type == "application/json"
+
+            # Bytes stay bytes; a protobuf message carries its type name.
+            await bus.publish("game.state.raw", b"\x00\x01")
+            assert (await asyncio.wait_for(got.get(), WAIT)).data == b"\x00\x01"
+            message = bus_pb2.Ack(seqs=[7])
+            await bus.publish("game.state.proto", message)
+            e = await asyncio.wait_for(got.get(), WAIT)
+            assert e.type == "ganglion.v1.Ack" and e.decode(bus_pb2.Ack) == message
+
+    run(main)
+
+
+def test_idempotency_keys_and_batches(server: Any) -> None:
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            first = await bus.publish("orders.placed", {"id": 1}, idempotency_key="order-1")
+            again = await bus.publish("orders.placed", {"id": 1}, idempotency_key="order-1")
+            assert again.duplicate and again.seq == first.seq
+            acks = await bus.publish_batch([event("orders.placed", {"id": n}) for n in range(5)])
+            assert [a.seq for a in acks] == list(range(first.seq + 1, first.seq + 6))
+
+    run(main)
+
+
+def test_refusals_name_the_field(server: Any) -> None:
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            with pytest.raises(InvalidArgument) as refused:
+                await bus.publish("game..state", {})
+            assert refused.value.field == "events[0].topic"
+            with pytest.raises(InvalidArgument) as refused:
+                await bus.subscription("game.>", max_deliveries=10**6).opened()
+            assert refused.value.field and "max_deliveries" in refused.value.field
+
+    run(main)
+
+
+def test_a_failing_handler_goes_to_the_dead_letters_after_max_deliveries(server: Any) -> None:
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            attempts: list[int] = []
+            letters = bus.subscription("dlq.py-fails")
+            await letters.opened()
+
+            jobs = bus.subscription(
+                "jobs.>", durable="py-fails", max_deliveries=3, backoff=Backoff(initial=0.01, max=0.01)
+            )
+            await jobs.opened()  # new events only: open before publishing
+
+            async def consume() -> None:
+                async for delivery in jobs:
+                    attempts.append(delivery.attempt)
+                    delivery.nack(error="it always fails")
+
+            consumer = asyncio.create_task(consume())
+            await bus.publish("jobs.render", {"frame": 1})
+            letter = await asyncio.wait_for(letters.__anext__(), WAIT)
+            consumer.cancel()
+            assert attempts == [1, 2, 3]
+            assert letter.event.topic == "dlq.py-fails"
+            assert letter.event.data == {"frame": 1}
+
+    run(main)
+
+
+def test_reject_dead_letters_at_once(server: Any) -> None:
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            letters = bus.subscription("dlq.py-rejects")
+            await letters.opened()
+
+            @bus.subscribe("mail.>", durable="py-rejects", max_deliveries=5)
+            async def refuse(e: Event) -> None:
+                raise Reject("malformed")
+
+            await bus.start()
+            await bus.publish("mail.in", {"to": "nobody"})
+            letter = await asyncio.wait_for(letters.__anext__(), WAIT)
+            assert letter.event.data == {"to": "nobody"}
+            assert letter.attempt == 1
+
+    run(main)
+
+
+def test_a_durable_resumes_after_a_server_restart(server: Any) -> None:
+    async def first() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            sub = await bus.subscription("ledger.>", durable="py-ledger").opened()
+            await bus.publish("ledger.entry", {"n": 1})
+            d = await asyncio.wait_for(sub.__anext__(), WAIT)
+            d.ack()
+            await asyncio.sleep(0.2)  # let the ack reach the server before it stops
+            await sub.close()
+
+    run(first)
+    restarted = server.restart()
+    server.process = restarted.process
+
+    async def second() -> None:
+        async with await Bus.connect(restarted.grpc) as bus:
+            await bus.publish("ledger.entry", {"n": 2})
+            sub = bus.subscription("ledger.>", durable="py-ledger")
+            d = await asyncio.wait_for(sub.__anext__(), WAIT)
+            assert d.event.data == {"n": 2}, "resumes after the acked event"
+            d.ack()
+            await sub.close()
+
+    run(second)
