@@ -74,7 +74,10 @@ def start(data_dir: pathlib.Path, config: pathlib.Path, *, grpc: str = "127.0.0.
         line = lines.get(timeout=30)
         if "ganglion serving" in line:
             break
-    after = lambda marker: line.split(marker, 1)[1].split(",")[0].split()[0]  # noqa: E731
+
+    def after(marker: str) -> str:
+        return line.split(marker, 1)[1].split(",")[0].split()[0]
+
     return Served(after("gRPC on "), after("HTTP on "), data_dir, process, config)
 
 

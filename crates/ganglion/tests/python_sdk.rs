@@ -1,5 +1,6 @@
 //! The Python SDK's tests (`python/tests`, pytest) against this build's `ganglion serve`.
-//! They need a Python with grpcio, protobuf and pytest: `.ci/run` makes `.venv`;
+//! They need a Python with grpcio, protobuf, pytest and mypy (with grpcio's and
+//! protobuf's type stubs): `.ci/run` makes `.venv`;
 //! `GANGLION_TEST_PYTHON` names another. Without one the test is skipped, or fails
 //! under `CI=true`.
 
@@ -18,7 +19,7 @@ fn python() -> Option<std::path::PathBuf> {
     .flatten()
     .find(|python: &std::path::PathBuf| {
         Command::new(python)
-            .args(["-c", "import grpc, google.protobuf, pytest"])
+            .args(["-c", "import grpc, google.protobuf, pytest, mypy"])
             .output()
             .is_ok_and(|o| o.status.success())
     })
@@ -27,7 +28,9 @@ fn python() -> Option<std::path::PathBuf> {
 #[test]
 fn the_python_sdk_passes_its_tests_against_this_server() {
     let Some(python) = python() else {
-        common::skip_or_fail("no Python with grpcio, protobuf and pytest (.ci/run makes .venv)");
+        common::skip_or_fail(
+            "no Python with grpcio, protobuf, pytest and mypy (.ci/run makes .venv)",
+        );
         return;
     };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -50,6 +53,33 @@ fn the_python_sdk_passes_its_tests_against_this_server() {
     assert!(
         out.status.success(),
         "pytest failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `py.typed` promises types: the package and its tests pass `mypy --strict` (the
+/// settings are in python/pyproject.toml; the generated stubs are exempt).
+#[test]
+fn the_python_sdk_is_mypy_strict_clean() {
+    let Some(python) = python() else {
+        common::skip_or_fail(
+            "no Python with grpcio, protobuf, pytest and mypy (.ci/run makes .venv)",
+        );
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(python)
+        .args(["-m", "mypy", "--cache-dir"])
+        .arg(cache.path())
+        .args(["src/ganglion", "tests"])
+        .current_dir(repo.join("python"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mypy --strict:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
 from ganglion.v1 import bus_pb2
+
+M = TypeVar("M", bound=Message)
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -45,7 +48,7 @@ class Event:
             return json.loads(self.payload)
         return self.payload
 
-    def decode(self, message_type: type[Message]) -> Message:
+    def decode(self, message_type: builtins.type[M]) -> M:
         """The payload as a protobuf message of `message_type`."""
         message = message_type()
         message.ParseFromString(self.payload)

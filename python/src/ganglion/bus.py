@@ -21,6 +21,9 @@ from typing import Any
 
 import grpc
 
+#: What a stream's `read()` returns at its end (not in grpcio's type stubs).
+EOF: Any = getattr(grpc.aio, "EOF")
+
 from ganglion._connection import Connection, Tls
 from ganglion._events import Event, to_wire
 from ganglion.errors import GanglionError, from_rpc_error, from_wire
@@ -129,7 +132,7 @@ class Subscription:
             response = await self._call.read()
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
-        if response is grpc.aio.EOF:
+        if response is EOF:
             return None
         assert isinstance(response, bus_pb2.SubscribeResponse)
         return response
@@ -166,7 +169,7 @@ class Bus:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._stub = bus_pb2_grpc.EventBusStub(connection.channel)
+        self._stub = bus_pb2_grpc.EventBusStub(connection.channel)  # type: ignore[no-untyped-call]
         self._handlers: list[tuple[Handler, dict[str, Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -21,6 +21,9 @@ from typing import Any
 
 import grpc
 
+#: What a stream's `read()` returns at its end (not in grpcio's type stubs).
+EOF: Any = getattr(grpc.aio, "EOF")
+
 from ganglion._connection import Connection, Tls
 from ganglion._events import encode_payload
 from ganglion.errors import GanglionError, ResourceExhausted, from_rpc_error
@@ -78,7 +81,7 @@ class LeaseContext:
         except BaseException:
             self._call.cancel()
             raise
-        if update is grpc.aio.EOF or not update.HasField("granted"):
+        if update is EOF or not update.HasField("granted"):
             self._call.cancel()
             raise GanglionError(f"the lease stream ended before a grant: {update}")
         g = update.granted
@@ -232,7 +235,7 @@ class Coordinator:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._stub = coordinator_pb2_grpc.CoordinatorStub(connection.channel)
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(connection.channel)  # type: ignore[no-untyped-call]
 
     @classmethod
     async def connect(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 FIELD_METADATA = "ganglion-field"
@@ -87,7 +89,8 @@ _BY_NAME: dict[str, type[GanglionError]] = {cls.code: cls for cls in _BY_STATUS.
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> GanglionError:
     """The exception for a failed call, with the field and retry-after the server sent."""
-    trailers = {k: v for k, v in (error.trailing_metadata() or ()) if isinstance(v, str)}
+    metadata: Any = error.trailing_metadata() or ()
+    trailers = {str(k): v for k, v in metadata if isinstance(v, str)}
     field = trailers.get(FIELD_METADATA) or None
     retry = trailers.get(RETRY_AFTER_METADATA)
     message = error.details() or ""
