@@ -1,0 +1,142 @@
+"""The same scenarios against `TestBus` and `TestCoordinator`, on virtual time: nothing
+sleeps, time moves when the test says."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ganglion import Backoff, Event, InvalidArgument, Reject, event
+from ganglion.testing import TestBus, TestCoordinator, VirtualClock, matches
+
+from test_bus import run
+
+
+def test_publish_records_and_delivers_to_matching_subscribers() -> None:
+    async def main() -> None:
+        bus = TestBus()
+        got: list[Event] = []
+
+        @bus.subscribe("game.state.*")
+        async def on_state(e: Event) -> None:
+            got.append(e)
+
+        await bus.start()
+        await bus.publish("test.event", {"n": 1})
+        await bus.publish("game.state.update", {"game_id": "abc123"}, type="GameStateUpdate")
+        assert len(bus.published_events) == 2
+        assert [e.data for e in got] == [{"game_id": "abc123"}]
+        assert got[0].type == "GameStateUpdate" and got[0].seq == 2
+        await bus.close()
+
+    run(main)
+
+
+def test_wildcards_follow_the_servers_grammar() -> None:
+    assert matches("game.>", "game.state.update")
+    assert not matches("game.>", "game")
+    assert matches("game.*.update", "game.state.update")
+    assert not matches("game.*", "game.state.update")
+    assert matches("a", "a") and not matches("a", "a.b")
+
+
+def test_refusals_name_the_field_and_keys_dedupe() -> None:
+    async def main() -> None:
+        bus = TestBus()
+        with pytest.raises(InvalidArgument) as refused:
+            await bus.publish("game..state", {})
+        assert refused.value.field == "topic"
+        with pytest.raises(InvalidArgument) as refused:
+            await bus.publish_batch([event("ok", 1), event("game.*", 2)])
+        assert refused.value.field == "events[1].topic"
+        first = await bus.publish("orders", {}, idempotency_key="k")
+        again = await bus.publish("orders", {}, idempotency_key="k")
+        assert again.duplicate and again.seq == first.seq
+
+    run(main)
+
+
+def test_a_failing_handler_is_redelivered_with_backoff_then_dead_lettered() -> None:
+    async def main() -> None:
+        bus = TestBus()
+        attempts: list[float] = []
+
+        @bus.subscribe("jobs.>", durable="worker", max_deliveries=3, backoff=Backoff(initial=1.0, multiplier=2.0))
+        async def handle(e: Event) -> None:
+            attempts.append(bus.clock.now)
+            raise RuntimeError("always fails")
+
+        await bus.start()
+        await bus.publish("jobs.render", {"frame": 1})
+        assert attempts == [0.0]
+        await bus.clock.advance(0.9)
+        assert attempts == [0.0], "not before the backoff"
+        await bus.clock.advance(0.2)
+        assert attempts == [0.0, 1.0]
+        await bus.clock.advance(2.0)
+        assert attempts == [0.0, 1.0, 3.0]
+        [letter] = bus.dead_letters("worker")
+        assert letter.topic == "dlq.worker" and letter.data == {"frame": 1}
+        assert letter.headers["dlq_attempts"] == "3"
+        assert letter.headers["dlq_last_error"] == "RuntimeError: always fails"
+        await bus.close()
+
+    run(main)
+
+
+def test_reject_dead_letters_at_once_and_queue_groups_share_the_work() -> None:
+    async def main() -> None:
+        bus = TestBus()
+
+        @bus.subscribe("mail.>", durable="mail")
+        async def refuse(e: Event) -> None:
+            raise Reject("malformed")
+
+        seen: dict[str, int] = {"a": 0, "b": 0}
+        for member in seen:
+
+            @bus.subscribe("work.>", queue="workers")
+            async def work(e: Event, member: str = member) -> None:
+                seen[member] += 1
+
+        await bus.start()
+        await bus.publish("mail.in", {"to": "nobody"})
+        assert bus.dead_letters("mail")[0].headers["dlq_attempts"] == "1"
+        for n in range(10):
+            await bus.publish("work.item", {"n": n})
+        assert seen == {"a": 5, "b": 5}
+        await bus.close()
+
+    run(main)
+
+
+def test_leases_and_exact_quotas_on_virtual_time() -> None:
+    async def main() -> None:
+        clock = VirtualClock()
+        coord = TestCoordinator(clock, pools={"gpu": 1}, quotas={"claude": (2, 3600.0)})
+        async def other() -> str:
+            async with coord.lease("gpu", holder="other", wait=10) as lease:
+                return lease.holder
+
+        async with coord.lease("gpu", holder="trainer") as lease:
+            assert coord.held
+            waiter = asyncio.create_task(other())
+            await clock.advance(1)
+            assert not waiter.done(), "waits while the GPU is held"
+        await clock.advance(0)
+        assert await waiter == "other"
+        with pytest.raises(RuntimeError):
+            async with coord.lease("gpu"):
+                raise RuntimeError("training failed")
+        async with coord.lease("gpu"):
+            pass  # released by the exception
+        assert await coord.try_permit("claude") and await coord.try_permit("claude")
+        assert not await coord.try_permit("claude"), "never 3 in an hour"
+        await clock.advance(3599)
+        assert not await coord.try_permit("claude")
+        await clock.advance(1)
+        assert await coord.try_permit("claude")
+        assert lease.fencing_token == 1
+
+    run(main)
