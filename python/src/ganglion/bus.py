@@ -15,6 +15,7 @@ await bus.run()   # until cancelled; or `async for delivery in bus.subscription(
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +173,7 @@ class Bus:
         self._stub = bus_pb2_grpc.EventBusStub(connection.channel)  # type: ignore[no-untyped-call]
         self._handlers: list[tuple[Handler, dict[str, Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._publisher: _Publisher | None = None
 
     @classmethod
     async def connect(
@@ -196,6 +198,8 @@ class Bus:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._publisher is not None:
+            await self._publisher.close()
         await self._connection.close()
 
     async def __aenter__(self) -> Bus:
@@ -236,9 +240,20 @@ class Bus:
         return await self._publish(events)
 
     async def _publish(self, events: list[bus_pb2.Event]) -> list[PublishAck]:
+        """Publishes through the coalescing publisher (see `_Publisher`)."""
+        if self._publisher is None:
+            self._publisher = _Publisher(self)
+        return await self._publisher.publish(events)
+
+    async def _publish_unary(self, events: list[bus_pb2.Event], *, reconnect: float | None = None) -> list[PublishAck]:
+        """One Publish call; with `reconnect`, waits up to that many seconds for a
+        connection that is down to come back."""
         try:
             response = await self._stub.Publish(
-                bus_pb2.PublishRequest(events=events), metadata=self._connection.metadata
+                bus_pb2.PublishRequest(events=events),
+                metadata=self._connection.metadata,
+                wait_for_ready=reconnect is not None,
+                timeout=reconnect,
             )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
@@ -336,6 +351,119 @@ class Bus:
                     delivery.ack()
         finally:
             await subscription.close()
+
+
+_Job = tuple[list[bus_pb2.Event], "asyncio.Future[list[PublishAck]]"]
+
+
+class _Publisher:
+    """Coalesces publishes from many coroutines into pipelined frames on one
+    `PublishStream`, as the Rust client does: whatever callers have queued when a frame
+    leaves goes in it (up to `MAX_FRAME_EVENTS` events or `MAX_FRAME_BYTES`), with up to
+    `PIPELINE` frames in flight. A frame is refused whole (the bus validates a batch
+    before appending any of it), so a refused frame of several callers is resent caller
+    by caller and one caller's bad event fails only that caller. When the stream breaks
+    (a server restart), what was in flight fails with `Unavailable` and the next publish
+    opens a new stream."""
+
+    #: How long a publish waits for a broken connection to come back.
+    RECONNECT = 10.0
+    MAX_FRAME_EVENTS = 256
+    MAX_FRAME_BYTES = 4 * 1024 * 1024
+    PIPELINE = 32
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self, events: list[bus_pb2.Event]) -> list[PublishAck]:
+        future: asyncio.Future[list[PublishAck]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((events, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        outgoing: asyncio.Queue[bus_pb2.PublishRequest | None] = asyncio.Queue()
+        in_flight: dict[int, list[_Job]] = {}
+        slots = asyncio.Semaphore(self.PIPELINE)
+
+        async def requests() -> Any:
+            while (request := await outgoing.get()) is not None:
+                yield request
+
+        call = self._bus._stub.PublishStream(requests(), metadata=self._bus._connection.metadata)
+        reader = asyncio.create_task(self._read(call, in_flight, slots))
+        try:
+            for request_id in itertools.count(1):
+                await slots.acquire()
+                jobs = [await self._queue.get()]
+                count = len(jobs[0][0])
+                size = sum(len(e.payload) for e in jobs[0][0])
+                while count < self.MAX_FRAME_EVENTS and size < self.MAX_FRAME_BYTES and not self._queue.empty():
+                    job = self._queue.get_nowait()
+                    jobs.append(job)
+                    count += len(job[0])
+                    size += sum(len(e.payload) for e in job[0])
+                if reader.done():
+                    # The stream ended (a server restart, say): these go alone, waiting
+                    # for the connection to come back; the next publish opens a new
+                    # stream.
+                    for events, future in jobs:
+                        asyncio.create_task(self._alone(events, future))
+                    return
+                in_flight[request_id] = jobs
+                outgoing.put_nowait(
+                    bus_pb2.PublishRequest(events=[e for job in jobs for e in job[0]], request_id=request_id)
+                )
+        finally:
+            outgoing.put_nowait(None)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            for jobs in in_flight.values():
+                self._fail(jobs, reader)
+
+    @staticmethod
+    def _fail(jobs: list[_Job], reader: asyncio.Task[None]) -> None:
+        error: BaseException = GanglionError("the publish stream ended")
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            error = reader.exception() or error
+        for _, future in jobs:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _read(self, call: Any, in_flight: dict[int, list[_Job]], slots: asyncio.Semaphore) -> None:
+        try:
+            async for response in call:
+                jobs = in_flight.pop(response.request_id, [])
+                slots.release()
+                if not response.HasField("error"):
+                    acks = [PublishAck(a.seq, a.id, a.duplicate) for a in response.acks]
+                    for events, future in jobs:
+                        mine, acks = acks[: len(events)], acks[len(events) :]
+                        if not future.done():
+                            future.set_result(mine)
+                elif len(jobs) == 1:
+                    err = response.error
+                    if not jobs[0][1].done():
+                        jobs[0][1].set_exception(from_wire(err.code, err.message, err.field, err.retry_after_ms))
+                else:
+                    for events, future in jobs:
+                        asyncio.create_task(self._alone(events, future))
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def _alone(self, events: list[bus_pb2.Event], future: asyncio.Future[list[PublishAck]]) -> None:
+        try:
+            future.set_result(await self._bus._publish_unary(events, reconnect=self.RECONNECT))
+        except GanglionError as error:
+            future.set_exception(error)
 
 
 def event(topic: str, payload: Any, **fields: Any) -> bus_pb2.Event:
