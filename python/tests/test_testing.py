@@ -140,3 +140,26 @@ def test_leases_and_exact_quotas_on_virtual_time() -> None:
         assert lease.fencing_token == 1
 
     run(main)
+
+
+def test_handlers_carry_the_correlation_id_into_what_they_publish() -> None:
+    async def main() -> None:
+        bus = TestBus()
+
+        @bus.subscribe("orders.placed")
+        async def bill(e: Event) -> None:
+            await bus.publish("billing.charged", {"order": e.data["id"]})
+
+        await bus.start()
+        await bus.publish("orders.placed", {"id": 7}, correlation_id="checkout-42")
+        await bus.publish("orders.placed", {"id": 8})
+        charged = [e for e in bus.published_events if e.topic == "billing.charged"]
+        assert charged[0].correlation_id == "checkout-42"
+        # Without one, the event that started the chain is the correlation.
+        placed = [e for e in bus.published_events if e.topic == "orders.placed"]
+        assert charged[1].correlation_id == placed[1].id
+        # Outside a handler nothing is inherited.
+        assert (await bus.publish("loose", {})).seq and bus.published_events[-1].correlation_id is None
+        await bus.close()
+
+    run(main)

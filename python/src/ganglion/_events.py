@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -12,6 +13,12 @@ from google.protobuf.message import Message
 from ganglion.v1 import bus_pb2
 
 M = TypeVar("M", bound=Message)
+
+#: The correlation id of the event being handled: set around each handler call, and
+#: given to every event published meanwhile that names none.
+correlation_id: ContextVar[str | None] = ContextVar("ganglion_correlation_id", default=None)
+#: The W3C `traceparent` of the event being handled, carried the same way.
+traceparent: ContextVar[str | None] = ContextVar("ganglion_traceparent", default=None)
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -73,6 +80,10 @@ class Event:
         )
 
 
+def _current_correlation() -> str | None:
+    return correlation_id.get()
+
+
 def to_wire(
     topic: str,
     payload: Any,
@@ -88,8 +99,10 @@ def to_wire(
     all_headers = dict(headers or {})
     if idempotency_key is not None:
         all_headers["idempotency_key"] = idempotency_key
-    if correlation_id is not None:
-        all_headers["correlation_id"] = correlation_id
+    inherited = {"correlation_id": correlation_id or _current_correlation(), "traceparent": traceparent.get()}
+    for name, value in inherited.items():
+        if value is not None:
+            all_headers.setdefault(name, value)
     return bus_pb2.Event(
         topic=topic,
         payload=body,

@@ -26,7 +26,7 @@ import grpc
 EOF: Any = getattr(grpc.aio, "EOF")
 
 from ganglion._connection import Connection, Tls
-from ganglion._events import Event, to_wire
+from ganglion._events import Event, correlation_id, to_wire, traceparent
 from ganglion.errors import GanglionError, from_rpc_error, from_wire
 from ganglion.v1 import bus_pb2, bus_pb2_grpc
 
@@ -339,8 +339,11 @@ class Bus:
     async def _serve(handler: Handler, subscription: Subscription) -> None:
         try:
             async for delivery in subscription:
+                event = delivery.event
+                correlation = correlation_id.set(event.correlation_id or event.id or None)
+                trace = traceparent.set(event.headers.get("traceparent"))
                 try:
-                    await handler(delivery.event)
+                    await handler(event)
                 except Retry as retry:
                     delivery.nack(retry.delay, str(retry))
                 except Reject as reject:
@@ -349,6 +352,9 @@ class Bus:
                     delivery.nack(error=f"{type(error).__name__}: {error}")
                 else:
                     delivery.ack()
+                finally:
+                    correlation_id.reset(correlation)
+                    traceparent.reset(trace)
         finally:
             await subscription.close()
 
