@@ -165,3 +165,24 @@ def test_publishing_goes_on_across_a_server_restart(server: Any) -> None:
             assert ack.seq == 501
 
     run(main)
+
+
+def test_a_batch_window_keeps_the_last_event_per_key(server: Any) -> None:
+    from ganglion import Window
+
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            windows: asyncio.Queue[list[Event]] = asyncio.Queue()
+
+            @bus.subscribe("game.state.*", batch=Window(ms=100, keep_last="game_id"))
+            async def on_window(events: list[Event]) -> None:
+                await windows.put(events)
+
+            await bus.start()
+            await bus.publish_batch(
+                [event("game.state.update", {"game": g, "round": r}, headers={"game_id": g}) for r in range(3) for g in "ab"]
+            )
+            got = await asyncio.wait_for(windows.get(), WAIT)
+            assert sorted((e.data["game"], e.data["round"]) for e in got) == [("a", 2), ("b", 2)]
+
+    run(main)

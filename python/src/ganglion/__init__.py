@@ -5,7 +5,7 @@ See `ganglion.bus` and `ganglion.coordinator`.
 
 from ganglion._connection import Tls
 from ganglion._events import Event
-from ganglion.bus import Backoff, Bus, Delivery, PublishAck, Reject, Retry, Subscription, event
+from ganglion.bus import Backoff, Bus, Delivery, PublishAck, Reject, Retry, Subscription, Window, event
 from ganglion.coordinator import Coordinator, Lease, Permit, Queue, Response, TakenRequest
 from ganglion.errors import (
     DeadlineExceeded,
@@ -46,5 +46,6 @@ __all__ = [
     "Tls",
     "Unauthenticated",
     "Unavailable",
+    "Window",
     "event",
 ]

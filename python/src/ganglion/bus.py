@@ -100,6 +100,29 @@ class Backoff:
     max: float = 60.0
 
 
+@dataclass(frozen=True)
+class Window:
+    """A batch window: events collected for `ms` milliseconds (or until `max_events`) and
+    delivered together. `keep_last="game_id"` keeps only the newest event per value of
+    that header (`""`: per topic); `count=` counts events per key instead of keeping
+    them. A handler of a windowed subscription receives a list of events."""
+
+    ms: int = 100
+    keep_last: str | None = None
+    count: str | None = None
+    max_events: int = 0
+
+    def to_wire(self) -> bus_pb2.BatchOptions:
+        aggregation, key = bus_pb2.AGGREGATION_NONE, ""
+        if self.keep_last is not None:
+            aggregation, key = bus_pb2.AGGREGATION_KEEP_LAST, self.keep_last
+        elif self.count is not None:
+            aggregation, key = bus_pb2.AGGREGATION_COUNT, self.count
+        return bus_pb2.BatchOptions(
+            window_ms=self.ms, max_events=self.max_events, key_header=key, aggregation=aggregation
+        )
+
+
 class Subscription:
     """A live subscription: iterate it for deliveries; settle each one."""
 
@@ -162,7 +185,7 @@ class Subscription:
         self._call.cancel()
 
 
-Handler = Callable[[Event], Awaitable[Any]]
+Handler = Callable[[Event], Awaitable[Any]] | Callable[[list[Event]], Awaitable[Any]]
 
 
 class Bus:
@@ -275,6 +298,9 @@ class Bus:
         dead_letter_topic: str | None = None,
         from_seq: int | None = None,
         types: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        batch: Window | None = None,
+        prioritized: bool = False,
     ) -> Subscription:
         """A subscription to iterate: `async for delivery in bus.subscription("game.>")`.
         Zero or None means the server's default for each option."""
@@ -298,13 +324,19 @@ class Bus:
             options.start.CopyFrom(bus_pb2.StartPosition(seq=from_seq))
         if types:
             options.filter.types.extend(types)
+        if headers:
+            options.filter.headers.update(headers)
+        if batch is not None:
+            options.batch.CopyFrom(batch.to_wire())
+        options.prioritized = prioritized
         open = bus_pb2.OpenSubscription(pattern=pattern, options=options)
         return Subscription(self._stub, self._connection.metadata, open)
 
     def subscribe(self, pattern: str, **options: Any) -> Callable[[Handler], Handler]:
         """Registers an async handler for `run()`: returning acks the event, raising
         `Retry` or any other exception nacks it (redelivered with backoff, dead-lettered
-        after `max_deliveries`), raising `Reject` dead-letters it at once."""
+        after `max_deliveries`), raising `Reject` dead-letters it at once. The options
+        are `subscription`'s; with `batch=Window(...)` the handler receives a list."""
 
         def register(handler: Handler) -> Handler:
             self._handlers.append((handler, {"pattern": pattern, **options}))
@@ -319,7 +351,10 @@ class Bus:
             await subscription.opened()
         try:
             await asyncio.gather(
-                *(self._serve(h, s) for (h, _), s in zip(self._handlers, subscriptions))
+                *(
+                    self._serve(h, s, batched="batch" in o)
+                    for (h, o), s in zip(self._handlers, subscriptions)
+                )
             )
         finally:
             for subscription in subscriptions:
@@ -330,20 +365,20 @@ class Bus:
         subscriptions = [self.subscription(**options) for _, options in self._handlers]
         for subscription in subscriptions:
             await subscription.opened()
-        for (handler, _), subscription in zip(self._handlers, subscriptions):
-            task = asyncio.create_task(self._serve(handler, subscription))
+        for (handler, options), subscription in zip(self._handlers, subscriptions):
+            task = asyncio.create_task(self._serve(handler, subscription, batched="batch" in options))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _serve(handler: Handler, subscription: Subscription) -> None:
+    async def _serve(handler: Handler, subscription: Subscription, batched: bool = False) -> None:
         try:
             async for delivery in subscription:
                 event = delivery.event
                 correlation = correlation_id.set(event.correlation_id or event.id or None)
                 trace = traceparent.set(event.headers.get("traceparent"))
                 try:
-                    await handler(event)
+                    await handler(delivery.events if batched else event)  # type: ignore[arg-type]
                 except Retry as retry:
                     delivery.nack(retry.delay, str(retry))
                 except Reject as reject:
