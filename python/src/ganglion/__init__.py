@@ -4,6 +4,7 @@ See `ganglion.bus` and `ganglion.coordinator`.
 """
 
 from ganglion._connection import Tls
+from ganglion.app import App, HandlerStats, Module
 from ganglion._events import Event
 from ganglion.bus import Backoff, Bus, Delivery, PublishAck, Reject, Retry, Subscription, Window, event
 from ganglion.coordinator import Coordinator, Lease, Permit, Queue, Response, TakenRequest
@@ -21,6 +22,9 @@ from ganglion.errors import (
 )
 
 __all__ = [
+    "App",
+    "HandlerStats",
+    "Module",
     "Backoff",
     "Bus",
     "Coordinator",

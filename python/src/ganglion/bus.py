@@ -346,26 +346,26 @@ class Bus:
 
     async def run(self) -> None:
         """Runs every registered handler until cancelled (or a subscription ends)."""
-        subscriptions = [self.subscription(**options) for _, options in self._handlers]
+        handlers, self._handlers = self._handlers, []
+        subscriptions = [self.subscription(**options) for _, options in handlers]
         for subscription in subscriptions:
             await subscription.opened()
         try:
             await asyncio.gather(
-                *(
-                    self._serve(h, s, batched="batch" in o)
-                    for (h, o), s in zip(self._handlers, subscriptions)
-                )
+                *(self._serve(h, s, batched="batch" in o) for (h, o), s in zip(handlers, subscriptions))
             )
         finally:
             for subscription in subscriptions:
                 await subscription.close()
 
     async def start(self) -> None:
-        """Like `run()`, in the background: returns once every subscription is open."""
-        subscriptions = [self.subscription(**options) for _, options in self._handlers]
+        """Like `run()`, in the background: returns once every subscription is open.
+        Handlers registered since the last start are the ones started."""
+        handlers, self._handlers = self._handlers, []
+        subscriptions = [self.subscription(**options) for _, options in handlers]
         for subscription in subscriptions:
             await subscription.opened()
-        for (handler, options), subscription in zip(self._handlers, subscriptions):
+        for (handler, options), subscription in zip(handlers, subscriptions):
             task = asyncio.create_task(self._serve(handler, subscription, batched="batch" in options))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
