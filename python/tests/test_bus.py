@@ -183,3 +183,31 @@ def test_a_batch_window_keeps_the_last_event_per_key(server: Any) -> None:
             assert sorted((e.data["game"], e.data["round"]) for e in got) == [("a", 2), ("b", 2)]
 
     run(main)
+
+
+def test_a_decorated_durable_subscribes_again_after_a_server_restart(server: Any) -> None:
+    import threading
+
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            got: asyncio.Queue[Event] = asyncio.Queue()
+
+            @bus.subscribe("sensor.>", durable="py-sensor")
+            async def record(e: Event) -> None:
+                await got.put(e)
+
+            await bus.start()
+            await bus.publish("sensor.t", {"n": 1})
+            assert (await asyncio.wait_for(got.get(), WAIT)).data == {"n": 1}
+            thread = threading.Thread(target=server.restart)
+            thread.start()
+            while thread.is_alive():
+                await asyncio.sleep(0.05)
+            await bus.publish("sensor.t", {"n": 2})
+            # The durable resumes: the event published after the restart arrives, and
+            # the one acked before does not come again.
+            assert (await asyncio.wait_for(got.get(), WAIT)).data == {"n": 2}
+            await asyncio.sleep(0.3)
+            assert got.empty()
+
+    run(main)

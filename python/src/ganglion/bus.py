@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,11 @@ EOF: Any = getattr(grpc.aio, "EOF")
 
 from ganglion._connection import Connection, Tls
 from ganglion._events import Event, correlation_id, to_wire, traceparent
-from ganglion.errors import GanglionError, from_rpc_error, from_wire
+from ganglion.errors import GanglionError, Unavailable, from_rpc_error, from_wire
 from ganglion.v1 import bus_pb2, bus_pb2_grpc
+
+
+log = logging.getLogger("ganglion.bus")
 
 
 @dataclass(frozen=True)
@@ -345,30 +349,45 @@ class Bus:
         return register
 
     async def run(self) -> None:
-        """Runs every registered handler until cancelled (or a subscription ends)."""
-        handlers, self._handlers = self._handlers, []
-        subscriptions = [self.subscription(**options) for _, options in handlers]
-        for subscription in subscriptions:
-            await subscription.opened()
+        """Runs every registered handler until cancelled, subscribing again after a
+        server restart."""
+        await self.start()
         try:
-            await asyncio.gather(
-                *(self._serve(h, s, batched="batch" in o) for (h, o), s in zip(handlers, subscriptions))
-            )
+            await asyncio.gather(*self._tasks)
         finally:
-            for subscription in subscriptions:
-                await subscription.close()
+            for task in self._tasks:
+                task.cancel()
 
     async def start(self) -> None:
         """Like `run()`, in the background: returns once every subscription is open.
         Handlers registered since the last start are the ones started."""
         handlers, self._handlers = self._handlers, []
-        subscriptions = [self.subscription(**options) for _, options in handlers]
-        for subscription in subscriptions:
-            await subscription.opened()
-        for (handler, options), subscription in zip(handlers, subscriptions):
-            task = asyncio.create_task(self._serve(handler, subscription, batched="batch" in options))
+        # Opened here, so that a refusal (a bad option, a permission) raises now.
+        opened = [await self.subscription(**options).opened() for _, options in handlers]
+        for (handler, options), subscription in zip(handlers, opened):
+            task = asyncio.create_task(self._keep_serving(handler, options, subscription))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _keep_serving(self, handler: Handler, options: dict[str, Any], subscription: Subscription) -> None:
+        """Serves `handler` on `subscription` (opened with `options`), subscribing again
+        (after a backoff from 0.1 s doubling to 5 s) whenever the server ends it or
+        cannot be reached: a server restart, a crash, a cut-off. A durable resumes where
+        its acks left it."""
+        batched = "batch" in options
+        delay = 0.1
+        while True:
+            try:
+                await subscription.opened()
+                delay = 0.1
+                await self._serve(handler, subscription, batched)
+                reason = subscription.closed_reason or "the stream ended"
+            except Unavailable as error:
+                reason = str(error)
+            log.info("subscription to %s ended (%s); subscribing again in %.1f s", options["pattern"], reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            subscription = self.subscription(**options)
 
     @staticmethod
     async def _serve(handler: Handler, subscription: Subscription, batched: bool = False) -> None:
