@@ -517,7 +517,15 @@ class _Publisher:
                     for events, future in jobs:
                         asyncio.create_task(self._alone(events, future))
         except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+            # What was sent on this stream fails with the stream's error now (callers
+            # must not wait for the next publish to find out).
+            error = from_rpc_error(e)
+            for jobs in in_flight.values():
+                for _, future in jobs:
+                    if not future.done():
+                        future.set_exception(error)
+            in_flight.clear()
+            raise error from None
 
     async def _alone(self, events: list[bus_pb2.Event], future: asyncio.Future[list[PublishAck]]) -> None:
         try:
