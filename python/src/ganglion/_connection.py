@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 
 import grpc
+
+from ganglion.errors import GanglionError
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ class Connection:
             channel = grpc.aio.secure_channel(server, credentials, options=options)
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         return cls(channel, metadata)
+
+    @classmethod
+    async def ready(cls, server: str, token: str | None, tls: Tls | None, timeout: float) -> Connection:
+        """`open`, then wait up to `timeout` seconds for the server to answer."""
+        connection = cls.open(server, token, tls)
+        try:
+            await asyncio.wait_for(connection.channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            await connection.close()
+            raise GanglionError(f"cannot reach a Ganglion server at {server} within {timeout} s") from None
+        return connection
 
     async def close(self) -> None:
         await self.channel.close()

@@ -213,13 +213,7 @@ class Bus:
     ) -> Bus:
         """Connects (within `timeout` seconds) to a `ganglion serve` gRPC address. The
         channel reconnects by itself after a server restart."""
-        connection = Connection.open(server, token, tls)
-        try:
-            await asyncio.wait_for(connection.channel.channel_ready(), timeout)
-        except asyncio.TimeoutError:
-            await connection.close()
-            raise GanglionError(f"cannot reach a Ganglion server at {server} within {timeout} s") from None
-        return cls(connection)
+        return cls(await Connection.ready(server, token, tls, timeout))
 
     async def close(self) -> None:
         for task in self._tasks:

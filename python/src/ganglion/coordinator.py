@@ -241,13 +241,7 @@ class Coordinator:
     async def connect(
         cls, server: str = "127.0.0.1:50051", *, token: str | None = None, tls: Tls | None = None, timeout: float = 5.0
     ) -> Coordinator:
-        connection = Connection.open(server, token, tls)
-        try:
-            await asyncio.wait_for(connection.channel.channel_ready(), timeout)
-        except asyncio.TimeoutError:
-            await connection.close()
-            raise GanglionError(f"cannot reach a Ganglion server at {server} within {timeout} s") from None
-        return cls(connection)
+        return cls(await Connection.ready(server, token, tls, timeout))
 
     async def close(self) -> None:
         await self._connection.close()

@@ -35,6 +35,7 @@ from typing import Any
 
 from ganglion._events import Event, to_wire
 from ganglion.bus import Backoff, Bus, Delivery, PublishAck
+from ganglion.coordinator import Lease
 from ganglion.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from ganglion.v1 import bus_pb2
 
@@ -306,16 +307,6 @@ class TestBus:
         await self.close()
 
 
-@dataclass
-class TestLease:
-    id: int
-    pool: str
-    holder: str
-    units: list[str]
-    fencing_token: int
-    env: dict[str, str] = field(default_factory=dict)
-
-
 class TestCoordinator:
     """Leases on counted pools and exact quotas (`limit` per `window` seconds of virtual
     time), with `Coordinator`'s API."""
@@ -335,12 +326,12 @@ class TestCoordinator:
         self._grants: dict[str, list[float]] = {name: [] for name in self._quotas}
         self._tokens = itertools.count(1)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.held: dict[int, TestLease] = {}
+        self.held: dict[int, Lease] = {}
 
     def lease(self, pool: str, *, holder: str = "", wait: float | None = None, **_: Any) -> _LeaseContext:
         return _LeaseContext(self, pool, holder, wait)
 
-    async def _acquire(self, pool: str, holder: str, wait: float | None) -> TestLease:
+    async def _acquire(self, pool: str, holder: str, wait: float | None) -> Lease:
         if pool not in self._free:
             raise InvalidArgument(f"no pool {pool!r}", field="pool")
         deadline = self.clock.now + (wait or 0)
@@ -353,11 +344,11 @@ class TestCoordinator:
             await woken
         unit = self._free[pool].pop(0)
         token = next(self._tokens)
-        lease = TestLease(token, pool, holder, [str(unit)], token)
+        lease = Lease(token, pool, holder, [str(unit)], token)
         self.held[token] = lease
         return lease
 
-    def _release(self, lease: TestLease) -> None:
+    def _release(self, lease: Lease) -> None:
         if self.held.pop(lease.id, None) is not None:
             self._free[lease.pool].append(int(lease.units[0]))
             for woken in self._waiters.pop(lease.pool, []):
@@ -386,9 +377,9 @@ class TestCoordinator:
 class _LeaseContext:
     def __init__(self, coordinator: TestCoordinator, pool: str, holder: str, wait: float | None) -> None:
         self._c, self._pool, self._holder, self._wait = coordinator, pool, holder, wait
-        self._lease: TestLease | None = None
+        self._lease: Lease | None = None
 
-    async def __aenter__(self) -> TestLease:
+    async def __aenter__(self) -> Lease:
         self._lease = await self._c._acquire(self._pool, self._holder, self._wait)
         return self._lease
 
