@@ -211,3 +211,30 @@ def test_a_decorated_durable_subscribes_again_after_a_server_restart(server: Any
             assert got.empty()
 
     run(main)
+
+
+def test_closing_lets_a_handler_in_progress_finish_and_ack(server: Any) -> None:
+    async def main() -> None:
+        bus = await Bus.connect(server.grpc)
+        started, finished = asyncio.Event(), asyncio.Event()
+
+        @bus.subscribe("render.>", durable="py-drain")
+        async def render(e: Event) -> None:
+            started.set()
+            await asyncio.sleep(0.3)  # a slow handler, in progress when the app stops
+            finished.set()
+
+        await bus.start()
+        await bus.publish("render.frame", {"n": 1})
+        await asyncio.wait_for(started.wait(), WAIT)
+        await bus.close()
+        assert finished.is_set(), "the handler ran to its end"
+        # Its ack reached the server: the durable has nothing to redeliver.
+        async with await Bus.connect(server.grpc) as again:
+            sub = await again.subscription("render.>", durable="py-drain").opened()
+            await again.publish("render.frame", {"n": 2})
+            d = await asyncio.wait_for(sub.__anext__(), WAIT)
+            assert d.event.data == {"n": 2} and d.attempt == 1
+            d.ack()
+
+    run(main)

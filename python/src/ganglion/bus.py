@@ -183,10 +183,21 @@ class Subscription:
                 )
         return self._pending.pop(0)
 
-    async def close(self) -> None:
-        """Ends the subscription (unsettled deliveries are redelivered later)."""
+    async def close(self, grace: float = 2.0) -> None:
+        """Ends the subscription: the acks already given are sent first (within `grace`
+        seconds); unsettled deliveries are redelivered later."""
         self._outgoing.put_nowait(None)
-        self._call.cancel()
+        try:
+            # Half-closed, the server ends the stream once it has read what was sent.
+            await asyncio.wait_for(self._drain(), grace)
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError, GanglionError):
+            pass
+        finally:
+            self._call.cancel()
+
+    async def _drain(self) -> None:
+        while await self._next_response() is not None:
+            pass
 
 
 Handler = Callable[[Event], Awaitable[Any]] | Callable[[list[Event]], Awaitable[Any]]
@@ -201,6 +212,9 @@ class Bus:
         self._handlers: list[tuple[Handler, dict[str, Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._publisher: _Publisher | None = None
+        #: Handler tasks inside a handler call now, and whether the bus is closing.
+        self._busy: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
 
     @classmethod
     async def connect(
@@ -215,7 +229,16 @@ class Bus:
         channel reconnects by itself after a server restart."""
         return cls(await Connection.ready(server, token, tls, timeout))
 
-    async def close(self) -> None:
+    async def close(self, drain: float = 5.0) -> None:
+        """Stops the handlers gracefully: one in the middle of an event finishes it (and
+        its ack is sent) within `drain` seconds; idle ones stop at once. Then closes the
+        connection."""
+        self._stopping.set()
+        for task in self._tasks - self._busy:
+            task.cancel()
+        busy = self._tasks & self._busy
+        if busy:
+            await asyncio.wait(busy, timeout=drain)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -374,19 +397,30 @@ class Bus:
             try:
                 await subscription.opened()
                 delay = 0.1
-                await self._serve(handler, subscription, batched)
+                await self._serve(handler, subscription, batched, self._busy, self._stopping)
                 reason = subscription.closed_reason or "the stream ended"
             except Unavailable as error:
                 reason = str(error)
+            if self._stopping.is_set():
+                return
             log.info("subscription to %s ended (%s); subscribing again in %.1f s", options["pattern"], reason, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             subscription = self.subscription(**options)
 
     @staticmethod
-    async def _serve(handler: Handler, subscription: Subscription, batched: bool = False) -> None:
+    async def _serve(
+        handler: Handler,
+        subscription: Subscription,
+        batched: bool = False,
+        busy: set[asyncio.Task[Any]] | None = None,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        me = asyncio.current_task()
         try:
             async for delivery in subscription:
+                if busy is not None and me is not None:
+                    busy.add(me)
                 event = delivery.event
                 correlation = correlation_id.set(event.correlation_id or event.id or None)
                 trace = traceparent.set(event.headers.get("traceparent"))
@@ -403,6 +437,10 @@ class Bus:
                 finally:
                     correlation_id.reset(correlation)
                     traceparent.reset(trace)
+                    if busy is not None and me is not None:
+                        busy.discard(me)
+                if stopping is not None and stopping.is_set():
+                    return
         finally:
             await subscription.close()
 
