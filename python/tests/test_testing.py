@@ -163,3 +163,31 @@ def test_handlers_carry_the_correlation_id_into_what_they_publish() -> None:
         await bus.close()
 
     run(main)
+
+
+def test_the_request_queue_is_paced_by_its_quota_on_virtual_time() -> None:
+    async def main() -> None:
+        clock = VirtualClock()
+        coord = TestCoordinator(clock, quotas={"claude": (1, 60.0)}, queues={"claude": "claude"})
+        queue = coord.queue("claude")
+        first = await queue.submit({"prompt": "a"}, component="advisor")
+        second = await queue.submit({"prompt": "b"}, component="advisor")
+        answered: list[str] = []
+
+        async def worker() -> None:
+            async for request in queue.take(worker="w1"):
+                answered.append(request.json()["prompt"])
+                await request.complete({"answer": request.json()["prompt"].upper()})
+
+        task = asyncio.create_task(worker())
+        await clock.advance(0)
+        assert answered == ["a"], "one call per minute: the second waits"
+        assert (await queue.result(first)).json() == {"answer": "A"}
+        assert not (await queue.result(second)).ready
+        await clock.advance(60)
+        assert answered == ["a", "b"]
+        again = await queue.submit({"prompt": "a"})
+        assert (await queue.result(again)).cached
+        task.cancel()
+
+    run(main)

@@ -28,14 +28,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ganglion._events import Event, to_wire
+from ganglion._events import Event, encode_payload, to_wire
 from ganglion.bus import Backoff, Bus, Delivery, PublishAck
-from ganglion.coordinator import Lease
+from ganglion.coordinator import Lease, Response
 from ganglion.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from ganglion.v1 import bus_pb2
 
@@ -319,6 +320,7 @@ class TestCoordinator:
         *,
         pools: dict[str, int] | None = None,
         quotas: dict[str, tuple[int, float]] | None = None,
+        queues: dict[str, str] | None = None,
     ) -> None:
         self.clock = clock or VirtualClock()
         self._free = {name: list(range(n)) for name, n in (pools or {}).items()}
@@ -327,6 +329,11 @@ class TestCoordinator:
         self._tokens = itertools.count(1)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.held: dict[int, Lease] = {}
+        self._queues = {name: TestQueue(self, name, quota) for name, quota in (queues or {}).items()}
+
+    def queue(self, name: str) -> TestQueue:
+        """A request queue paced by its quota (`queues={"claude": "claude"}`)."""
+        return self._queues[name]
 
     def lease(self, pool: str, *, holder: str = "", wait: float | None = None, **_: Any) -> _LeaseContext:
         return _LeaseContext(self, pool, holder, wait)
@@ -370,6 +377,9 @@ class TestCoordinator:
             oldest = self._grants[quota][0]
             free_at = oldest + self._quotas[quota][1]
             if free_at > deadline:
+                # As the server does: wait out the caller's wait, then refuse.
+                if deadline > self.clock.now:
+                    await self.clock.sleep(deadline - self.clock.now)
                 raise ResourceExhausted(f"quota {quota} is used up", retry_after=free_at - self.clock.now)
             await self.clock.sleep(free_at - self.clock.now)
 
@@ -388,3 +398,79 @@ class _LeaseContext:
             self._c._release(self._lease)
 
 
+
+
+class TestQueue:
+    """The request queue with `Queue`'s API: a take draws a call from the queue's quota
+    (waiting on virtual time); identical requests are answered from a cache."""
+
+    __test__ = False
+
+    def __init__(self, coordinator: TestCoordinator, name: str, quota: str) -> None:
+        self._c, self.name, self._quota = coordinator, name, quota
+        self._ids = itertools.count(1)
+        self._waiting: list[tuple[int, bytes, str]] = []
+        self._taken: dict[int, tuple[bytes, str]] = {}
+        self._answers: dict[int, Response] = {}
+        self._cache: dict[bytes, bytes] = {}
+        self._arrived = asyncio.Event()
+
+    async def submit(self, request: Any, *, component: str = "", priority: int = 0, **_: Any) -> int:
+        body = encode_payload(request)[0]
+        request_id = next(self._ids)
+        if body in self._cache:
+            self._answers[request_id] = Response(ready=True, body=self._cache[body], cached=True)
+        else:
+            self._waiting.append((request_id, body, component or "anonymous"))
+            self._arrived.set()
+        return request_id
+
+    async def result(self, request_id: int, *, wait: float | None = None) -> Response:
+        return self._answers.get(request_id, Response(ready=False))
+
+    async def take_one(self, *, worker: str = "", wait: float | None = None) -> TestTakenRequest | None:
+        while not self._waiting:
+            if not wait:
+                return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        try:
+            await self._c.permit(self._quota, wait=wait or 0)
+        except ResourceExhausted:
+            return None  # nothing could be taken within the wait
+        request_id, body, component = self._waiting.pop(0)
+        self._taken[request_id] = (body, component)
+        return TestTakenRequest(self, request_id, body, component)
+
+    async def take(self, *, worker: str = "", poll: float = 30.0) -> AsyncIterator[TestTakenRequest]:
+        while True:
+            taken = await self.take_one(worker=worker, wait=poll)
+            if taken is not None:
+                yield taken
+
+    def _answer(self, request_id: int, response: Response) -> None:
+        body, _ = self._taken.pop(request_id)
+        self._answers[request_id] = response
+        if response.body is not None:
+            self._cache[body] = response.body
+
+
+@dataclass
+class TestTakenRequest:
+    """A request a worker took from a `TestQueue`."""
+
+    __test__ = False
+
+    queue: TestQueue
+    id: int
+    body: bytes
+    component: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    async def complete(self, response: Any) -> None:
+        self.queue._answer(self.id, Response(ready=True, body=encode_payload(response)[0]))
+
+    async def fail(self, error: str) -> None:
+        self.queue._answer(self.id, Response(ready=True, error=error))
