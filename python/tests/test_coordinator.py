@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ganglion import Coordinator, DeadlineExceeded
+from ganglion import Coordinator, DeadlineExceeded, LeaseRevoked
 
 from test_bus import run
 
@@ -72,5 +72,19 @@ def test_permits_and_the_request_queue(server: Any) -> None:
             again = await queue.submit({"prompt": "next move?"}, component="advisor")
             cached = await queue.result(again, wait=1)
             assert cached.cached and cached.json() == {"move": "fold"}
+
+    run(main)
+
+
+def test_a_revocation_interrupts_the_block_and_the_warning_comes_first(server: Any) -> None:
+    async def main() -> None:
+        async with await Coordinator.connect(server.grpc) as coord:
+            warned: list[float] = []
+            with pytest.raises(LeaseRevoked):
+                async with coord.lease("gpu", holder="trainer", max_hold=0.5, on_warning=lambda _, left: warned.append(left)):
+                    await asyncio.sleep(30)  # the work a revocation must stop
+            assert warned and 0 < warned[0] <= 0.5
+            async with coord.lease("gpu", holder="trainer", wait=5):
+                pass  # free again
 
     run(main)

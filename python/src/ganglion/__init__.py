@@ -7,7 +7,7 @@ from ganglion._connection import Tls
 from ganglion.app import App, HandlerStats, Module
 from ganglion._events import Event
 from ganglion.bus import Backoff, Bus, Delivery, PublishAck, Reject, Retry, Subscription, Window, event
-from ganglion.coordinator import Coordinator, Lease, Permit, Queue, Response, TakenRequest
+from ganglion.coordinator import Coordinator, Lease, LeaseRevoked, Permit, Queue, Response, TakenRequest
 from ganglion.errors import (
     DeadlineExceeded,
     GanglionError,
@@ -35,6 +35,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "Lease",
+    "LeaseRevoked",
     "NotFound",
     "Permit",
     "PermissionDenied",

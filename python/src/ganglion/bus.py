@@ -531,8 +531,10 @@ class _Publisher:
                 future.set_exception(error)
 
     async def _read(self, call: Any, in_flight: dict[int, list[_Job]], slots: asyncio.Semaphore) -> None:
+        answered = False
         try:
             async for response in call:
+                answered = True
                 jobs = in_flight.pop(response.request_id, [])
                 slots.release()
                 if not response.HasField("error"):
@@ -549,13 +551,21 @@ class _Publisher:
                     for events, future in jobs:
                         asyncio.create_task(self._alone(events, future))
         except grpc.aio.AioRpcError as e:
-            # What was sent on this stream fails with the stream's error now (callers
-            # must not wait for the next publish to find out).
+            # What was sent on this stream is settled now (callers must not wait for the
+            # next publish to find out). A stream refused before it answered anything
+            # (no credentials, say: the server answers before reading the request, and
+            # grpcio sometimes reports that race as INTERNAL) sends each caller's events
+            # alone, to get each its own answer; otherwise they fail with the stream's
+            # error, having maybe been published.
             error = from_rpc_error(e)
             for jobs in in_flight.values():
-                for _, future in jobs:
-                    if not future.done():
+                for events, future in jobs:
+                    if future.done():
+                        continue
+                    if answered:
                         future.set_exception(error)
+                    else:
+                        asyncio.create_task(self._alone(events, future))
             in_flight.clear()
             raise error from None
 

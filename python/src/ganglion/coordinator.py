@@ -37,6 +37,14 @@ def _ms(seconds: float | None) -> int:
     return int(seconds * 1000) if seconds else 0
 
 
+class LeaseRevoked(GanglionError):
+    """Raised in an `async with coord.lease(...)` block when the server revokes the
+    lease at its maximum hold time: the work under it must stop (its fencing token no
+    longer passes)."""
+
+    code = "FAILED_PRECONDITION"
+
+
 @dataclass
 class Lease:
     """A granted lease: its units, fencing token and environment (for GPUs,
@@ -56,7 +64,8 @@ class LeaseContext:
     """`async with coord.lease(...) as lease:` — acquired on entry, released on exit,
     also on an exception or a cancellation. The server holds the lease while the stream
     is open and renews it; `on_warning` is called with the seconds left before a
-    revocation at the maximum hold time."""
+    revocation at the maximum hold time, and a revocation interrupts the block with
+    `LeaseRevoked`."""
 
     def __init__(
         self,
@@ -69,6 +78,8 @@ class LeaseContext:
         self._on_warning = on_warning
         self._call: Any = None
         self._watch: asyncio.Task[None] | None = None
+        self._holder: asyncio.Task[Any] | None = None
+        self._revoked = False
         self.lease: Lease | None = None
 
     async def __aenter__(self) -> Lease:
@@ -87,12 +98,14 @@ class LeaseContext:
         g = update.granted
         env = {"CUDA_VISIBLE_DEVICES": g.cuda_visible_devices} if g.cuda_visible_devices else {}
         self.lease = Lease(g.id, g.pool, g.holder, list(g.units), g.fencing_token, env)
+        self._holder = asyncio.current_task()
         self._watch = asyncio.create_task(self._follow(self.lease))
         return self.lease
 
     async def _follow(self, lease: Lease) -> None:
         try:
-            async for update in self._call:
+            # read(), as __aenter__ did: grpcio forbids mixing it with iteration.
+            while (update := await self._call.read()) is not EOF:
                 if update.HasField("warning"):
                     left = update.warning.revoked_in_ms / 1000
                     lease.warning = f"revoked in {left:.1f} s"
@@ -102,7 +115,10 @@ class LeaseContext:
                         log.warning("lease %s of %s will be revoked in %.1f s", lease.id, lease.pool, left)
                 elif update.HasField("revoked"):
                     lease.warning = "revoked"
-                    log.warning("lease %s of %s revoked: release it", lease.id, lease.pool)
+                    log.warning("lease %s of %s revoked at its maximum hold time", lease.id, lease.pool)
+                    if self._holder is not None and not self._revoked:
+                        self._revoked = True
+                        self._holder.cancel()
                 elif update.HasField("released"):
                     return
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -128,6 +144,12 @@ class LeaseContext:
             if self._watch:
                 self._watch.cancel()
             self._call.cancel()
+        if self._revoked and exc_type is asyncio.CancelledError:
+            # Our cancellation, not the caller's: it becomes the revocation.
+            uncancel = getattr(self._holder, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            raise LeaseRevoked(f"lease {lease.id} of pool {lease.pool} was revoked at its maximum hold time")
 
 
 @dataclass(frozen=True)
