@@ -401,6 +401,10 @@ class Bus:
                 reason = subscription.closed_reason or "the stream ended"
             except Unavailable as error:
                 reason = str(error)
+            except GanglionError as error:
+                # Refused for good (the pattern or a permission changed): say so, stop.
+                log.error("subscription to %s refused: %s; its handler %s stops", options["pattern"], error, getattr(handler, "__name__", handler))
+                return
             if self._stopping.is_set():
                 return
             log.info("subscription to %s ended (%s); subscribing again in %.1f s", options["pattern"], reason, delay)
