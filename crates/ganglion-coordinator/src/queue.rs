@@ -738,6 +738,12 @@ impl RequestQueue {
         timeout: Duration,
     ) -> Result<Option<Taken>, CoordinatorError> {
         crate::check_wait(timeout)?;
+        if worker.is_empty() || worker.len() > 256 {
+            return Err(CoordinatorError::invalid(
+                "worker",
+                "is required: the taking worker's name, at most 256 bytes",
+            ));
+        }
         let deadline = self.clock.monotonic() + timeout;
         loop {
             let notified = self.work.notified();

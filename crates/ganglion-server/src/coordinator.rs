@@ -165,12 +165,15 @@ fn held_lease_stream(held: HeldLease) -> impl Stream<Item = Result<v1::LeaseUpda
     })
 }
 
+/// The gRPC status of a refusal (or a bad argument) from the checks below.
+fn refused(error: BusError) -> Status {
+    status_from_error(&error)
+}
+
 /// Who may use the coordinator's names (see [`crate::auth`]): each check runs before the
 /// name is looked up, so a refusal never tells whether a pool, quota or queue exists.
 impl State {
-    /// The name a caller acts under once `action` is allowed: `field` (a lease's
-    /// `holder`, a quota's or a submission's `component`, a queue's `worker`) as given,
-    /// if the caller owns it, or the caller's own name if it is empty.
+    /// The name a caller acts under once `action` is allowed: see [`State::claim`].
     pub(crate) fn acting_as(
         &self,
         caller: &Caller,
@@ -179,14 +182,19 @@ impl State {
         name: &str,
     ) -> Result<String, BusError> {
         self.may(caller, action)?;
-        let name = caller.claim(&self.audit, field, name)?;
-        if name.is_empty() && field == "worker" {
-            return Err(BusError::invalid(
-                "worker",
-                "is required: the taking worker's name",
-            ));
-        }
-        Ok(name)
+        self.claim(caller, field, name)
+    }
+
+    /// `field` (a lease's `holder`, a quota's or a submission's `component`, a queue's
+    /// `worker`) as given, if the caller owns it, or the caller's own name if it is
+    /// empty.
+    pub(crate) fn claim(
+        &self,
+        caller: &Caller,
+        field: &str,
+        name: &str,
+    ) -> Result<String, BusError> {
+        Ok(caller.claim(&self.audit, field, name)?)
     }
 
     /// Allows renewing or releasing lease `id`: its holder, or an admin. A lease not
@@ -271,7 +279,7 @@ impl CoordinatorService for GrpcCoordinator {
         let holder = self
             .state
             .acting_as(&caller, Action::Lease(&r.pool), "holder", &r.holder)
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let pools = self.coordinator().pools().clone();
         let lease = pools
             .acquire(AcquireRequest {
@@ -307,7 +315,7 @@ impl CoordinatorService for GrpcCoordinator {
         let id = request.into_inner().lease_id;
         self.state
             .may_touch_lease(&caller, id, "renew")
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let lease = self.coordinator().pools().renew(id).map_err(status)?;
         Ok(Response::new(lease_to_wire(&lease)))
     }
@@ -320,7 +328,7 @@ impl CoordinatorService for GrpcCoordinator {
         let id = request.into_inner().lease_id;
         self.state
             .may_touch_lease(&caller, id, "release")
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         self.coordinator().pools().release(id).map_err(status)?;
         Ok(Response::new(v1::ReleaseResponse {}))
     }
@@ -333,7 +341,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         self.state
             .may(&caller, Action::Lease(&r.pool))
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let response = match self
             .coordinator()
             .pools()
@@ -361,7 +369,7 @@ impl CoordinatorService for GrpcCoordinator {
         let component = self
             .state
             .acting_as(&caller, Action::Permit(&r.quota), "component", &r.component)
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let quota = self.coordinator().quota(&r.quota).map_err(status)?;
         let permit = quota.try_acquire(&component).map_err(status)?;
         Ok(Response::new(permit_to_wire(permit)))
@@ -376,7 +384,7 @@ impl CoordinatorService for GrpcCoordinator {
         let component = self
             .state
             .acting_as(&caller, Action::Permit(&r.quota), "component", &r.component)
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let quota = self.coordinator().quota(&r.quota).map_err(status)?.clone();
         let permit = quota
             .acquire(&component, r.priority, Duration::from_millis(r.wait_ms))
@@ -394,7 +402,7 @@ impl CoordinatorService for GrpcCoordinator {
         let component = self
             .state
             .acting_as(&caller, Action::Submit(&r.queue), "component", &r.component)
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?;
         let id = queue
             .submit(Submission {
@@ -416,7 +424,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         self.state
             .may_read_response(&caller, &r.queue, r.request_id)
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
         let outcome = queue
             .get_response(r.request_id, Duration::from_millis(r.wait_ms))
@@ -446,7 +454,7 @@ impl CoordinatorService for GrpcCoordinator {
         let worker = self
             .state
             .acting_as(&caller, Action::Work(&r.queue), "worker", &r.worker)
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
         let taken = queue
             .take(&worker, Duration::from_millis(r.wait_ms))
@@ -472,7 +480,7 @@ impl CoordinatorService for GrpcCoordinator {
         let r = request.into_inner();
         self.state
             .may_complete(&caller, &r.queue, r.request_id)
-            .map_err(|e| status_from_error(&e))?;
+            .map_err(refused)?;
         let queue = self.coordinator().queue(&r.queue).map_err(status)?;
         let result = match r.result {
             Some(v1::complete_request::Result::Response(body)) => Ok(body),
@@ -488,9 +496,7 @@ impl CoordinatorService for GrpcCoordinator {
         request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let caller = grpc_caller(&request)?;
-        self.state
-            .may(&caller, Action::Monitor)
-            .map_err(|e| status_from_error(&e))?;
+        self.state.may(&caller, Action::Monitor).map_err(refused)?;
         Ok(Response::new(status_of(self.coordinator())))
     }
 }

@@ -43,7 +43,7 @@ pub(super) async fn acquire_lease(
     let amount = field_u64(&o, "amount")?.unwrap_or(1);
     let holder = optional_str(&o, "holder")?.unwrap_or_default();
     let request = AcquireRequest {
-        holder: state.acting_as(&caller, Action::Lease(&pool), "holder", &holder)?,
+        holder: state.claim(&caller, "holder", &holder)?,
         pool,
         priority: field_i32(&o, "priority")?,
         amount: u32::try_from(amount).map_err(|_| ApiError::invalid("amount", "is too large"))?,
@@ -105,7 +105,7 @@ pub(super) async fn acquire_permit(
     state.may(&caller, Action::Permit(&quota))?;
     let o = object_body(&state, body, &["component", "priority", "wait_ms"]).await?;
     let component = optional_str(&o, "component")?.unwrap_or_default();
-    let component = state.acting_as(&caller, Action::Permit(&quota), "component", &component)?;
+    let component = state.claim(&caller, "component", &component)?;
     let quota = state.coordinator.quota(&quota)?.clone();
     // Every field is checked, whether or not this request uses it.
     let priority = field_i32(&o, "priority")?;
@@ -215,7 +215,7 @@ pub(super) async fn submit_request(
     let id = queue.submit(ganglion_coordinator::queue::Submission {
         request,
         priority: field_i32(&o, "priority")?,
-        component: state.acting_as(&caller, Action::Submit(&name), "component", &component)?,
+        component: state.claim(&caller, "component", &component)?,
         idempotency_key: optional_str(&o, "idempotency_key")?,
         fallback: bytes_field(&o, "fallback")?,
     })?;
@@ -276,7 +276,7 @@ pub(super) async fn take_request(
     let queue = queue_of(&state, &caller, Action::Work(&name), &name)?;
     let o = object_body(&state, body, &["worker", "wait_ms"]).await?;
     let worker = optional_str(&o, "worker")?.unwrap_or_default();
-    let worker = state.acting_as(&caller, Action::Work(&name), "worker", &worker)?;
+    let worker = state.claim(&caller, "worker", &worker)?;
     let wait = Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0));
     let mut out = serde_json::Map::new();
     match queue.take(&worker, wait).await? {
