@@ -324,9 +324,9 @@ impl Caller {
 
     /// Allows `action` or refuses it (audited). An allowed admin action is audited too.
     pub fn may(&self, audit: &Audit, action: Action<'_>) -> Result<(), Refusal> {
-        let allowed = self.allowed(action);
-        let (verb, target) = action.describe();
-        if !allowed {
+        if !self.allowed(action) {
+            // Described only when refused: `may` runs once per published event.
+            let (verb, target) = action.describe();
             audit.refused(self.name(), verb, &target);
             let what = match action {
                 Action::Publish(t) if is_reserved(t.as_str()) => {
