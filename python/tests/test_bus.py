@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ganglion import Backoff, Bus, Event, InvalidArgument, Reject, event
+from ganglion import Backoff, Bus, Event, InvalidArgument, Reject, Window, event
 from ganglion.v1 import bus_pb2
 
 WAIT = 10.0
@@ -165,8 +165,6 @@ def test_publishing_goes_on_across_a_server_restart(server: Any) -> None:
 
 
 def test_a_batch_window_keeps_the_last_event_per_key(server: Any) -> None:
-    from ganglion import Window
-
     async def main() -> None:
         async with await Bus.connect(server.grpc) as bus:
             windows: asyncio.Queue[list[Event]] = asyncio.Queue()
@@ -181,6 +179,62 @@ def test_a_batch_window_keeps_the_last_event_per_key(server: Any) -> None:
             )
             got = await asyncio.wait_for(windows.get(), WAIT)
             assert sorted((e.data["game"], e.data["round"]) for e in got) == [("a", 2), ("b", 2)]
+
+    run(main)
+
+
+def test_a_count_window_hands_its_handler_the_counts(server: Any) -> None:
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            windows: asyncio.Queue[dict[str, int]] = asyncio.Queue()
+
+            @bus.subscribe("clicks.*", batch=Window(ms=100, count="page"))
+            async def on_counts(counts: dict[str, int]) -> None:
+                await windows.put(counts)
+
+            await bus.start()
+            await bus.publish_batch([event("clicks.ui", {}, headers={"page": p}) for p in "aabab"])
+            assert await asyncio.wait_for(windows.get(), WAIT) == {"a": 3, "b": 2}
+
+    run(main)
+
+
+def test_replay_dead_letters_redrive_and_ack_deadlines(server: Any) -> None:
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            first = await bus.publish("audit.login", {"user": "ada"})
+            await bus.publish("audit.logout", {"user": "ada"})
+            replayed = await bus.replay("audit.>")
+            assert [e.topic for e in replayed] == ["audit.login", "audit.logout"]
+            assert [e.topic for e in await bus.replay("audit.>", from_seq=first.seq + 1)] == ["audit.logout"]
+            with pytest.raises(InvalidArgument) as refused:
+                await bus.replay("audit..x")
+            assert refused.value.field == "pattern"
+
+            # Never settled: redelivered after the deadline, then dead-lettered.
+            slow = await bus.subscription(
+                "audit.*", durable="py-slow", from_seq=first.seq, ack_deadline=0.2, max_deliveries=2,
+                backoff=Backoff(initial=0.01, max=0.01),
+            ).opened()
+            attempts = [(await asyncio.wait_for(slow.__anext__(), WAIT)) for _ in range(4)]
+            assert sorted((d.event.topic, d.attempt) for d in attempts) == [
+                ("audit.login", 1), ("audit.login", 2), ("audit.logout", 1), ("audit.logout", 2)
+            ]
+            for _ in range(100):  # the second deadlines pass, and the letters are listed
+                letters = await bus.dead_letters("py-slow")
+                if len(letters) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await slow.close()
+            assert [(d.origin_topic, d.attempts) for d in letters] == [("audit.login", 2), ("audit.logout", 2)]
+            assert letters[0].last_error == "ack deadline of 200 ms exceeded"
+            assert letters[0].event.topic == "dlq.py-slow" and letters[0].event.data == {"user": "ada"}
+
+            again = await bus.subscription("audit.login").opened()
+            assert await bus.redrive("py-slow", [letters[0].event.seq]) == 1
+            redriven = await asyncio.wait_for(again.__anext__(), WAIT)
+            assert redriven.event.data == {"user": "ada"} and "dlq_attempts" not in redriven.event.headers
+            assert [d.origin_topic for d in await bus.dead_letters("py-slow")] == ["audit.logout"]
 
     run(main)
 

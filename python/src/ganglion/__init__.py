@@ -6,7 +6,7 @@ See `ganglion.bus` and `ganglion.coordinator`.
 from ganglion._connection import Tls
 from ganglion.app import App, HandlerStats, Module
 from ganglion._events import Event
-from ganglion.bus import Backoff, Bus, Delivery, PublishAck, Reject, Retry, Subscription, Window, event
+from ganglion.bus import Backoff, Bus, DeadLetter, Delivery, PublishAck, Reject, Retry, Subscription, Window, event
 from ganglion.coordinator import Coordinator, Lease, LeaseRevoked, Permit, Queue, Response, TakenRequest
 from ganglion.errors import (
     DeadlineExceeded,
@@ -28,6 +28,7 @@ __all__ = [
     "Backoff",
     "Bus",
     "Coordinator",
+    "DeadLetter",
     "DeadlineExceeded",
     "Delivery",
     "Event",

@@ -22,9 +22,10 @@ await app.run()          # starts modules in order, stops them in reverse on SIG
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +38,9 @@ class _Bus(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    @property
+    def refused(self) -> Mapping[Any, Exception]: ...
 
 
 @dataclass
@@ -62,6 +66,8 @@ class Module:
     _on_start: list[Hook] = field(default_factory=list)
     _on_stop: list[Hook] = field(default_factory=list)
     _health: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
+    #: The measured handlers registered on the bus.
+    _registered: list[Callable[..., Awaitable[Any]]] = field(default_factory=list)
     stats: dict[str, HandlerStats] = field(default_factory=dict)
 
     def subscribe(self, pattern: str, **options: Any) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
@@ -88,6 +94,7 @@ class Module:
     def _measured(self, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         stats = self.stats.setdefault(handler.__name__, HandlerStats())
 
+        @functools.wraps(handler)
         async def measured(argument: Any) -> Any:
             started = time.perf_counter()
             try:
@@ -130,7 +137,9 @@ class App:
                 raise
             self.started.append(module)
             for pattern, options, handler in module._subscriptions:
-                self.bus.subscribe(pattern, **options)(module._measured(handler))
+                measured = module._measured(handler)
+                module._registered.append(measured)
+                self.bus.subscribe(pattern, **options)(measured)
         await self.bus.start()
 
     async def stop(self) -> None:
@@ -143,10 +152,11 @@ class App:
                 await hook()
 
     async def health(self) -> dict[str, bool]:
-        """Each module's health: all its checks pass (a check that raises fails)."""
+        """Each module's health: all its checks pass (a check that raises fails) and
+        the server has not refused any of its subscriptions."""
         report = {}
         for name, module in self.modules.items():
-            ok = True
+            ok = not any(handler in self.bus.refused for handler in module._registered)
             for check in module._health:
                 try:
                     ok = ok and bool(await check())

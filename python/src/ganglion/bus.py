@@ -72,6 +72,8 @@ class Delivery:
     @property
     def event(self) -> Event:
         """The delivered event (the last one of a batch window)."""
+        if not self.events:
+            raise ValueError("this delivery is a count window: it carries `counts`, not events")
         return self.events[-1]
 
     def _once(self, request: bus_pb2.SubscribeRequest) -> None:
@@ -125,6 +127,23 @@ class Window:
         return bus_pb2.BatchOptions(
             window_ms=self.ms, max_events=self.max_events, key_header=key, aggregation=aggregation
         )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event a subscription gave up on: on its dead-letter topic (`event`, with the
+    original payload), with where it came from and why."""
+
+    event: Event
+    origin_topic: str
+    origin_seq: int
+    subscription: str
+    attempts: int
+    last_error: str
+
+    @classmethod
+    def from_wire(cls, d: bus_pb2.DeadLetter) -> DeadLetter:
+        return cls(Event.from_wire(d.event), d.origin_topic, d.origin_seq, d.subscription, d.attempts, d.last_error)
 
 
 class Subscription:
@@ -200,7 +219,11 @@ class Subscription:
             pass
 
 
-Handler = Callable[[Event], Awaitable[Any]] | Callable[[list[Event]], Awaitable[Any]]
+Handler = (
+    Callable[[Event], Awaitable[Any]]
+    | Callable[[list[Event]], Awaitable[Any]]
+    | Callable[[dict[str, int]], Awaitable[Any]]
+)
 
 
 class Bus:
@@ -215,6 +238,9 @@ class Bus:
         #: Handler tasks inside a handler call now, and whether the bus is closing.
         self._busy: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+        #: Handlers whose subscription the server refused for good when they subscribed
+        #: again (a permission or the durable's pattern changed), with the refusal.
+        self.refused: dict[Handler, GanglionError] = {}
 
     @classmethod
     async def connect(
@@ -306,6 +332,53 @@ class Bus:
             raise from_wire(err.code, err.message, err.field, err.retry_after_ms)
         return [PublishAck(a.seq, a.id, a.duplicate) for a in response.acks]
 
+    async def replay(
+        self,
+        pattern: str,
+        *,
+        from_seq: int | None = None,
+        since: float | None = None,
+        limit: int = 0,
+    ) -> list[Event]:
+        """The logged events matching `pattern`, oldest first: from sequence `from_seq`,
+        or logged at or after `since` (seconds since the epoch), or from the start; at
+        most `limit` (0: the server's 1,000)."""
+        if from_seq is not None and since is not None:
+            raise ValueError("give from_seq or since, not both")
+        request = bus_pb2.ReplayRequest(
+            pattern=pattern,
+            from_seq=from_seq or 0,
+            since_ms=int(since * 1000) if since is not None else 0,
+            limit=limit,
+        )
+        events: list[Event] = []
+        try:
+            async for page in self._stub.Replay(request, metadata=self._connection.metadata):
+                events.extend(Event.from_wire(e) for e in page.events)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        return events
+
+    async def dead_letters(self, subscription: str, *, limit: int = 0) -> list[DeadLetter]:
+        """The dead letters of `subscription` not yet redriven, oldest first (at most
+        `limit`; 0: the server's 100)."""
+        request = bus_pb2.ListDeadLettersRequest(subscription=subscription, limit=limit)
+        try:
+            response = await self._stub.ListDeadLetters(request, metadata=self._connection.metadata)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        return [DeadLetter.from_wire(d) for d in response.dead_letters]
+
+    async def redrive(self, subscription: str, seqs: list[int] | None = None) -> int:
+        """Publishes `subscription`'s dead letters (those at `seqs` on the dead-letter
+        topic, or all of them) again on their original topics; returns how many."""
+        request = bus_pb2.RedriveDeadLettersRequest(subscription=subscription, seqs=seqs or [])
+        try:
+            response = await self._stub.RedriveDeadLetters(request, metadata=self._connection.metadata)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        return int(response.redriven)
+
     def subscription(
         self,
         pattern: str,
@@ -357,7 +430,8 @@ class Bus:
         """Registers an async handler for `run()`: returning acks the event, raising
         `Retry` or any other exception nacks it (redelivered with backoff, dead-lettered
         after `max_deliveries`), raising `Reject` dead-letters it at once. The options
-        are `subscription`'s; with `batch=Window(...)` the handler receives a list."""
+        are `subscription`'s; with `batch=Window(...)` the handler receives a list of
+        events, or with `Window(count=...)` a dict of counts per key."""
 
         def register(handler: Handler) -> Handler:
             self._handlers.append((handler, {"pattern": pattern, **options}))
@@ -391,18 +465,19 @@ class Bus:
         (after a backoff from 0.1 s doubling to 5 s) whenever the server ends it or
         cannot be reached: a server restart, a crash, a cut-off. A durable resumes where
         its acks left it."""
-        batched = "batch" in options
+        batch = options.get("batch")
         delay = 0.1
         while True:
             try:
                 await subscription.opened()
                 delay = 0.1
-                await self._serve(handler, subscription, batched, self._busy, self._stopping)
+                await self._serve(handler, subscription, batch, self._busy, self._stopping)
                 reason = subscription.closed_reason or "the stream ended"
             except Unavailable as error:
                 reason = str(error)
             except GanglionError as error:
                 # Refused for good (the pattern or a permission changed): say so, stop.
+                self.refused[handler] = error
                 log.error("subscription to %s refused: %s; its handler %s stops", options["pattern"], error, getattr(handler, "__name__", handler))
                 return
             if self._stopping.is_set():
@@ -416,7 +491,7 @@ class Bus:
     async def _serve(
         handler: Handler,
         subscription: Subscription,
-        batched: bool = False,
+        batch: Window | None = None,
         busy: set[asyncio.Task[Any]] | None = None,
         stopping: asyncio.Event | None = None,
     ) -> None:
@@ -425,11 +500,14 @@ class Bus:
             async for delivery in subscription:
                 if busy is not None and me is not None:
                     busy.add(me)
-                event = delivery.event
-                correlation = correlation_id.set(event.correlation_id or event.id or None)
-                trace = traceparent.set(event.headers.get("traceparent"))
+                last = delivery.events[-1] if delivery.events else None
+                correlation = correlation_id.set((last.correlation_id or last.id or None) if last else None)
+                trace = traceparent.set(last.headers.get("traceparent") if last else None)
+                argument: Any = delivery.event if batch is None else delivery.events
+                if batch is not None and batch.count is not None:
+                    argument = delivery.counts
                 try:
-                    await handler(delivery.events if batched else event)  # type: ignore[arg-type]
+                    await handler(argument)
                 except Retry as retry:
                     delivery.nack(retry.delay, str(retry))
                 except Reject as reject:
