@@ -11,16 +11,19 @@ async def handle(event): raise RuntimeError("fails")
 await bus.start()
 await bus.publish("jobs.x", {})
 await bus.clock.advance(10)          # redeliveries with backoff, then the dead letter
-assert bus.dead_letters("worker")[0].data == {}
+assert (await bus.dead_letters("worker"))[0].event.data == {}
 ```
 
 What matches the server: topic and pattern grammar (`*` one token, `>` the rest),
 refusals naming the field, idempotency keys, queue groups (one member per event),
 at-least-once delivery with ack / nack / term, redelivery after the backoff (100 ms
 doubling to 60 s by default, no jitter here), dead letters on `dlq.<name>` after
-`max_deliveries` (5) with the same `dlq_*` headers. Not modelled: ack deadlines, batch
-windows, replay, retention, byte budgets, and events kept for a durable while nobody is
-subscribed.
+`max_deliveries` (5) with the same `dlq_*` headers, listed and redriven as the server
+does; ack deadlines (30 s by default), `max_in_flight`, filters by type and header, batch
+windows with keep-last and count on virtual time, replay and `from_seq`, and a durable's
+events kept while nobody is subscribed (a subscription that is not durable ends with its
+last member). Every topic behaves as a durable one (storage classes are server config).
+Not modelled: retention, byte budgets, priorities and the server's per-connection limits.
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ import heapq
 import itertools
 import json
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ganglion._events import Event, encode_payload, to_wire
-from ganglion.bus import Backoff, Bus, Delivery, PublishAck
+from ganglion.bus import Backoff, Bus, DeadLetter, Delivery, Handler, PublishAck, Window
 from ganglion.coordinator import Lease, Response
-from ganglion.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from ganglion.errors import DeadlineExceeded, GanglionError, InvalidArgument, ResourceExhausted
 from ganglion.v1 import bus_pb2
 
 
@@ -128,14 +132,44 @@ class _Member:
 
 
 @dataclass
+class _Flight:
+    """An event handed to a member, waiting for its settlement (`token` tells this
+    attempt from a later one)."""
+
+    wire: bus_pb2.Event
+    attempt: int
+    member: _Member
+    token: object = field(default_factory=object)
+
+
+@dataclass
 class _Subscription:
     name: str
     pattern: str
+    durable: bool
     max_deliveries: int
+    max_in_flight: int
+    ack_deadline: float
     backoff: Backoff
     dead_letter_topic: str
+    types: list[str]
+    headers: dict[str, str]
+    window: Window | None
     members: list[_Member] = field(default_factory=list)
     turn: int = 0
+    #: Events (with their attempt) waiting to be delivered, oldest first.
+    ready: deque[tuple[bus_pb2.Event, int]] = field(default_factory=deque)
+    in_flight: dict[int, _Flight] = field(default_factory=dict)
+    #: The open batch window's events, and the token of its closing timer.
+    windowed: list[tuple[bus_pb2.Event, int]] = field(default_factory=list)
+    window_token: object | None = None
+
+    def accepts(self, wire: bus_pb2.Event) -> bool:
+        return (
+            matches(self.pattern, wire.topic)
+            and (not self.types or wire.type in self.types)
+            and all(wire.headers.get(k) == v for k, v in self.headers.items())
+        )
 
 
 class TestSubscription:
@@ -159,8 +193,7 @@ class TestSubscription:
         return delivery
 
     async def close(self) -> None:
-        if self._member in self._state.members:
-            self._state.members.remove(self._member)
+        self._bus._leave(self._state, self._member)
         self._member.queue.put_nowait(None)
 
 
@@ -172,12 +205,15 @@ class TestBus:
     def __init__(self, clock: VirtualClock | None = None) -> None:
         self.clock = clock or VirtualClock()
         self.published_events: list[Event] = []
+        self._log: list[bus_pb2.Event] = []
         self._subscriptions: dict[str, _Subscription] = {}
         self._keys: dict[str, PublishAck] = {}
-        self._seq = 0
+        self._redriven: set[int] = set()
         self._anonymous = itertools.count(1)
-        self._handlers: list[tuple[Callable[[Event], Awaitable[Any]], dict[str, Any]]] = []
+        self._handlers: list[tuple[Handler, dict[str, Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: As `Bus.refused`; a TestBus refuses nothing once subscribed.
+        self.refused: dict[Handler, GanglionError] = {}
 
     async def publish(self, topic: str, payload: Any, **fields: Any) -> PublishAck:
         return (await self.publish_batch([to_wire(topic, payload, **fields)]))[0]
@@ -194,43 +230,122 @@ class TestBus:
         if key and key in self._keys:
             first = self._keys[key]
             return PublishAck(first.seq, first.id, True)
-        self._seq += 1
-        wire.seq, wire.id = self._seq, wire.id or str(uuid.uuid4())
+        wire.seq, wire.id = len(self._log) + 1, wire.id or str(uuid.uuid4())
         wire.timestamp_ms = int(self.clock.now * 1000)
-        event = Event.from_wire(wire)
-        self.published_events.append(event)
+        self._log.append(wire)
+        self.published_events.append(Event.from_wire(wire))
         ack = PublishAck(wire.seq, wire.id, False)
         if key:
             self._keys[key] = ack
         for state in list(self._subscriptions.values()):
-            if matches(state.pattern, event.topic):
-                self._deliver(state, wire, attempt=1)
+            if state.accepts(wire):
+                state.ready.append((wire, 1))
+                self._pump(state)
         return ack
 
-    def _deliver(self, state: _Subscription, wire: bus_pb2.Event, attempt: int) -> None:
-        if not state.members:
-            return  # nobody connected: unlike the server, a TestBus keeps nothing for later
+    def _pump(self, state: _Subscription) -> None:
+        """Hands ready events to members, round robin, while fewer than `max_in_flight`
+        wait for a settlement; under a batch window, into the window."""
+        while state.members and state.ready and len(state.in_flight) + len(state.windowed) < state.max_in_flight:
+            wire, attempt = state.ready.popleft()
+            if state.window is None:
+                self._send(state, [(wire, attempt, 1)], [])
+                continue
+            state.windowed.append((wire, attempt))
+            if len(state.windowed) == 1:
+                token = state.window_token = object()
+                close = lambda: self._close_window(state, token)  # noqa: E731
+                self.clock.call_at(self.clock.now + state.window.ms / 1000, close)
+            if state.window.max_events and len(state.windowed) >= state.window.max_events:
+                self._close_window(state, state.window_token)
+
+    def _close_window(self, state: _Subscription, token: object) -> None:
+        """Delivers the open window (if `token` is still its timer's), coalesced as the
+        server does: keep-last keeps the newest event per key, count only counts."""
+        if token is not state.window_token or not state.windowed or state.window is None:
+            return
+        items, state.windowed, state.window_token = state.windowed, [], None
+        window = state.window
+
+        def key(wire: bus_pb2.Event, header: str) -> str:
+            return wire.headers.get(header, "") if header else wire.topic
+
+        if window.keep_last is not None:
+            last: dict[str, tuple[int, int]] = {}
+            for i, (wire, _) in enumerate(items):
+                _, n = last.get(key(wire, window.keep_last), (i, 0))
+                last[key(wire, window.keep_last)] = (i, n + 1)
+            kept = sorted(last.values())
+            self._send(state, [(items[i][0], items[i][1], n) for i, n in kept], [], covers=items)
+        elif window.count is not None:
+            counts: dict[str, int] = {}
+            for wire, _ in items:
+                counts[key(wire, window.count)] = counts.get(key(wire, window.count), 0) + 1
+            self._send(state, [], list(counts.items()), covers=items)
+        else:
+            self._send(state, [(wire, attempt, 1) for wire, attempt in items], [])
+        self._pump(state)
+
+    def _send(
+        self,
+        state: _Subscription,
+        events: list[tuple[bus_pb2.Event, int, int]],
+        counts: list[tuple[str, int]],
+        covers: list[tuple[bus_pb2.Event, int]] | None = None,
+    ) -> None:
+        """Hands one delivery of `events` (covering `covers`, by default the same) to the
+        next member, each event in flight until settled or its ack deadline passes."""
         member = state.members[state.turn % len(state.members)]
         state.turn += 1
-        delivery_wire = bus_pb2.Delivery(
-            events=[bus_pb2.DeliveredEvent(event=wire, attempt=attempt)], seqs=[wire.seq]
+        covered = covers if covers is not None else [(wire, attempt) for wire, attempt, _ in events]
+        flights = {wire.seq: _Flight(wire, attempt, member) for wire, attempt in covered}
+        state.in_flight.update(flights)
+        for seq, flight in flights.items():
+            expire = lambda seq=seq, token=flight.token: self._expire(state, seq, token)  # noqa: E731
+            self.clock.call_at(self.clock.now + state.ack_deadline, expire)
+        wire = bus_pb2.Delivery(
+            events=[bus_pb2.DeliveredEvent(event=e, attempt=a, coalesced=n) for e, a, n in events],
+            counts=[bus_pb2.KeyCount(key=k, count=n) for k, n in counts],
+            seqs=list(flights),
         )
 
         def settle(request: bus_pb2.SubscribeRequest) -> None:
             which = request.WhichOneof("request")
-            if which == "nack" and attempt < state.max_deliveries:
-                nack = request.nack
-                delay = nack.delay_ms / 1000 if nack.HasField("delay_ms") else self._backoff(state.backoff, attempt)
-                self.clock.call_at(self.clock.now + delay, lambda: self._deliver(state, wire, attempt + 1))
-            elif which in ("nack", "term"):
-                error = request.nack.error if which == "nack" else request.term.reason
-                self._dead_letter(state, wire, attempt, error)
+            for seq, flight in flights.items():
+                if state.in_flight.get(seq) is not flight:
+                    continue  # already failed by its deadline, or its member left
+                del state.in_flight[seq]
+                if which == "nack":
+                    nack = request.nack
+                    delay = nack.delay_ms / 1000 if nack.HasField("delay_ms") else None
+                    self._fail(state, flight, nack.error, delay)
+                elif which == "term":
+                    self._dead_letter(state, flight.wire, flight.attempt, request.term.reason)
+            self._pump(state)
 
-        member.queue.put_nowait(Delivery(delivery_wire, settle))
+        member.queue.put_nowait(Delivery(wire, settle))
 
-    @staticmethod
-    def _backoff(backoff: Backoff, attempt: int) -> float:
-        return float(min(backoff.initial * backoff.multiplier ** (attempt - 1), backoff.max))
+    def _expire(self, state: _Subscription, seq: int, token: object) -> None:
+        flight = state.in_flight.get(seq)
+        if flight is not None and flight.token is token:
+            del state.in_flight[seq]
+            self._fail(state, flight, f"ack deadline of {int(state.ack_deadline * 1000)} ms exceeded", None)
+            self._pump(state)
+
+    def _fail(self, state: _Subscription, flight: _Flight, error: str, delay: float | None) -> None:
+        """A failed attempt: redelivered after `delay` or the backoff, or dead-lettered
+        after the last one."""
+        if flight.attempt >= state.max_deliveries:
+            self._dead_letter(state, flight.wire, flight.attempt, error)
+            return
+        if delay is None:
+            delay = float(min(state.backoff.initial * state.backoff.multiplier ** (flight.attempt - 1), state.backoff.max))
+
+        def again() -> None:
+            state.ready.append((flight.wire, flight.attempt + 1))
+            self._pump(state)
+
+        self.clock.call_at(self.clock.now + delay, again)
 
     def _dead_letter(self, state: _Subscription, wire: bus_pb2.Event, attempts: int, error: str) -> None:
         letter = bus_pb2.Event()
@@ -247,9 +362,62 @@ class TestBus:
         )
         self._append(letter)
 
-    def dead_letters(self, subscription: str) -> list[Event]:
-        """The dead letters of `subscription`, oldest first."""
-        return [e for e in self.published_events if e.headers.get("dlq_subscription") == subscription]
+    def _leave(self, state: _Subscription, member: _Member) -> None:
+        """A member leaves: what it had in flight counts as a failed attempt and goes to
+        the others (or waits for the durable's next member); a subscription that is not
+        durable ends with its last member."""
+        if member not in state.members:
+            return
+        state.members.remove(member)
+        for seq, flight in list(state.in_flight.items()):
+            if flight.member is member:
+                del state.in_flight[seq]
+                self._fail(state, flight, "subscriber left before acking", 0.0)
+        if not state.members and not state.durable:
+            self._subscriptions.pop(state.name, None)
+
+    async def replay(self, pattern: str, *, from_seq: int | None = None, since: float | None = None, limit: int = 0) -> list[Event]:
+        """The events matching `pattern`, oldest first, as `Bus.replay`."""
+        _check_topic(pattern, "pattern", wildcards=True)
+        if from_seq is not None and since is not None:
+            raise ValueError("give from_seq or since, not both")
+        first_ms = int(since * 1000) if since is not None else 0
+        found = [
+            Event.from_wire(w)
+            for w in self._log[max((from_seq or 1) - 1, 0) :]
+            if matches(pattern, w.topic) and w.timestamp_ms >= first_ms
+        ]
+        return found[: limit or 1000]
+
+    async def dead_letters(self, subscription: str, *, limit: int = 0) -> list[DeadLetter]:
+        """The dead letters of `subscription` not yet redriven, oldest first."""
+        letters = [
+            DeadLetter(
+                Event.from_wire(w),
+                w.headers["dlq_origin_topic"],
+                int(w.headers["dlq_origin_seq"]),
+                subscription,
+                int(w.headers["dlq_attempts"]),
+                w.headers["dlq_last_error"],
+            )
+            for w in self._log
+            if w.headers.get("dlq_subscription") == subscription and w.seq not in self._redriven
+        ]
+        return letters[: limit or 100]
+
+    async def redrive(self, subscription: str, seqs: list[int] | None = None) -> int:
+        """Publishes the dead letters again on their original topics, as `Bus.redrive`."""
+        chosen = [d for d in await self.dead_letters(subscription, limit=2**31) if not seqs or d.event.seq in seqs]
+        for letter in chosen:
+            self._redriven.add(letter.event.seq)
+            again = bus_pb2.Event()
+            again.CopyFrom(self._log[letter.event.seq - 1])
+            again.topic, again.id = letter.origin_topic, ""
+            for header in ("dlq_origin_topic", "dlq_origin_seq", "dlq_subscription", "dlq_attempts", "dlq_last_error"):
+                del again.headers[header]
+            self._append(again)
+        await _settle()
+        return len(chosen)
 
     def subscription(
         self,
@@ -257,9 +425,15 @@ class TestBus:
         *,
         durable: str | None = None,
         queue: str | None = None,
+        max_in_flight: int = 0,
         max_deliveries: int = 0,
+        ack_deadline: float | None = None,
         backoff: Backoff | None = None,
         dead_letter_topic: str | None = None,
+        from_seq: int | None = None,
+        types: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        batch: Window | None = None,
         **_: Any,
     ) -> TestSubscription:
         _check_topic(pattern, "open.pattern", wildcards=True)
@@ -269,19 +443,28 @@ class TestBus:
             state = _Subscription(
                 name=name,
                 pattern=pattern,
+                durable=durable is not None,
                 max_deliveries=max_deliveries or 5,
+                max_in_flight=max_in_flight or 1000,
+                ack_deadline=ack_deadline or 30.0,
                 backoff=backoff or Backoff(initial=0.1, multiplier=2.0, max=60.0),
                 dead_letter_topic=dead_letter_topic or f"dlq.{durable or queue or name}",
+                types=list(types or []),
+                headers=dict(headers or {}),
+                window=batch,
             )
             self._subscriptions[name] = state
+            if from_seq is not None:
+                state.ready.extend((w, 1) for w in self._log[max(from_seq - 1, 0) :] if state.accepts(w))
         elif state.pattern != pattern:
             raise InvalidArgument(f"durable {name!r} exists with another pattern", field="pattern")
         member = _Member()
         state.members.append(member)
+        self._pump(state)
         return TestSubscription(self, state, member)
 
-    def subscribe(self, pattern: str, **options: Any) -> Callable[[Callable[[Event], Awaitable[Any]]], Callable[[Event], Awaitable[Any]]]:
-        def register(handler: Callable[[Event], Awaitable[Any]]) -> Callable[[Event], Awaitable[Any]]:
+    def subscribe(self, pattern: str, **options: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
             self._handlers.append((handler, {"pattern": pattern, **options}))
             return handler
 
@@ -290,7 +473,8 @@ class TestBus:
     async def start(self) -> None:
         for handler, options in self._handlers:
             subscription = self.subscription(**options)
-            task = asyncio.create_task(Bus._serve(handler, subscription))  # type: ignore[arg-type]
+            serving = Bus._serve(handler, subscription, options.get("batch"))  # type: ignore[arg-type]
+            task = asyncio.create_task(serving)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._handlers.clear()
