@@ -292,3 +292,27 @@ def test_closing_lets_a_handler_in_progress_finish_and_ack(server: Any) -> None:
             d.ack()
 
     run(main)
+
+
+def test_closing_a_subscription_whose_reader_was_cancelled(server: Any) -> None:
+    """grpcio cancels the whole call when a task waiting in a read is cancelled; closing
+    the subscription then must neither raise nor hang, and the bus stays usable."""
+
+    async def main() -> None:
+        async with await Bus.connect(server.grpc) as bus:
+            sub = await bus.subscription("chat.>").opened()
+
+            async def read() -> None:
+                async for delivery in sub:
+                    delivery.ack()
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0)  # the reader waits in a read
+            reader.cancel()
+            await asyncio.wait_for(sub.close(), WAIT)
+            assert reader.cancelled()
+            again = await bus.subscription("chat.>").opened()
+            await bus.publish("chat.room", {"text": "hi"})
+            assert (await asyncio.wait_for(again.__anext__(), WAIT)).event.data == {"text": "hi"}
+
+    run(main)

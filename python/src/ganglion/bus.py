@@ -179,6 +179,12 @@ class Subscription:
             response = await self._call.read()
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
+        except asyncio.CancelledError:
+            # grpcio cancels the whole call when any task waiting in a read is cancelled;
+            # for another reader (closing the subscription, say) the stream has ended.
+            if self._call.cancelled() and not _being_cancelled():
+                return None
+            raise
         if response is EOF:
             return None
         assert isinstance(response, bus_pb2.SubscribeResponse)
@@ -206,6 +212,10 @@ class Subscription:
         """Ends the subscription: the acks already given are sent first (within `grace`
         seconds); unsettled deliveries are redelivered later."""
         self._outgoing.put_nowait(None)
+        if self._call.done():
+            # Ended already: by the server, or cancelled (grpcio cancels the whole call
+            # when a task waiting in a read is cancelled).
+            return
         try:
             # Half-closed, the server ends the stream once it has read what was sent.
             await asyncio.wait_for(self._drain(), grace)
@@ -656,6 +666,14 @@ class _Publisher:
             future.set_result(await self._bus._publish_unary(events, reconnect=self.RECONNECT))
         except GanglionError as error:
             future.set_exception(error)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has been asked to stop (unknown before Python 3.11:
+    then yes, so a cancellation is never swallowed)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return task is None or cancelling is None or cancelling() > 0
 
 
 def event(topic: str, payload: Any, **fields: Any) -> bus_pb2.Event:
