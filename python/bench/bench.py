@@ -9,7 +9,9 @@ Throughput: `--events` events of 128 B, each its own publish call, at most 1,000
 awaiting their ack at once (Ganglion: a durable topic, fsynced before the ack; JetStream:
 a file stream, acked when stored). Latency: a steady `--rate` per second for `--seconds`,
 each event carrying its send time; the handler records now − then (Ganglion: an
-ephemeral topic; NATS: core).
+ephemeral topic; NATS: core). The `grpcio floor` row is the same latency with no SDK at
+all: the generated stub, each event written without awaiting its ack, the subscription
+acking automatically; it is what grpcio and the server cost together.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
 
+import grpc  # noqa: E402
+
 from ganglion import Bus  # noqa: E402
+from ganglion.v1 import bus_pb2, bus_pb2_grpc  # noqa: E402
 
 PAYLOAD = b"x" * 120
 
@@ -82,6 +87,45 @@ async def ganglion(server: str, events: int, rate: int, seconds: float) -> None:
         await asyncio.sleep(0.5)
         receiver.cancel()
         print(f"ganglion   latency at {rate}/s, ephemeral: {summary(latencies)}")
+    print(f"grpcio     latency at {rate}/s, ephemeral, no SDK (the floor): {summary(await grpcio_floor(server, rate, seconds))}")
+
+
+async def grpcio_floor(server: str, rate: int, seconds: float) -> list[float]:
+    """Publish→receive latency through the generated stub alone."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(server) as channel:
+        stub = bus_pb2_grpc.EventBusStub(channel)  # type: ignore[no-untyped-call]
+        auto = bus_pb2.SubscribeOptions(ack_mode=bus_pb2.ACK_MODE_AUTO)
+        subscription = stub.Subscribe()
+        await subscription.write(bus_pb2.SubscribeRequest(open=bus_pb2.OpenSubscription(pattern="bench.events.pyfloor", options=auto)))
+        await subscription.read()  # subscribed
+
+        async def receive() -> None:
+            while True:
+                response = await subscription.read()
+                for delivery in response.deliveries.deliveries:
+                    (sent,) = struct.unpack("d", delivery.events[0].event.payload[:8])
+                    latencies.append(time.perf_counter() - sent)
+
+        publish = stub.PublishStream()
+
+        async def drain_acks() -> None:
+            while True:
+                await publish.read()
+
+        tasks = [asyncio.create_task(receive()), asyncio.create_task(drain_acks())]
+        sent = iter(range(1, 1 << 62))
+
+        async def send() -> None:
+            payload = struct.pack("d", time.perf_counter()) + PAYLOAD[8:]
+            event = bus_pb2.Event(topic="bench.events.pyfloor", payload=payload)
+            await publish.write(bus_pb2.PublishRequest(request_id=next(sent), events=[event]))
+
+        await steady(send, rate, seconds)
+        await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+    return latencies
 
 
 async def nats(url: str, events: int, rate: int, seconds: float) -> None:
