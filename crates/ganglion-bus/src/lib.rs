@@ -39,6 +39,7 @@ mod codec;
 mod consumer;
 mod dedupe;
 mod dlq;
+mod engine;
 mod recent;
 mod retention;
 mod state;

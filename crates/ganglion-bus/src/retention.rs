@@ -34,23 +34,7 @@ use ganglion_log::Log;
 
 use crate::codec;
 
-/// How long the log keeps the events of the topics `pattern` matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionRule {
-    pub pattern: Pattern,
-    /// Events older than this expire.
-    pub max_age: Option<Duration>,
-    /// Past the newest this many bytes of records, events expire.
-    pub max_bytes: Option<u64>,
-    /// Past the newest this many events, events expire.
-    pub max_events: Option<u64>,
-}
-
-impl RetentionRule {
-    fn counts(&self) -> bool {
-        self.max_bytes.is_some() || self.max_events.is_some()
-    }
-}
+pub use ganglion_core::engine::RetentionRule;
 
 /// Events of a rule between two checkpoints.
 const CHECKPOINT: u64 = 1024;

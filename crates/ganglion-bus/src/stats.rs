@@ -32,45 +32,7 @@ fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-/// One consumer (a subscription, a queue group, or a durable name) as counted since it
-/// started in this process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionStats {
-    /// The durable name, the queue group, or the generated `sub-N`.
-    pub name: String,
-    pub pattern: String,
-    pub queue_group: Option<String>,
-    pub durable: bool,
-    /// Subscribers attached now.
-    pub members: usize,
-    /// Events handed to subscribers (each event of a batch window counts), redeliveries
-    /// included.
-    pub delivered: u64,
-    /// Deliveries after the first attempt.
-    pub redelivered: u64,
-    /// Logged events acknowledged (by the subscriber, or at delivery under auto ack).
-    pub acked: u64,
-    pub nacked: u64,
-    /// In-flight events whose ack deadline passed (each becomes a failed attempt).
-    pub ack_timeouts: u64,
-    /// Events published to the dead-letter topic (out of attempts, or termed).
-    pub dead_lettered: u64,
-    /// Events that expired under retention (or a purge) before this subscription read
-    /// them.
-    pub expired: u64,
-    /// Events in memory waiting for a subscriber (the rest wait in the log).
-    pub ready: u64,
-    /// Logged events out with subscribers, not yet acked.
-    pub in_flight: u64,
-    /// Log records not read by this consumer yet (every topic's, not only its own); for
-    /// a durable with no subscriber now, those from where it will resume (its first
-    /// unacked event).
-    pub lag: u64,
-    /// Where its dead letters go.
-    pub dead_letter_topic: String,
-    /// Dead letters published for it and not redriven.
-    pub dead_letters: u64,
-}
+pub use ganglion_core::engine::SubscriptionStats;
 
 impl ConsumerCounters {
     pub(crate) fn report(

@@ -23,12 +23,15 @@
 //! ```
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ganglion_core::bus::{
     DeadLetter, PublishAck, ReplayPages, StartPosition, SubscribeOptions, Subscription,
     SubscriptionId, TopicInfo,
 };
-use ganglion_core::{BoxFuture, BusError, Event, EventBus, ManualClock, Pattern};
+use ganglion_core::engine::{Engine, EngineHealth, RetentionRule, StorageStats, SubscriptionStats};
+use ganglion_core::stats::HistogramSnapshot;
+use ganglion_core::{BoxFuture, BusError, Event, EventBus, ManualClock, Pattern, Topic};
 
 use crate::{Bus, BusOptions};
 
@@ -173,5 +176,61 @@ impl EventBus for TestBus {
 
     fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>, BusError>> {
         self.bus.topics()
+    }
+}
+
+/// A server can run over a `TestBus` as over the embedded engine (its storage in
+/// memory, its time the virtual clock), so server tests drive deadlines and windows by
+/// advancing the clock.
+impl Engine for TestBus {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn health(&self) -> EngineHealth {
+        Engine::health(&self.bus)
+    }
+
+    fn storage(&self) -> StorageStats {
+        self.bus.storage()
+    }
+
+    fn subscriptions(&self) -> Vec<SubscriptionStats> {
+        self.bus.subscriptions()
+    }
+
+    fn delivery_latency(&self) -> HistogramSnapshot {
+        self.bus.delivery_latency()
+    }
+
+    fn dead_letter_counts(&self) -> Vec<(String, u64)> {
+        self.bus.dead_letter_counts()
+    }
+
+    fn purge(&self, pattern: Pattern) -> BoxFuture<'_, Result<(u64, u64), BusError>> {
+        Engine::purge(&self.bus, pattern)
+    }
+
+    fn delete_topics(
+        &self,
+        pattern: Pattern,
+    ) -> BoxFuture<'_, Result<(Vec<Topic>, u64), BusError>> {
+        Engine::delete_topics(&self.bus, pattern)
+    }
+
+    fn set_retention(&self, rules: Vec<RetentionRule>) -> BoxFuture<'_, Result<(), BusError>> {
+        Engine::set_retention(&self.bus, rules)
+    }
+
+    fn set_batch_window(&self, window: Duration) -> Result<(), BusError> {
+        self.bus.set_batch_window(window)
+    }
+
+    fn upkeep(&self, every: Duration) -> BoxFuture<'static, ()> {
+        self.bus.upkeep(every)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Engine::shutdown(&self.bus)
     }
 }

@@ -13,6 +13,8 @@ use crate::Secret;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// What stores and delivers events. Changes need a restart.
+    pub engine: EngineKind,
     /// Where the server listens and keeps its data. Changes need a restart.
     pub server: ServerConfig,
     /// Limits on what one client may ask of the server. Changes need a restart.
@@ -36,6 +38,15 @@ impl Config {
     pub fn feature(&self, name: &str) -> bool {
         self.features.get(name).is_some_and(|f| f.enabled)
     }
+}
+
+/// `engine:`, what stores and delivers events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// In this process: an event log on local disk (`server.data_dir`), one machine.
+    #[default]
+    Embedded,
 }
 
 /// `server:`

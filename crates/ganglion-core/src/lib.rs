@@ -7,6 +7,7 @@
 pub mod bus;
 mod clock;
 pub mod context;
+pub mod engine;
 mod event;
 pub mod fs;
 pub mod stats;
@@ -20,6 +21,7 @@ pub use bus::{BusError, ErrorCode, EventBus, is_valid_name};
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use clock::{Clock, ManualClock, SystemClock, parse_duration, parse_since, unix_micros};
 pub use context::EventContext;
+pub use engine::Engine;
 pub use event::{Event, EventId, assign_ids, headers};
 pub use topic::{MAX_TOPIC_BYTES, Pattern, PatternToken, Topic, TopicError};
 pub use trie::PatternIndex;

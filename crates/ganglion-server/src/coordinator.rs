@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use ganglion_bus::Bus;
 use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseEvent, LeaseStage};
 use ganglion_coordinator::queue::Submission;
 use ganglion_coordinator::{Coordinator, CoordinatorError};
-use ganglion_core::bus::EventBus;
+use ganglion_core::Engine;
 use ganglion_core::{Event, Topic};
 use ganglion_proto::convert::{FIELD_METADATA, RETRY_AFTER_METADATA, duration_ms};
 use ganglion_proto::v1::coordinator_server::Coordinator as CoordinatorService;
@@ -572,7 +571,7 @@ pub(crate) fn status_of(c: &Coordinator) -> v1::StatusResponse {
 /// (`coordinator.>` is ephemeral by default).
 #[derive(Debug)]
 pub(crate) struct LeaseEventPublisher {
-    bus: Bus,
+    bus: Arc<dyn Engine>,
     pending: std::sync::Mutex<Vec<LeaseEvent>>,
     /// A drain is running, or about to: it will see what is pending.
     draining: AtomicBool,
@@ -583,7 +582,7 @@ pub(crate) struct LeaseEventPublisher {
 impl LeaseEventPublisher {
     /// Hands `coordinator`'s lease events to a new publisher on `bus` (in place of any
     /// before it); `stop` hands them to no one.
-    pub(crate) fn start(bus: Bus, coordinator: &Coordinator) {
+    pub(crate) fn start(bus: Arc<dyn Engine>, coordinator: &Coordinator) {
         let publisher = Arc::new(LeaseEventPublisher {
             bus,
             pending: std::sync::Mutex::new(Vec::new()),

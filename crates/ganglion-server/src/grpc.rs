@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use ganglion_bus::Bus;
 use ganglion_core::BusError;
-use ganglion_core::bus::{Delivery, EventBus, Subscription, SubscriptionControl};
+use ganglion_core::Engine;
+use ganglion_core::bus::{Delivery, Subscription, SubscriptionControl};
 use ganglion_proto::convert::{
     self, delivered_to_wire, events_from_wire, key_count_to_wire, status_from_error,
 };
@@ -313,7 +313,7 @@ fn log_internal(error: &BusError) {
 }
 
 async fn publish(
-    bus: &Bus,
+    bus: &dyn Engine,
     state: &State,
     caller: &Caller,
     events: Vec<v1::Event>,
@@ -343,10 +343,15 @@ impl EventBusService for GrpcBus {
     ) -> Result<Response<v1::PublishResponse>, Status> {
         let caller = grpc_caller(&request)?;
         let request = request.into_inner();
-        let acks = publish(&self.state.bus, &self.state, &caller, request.events)
-            .await
-            .map_err(|e| self.state.metrics.refused(e))
-            .map_err(status)?;
+        let acks = publish(
+            self.state.bus.as_ref(),
+            &self.state,
+            &caller,
+            request.events,
+        )
+        .await
+        .map_err(|e| self.state.metrics.refused(e))
+        .map_err(status)?;
         Ok(Response::new(v1::PublishResponse {
             acks,
             request_id: request.request_id,
@@ -370,22 +375,22 @@ impl EventBusService for GrpcBus {
                 let (state, caller) = (state.clone(), caller.clone());
                 async move {
                     let request = request?;
-                    let response = match publish(&state.bus, &state, &caller, request.events).await
-                    {
-                        Ok(acks) => v1::PublishResponse {
-                            acks,
-                            request_id: request.request_id,
-                            error: None,
-                        },
-                        Err(e) => {
-                            log_internal(&e);
-                            v1::PublishResponse {
-                                acks: Vec::new(),
+                    let response =
+                        match publish(state.bus.as_ref(), &state, &caller, request.events).await {
+                            Ok(acks) => v1::PublishResponse {
+                                acks,
                                 request_id: request.request_id,
-                                error: Some(convert::error_to_wire(&state.metrics.refused(e))),
+                                error: None,
+                            },
+                            Err(e) => {
+                                log_internal(&e);
+                                v1::PublishResponse {
+                                    acks: Vec::new(),
+                                    request_id: request.request_id,
+                                    error: Some(convert::error_to_wire(&state.metrics.refused(e))),
+                                }
                             }
-                        }
-                    };
+                        };
                     Ok(response)
                 }
             })
@@ -573,7 +578,7 @@ impl EventBusService for GrpcBus {
         self.state
             .may(&caller, Action::Admin(&format!("purge topics {pattern}")))
             .map_err(status)?;
-        let (_, topics, events) = purge_topics(&self.state.bus, pattern, false)
+        let (_, topics, events) = purge_topics(self.state.bus.as_ref(), pattern, false)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::PurgeTopicsResponse { topics, events }))
@@ -589,7 +594,7 @@ impl EventBusService for GrpcBus {
         self.state
             .may(&caller, Action::Admin(&format!("delete topics {pattern}")))
             .map_err(status)?;
-        let (topics, _, events) = purge_topics(&self.state.bus, pattern, true)
+        let (topics, _, events) = purge_topics(self.state.bus.as_ref(), pattern, true)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::DeleteTopicsResponse { topics, events }))
@@ -636,7 +641,7 @@ impl EventBusService for GrpcBus {
 }
 
 /// A subscription as `ListSubscriptions` reports it.
-fn subscription_to_wire(s: ganglion_bus::SubscriptionStats) -> v1::SubscriptionInfo {
+fn subscription_to_wire(s: ganglion_core::engine::SubscriptionStats) -> v1::SubscriptionInfo {
     v1::SubscriptionInfo {
         name: s.name,
         pattern: s.pattern,
@@ -659,23 +664,18 @@ fn subscription_to_wire(s: ganglion_bus::SubscriptionStats) -> v1::SubscriptionI
 /// Purges (or, with `delete`, deletes) the topics `pattern` matches, off the async
 /// threads (a purge is written to disk before it answers).
 pub(crate) async fn purge_topics(
-    bus: &Bus,
+    bus: &dyn Engine,
     pattern: ganglion_core::Pattern,
     delete: bool,
 ) -> Result<(Vec<String>, u64, u64), BusError> {
-    let bus = bus.clone();
-    tokio::task::spawn_blocking(move || {
-        if delete {
-            let (topics, events) = bus.delete_topics(&pattern)?;
-            let n = topics.len() as u64;
-            Ok((topics.iter().map(|t| t.to_string()).collect(), n, events))
-        } else {
-            let (topics, events) = bus.purge(&pattern)?;
-            Ok((Vec::new(), topics, events))
-        }
-    })
-    .await
-    .map_err(|e| BusError::Internal(e.to_string()))?
+    if delete {
+        let (topics, events) = bus.delete_topics(pattern).await?;
+        let n = topics.len() as u64;
+        Ok((topics.iter().map(|t| t.to_string()).collect(), n, events))
+    } else {
+        let (topics, events) = bus.purge(pattern).await?;
+        Ok((Vec::new(), topics, events))
+    }
 }
 
 /// A replay limit: 0 means 1000; more than `max` is refused.

@@ -42,9 +42,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ganglion_bus::Bus;
 use ganglion_coordinator::{Coordinator, CoordinatorConfig};
 use ganglion_core::BusError;
+use ganglion_core::Engine;
+use ganglion_core::engine::EngineHealth;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -124,7 +125,7 @@ impl Default for ServerOptions {
 }
 
 /// How often retention rules are applied (ages move on; counts and bytes grow).
-const RETENTION_EVERY: Duration = Duration::from_secs(10);
+const UPKEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +147,8 @@ pub enum ServerError {
 /// What the gRPC and HTTP handlers share.
 #[derive(Debug)]
 pub struct State {
-    bus: Bus,
+    /// The engine: the bus as components use it, and its health and statistics.
+    bus: Arc<dyn Engine>,
     coordinator: Arc<Coordinator>,
     limits: Limits,
     metrics: Metrics,
@@ -166,7 +168,7 @@ pub struct State {
 impl State {
     /// State over `bus`; `stopping` turns `true` when the server shuts down.
     pub fn new(
-        bus: Bus,
+        bus: Arc<dyn Engine>,
         coordinator: Arc<Coordinator>,
         limits: Limits,
         auth: Arc<auth::AuthHandle>,
@@ -186,7 +188,7 @@ impl State {
         })
     }
 
-    pub fn bus(&self) -> &Bus {
+    pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.bus
     }
 
@@ -199,22 +201,22 @@ impl State {
     /// write), the server itself (stopping). What HTTP health, gRPC health and the
     /// `ganglion_log_healthy` gauge report.
     pub(crate) fn health(&self) -> (bool, serde_json::Value) {
-        use ganglion_bus::log::LogHealth;
         use serde_json::json;
-        let log = self.bus.log();
-        let (log_ok, log_json) = match log.health() {
-            LogHealth::Ok => (true, json!({ "status": "ok", "next_seq": log.next_seq() })),
-            LogHealth::NoSpace { file } => (
+        let (log_ok, log_json) = match self.bus.health() {
+            EngineHealth::Ok => (
+                true,
+                json!({ "status": "ok", "next_seq": self.bus.storage().next_seq }),
+            ),
+            EngineHealth::NoSpace { detail } => (
                 false,
                 json!({
                     "status": "no_space",
-                    "reason": format!("the device is full: appends are refused until space returns ({})", file.display()),
+                    "reason": format!("the device is full: appends are refused until space returns ({detail})"),
                 }),
             ),
-            LogHealth::Failed { reason } => (
-                false,
-                json!({ "status": "failed", "reason": reason.to_string() }),
-            ),
+            EngineHealth::Failed { reason } => {
+                (false, json!({ "status": "failed", "reason": reason }))
+            }
         };
         let coordinator_error = self.coordinator.write_error();
         let coordinator = match &coordinator_error {
@@ -229,6 +231,7 @@ impl State {
         let body = json!({
             "status": if ok { "ok" } else { "unavailable" },
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "engine": self.bus.kind(),
             "components": {
                 "log": log_json,
                 "coordinator": coordinator,
@@ -341,7 +344,7 @@ impl Drop for Slot {
 
 /// Serves the bus alone (a coordinator with nothing configured); see [`serve_with`].
 pub async fn serve(
-    bus: Bus,
+    bus: Arc<dyn Engine>,
     grpc: TcpListener,
     http: TcpListener,
     options: ServerOptions,
@@ -359,7 +362,7 @@ pub async fn serve(
 /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` completes, then drains and
 /// shuts the bus down (see the module docs).
 pub async fn serve_with(
-    bus: Bus,
+    bus: Arc<dyn Engine>,
     coordinator: Arc<Coordinator>,
     grpc: TcpListener,
     http: TcpListener,
@@ -376,7 +379,7 @@ pub async fn serve_with(
         stop_rx,
     );
     let timers = tokio::spawn(coordinator.pools().clone().run_timers());
-    let retention = tokio::spawn(bus.run_retention(RETENTION_EVERY));
+    let upkeep = tokio::spawn(bus.upkeep(UPKEEP_EVERY));
     coordinator::LeaseEventPublisher::start(bus.clone(), &coordinator);
 
     let fd_limit = raise_fd_limit();
@@ -422,7 +425,7 @@ pub async fn serve_with(
         }
     };
     timers.abort();
-    retention.abort();
+    upkeep.abort();
     coordinator::LeaseEventPublisher::stop(&coordinator);
     if let Err(error) = coordinator.pools().flush() {
         tracing::error!(%error, "cannot write the lease state at shutdown");

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use ganglion_bus::SubscriptionStats;
 use ganglion_core::BusError;
 use ganglion_core::bus::ErrorCode;
+use ganglion_core::engine::SubscriptionStats;
 use ganglion_core::stats::{Histogram, HistogramSnapshot};
 use serde_json::json;
 
@@ -427,7 +427,7 @@ fn bus_metrics(x: &mut Exposition, state: &State, topics: &[ganglion_core::bus::
 }
 
 fn log_metrics(x: &mut Exposition, state: &State) {
-    let log = state.bus.log().stats();
+    let log = state.bus.storage();
     x.one(
         "ganglion_log_appended_records_total",
         "counter",
@@ -468,7 +468,7 @@ fn log_metrics(x: &mut Exposition, state: &State) {
         "ganglion_log_healthy",
         "gauge",
         "1 while the event log accepts appends; 0 while it refuses them (failed, or the device is full).",
-        u64::from(state.bus.log().health() == ganglion_bus::log::LogHealth::Ok),
+        u64::from(state.bus.health().is_ok()),
     );
 }
 
@@ -654,7 +654,7 @@ fn process_metrics(x: &mut Exposition) {
 /// The JSON summary behind `GET /api/v1/metrics`.
 pub(crate) fn summary(state: &State) -> serde_json::Value {
     let m = &state.metrics;
-    let log = state.bus.log().stats();
+    let log = state.bus.storage();
     json!({
         "uptime_seconds": state.started.elapsed().as_secs(),
         "events": {
@@ -682,7 +682,7 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "appends": log.appends,
             "fsyncs": log.fsyncs,
             "fsync_micros_total": log.fsync_micros_total,
-            "healthy": state.bus.log().health() == ganglion_bus::log::LogHealth::Ok,
+            "healthy": state.bus.health().is_ok(),
         },
     })
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ganglion_bus::{Bus, BusOptions};
-use ganglion_core::Pattern;
 use ganglion_core::bus::StorageClass;
+use ganglion_core::{Engine, Pattern};
 use ganglion_server::{ServerError, ServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,31 +43,35 @@ pub fn bus_options(dir: &std::path::Path) -> BusOptions {
 }
 
 impl Server {
-    pub async fn start(bus: Bus, options: ServerOptions) -> Server {
+    pub async fn start(bus: impl Engine, options: ServerOptions) -> Server {
         Server::start_on("127.0.0.1:0".parse().unwrap(), bus, options).await
     }
 
     pub async fn start_with(
-        bus: Bus,
+        bus: impl Engine,
         coordinator: Arc<ganglion_coordinator::Coordinator>,
         options: ServerOptions,
     ) -> Server {
         Server::launch(
             "127.0.0.1:0".parse().unwrap(),
-            bus,
+            Arc::new(bus),
             Some(coordinator),
             options,
         )
         .await
     }
 
-    pub async fn start_on(grpc_addr: SocketAddr, bus: Bus, options: ServerOptions) -> Server {
-        Server::launch(grpc_addr, bus, None, options).await
+    pub async fn start_on(
+        grpc_addr: SocketAddr,
+        bus: impl Engine,
+        options: ServerOptions,
+    ) -> Server {
+        Server::launch(grpc_addr, Arc::new(bus), None, options).await
     }
 
     async fn launch(
         grpc_addr: SocketAddr,
-        bus: Bus,
+        bus: Arc<dyn Engine>,
         coordinator: Option<Arc<ganglion_coordinator::Coordinator>>,
         options: ServerOptions,
     ) -> Server {

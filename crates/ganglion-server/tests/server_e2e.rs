@@ -515,6 +515,7 @@ async fn http_routes_answer_and_errors_have_their_status() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "ok");
     assert_eq!(r.json()["components"]["log"]["status"], "ok");
+    assert_eq!(r.json()["engine"], "embedded", "health names the engine");
 
     // A live stream first, so it sees what is published next.
     let (status, mut sse) = Sse::open(addr, "/api/v1/stream?pattern=game.%3E").await;

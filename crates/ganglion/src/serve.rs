@@ -14,8 +14,8 @@ use ganglion_coordinator::lease::{PoolSpec, PoolsOptions};
 use ganglion_coordinator::quota::QuotaSpec;
 use ganglion_coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
 use ganglion_core::Pattern;
-use ganglion_core::SystemClock;
 use ganglion_core::bus::StorageClass;
+use ganglion_core::{Engine, SystemClock};
 use ganglion_server::auth::{AuthHandle, Policy};
 use ganglion_server::{ClientCerts, ConnectionLimits, Limits, ServerOptions, TlsOptions};
 use ganglion_telemetry::{Format, Logs, OtlpOptions, Traces};
@@ -438,17 +438,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(&data_dir.join("coordinator")),
     )
     .context("starting the coordinator")?;
-    let bus = match tokio::task::spawn_blocking(move || Bus::open(settings.bus)).await? {
-        Ok(bus) => bus,
-        Err(error) => {
-            let hint = crate::log_cmd::damage_hint(&data_dir);
-            return Err(anyhow::Error::new(error).context(format!(
-                "opening the event log in {}{hint}",
-                data_dir.display()
-            )));
-        }
-    };
-    let next_seq = bus.log().next_seq();
+    let bus = open_engine(current.engine, settings.bus, &data_dir).await?;
+    let next_seq = bus.storage().next_seq;
 
     // Watch before announcing, so a change made right after start-up is not missed.
     let _watcher = match config.watch_files(Duration::from_millis(250)) {
@@ -465,7 +456,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(
         next_seq,
-        "ganglion serving: gRPC on {}, HTTP on {}{}, data in {} (embedded engine)",
+        "ganglion serving: gRPC on {}, HTTP on {}{}, data in {} ({} engine)",
         grpc.local_addr()?,
         http.local_addr()?,
         if settings.server.tls.is_some() {
@@ -474,6 +465,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ""
         },
         data_dir.display(),
+        bus.kind(),
     );
     let coordinator = Arc::new(coordinator);
     apply_live_settings(&config, &bus, &logs, &coordinator);
@@ -508,12 +500,34 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the engine `kind` names; the embedded one on `options` (its log in `data_dir`).
+async fn open_engine(
+    kind: config::EngineKind,
+    options: BusOptions,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn Engine>> {
+    match kind {
+        config::EngineKind::Embedded => {
+            match tokio::task::spawn_blocking(move || Bus::open(options)).await? {
+                Ok(bus) => Ok(Arc::new(bus)),
+                Err(error) => {
+                    let hint = crate::log_cmd::damage_hint(data_dir);
+                    Err(anyhow::Error::new(error).context(format!(
+                        "opening the event log in {}{hint}",
+                        data_dir.display()
+                    )))
+                }
+            }
+        }
+    }
+}
+
 /// Applies reloaded settings that can change while running ([`config::LIVE_KEYS`]): the
 /// default batch window, the log filter, lease options, quota rules and breaker
 /// thresholds. What needs a restart is reported by the reload itself.
 fn apply_live_settings(
     config: &ConfigHandle,
-    bus: &Bus,
+    bus: &Arc<dyn Engine>,
     logs: &Logs,
     coordinator: &Arc<Coordinator>,
 ) {

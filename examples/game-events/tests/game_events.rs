@@ -16,7 +16,7 @@ async fn strategy_coalesces_per_game_and_analytics_counts_everything() {
     let url = format!("http://{}", grpc.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(ganglion_server::serve(
-        bus,
+        std::sync::Arc::new(bus),
         grpc,
         http,
         ServerOptions::default(),

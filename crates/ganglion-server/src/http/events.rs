@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures_util::Stream;
 use ganglion_core::bus::{
-    AckMode, EventBus, REPLAY_PAGE_BYTES, StartPosition, StorageClass, SubscribeOptions,
+    AckMode, REPLAY_PAGE_BYTES, StartPosition, StorageClass, SubscribeOptions,
 };
 use ganglion_core::{BusError, Event, Topic, parse_since};
 use serde::Deserialize;
@@ -486,7 +486,7 @@ pub(super) async fn purge_topics(
     let o = object_body(&state, body, &["pattern"]).await?;
     let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
     state.may(&caller, Action::Admin(&format!("purge topics {pattern}")))?;
-    let (_, topics, events) = crate::grpc::purge_topics(&state.bus, pattern, false).await?;
+    let (_, topics, events) = crate::grpc::purge_topics(state.bus.as_ref(), pattern, false).await?;
     Ok(axum::Json(json!({ "topics": topics, "events": events })))
 }
 
@@ -499,7 +499,7 @@ pub(super) async fn delete_topics(
     let o = object_body(&state, body, &["pattern"]).await?;
     let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
     state.may(&caller, Action::Admin(&format!("delete topics {pattern}")))?;
-    let (topics, _, events) = crate::grpc::purge_topics(&state.bus, pattern, true).await?;
+    let (topics, _, events) = crate::grpc::purge_topics(state.bus.as_ref(), pattern, true).await?;
     Ok(axum::Json(json!({ "topics": topics, "events": events })))
 }
 
@@ -518,7 +518,7 @@ pub(super) async fn subscriptions(
 }
 
 /// A subscription as the HTTP API shows it (here and in `/api/v1/metrics`).
-pub(crate) fn subscription_json(s: &ganglion_bus::SubscriptionStats) -> Value {
+pub(crate) fn subscription_json(s: &ganglion_core::engine::SubscriptionStats) -> Value {
     json!({
         "name": s.name,
         "pattern": s.pattern,

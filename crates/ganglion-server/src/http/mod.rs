@@ -38,7 +38,7 @@ use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ganglion_core::bus::{ErrorCode, EventBus};
+use ganglion_core::bus::ErrorCode;
 use ganglion_core::{BusError, Pattern};
 use serde_json::{Map, Value, json};
 
