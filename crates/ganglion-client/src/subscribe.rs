@@ -136,6 +136,18 @@ pub(crate) async fn open(
     Ok((subscription, task.abort_handle()))
 }
 
+/// Ends the request stream when the subscription's task ends (the subscription was
+/// dropped, or the stream closed): a delivery still held then settles nothing, and the
+/// server sees the subscriber leave rather than an open stream with nobody behind it.
+struct EndRequests(Arc<Control>);
+
+impl Drop for EndRequests {
+    fn drop(&mut self) {
+        let (ended, _) = mpsc::unbounded_channel();
+        *lock(&self.0.requests) = ended;
+    }
+}
+
 async fn run(
     mut rpc: crate::Rpc,
     open: v1::OpenSubscription,
@@ -144,6 +156,7 @@ async fn run(
     tx: mpsc::Sender<Chunk>,
     mut reconnect: Reconnect,
 ) {
+    let _end = EndRequests(control.clone());
     let mut responses = opened.responses;
     let mut _requests = opened.requests;
     loop {
