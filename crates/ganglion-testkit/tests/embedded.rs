@@ -1,0 +1,3 @@
+//! The conformance suite on the embedded engine, its log on disk.
+
+ganglion_testkit::conformance!(ganglion_testkit::harness::embedded);
