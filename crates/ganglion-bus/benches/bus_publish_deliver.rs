@@ -6,7 +6,8 @@
 //! 1,000 (`publish_batch`); subscribers take deliveries as they come (auto ack). The
 //! bench uses mimalloc as its global allocator, as a service should: under glibc's
 //! malloc, events allocated by publishers and freed by subscribers contend on its arena
-//! locks (the README gives both figures).
+//! locks (the README gives both figures). `1000_idle_durables` runs with a thousand
+//! durable subscriptions open on topics nobody publishes to: what they cost the rest.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,28 +135,49 @@ async fn run(
 
 fn bench(c: &mut Criterion) {
     let rt = runtime();
-    let cases: &[(&str, bool, &[&str], u64)] = &[
-        ("ephemeral/one_exact", true, &["bench.events.x"], 1),
-        ("ephemeral/one_exact_prebuilt", true, &["bench.events.x"], 1),
-        ("ephemeral/one_wildcard", true, &["bench.events.*"], 1),
-        ("ephemeral/fan_out_10", true, &["bench.events.*"; 10], 1),
-        ("durable/one_wildcard", false, &["bench.events.*"], 1),
+    // (name, ephemeral, the subscribers' patterns, publishers, idle durable
+    // subscriptions on other topics)
+    let cases: &[(&str, bool, &[&str], u64, usize)] = &[
+        ("ephemeral/one_exact", true, &["bench.events.x"], 1, 0),
+        ("ephemeral/one_exact_prebuilt", true, &["bench.events.x"], 1, 0),
+        ("ephemeral/one_wildcard", true, &["bench.events.*"], 1, 0),
+        ("ephemeral/fan_out_10", true, &["bench.events.*"; 10], 1, 0),
+        ("durable/one_wildcard", false, &["bench.events.*"], 1, 0),
         (
             "durable/one_wildcard_8_publishers",
             false,
             &["bench.events.*"],
             8,
+            0,
         ),
-        ("durable/fan_out_10", false, &["bench.events.*"; 10], 1),
+        ("durable/fan_out_10", false, &["bench.events.*"; 10], 1, 0),
+        (
+            "durable/one_wildcard_1000_idle_durables",
+            false,
+            &["bench.events.*"],
+            1,
+            1000,
+        ),
     ];
     let mut group = c.benchmark_group("bus_publish_deliver_128B");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(1));
-    for &(name, ephemeral, patterns, publishers) in cases {
+    for &(name, ephemeral, patterns, publishers, idle) in cases {
         let dir = tempfile::tempdir().unwrap();
         let bus = Arc::new(open(dir.path(), ephemeral));
+        // Durable subscriptions on topics nobody publishes to, open while this case runs.
+        let _idle: Vec<_> = (0..idle)
+            .map(|n| {
+                let options = SubscribeOptions {
+                    durable: Some(format!("idle-{n}")),
+                    ..SubscribeOptions::default()
+                };
+                let pattern = Pattern::new(&format!("idle.{n}.>")).unwrap();
+                rt.block_on(bus.subscribe(pattern, options)).unwrap()
+            })
+            .collect();
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             let prebuilt = name.ends_with("_prebuilt");
             b.iter_custom(|iters| {
