@@ -139,7 +139,13 @@ fn bench(c: &mut Criterion) {
     // subscriptions on other topics)
     let cases: &[(&str, bool, &[&str], u64, usize)] = &[
         ("ephemeral/one_exact", true, &["bench.events.x"], 1, 0),
-        ("ephemeral/one_exact_prebuilt", true, &["bench.events.x"], 1, 0),
+        (
+            "ephemeral/one_exact_prebuilt",
+            true,
+            &["bench.events.x"],
+            1,
+            0,
+        ),
         ("ephemeral/one_wildcard", true, &["bench.events.*"], 1, 0),
         ("ephemeral/fan_out_10", true, &["bench.events.*"; 10], 1, 0),
         ("durable/one_wildcard", false, &["bench.events.*"], 1, 0),

@@ -21,6 +21,7 @@ use ganglion_core::{Clock, Event, Pattern, Topic};
 use tokio::sync::mpsc;
 
 use crate::codec;
+use crate::route::Route;
 use crate::state::DurableState;
 use crate::stats::{ConsumerCounters, add};
 use crate::{Core, dlq};
@@ -157,6 +158,11 @@ pub(crate) struct ConsumerSpec {
     pub(crate) options: SubscribeOptions,
     pub(crate) dlq_topic: Topic,
     pub(crate) durable: bool,
+    /// Where logged events matching `pattern` are handed to it from now on.
+    pub(crate) route: Arc<Route>,
+    /// How far routing had gone when it was registered: it reads the log itself up to
+    /// here.
+    pub(crate) routed_below: u64,
     /// The first log sequence to read.
     pub(crate) cursor: u64,
     /// Resumed from a saved state: events missing at the cursor were lost since.
@@ -241,12 +247,24 @@ pub(crate) struct Consumer {
     /// Every member's channel was full at the last try.
     blocked: bool,
     cut_off: bool,
-    log_closed: bool,
     ephemeral_closed: bool,
     /// The cursor has been read from once (a gap after that means the log's retention
     /// overtook this consumer).
     has_read: bool,
+    /// Every log sequence below this is read or not this consumer's.
     cursor: u64,
+    /// Where the router hands it sequences.
+    route: Arc<Route>,
+    /// It reads the log itself (from `cursor`) up to here, before taking routed
+    /// sequences: what was committed before it registered, or what the router dropped.
+    scan_until: u64,
+    /// Routed sequences below this were covered by a read of the log: they are dropped.
+    skip_below: u64,
+    /// Sequences routed to it, taken from the route and not read yet, in order.
+    routed: VecDeque<u64>,
+    /// The router dropped sequences from here on (its queue was full): once `routed`
+    /// is read, the log is read from here.
+    dropped_from: Option<u64>,
     ready: BinaryHeap<Ready>,
     /// Bytes of the events in `ready`.
     ready_bytes: usize,
@@ -284,10 +302,14 @@ impl Consumer {
             next_member: 0,
             blocked: false,
             cut_off: false,
-            log_closed: false,
             ephemeral_closed: false,
             has_read: spec.resumed,
             cursor: spec.cursor,
+            route: spec.route,
+            scan_until: spec.routed_below,
+            skip_below: spec.routed_below.max(spec.cursor),
+            routed: VecDeque::new(),
+            dropped_from: None,
             ready: BinaryHeap::new(),
             ready_bytes: 0,
             ephemeral_ready: VecDeque::new(),
@@ -369,13 +391,22 @@ impl Consumer {
             self.fill();
             self.dispatch();
             self.report_gauges();
-            let wants_log = !self.cut_off && !self.log_closed && self.wants_ready();
+            let wants_log = !self.cut_off && self.wants_ready();
             let wants_ephemeral = !self.cut_off
                 && !self.ephemeral_closed
                 && !self.blocked
                 && self.ephemeral_ready.len() < READ_BATCH
                 && !self.members.is_empty();
-            let log_wait = self.core.log.wait_for_seq(self.cursor);
+            // With events of its own still to read (taken from the route, or in the log
+            // up to `scan_until`), it goes round again at once; else it waits for the
+            // router.
+            let route = self.route.clone();
+            let unread = self.has_unread();
+            let routed = async move {
+                if !unread {
+                    route.woken().await;
+                }
+            };
             let timer = self.next_timer().map(|at| self.clock.sleep_until(at));
             let has_timer = timer.is_some();
             let timer = async move {
@@ -438,15 +469,12 @@ impl Consumer {
                         };
                     }
                 }
-                result = log_wait, if wants_log => {
-                    if result.is_err() {
-                        self.log_closed = true;
-                    }
-                }
+                _ = routed, if wants_log => {}
                 _ = timer, if has_timer => self.on_timers().await,
             }
         }
         if self.durable {
+            self.catch_up();
             self.persist();
             // Its last acks may have moved the floor: the parked listing counts from it.
             self.shared
@@ -456,13 +484,28 @@ impl Consumer {
         }
     }
 
-    /// Reads matching events from the log into the ready queue, up to `max_in_flight`.
+    /// Takes matching logged events into the ready queue, up to `max_in_flight`: by
+    /// reading the log itself up to `scan_until`, then the sequences routed to it.
     fn fill(&mut self) {
+        loop {
+            self.scan();
+            if self.cut_off || self.cursor < self.scan_until || !self.read_routed() {
+                return;
+            }
+        }
+    }
+
+    /// Reads the log from the cursor up to `scan_until` (every topic's records, keeping
+    /// the matching ones), while it wants more.
+    fn scan(&mut self) {
         let core = self.core.clone();
         let log = &core.log;
         let mut recent = Vec::new();
-        while !self.cut_off && self.wants_ready() && self.cursor < log.next_seq() {
-            let want = READ_BATCH.min(self.max_ready() - self.ready.len()).max(1);
+        while !self.cut_off && self.wants_ready() && self.cursor < self.scan_until {
+            let left = usize::try_from(self.scan_until - self.cursor).unwrap_or(usize::MAX);
+            let want = READ_BATCH
+                .min(self.max_ready() - self.ready.len())
+                .clamp(1, left);
             // Recently published events come decoded from memory, shared with every
             // other consumer; older ones from the log.
             // (Not for events retention already deleted: the log decides what exists.)
@@ -486,25 +529,18 @@ impl Consumer {
                     return;
                 }
             };
-            let Some(last) = records.last() else { break };
+            let records: Vec<_> = records
+                .into_iter()
+                .take_while(|r| r.seq < self.scan_until)
+                .collect();
+            let Some(last) = records.last() else {
+                // Nothing left below `scan_until` (retention deleted it).
+                self.cursor = self.scan_until;
+                break;
+            };
             let first = records[0].seq;
-            if first > self.cursor && self.has_read {
-                let cause = if self.cursor < log.first_seq() {
-                    "deleted by retention"
-                } else {
-                    "cut from the log by a repair"
-                };
-                let lost = format!(
-                    "{} events ({}..={}) were {cause} before delivery",
-                    first - self.cursor,
-                    self.cursor,
-                    first - 1
-                );
-                if !self.durable {
-                    self.cut_off(format!("fell behind: {lost}"));
-                    return;
-                }
-                tracing::error!(consumer = %self.name, "durable consumer fell behind: {lost}");
+            if first > self.cursor && self.has_read && !self.lost(self.cursor, first) {
+                return;
             }
             self.has_read = true;
             self.cursor = last.seq + 1;
@@ -520,6 +556,201 @@ impl Consumer {
                     }
                 }
             }
+        }
+    }
+
+    /// Events `from..until` were deleted before this consumer read them: a durable one
+    /// says so and goes on; another is cut off (returns `false`).
+    fn lost(&mut self, from: u64, until: u64) -> bool {
+        let log = &self.core.log;
+        let cause = if from < log.first_seq() {
+            "deleted by retention"
+        } else {
+            "cut from the log by a repair"
+        };
+        let lost = format!(
+            "{} events ({from}..={}) were {cause} before delivery",
+            until - from,
+            until - 1
+        );
+        if !self.durable {
+            self.cut_off(format!("fell behind: {lost}"));
+            return false;
+        }
+        tracing::error!(consumer = %self.name, "durable consumer fell behind: {lost}");
+        true
+    }
+
+    /// Reads the sequences routed to it, in order, while it wants more, and moves the
+    /// cursor past what is read or not its own. Returns `true` when it must read the
+    /// log itself again (the router dropped sequences: `scan_until` is set).
+    fn read_routed(&mut self) -> bool {
+        // Read first: whatever is taken below this has been routed, and nothing below
+        // it that matches is still to come.
+        let below = self
+            .core
+            .routed_below
+            .load(std::sync::atomic::Ordering::Acquire);
+        let taken = self.route.take(&mut self.routed);
+        if let Some(from) = taken.dropped_from {
+            self.dropped_from.get_or_insert(from);
+        }
+        while self.routed.front().is_some_and(|&s| s < self.skip_below) {
+            self.routed.pop_front();
+        }
+        while !self.cut_off && self.wants_ready() {
+            match self.routed.front() {
+                Some(&seq) if seq < below => self.read_routed_run(below),
+                _ => break,
+            }
+        }
+        if self.cut_off {
+            return false;
+        }
+        self.cursor = self
+            .cursor
+            .max(self.routed.front().map_or(below, |&s| s.min(below)));
+        if self.routed.is_empty()
+            && let Some(from) = self.dropped_from.take()
+        {
+            // What was dropped is read from the log, up to what is committed now; the
+            // router's later hand-overs below that are the same events again.
+            let until = self.core.log.next_seq();
+            self.cursor = from;
+            self.scan_until = until;
+            self.skip_below = until;
+            return true;
+        }
+        false
+    }
+
+    /// Reads routed sequences below `below`: from memory while they are recent, else
+    /// the next batch of them from the log, in one read when they lie close together
+    /// and one by one otherwise.
+    fn read_routed_run(&mut self, below: u64) {
+        let core = self.core.clone();
+        let mut recent = Vec::new();
+        let mut from_memory = false;
+        while self.wants_ready() {
+            let Some(&seq) = self.routed.front().filter(|&&s| s < below) else {
+                break;
+            };
+            if seq < core.log.first_seq() {
+                break; // deleted from the log: memory may still have it, but it is gone
+            }
+            // The sequences that follow one another from here, read together.
+            let room = READ_BATCH.min(self.max_ready() - self.ready.len()).max(1);
+            let consecutive = self
+                .routed
+                .iter()
+                .zip(seq..below)
+                .take(room)
+                .take_while(|(routed, expected)| *routed == expected)
+                .count();
+            recent.clear();
+            core.recent.run(seq, consecutive, &mut recent);
+            if recent.is_empty() {
+                break;
+            }
+            for event in recent.drain(..) {
+                self.routed.pop_front();
+                self.offer(event);
+            }
+            self.has_read = true;
+            from_memory = true;
+        }
+        if from_memory {
+            return;
+        }
+        let room = READ_BATCH.min(self.max_ready() - self.ready.len()).max(1);
+        let run: Vec<u64> = self
+            .routed
+            .iter()
+            .copied()
+            .take_while(|&s| s < below)
+            .take(room)
+            .collect();
+        let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
+            return;
+        };
+        let span = last - first + 1;
+        let dense = span <= 8 * run.len() as u64;
+        let read = core.log.read(first, if dense { span as usize } else { 1 });
+        let records = match read {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(consumer = %self.name, error = %e, "reading the event log failed");
+                self.cut_off(format!("reading the event log failed: {e}"));
+                return;
+            }
+        };
+        // What the read covers: a routed sequence up to here that it lacks was deleted.
+        let covered = records.last().map_or(last, |r| r.seq.max(first));
+        let mut records = records.into_iter().peekable();
+        while let Some(&seq) = self.routed.front() {
+            if seq >= below || seq > covered || !self.wants_ready() {
+                break;
+            }
+            self.routed.pop_front();
+            while records.next_if(|r| r.seq < seq).is_some() {}
+            let Some(record) = records.next_if(|r| r.seq == seq) else {
+                if !self.lost(seq, seq + 1) {
+                    return;
+                }
+                continue;
+            };
+            self.has_read = true;
+            if self.done.contains(&seq) {
+                continue;
+            }
+            match codec::decode_matching(&record.payload, seq, &self.pattern) {
+                Ok(Some(event)) => self.offer(Arc::new(event)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
+                }
+            }
+        }
+    }
+
+    /// Whether it has events of its own it could read now, without waiting for the
+    /// router.
+    fn has_unread(&self) -> bool {
+        let below = self
+            .core
+            .routed_below
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.cursor < self.scan_until
+            || self.routed.front().is_some_and(|&s| s < below)
+            || (self.routed.is_empty() && self.dropped_from.is_some())
+            || self.route.len() > 0
+    }
+
+    /// Moves the cursor past what the router says is not its own, so that a durable
+    /// that matched nothing for a while resumes from the end of the log, not from its
+    /// last event.
+    fn catch_up(&mut self) {
+        if self.cursor < self.scan_until || self.dropped_from.is_some() {
+            return;
+        }
+        let below = self
+            .core
+            .routed_below
+            .load(std::sync::atomic::Ordering::Acquire);
+        let taken = self.route.take(&mut self.routed);
+        if taken.dropped_from.is_some() {
+            self.dropped_from = taken.dropped_from;
+            return;
+        }
+        while self.routed.front().is_some_and(|&s| s < self.skip_below) {
+            self.routed.pop_front();
+        }
+        let cursor = self
+            .cursor
+            .max(self.routed.front().map_or(below, |&s| s.min(below)));
+        if cursor > self.cursor {
+            self.cursor = cursor;
+            self.dirty = true;
         }
     }
 
@@ -739,6 +970,8 @@ impl Consumer {
         );
         c.cursor
             .store(self.cursor, std::sync::atomic::Ordering::Relaxed);
+        let behind = self.routed.len() as u64 + self.scan_until.saturating_sub(self.cursor);
+        c.behind.store(behind, std::sync::atomic::Ordering::Relaxed);
         if self.durable {
             c.floor
                 .store(self.floor(), std::sync::atomic::Ordering::Relaxed);

@@ -42,6 +42,7 @@ mod dlq;
 mod engine;
 mod recent;
 mod retention;
+mod route;
 mod state;
 mod stats;
 pub mod testing;
@@ -100,6 +101,10 @@ pub struct BusOptions {
     /// to each member and not yet taken. Unacked events out with subscribers are bounded
     /// by [`SubscribeOptions::max_in_flight_bytes`]. Default 8 MiB.
     pub subscriber_buffer_bytes: usize,
+    /// Most sequences of logged events routed to one consumer and not read by it yet,
+    /// in each of two places (8 bytes each); past that the consumer reads the log
+    /// itself until it has caught up. Default 65,536 (512 KiB).
+    pub routed_queue: usize,
     /// How long publishers wait for a consumer with a full ephemeral buffer before its
     /// subscribers are closed as too slow. Default 1 s.
     pub slow_consumer_grace: Duration,
@@ -129,6 +134,7 @@ impl BusOptions {
             in_memory: false,
             ephemeral_buffer: 65_536,
             subscriber_buffer_bytes: 8 * 1024 * 1024,
+            routed_queue: route::MAX_PENDING,
             slow_consumer_grace: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
             batch_window: Duration::from_millis(100),
@@ -165,6 +171,62 @@ struct Entry {
     finished: watch::Receiver<bool>,
     shared: Arc<ConsumerShared>,
     cut_off: bool,
+    /// Where logged events matching `pattern` are handed to the consumer.
+    route: Arc<route::Route>,
+}
+
+/// Hands a committed group of records (`first_seq` on) to the consumers whose pattern
+/// matches each, wakes them, and marks the group routed. Runs on the log's writer
+/// thread, in sequence order.
+fn route_committed(
+    registry: &Mutex<Registry>,
+    routed_below: &AtomicU64,
+    first_seq: u64,
+    records: &[Bytes],
+) {
+    let end = first_seq + records.len() as u64;
+    let mut woken: Vec<Arc<route::Route>> = Vec::new();
+    {
+        let registry = lock(registry);
+        if !registry.consumers.is_empty() {
+            // Records of one topic usually come in runs: match each run once and hand
+            // it over whole.
+            let mut run: Option<(&str, u64)> = None;
+            let mut matched: Vec<&Arc<route::Route>> = Vec::new();
+            for (seq, record) in (first_seq..).zip(records) {
+                // An undecodable record goes to no one (a consumer reading it from the
+                // log skips it too).
+                let topic = codec::peek_topic(record, seq).ok();
+                if run.is_some_and(|(t, _)| Some(t) == topic) {
+                    continue;
+                }
+                if let Some((_, start)) = run.take() {
+                    matched.iter().for_each(|r| r.push(start..seq));
+                }
+                matched.clear();
+                if let Some(topic) = topic {
+                    registry.index.for_each_match_str(topic, |key| {
+                        if let Some(entry) = registry.consumers.get(key) {
+                            matched.push(&entry.route);
+                        }
+                    });
+                    woken.extend(matched.iter().map(|r| Arc::clone(r)));
+                    run = Some((topic, seq));
+                }
+            }
+            if let Some((_, start)) = run {
+                matched.iter().for_each(|r| r.push(start..end));
+            }
+        }
+        woken.sort_unstable_by_key(|r| Arc::as_ptr(r) as usize);
+        woken.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        // Under the registry's lock: a consumer registering now either saw this group
+        // routed to it, or reads it from the log itself.
+        routed_below.store(end, Ordering::Release);
+    }
+    for route in woken {
+        route.wake();
+    }
 }
 
 /// A durable subscription with no subscriber now: what it is and what it counted, so
@@ -182,8 +244,9 @@ struct Registry {
     /// Durables without a subscriber, by name.
     parked: HashMap<String, Parked>,
     members: HashMap<SubscriptionId, String>,
-    /// Consumer keys by pattern, for routing ephemeral events.
-    ephemeral: PatternIndex<String>,
+    /// Consumer keys by pattern: which consumers an event goes to (ephemeral events as
+    /// they are published, logged ones as the log commits them; see `route`).
+    index: PatternIndex<String>,
     /// Durable consumers that were stopped and may still be writing their state.
     retiring: HashMap<String, watch::Receiver<bool>>,
 }
@@ -206,8 +269,11 @@ pub(crate) struct Core {
     options: BusOptions,
     dedupe: Mutex<Dedupe>,
     topics: Mutex<BTreeMap<Topic, TopicStats>>,
-    registry: Mutex<Registry>,
+    registry: Arc<Mutex<Registry>>,
     pub(crate) recent: recent::Recent,
+    /// Every logged sequence below this has been routed to the consumers that match it
+    /// (see `route`).
+    pub(crate) routed_below: Arc<AtomicU64>,
     next_id: AtomicU64,
     closed: AtomicBool,
     /// The window of batch subscriptions that give none, in microseconds; live.
@@ -483,7 +549,7 @@ impl Core {
                     stats = Some(s);
                     last_topic = Some(event.topic.clone());
                     matched.clear();
-                    registry.ephemeral.for_each_match(&event.topic, |key| {
+                    registry.index.for_each_match(&event.topic, |key| {
                         if let Some(i) = targets.iter().position(|t| t.0 == *key) {
                             matched.push(i);
                         } else if let Some(entry) =
@@ -582,7 +648,7 @@ impl Core {
         let _ = entry.control.send(Control::Leave(id));
         if entry.members.is_empty() {
             let entry = registry.consumers.remove(&key).expect("entry exists");
-            registry.ephemeral.remove(&entry.pattern, &key);
+            registry.index.remove(&entry.pattern, &key);
             let _ = entry.control.send(Control::Stop);
             if entry.shared.durable {
                 entry.shared.counters.in_flight.store(0, Ordering::Relaxed);
@@ -823,14 +889,24 @@ impl Bus {
             options,
             dedupe: Mutex::new(Dedupe::default()),
             topics: Mutex::new(BTreeMap::new()),
-            registry: Mutex::new(Registry::default()),
+            registry: Arc::default(),
             recent: recent::Recent::default(),
+            routed_below: Arc::default(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         };
         core.rebuild()?;
         core.park_saved_durables();
+        core.routed_below
+            .store(core.log.next_seq(), Ordering::Release);
+        // (Before the hook is set: nothing is appended while the bus opens.)
         let core = Arc::new(core);
+        // The hook holds the registry and the mark, not the core: the last handle to the
+        // core must never be dropped on the log's own writer thread.
+        let (registry, routed_below) = (core.registry.clone(), core.routed_below.clone());
+        core.log.on_commit(Box::new(move |first_seq, records| {
+            route_committed(&registry, &routed_below, first_seq, records);
+        }));
         Ok(Bus {
             _handle: Arc::new(Handle(core.clone())),
             core,
@@ -881,6 +957,8 @@ impl Bus {
             );
             stats.dead_letter_topic = e.dlq_topic.to_string();
             stats.dead_letters = dead_letters(&e.name);
+            // Running, it is behind by its own unread events only.
+            stats.lag = e.shared.counters.behind.load(Ordering::Relaxed) + e.route.len() as u64;
             stats
         });
         let parked = registry.parked.iter().map(|(name, p)| {
@@ -1158,12 +1236,18 @@ impl Bus {
             control: control_tx.clone(),
             shared: consumer_shared.clone(),
         });
+        // Registered under the registry's lock, as routing runs: what was routed before
+        // now (below `routed_below`) the consumer reads from the log; the rest comes to
+        // it through its route.
+        let route = Arc::new(route::Route::new(core.options.routed_queue));
         let spec = ConsumerSpec {
             name: name.clone(),
             pattern: pattern.clone(),
             options: options.clone(),
             dlq_topic: dlq_topic.clone(),
             durable: options.durable.is_some(),
+            route: route.clone(),
+            routed_below: core.routed_below.load(Ordering::Acquire),
             cursor,
             resumed,
             done,
@@ -1181,7 +1265,7 @@ impl Bus {
             consumer.run(control_rx, ephemeral_rx).await;
             finished_tx.send_replace(true);
         });
-        registry.ephemeral.insert(&pattern, key.clone());
+        registry.index.insert(&pattern, key.clone());
         registry.consumers.insert(
             key.clone(),
             Entry {
@@ -1195,6 +1279,7 @@ impl Bus {
                 finished,
                 shared: consumer_shared,
                 cut_off: false,
+                route,
             },
         );
         registry.members.insert(id, key);

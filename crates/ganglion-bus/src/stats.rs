@@ -20,6 +20,9 @@ pub(crate) struct ConsumerCounters {
     pub(crate) cursor: AtomicU64,
     /// A durable's first event not done: where it resumes.
     pub(crate) floor: AtomicU64,
+    /// Its own events it has not read yet, that it knows of (routed to it, or in the
+    /// part of the log it reads itself).
+    pub(crate) behind: AtomicU64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {

@@ -138,9 +138,9 @@ pub struct SubscriptionStats {
     pub ready: u64,
     /// Stored events out with subscribers, not yet acked.
     pub in_flight: u64,
-    /// Stored events not read by this consumer yet (the embedded engine counts every
-    /// topic's records, not only its own); for a durable with no subscriber now, those
-    /// from where it will resume (its first unacked event).
+    /// Its own events not read by it yet; for a durable with no subscriber now, the
+    /// stored events (every topic's) from where it will resume (its first unacked
+    /// event).
     pub lag: u64,
     /// Where its dead letters go.
     pub dead_letter_topic: String,

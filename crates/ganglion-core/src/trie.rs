@@ -101,6 +101,12 @@ impl<T> PatternIndex<T> {
         visit(&self.root, topic.tokens(), &mut f);
     }
 
+    /// As [`for_each_match`](Self::for_each_match), for a topic known to be valid (read
+    /// back from the log, say) without making a [`Topic`] of it.
+    pub fn for_each_match_str<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T)) {
+        visit(&self.root, topic.split('.'), &mut f);
+    }
+
     /// The values whose pattern matches `topic`.
     pub fn matches(&self, topic: &Topic) -> Vec<&T> {
         let mut out = Vec::new();

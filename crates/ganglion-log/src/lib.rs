@@ -228,7 +228,23 @@ struct Shared {
     appends: AtomicU64,
     fsyncs: AtomicU64,
     fsync_micros: AtomicU64,
+    /// Told of every committed group of records, in sequence order (see
+    /// [`Log::on_commit`]).
+    on_commit: OnceLock<Hook>,
 }
+
+/// The commit hook, shown by name only.
+struct Hook(CommitHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
+}
+
+/// Called on the writer thread with the first sequence of each committed group and its
+/// records, in order, after readers can see them and before their appenders hear back.
+pub type CommitHook = Box<dyn Fn(u64, &[Bytes]) + Send + Sync>;
 
 impl Shared {
     fn segments(&self) -> Vec<Arc<Segment>> {
@@ -432,6 +448,7 @@ impl Log {
             appends: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             fsync_micros: AtomicU64::new(0),
+            on_commit: OnceLock::new(),
         });
         if !recovered.meta_written {
             shared.set_no_space(Some(meta::path(&shared.dir)));
@@ -592,6 +609,15 @@ impl Log {
             progress: self.shared.progress.subscribe(),
             next: from_seq,
         }
+    }
+
+    /// Has `hook` told of every group of records committed from now on: its first
+    /// sequence and its records, in sequence order, on the writer thread (so it must be
+    /// quick). It runs once the records are readable and before their appends return,
+    /// and it runs even when an appender has stopped waiting. One hook per log; returns
+    /// `false` if one was set already.
+    pub fn on_commit(&self, hook: CommitHook) -> bool {
+        self.shared.on_commit.set(Hook(hook)).is_ok()
     }
 
     /// Completes once a record with a sequence of at least `seq` is committed, or fails

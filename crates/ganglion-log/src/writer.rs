@@ -55,6 +55,8 @@ struct Group {
     start: Cursor,
     buf: Vec<u8>,
     entries: Vec<IndexEntry>,
+    /// The records, for the commit hook (only when one is set).
+    records: Vec<Bytes>,
     waiting: Vec<(oneshot::Sender<Result<AppendAck>>, AppendAck)>,
 }
 
@@ -64,6 +66,7 @@ impl Group {
             start,
             buf: Vec::new(),
             entries: Vec::new(),
+            records: Vec::new(),
             waiting: Vec::new(),
         }
     }
@@ -413,6 +416,9 @@ impl Writer {
             extent.next_seq += 1;
             extent.last_timestamp_micros = timestamp;
         }
+        if self.shared.on_commit.get().is_some() {
+            group.records.extend(records.iter().cloned());
+        }
         group.waiting.push((reply, ack));
     }
 
@@ -477,6 +483,9 @@ impl Writer {
         self.active.commit(self.cursor.extent, &group.entries);
         self.shared
             .publish(self.cursor.extent.next_seq, group.waiting.len());
+        if let Some(hook) = self.shared.on_commit.get() {
+            (hook.0)(group.start.extent.next_seq, &group.records);
+        }
         self.set_full(false);
         group.answer_all(|ack| Ok(*ack));
         if self.meta_stale_since.is_none() && self.synced > self.meta.high_water {
