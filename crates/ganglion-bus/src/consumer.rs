@@ -591,9 +591,14 @@ impl Consumer {
             .core
             .routed_below
             .load(std::sync::atomic::Ordering::Acquire);
-        let taken = self.route.take(&mut self.routed);
-        if let Some(from) = taken.dropped_from {
-            self.dropped_from.get_or_insert(from);
+        // After a drop, what the router hands over next lies beyond the dropped
+        // stretch: it waits in the route until that stretch is read from the log.
+        // What the route still holds (or dropped) stops the cursor too.
+        let mut left_in_route = None;
+        if self.dropped_from.is_none() {
+            let taken = self.route.take(&mut self.routed);
+            self.dropped_from = taken.dropped_from;
+            left_in_route = taken.first_left;
         }
         while self.routed.front().is_some_and(|&s| s < self.skip_below) {
             self.routed.pop_front();
@@ -607,16 +612,21 @@ impl Consumer {
         if self.cut_off {
             return false;
         }
-        self.cursor = self
-            .cursor
-            .max(self.routed.front().map_or(below, |&s| s.min(below)));
-        if self.routed.is_empty()
-            && let Some(from) = self.dropped_from.take()
-        {
-            // What was dropped is read from the log, up to what is committed now; the
-            // router's later hand-overs below that are the same events again.
+        // Read (or not its own) below the first routed sequence left, what has been
+        // routed, and the first sequence dropped. (Below a drop the cursor may be
+        // already: an earlier read of the log went past it.)
+        let read_to = self
+            .routed
+            .front()
+            .map_or(below, |&s| s.min(below))
+            .min(self.dropped_from.unwrap_or(u64::MAX))
+            .min(left_in_route.unwrap_or(u64::MAX));
+        self.cursor = self.cursor.max(read_to);
+        if self.routed.is_empty() && self.dropped_from.take().is_some() {
+            // What was dropped is read from the log, from the cursor up to what is
+            // committed now; the router's later hand-overs below that are the same
+            // events again.
             let until = self.core.log.next_seq();
-            self.cursor = from;
             self.scan_until = until;
             self.skip_below = until;
             return true;
@@ -723,7 +733,7 @@ impl Consumer {
         self.cursor < self.scan_until
             || self.routed.front().is_some_and(|&s| s < below)
             || (self.routed.is_empty() && self.dropped_from.is_some())
-            || self.route.len() > 0
+            || (self.dropped_from.is_none() && self.route.len() > 0)
     }
 
     /// Moves the cursor past what the router says is not its own, so that a durable
@@ -745,9 +755,12 @@ impl Consumer {
         while self.routed.front().is_some_and(|&s| s < self.skip_below) {
             self.routed.pop_front();
         }
-        let cursor = self
-            .cursor
-            .max(self.routed.front().map_or(below, |&s| s.min(below)));
+        let read_to = self
+            .routed
+            .front()
+            .map_or(below, |&s| s.min(below))
+            .min(taken.first_left.unwrap_or(u64::MAX));
+        let cursor = self.cursor.max(read_to);
         if cursor > self.cursor {
             self.cursor = cursor;
             self.dirty = true;

@@ -45,6 +45,7 @@ mod retention;
 mod route;
 mod state;
 mod stats;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -111,7 +112,7 @@ pub struct BusOptions {
     /// Where time comes from (timestamps, deadlines, backoff, windows, dedupe).
     pub clock: Arc<dyn Clock>,
     /// Keep the log and the consumers' state in memory instead of `data_dir` (for
-    /// tests: see [`testing::TestBus`]). Nothing survives the bus.
+    /// tests: see `testing::TestBus`, with the `testing` feature). Nothing survives the bus.
     pub in_memory: bool,
     /// The window of batch subscriptions that do not give one. Default 100 ms; change it
     /// live with [`Bus::set_batch_window`].

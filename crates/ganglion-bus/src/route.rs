@@ -49,6 +49,9 @@ pub(crate) struct Taken {
     /// The first sequence the router dropped since the last take, if any: the consumer
     /// must read the log from there.
     pub(crate) dropped_from: Option<u64>,
+    /// The first sequence routed to the consumer and not handed over by this take
+    /// (left waiting, or dropped): its cursor must not pass it.
+    pub(crate) first_left: Option<u64>,
 }
 
 impl Route {
@@ -90,12 +93,16 @@ impl Route {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let n = self.max.saturating_sub(into.len()).min(pending.seqs.len());
         into.extend(pending.seqs.drain(..n));
+        let first_left = pending.seqs.first().copied().or(pending.dropped_from);
         let dropped_from = if pending.seqs.is_empty() {
             pending.dropped_from.take()
         } else {
             None
         };
-        Taken { dropped_from }
+        Taken {
+            dropped_from,
+            first_left,
+        }
     }
 
     /// Sequences waiting to be taken.
@@ -122,6 +129,11 @@ mod tests {
         let t = route.take(&mut taken);
         assert_eq!(taken.len(), MAX_PENDING, "no more than it may hold");
         assert_eq!(t.dropped_from, None, "not before the one left is taken");
+        assert_eq!(
+            t.first_left,
+            Some(MAX_PENDING as u64),
+            "but the cursor stops there"
+        );
         taken.clear();
         let t = route.take(&mut taken);
         assert_eq!(

@@ -26,8 +26,11 @@ async fn take(sub: &mut Subscription, n: usize) -> Vec<u64> {
     seqs
 }
 
-fn strictly_increasing(seqs: &[u64]) -> bool {
-    seqs.windows(2).all(|w| w[0] < w[1])
+/// Where `seqs` first fails to increase, to say so; `None` if it always does.
+fn disorder(seqs: &[u64]) -> Option<String> {
+    let i = seqs.windows(2).position(|w| w[0] >= w[1])?;
+    let around = &seqs[i.saturating_sub(3)..(i + 5).min(seqs.len())];
+    Some(format!("at {i} of {}: {around:?}", seqs.len()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +80,7 @@ async fn subscribers_joining_during_concurrent_publishing_get_each_event_once_in
     }
     let mut early = early;
     let seqs = take(&mut early, total).await;
-    assert!(strictly_increasing(&seqs), "in order, none twice");
+    assert_eq!(disorder(&seqs), None, "in order, none twice");
     for mut sub in joined {
         let got = take(&mut sub, total).await;
         assert_eq!(
@@ -95,31 +98,54 @@ async fn subscribers_joining_during_concurrent_publishing_get_each_event_once_in
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_whose_routed_queue_overflows_reads_the_rest_from_the_log() {
+    // The router's queue for it (10 or 100 sequences here, in each of two places)
+    // overflows many times over: once while nobody reads, then while a reader drains
+    // it as publishing goes on.
+    for queue in [10, 100] {
+        for reading_meanwhile in [false, true] {
+            overflow(queue, reading_meanwhile).await;
+        }
+    }
+}
+
+async fn overflow(queue: usize, reading_meanwhile: bool) {
     let h = harness_with(|o| ganglion_bus::BusOptions {
-        routed_queue: 100,
+        routed_queue: queue,
         ..o
     });
-    // Auto ack, not reading: the consumer fills its channel and read-ahead, and the
-    // router's queue for it (100 sequences here, twice) overflows, many times over.
     let options = SubscribeOptions {
         ack_mode: AckMode::Auto,
         ..SubscribeOptions::default()
     };
     let mut sub = h.bus.subscribe(pattern("flood.>"), options).await.unwrap();
-    const EVENTS: usize = 20_000;
-    for chunk in 0..EVENTS / 1000 {
-        let batch: Vec<Event> = (0..1000)
-            .flat_map(|i| {
-                [
-                    event("flood.x", &format!("{chunk}-{i}")),
-                    event("dry.x", "elsewhere"),
-                ]
-            })
-            .collect();
-        h.bus.publish_batch(batch).await.unwrap();
+    const EVENTS: usize = 10_000;
+    let bus = h.bus.clone();
+    let publishing = tokio::spawn(async move {
+        for chunk in 0..EVENTS / 500 {
+            let batch: Vec<Event> = (0..500)
+                .flat_map(|i| {
+                    [
+                        event("flood.x", &format!("{chunk}-{i}")),
+                        event("dry.x", "elsewhere"),
+                    ]
+                })
+                .collect();
+            bus.publish_batch(batch).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    if !reading_meanwhile {
+        publishing.await.unwrap();
     }
-    let seqs = take(&mut sub, EVENTS).await;
-    assert!(strictly_increasing(&seqs), "in order, none twice");
+    let reading = tokio::time::timeout(Duration::from_secs(20), take(&mut sub, EVENTS)).await;
+    let Ok(seqs) = reading else {
+        panic!("stalled (queue {queue}): {:?}", h.bus.subscriptions());
+    };
+    assert_eq!(
+        disorder(&seqs),
+        None,
+        "in order, none twice (queue {queue})"
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(100), sub.next())
             .await

@@ -1,10 +1,5 @@
-use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::BoxFuture;
@@ -63,145 +58,165 @@ impl Clock for SystemClock {
     }
 }
 
-#[derive(Default)]
-struct ManualState {
-    wall_micros: AtomicU64,
-    mono_micros: AtomicU64,
-    sleepers: Mutex<HashMap<u64, (u64, Waker)>>,
-    next_sleeper: AtomicU64,
-}
+/// The clock tests move by hand (with the `testing` feature; production builds do not
+/// carry it).
+#[cfg(any(test, feature = "testing"))]
+mod manual {
+    use std::collections::HashMap;
+    use std::fmt;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A clock that only moves when told to. Clones share the same time.
-#[derive(Clone)]
-pub struct ManualClock {
-    state: Arc<ManualState>,
-}
+    use super::{Clock, unix_micros};
+    use crate::BoxFuture;
 
-impl ManualClock {
-    /// A clock whose wall time stands at `start`.
-    pub fn new(start: SystemTime) -> Self {
-        let state = ManualState::default();
-        state
-            .wall_micros
-            .store(unix_micros(start), Ordering::SeqCst);
-        Self {
-            state: Arc::new(state),
+    #[derive(Default)]
+    struct ManualState {
+        wall_micros: AtomicU64,
+        mono_micros: AtomicU64,
+        sleepers: Mutex<HashMap<u64, (u64, Waker)>>,
+        next_sleeper: AtomicU64,
+    }
+
+    /// A clock that only moves when told to. Clones share the same time.
+    #[derive(Clone)]
+    pub struct ManualClock {
+        state: Arc<ManualState>,
+    }
+
+    impl ManualClock {
+        /// A clock whose wall time stands at `start`.
+        pub fn new(start: SystemTime) -> Self {
+            let state = ManualState::default();
+            state
+                .wall_micros
+                .store(unix_micros(start), Ordering::SeqCst);
+            Self {
+                state: Arc::new(state),
+            }
+        }
+
+        /// A clock standing at a fixed, arbitrary instant (2026-01-01T00:00:00Z).
+        pub fn at_fixed_instant() -> Self {
+            Self::new(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
+        }
+
+        /// Moves wall and monotonic time forward by `by`, waking the sleepers now due.
+        pub fn advance(&self, by: Duration) {
+            let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
+            self.state.wall_micros.fetch_add(by, Ordering::SeqCst);
+            let now = self.state.mono_micros.fetch_add(by, Ordering::SeqCst) + by;
+            let due: Vec<Waker> = {
+                let mut sleepers = self
+                    .state
+                    .sleepers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let ids: Vec<u64> = sleepers
+                    .iter()
+                    .filter(|(_, (deadline, _))| *deadline <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.iter()
+                    .filter_map(|id| sleepers.remove(id).map(|(_, w)| w))
+                    .collect()
+            };
+            due.into_iter().for_each(Waker::wake);
+        }
+
+        /// Sets the wall time to `to`, which may be earlier than now (a wall clock can step
+        /// back). Monotonic time does not move.
+        pub fn set(&self, to: SystemTime) {
+            self.state
+                .wall_micros
+                .store(unix_micros(to), Ordering::SeqCst);
+        }
+
+        /// Sleepers waiting for a deadline not reached yet.
+        pub fn sleepers(&self) -> usize {
+            self.state
+                .sleepers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len()
         }
     }
 
-    /// A clock standing at a fixed, arbitrary instant (2026-01-01T00:00:00Z).
-    pub fn at_fixed_instant() -> Self {
-        Self::new(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
+    impl fmt::Debug for ManualClock {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("ManualClock")
+                .field(
+                    "unix_micros",
+                    &self.state.wall_micros.load(Ordering::SeqCst),
+                )
+                .field(
+                    "monotonic_micros",
+                    &self.state.mono_micros.load(Ordering::SeqCst),
+                )
+                .finish()
+        }
     }
 
-    /// Moves wall and monotonic time forward by `by`, waking the sleepers now due.
-    pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
-        self.state.wall_micros.fetch_add(by, Ordering::SeqCst);
-        let now = self.state.mono_micros.fetch_add(by, Ordering::SeqCst) + by;
-        let due: Vec<Waker> = {
+    impl Clock for ManualClock {
+        fn now(&self) -> SystemTime {
+            UNIX_EPOCH + Duration::from_micros(self.state.wall_micros.load(Ordering::SeqCst))
+        }
+
+        fn monotonic(&self) -> Duration {
+            Duration::from_micros(self.state.mono_micros.load(Ordering::SeqCst))
+        }
+
+        fn sleep_until(&self, deadline: Duration) -> BoxFuture<'static, ()> {
+            Box::pin(ManualSleep {
+                state: self.state.clone(),
+                deadline: u64::try_from(deadline.as_micros()).unwrap_or(u64::MAX),
+                id: self.state.next_sleeper.fetch_add(1, Ordering::Relaxed),
+            })
+        }
+    }
+
+    struct ManualSleep {
+        state: Arc<ManualState>,
+        deadline: u64,
+        id: u64,
+    }
+
+    impl Future for ManualSleep {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            // Register before the final check, so an `advance` in between cannot be missed.
             let mut sleepers = self
                 .state
                 .sleepers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let ids: Vec<u64> = sleepers
-                .iter()
-                .filter(|(_, (deadline, _))| *deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter()
-                .filter_map(|id| sleepers.remove(id).map(|(_, w)| w))
-                .collect()
-        };
-        due.into_iter().for_each(Waker::wake);
-    }
-
-    /// Sets the wall time to `to`, which may be earlier than now (a wall clock can step
-    /// back). Monotonic time does not move.
-    pub fn set(&self, to: SystemTime) {
-        self.state
-            .wall_micros
-            .store(unix_micros(to), Ordering::SeqCst);
-    }
-
-    /// Sleepers waiting for a deadline not reached yet.
-    pub fn sleepers(&self) -> usize {
-        self.state
-            .sleepers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
-}
-
-impl fmt::Debug for ManualClock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManualClock")
-            .field(
-                "unix_micros",
-                &self.state.wall_micros.load(Ordering::SeqCst),
-            )
-            .field(
-                "monotonic_micros",
-                &self.state.mono_micros.load(Ordering::SeqCst),
-            )
-            .finish()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_micros(self.state.wall_micros.load(Ordering::SeqCst))
-    }
-
-    fn monotonic(&self) -> Duration {
-        Duration::from_micros(self.state.mono_micros.load(Ordering::SeqCst))
-    }
-
-    fn sleep_until(&self, deadline: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(ManualSleep {
-            state: self.state.clone(),
-            deadline: u64::try_from(deadline.as_micros()).unwrap_or(u64::MAX),
-            id: self.state.next_sleeper.fetch_add(1, Ordering::Relaxed),
-        })
-    }
-}
-
-struct ManualSleep {
-    state: Arc<ManualState>,
-    deadline: u64,
-    id: u64,
-}
-
-impl Future for ManualSleep {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // Register before the final check, so an `advance` in between cannot be missed.
-        let mut sleepers = self
-            .state
-            .sleepers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if self.state.mono_micros.load(Ordering::SeqCst) >= self.deadline {
-            sleepers.remove(&self.id);
-            return Poll::Ready(());
+            if self.state.mono_micros.load(Ordering::SeqCst) >= self.deadline {
+                sleepers.remove(&self.id);
+                return Poll::Ready(());
+            }
+            sleepers.insert(self.id, (self.deadline, cx.waker().clone()));
+            Poll::Pending
         }
-        sleepers.insert(self.id, (self.deadline, cx.waker().clone()));
-        Poll::Pending
+    }
+
+    impl Drop for ManualSleep {
+        fn drop(&mut self) {
+            self.state
+                .sleepers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
+        }
     }
 }
 
-impl Drop for ManualSleep {
-    fn drop(&mut self) {
-        self.state
-            .sleepers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
-    }
-}
+#[cfg(any(test, feature = "testing"))]
+pub use manual::ManualClock;
 
 #[cfg(test)]
 mod tests {

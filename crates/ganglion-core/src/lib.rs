@@ -19,7 +19,9 @@ pub use bus::{BusError, ErrorCode, EventBus, is_valid_name};
 
 /// A boxed, sendable future, as trait methods that must stay object-safe return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-pub use clock::{Clock, ManualClock, SystemClock, parse_duration, parse_since, unix_micros};
+#[cfg(any(test, feature = "testing"))]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock, parse_duration, parse_since, unix_micros};
 pub use context::EventContext;
 pub use engine::Engine;
 pub use event::{Event, EventId, assign_ids, headers};
