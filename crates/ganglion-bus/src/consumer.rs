@@ -587,10 +587,7 @@ impl Consumer {
     fn read_routed(&mut self) -> bool {
         // Read first: whatever is taken below this has been routed, and nothing below
         // it that matches is still to come.
-        let below = self
-            .core
-            .routed_below
-            .load(std::sync::atomic::Ordering::Acquire);
+        let below = self.routed_below();
         // After a drop, what the router hands over next lies beyond the dropped
         // stretch: it waits in the route until that stretch is read from the log.
         // What the route still holds (or dropped) stops the cursor too.
@@ -723,13 +720,20 @@ impl Consumer {
         }
     }
 
-    /// Whether it has events of its own it could read now, without waiting for the
-    /// router.
-    fn has_unread(&self) -> bool {
+    /// How far routing has gone for it: the bus's mark, or where it stood when this
+    /// consumer left the index (what came after was not routed to it).
+    fn routed_below(&self) -> u64 {
         let below = self
             .core
             .routed_below
             .load(std::sync::atomic::Ordering::Acquire);
+        below.min(self.route.closed_at())
+    }
+
+    /// Whether it has events of its own it could read now, without waiting for the
+    /// router.
+    fn has_unread(&self) -> bool {
+        let below = self.routed_below();
         self.cursor < self.scan_until
             || self.routed.front().is_some_and(|&s| s < below)
             || (self.routed.is_empty() && self.dropped_from.is_some())
@@ -743,10 +747,7 @@ impl Consumer {
         if self.cursor < self.scan_until || self.dropped_from.is_some() {
             return;
         }
-        let below = self
-            .core
-            .routed_below
-            .load(std::sync::atomic::Ordering::Acquire);
+        let below = self.routed_below();
         let taken = self.route.take(&mut self.routed);
         if taken.dropped_from.is_some() {
             self.dropped_from = taken.dropped_from;

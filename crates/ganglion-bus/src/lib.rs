@@ -650,6 +650,7 @@ impl Core {
         if entry.members.is_empty() {
             let entry = registry.consumers.remove(&key).expect("entry exists");
             registry.index.remove(&entry.pattern, &key);
+            entry.route.close(self.routed_below.load(Ordering::Acquire));
             let _ = entry.control.send(Control::Stop);
             if entry.shared.durable {
                 entry.shared.counters.in_flight.store(0, Ordering::Relaxed);
@@ -1443,7 +1444,9 @@ impl Core {
         self.closed.store(true, Ordering::Release);
         let mut registry = lock(&self.registry);
         let mut finished: Vec<_> = registry.retiring.drain().map(|(_, f)| f).collect();
+        let routed_below = self.routed_below.load(Ordering::Acquire);
         for (_, entry) in registry.consumers.drain() {
+            entry.route.close(routed_below);
             let _ = entry.control.send(Control::Stop);
             finished.push(entry.finished);
         }

@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -33,6 +34,9 @@ pub(crate) struct Route {
     wake: Notify,
     /// Most sequences held here, and most held by the consumer once taken.
     max: usize,
+    /// Where routing stood when the consumer left the index (`u64::MAX` while in it):
+    /// nothing from there on is routed to it.
+    closed_at: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +64,20 @@ impl Route {
             pending: Mutex::default(),
             wake: Notify::new(),
             max: max.max(1),
+            closed_at: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Marks the consumer out of the index, with routing at `routed_below` (called
+    /// under the registry's lock, as routing runs).
+    pub(crate) fn close(&self, routed_below: u64) {
+        self.closed_at.store(routed_below, Ordering::Release);
+        self.wake();
+    }
+
+    /// See `close`.
+    pub(crate) fn closed_at(&self) -> u64 {
+        self.closed_at.load(Ordering::Acquire)
     }
 
     /// Hands the sequences `seqs` to the consumer (the router's side).

@@ -188,3 +188,32 @@ async fn a_durable_that_matched_nothing_resumes_from_the_end_of_the_log() {
         h.bus.subscriptions()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_as_a_durable_leaves_is_kept_for_its_return() {
+    // In memory: an append commits at once, so it often lands before the consumer has
+    // taken in that its subscriber left.
+    let h = harness_with(|o| ganglion_bus::BusOptions {
+        in_memory: true,
+        ..o
+    });
+    let options = || SubscribeOptions {
+        durable: Some("returning".into()),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = h.bus.subscribe(pattern("ret.>"), options()).await.unwrap();
+    // Each round: the subscriber leaves, an event is published at once (maybe before
+    // the consumer has stopped and saved its place), and the subscriber returns: the
+    // event must be there.
+    for round in 0..300 {
+        drop(sub);
+        let published = h
+            .bus
+            .publish(event("ret.x", &round.to_string()))
+            .await
+            .unwrap();
+        sub = h.bus.subscribe(pattern("ret.>"), options()).await.unwrap();
+        let got = take(&mut sub, 1).await;
+        assert_eq!(got, [published.seq], "round {round}");
+    }
+}
