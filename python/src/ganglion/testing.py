@@ -45,6 +45,10 @@ from ganglion.errors import DeadlineExceeded, GanglionError, InvalidArgument, Re
 from ganglion.v1 import bus_pb2
 
 
+#: What a dead letter carries besides the event, as the server writes it.
+_DLQ_HEADERS = ("dlq_origin_topic", "dlq_origin_seq", "dlq_subscription", "dlq_attempts", "dlq_last_error")
+
+
 class VirtualClock:
     """Seconds that pass only when `advance` says so; timers fire in order as it does."""
 
@@ -413,7 +417,7 @@ class TestBus:
             again = bus_pb2.Event()
             again.CopyFrom(self._log[letter.event.seq - 1])
             again.topic, again.id = letter.origin_topic, ""
-            for header in ("dlq_origin_topic", "dlq_origin_seq", "dlq_subscription", "dlq_attempts", "dlq_last_error"):
+            for header in _DLQ_HEADERS:
                 del again.headers[header]
             self._append(again)
         await _settle()

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 
 use super::{Consumer, READ_BATCH};
+use ganglion_log::Record;
+
 use crate::codec;
 
 impl Consumer {
@@ -47,18 +49,10 @@ impl Consumer {
                 }
                 continue;
             }
-            let records = match log.read(self.cursor, want) {
-                Ok(records) => records,
-                Err(e) => {
-                    tracing::error!(consumer = %self.name, error = %e, "reading the event log failed");
-                    self.cut_off(format!("reading the event log failed: {e}"));
-                    return;
-                }
+            let Some(mut records) = self.read_log(self.cursor, want) else {
+                return;
             };
-            let records: Vec<_> = records
-                .into_iter()
-                .take_while(|r| r.seq < self.scan_until)
-                .collect();
+            records.truncate(records.partition_point(|r| r.seq < self.scan_until));
             let Some(last) = records.last() else {
                 // Nothing left below `scan_until` (retention deleted it).
                 self.cursor = self.scan_until;
@@ -71,16 +65,7 @@ impl Consumer {
             self.has_read = true;
             self.cursor = last.seq + 1;
             for record in records {
-                if self.done.contains(&record.seq) {
-                    continue;
-                }
-                match codec::decode_matching(&record.payload, record.seq, &self.pattern) {
-                    Ok(Some(event)) => self.offer(Arc::new(event)),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
-                    }
-                }
+                self.offer_record(&record);
             }
         }
     }
@@ -114,18 +99,7 @@ impl Consumer {
         // Read first: whatever is taken below this has been routed, and nothing below
         // it that matches is still to come.
         let below = self.routed_below();
-        // After a drop, what the router hands over next lies beyond the dropped
-        // stretch: it waits in the route until that stretch is read from the log.
-        // What the route still holds (or dropped) stops the cursor too.
-        let mut left_in_route = None;
-        if self.dropped_from.is_none() {
-            let taken = self.route.take(&mut self.routed);
-            self.dropped_from = taken.dropped_from;
-            left_in_route = taken.first_left;
-        }
-        while self.routed.front().is_some_and(|&s| s < self.skip_below) {
-            self.routed.pop_front();
-        }
+        let left_in_route = self.take_routed();
         while !self.cut_off && self.wants_ready() {
             match self.routed.front() {
                 Some(&seq) if seq < below => self.read_routed_run(below),
@@ -135,16 +109,9 @@ impl Consumer {
         if self.cut_off {
             return false;
         }
-        // Read (or not its own) below the first routed sequence left, what has been
-        // routed, and the first sequence dropped. (Below a drop the cursor may be
-        // already: an earlier read of the log went past it.)
-        let read_to = self
-            .routed
-            .front()
-            .map_or(below, |&s| s.min(below))
-            .min(self.dropped_from.unwrap_or(u64::MAX))
-            .min(left_in_route.unwrap_or(u64::MAX));
-        self.cursor = self.cursor.max(read_to);
+        // (Below a drop the cursor may be already: an earlier read of the log went past
+        // it.)
+        self.cursor = self.cursor.max(self.read_to(below, left_in_route));
         if self.routed.is_empty() && self.dropped_from.take().is_some() {
             // What was dropped is read from the log, from the cursor up to what is
             // committed now; the router's later hand-overs below that are the same
@@ -208,14 +175,8 @@ impl Consumer {
         };
         let span = last - first + 1;
         let dense = span <= 8 * run.len() as u64;
-        let read = core.log.read(first, if dense { span as usize } else { 1 });
-        let records = match read {
-            Ok(records) => records,
-            Err(e) => {
-                tracing::error!(consumer = %self.name, error = %e, "reading the event log failed");
-                self.cut_off(format!("reading the event log failed: {e}"));
-                return;
-            }
+        let Some(records) = self.read_log(first, if dense { span as usize } else { 1 }) else {
+            return;
         };
         // What the read covers: a routed sequence up to here that it lacks was deleted.
         let covered = records.last().map_or(last, |r| r.seq.max(first));
@@ -233,17 +194,62 @@ impl Consumer {
                 continue;
             };
             self.has_read = true;
-            if self.done.contains(&seq) {
-                continue;
-            }
-            match codec::decode_matching(&record.payload, seq, &self.pattern) {
-                Ok(Some(event)) => self.offer(Arc::new(event)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
-                }
+            self.offer_record(&record);
+        }
+    }
+
+    /// Reads up to `max` records from `from`; a failure cuts the consumer off.
+    fn read_log(&mut self, from: u64, max: usize) -> Option<Vec<Record>> {
+        match self.core.log.read(from, max) {
+            Ok(records) => Some(records),
+            Err(e) => {
+                tracing::error!(consumer = %self.name, error = %e, "reading the event log failed");
+                self.cut_off(format!("reading the event log failed: {e}"));
+                None
             }
         }
+    }
+
+    /// Offers a logged record if it is not done and matches (an undecodable one is
+    /// skipped, and said so).
+    fn offer_record(&mut self, record: &Record) {
+        if self.done.contains(&record.seq) {
+            return;
+        }
+        match codec::decode_matching(&record.payload, record.seq, &self.pattern) {
+            Ok(Some(event)) => self.offer(Arc::new(event)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, error = %e, "skipping undecodable record");
+            }
+        }
+    }
+
+    /// Takes what the router handed over, and forgets what a read of the log already
+    /// covered. After a drop nothing is taken: what comes next lies beyond the dropped
+    /// stretch and waits in the route until that stretch is read from the log. Returns
+    /// the first sequence the route still holds or dropped.
+    fn take_routed(&mut self) -> Option<u64> {
+        let mut left_in_route = None;
+        if self.dropped_from.is_none() {
+            let taken = self.route.take(&mut self.routed);
+            self.dropped_from = taken.dropped_from;
+            left_in_route = taken.first_left;
+        }
+        while self.routed.front().is_some_and(|&s| s < self.skip_below) {
+            self.routed.pop_front();
+        }
+        left_in_route
+    }
+
+    /// How far the cursor may go: below the first routed sequence left, what has been
+    /// routed (`below`), the first sequence dropped, and what the route still holds.
+    fn read_to(&self, below: u64, left_in_route: Option<u64>) -> u64 {
+        self.routed
+            .front()
+            .map_or(below, |&s| s.min(below))
+            .min(self.dropped_from.unwrap_or(u64::MAX))
+            .min(left_in_route.unwrap_or(u64::MAX))
     }
 
     /// How far routing has gone for it: the bus's mark, or where it stood when this
@@ -274,20 +280,11 @@ impl Consumer {
             return;
         }
         let below = self.routed_below();
-        let taken = self.route.take(&mut self.routed);
-        if taken.dropped_from.is_some() {
-            self.dropped_from = taken.dropped_from;
+        let left_in_route = self.take_routed();
+        if self.dropped_from.is_some() {
             return;
         }
-        while self.routed.front().is_some_and(|&s| s < self.skip_below) {
-            self.routed.pop_front();
-        }
-        let read_to = self
-            .routed
-            .front()
-            .map_or(below, |&s| s.min(below))
-            .min(taken.first_left.unwrap_or(u64::MAX));
-        let cursor = self.cursor.max(read_to);
+        let cursor = self.cursor.max(self.read_to(below, left_in_route));
         if cursor > self.cursor {
             self.cursor = cursor;
             self.dirty = true;
