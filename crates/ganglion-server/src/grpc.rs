@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::conn::{self, Admission, ConnGuard, Connections, Transport};
+use crate::unsettled::{SETTLE_GRACE, Unsettled};
 use crate::{ServerError, State};
 
 /// Publish requests one publish stream may have in flight (acks still come back in
@@ -473,9 +474,11 @@ impl EventBusService for GrpcBus {
         let (delivery_done_tx, delivery_done) = tokio::sync::oneshot::channel::<()>();
         // The settle loop holds the response stream only weakly: it must not keep the
         // stream open once deliveries end (at shutdown, say).
+        let unsettled = Arc::new(Unsettled::default());
         tokio::spawn(settle_loop(
             inbound,
             subscription.control(),
+            unsettled.clone(),
             tx.downgrade(),
             inbound_done_tx,
             delivery_done,
@@ -485,6 +488,7 @@ impl EventBusService for GrpcBus {
             self.state.clone(),
             subscription,
             tx,
+            unsettled,
             inbound_done,
             delivery_done_tx,
             slot,
@@ -694,6 +698,7 @@ pub(crate) fn replay_limit(limit: usize, max: usize) -> Result<usize, BusError> 
 async fn settle_loop(
     mut inbound: Streaming<v1::SubscribeRequest>,
     control: Arc<dyn SubscriptionControl>,
+    unsettled: Arc<Unsettled>,
     errors: mpsc::WeakSender<Result<v1::SubscribeResponse, Status>>,
     _done: tokio::sync::oneshot::Sender<()>,
     mut delivery_done: tokio::sync::oneshot::Receiver<()>,
@@ -707,13 +712,22 @@ async fn settle_loop(
             _ = &mut delivery_done => return,
         };
         match request.request {
-            Some(subscribe_request::Request::Ack(ack)) => control.ack(&ack.seqs),
-            Some(subscribe_request::Request::Nack(nack)) => control.nack(
-                &nack.seqs,
-                nack.delay_ms.map(Duration::from_millis),
-                &nack.error,
-            ),
-            Some(subscribe_request::Request::Term(term)) => control.term(&term.seqs, &term.reason),
+            Some(subscribe_request::Request::Ack(ack)) => {
+                control.ack(&ack.seqs);
+                unsettled.settled_by_client(&ack.seqs);
+            }
+            Some(subscribe_request::Request::Nack(nack)) => {
+                control.nack(
+                    &nack.seqs,
+                    nack.delay_ms.map(Duration::from_millis),
+                    &nack.error,
+                );
+                unsettled.settled_by_client(&nack.seqs);
+            }
+            Some(subscribe_request::Request::Term(term)) => {
+                control.term(&term.seqs, &term.reason);
+                unsettled.settled_by_client(&term.seqs);
+            }
             Some(subscribe_request::Request::Open(_)) | None => {
                 if let Some(errors) = errors.upgrade() {
                     let _ = errors
@@ -730,11 +744,13 @@ async fn settle_loop(
 }
 
 /// Sends the subscription's deliveries as frames until it closes, the client goes away
-/// or the server stops.
+/// or the server stops; at a stop, it first waits (up to [`SETTLE_GRACE`]) for the
+/// client to settle what it was sent, so acks already on their way are not lost.
 async fn deliver_loop(
     state: Arc<State>,
     mut subscription: Subscription,
     tx: mpsc::Sender<Result<v1::SubscribeResponse, Status>>,
+    unsettled: Arc<Unsettled>,
     mut inbound_done: tokio::sync::oneshot::Receiver<()>,
     _done: tokio::sync::oneshot::Sender<()>,
     _slot: crate::Slot,
@@ -743,7 +759,14 @@ async fn deliver_loop(
     let reason = loop {
         let first = tokio::select! {
             delivery = subscription.next() => delivery,
-            _ = &mut stopped => break Some("the server is shutting down".to_owned()),
+            _ = &mut stopped => {
+                tokio::select! {
+                    _ = unsettled.settled() => {}
+                    _ = &mut inbound_done => {}
+                    _ = tokio::time::sleep(SETTLE_GRACE) => {}
+                }
+                break Some("the server is shutting down".to_owned());
+            }
             _ = &mut inbound_done => break None,
         };
         let Some(first) = first else {
@@ -759,6 +782,7 @@ async fn deliver_loop(
             .iter()
             .map(|d| d.events.len() as u64)
             .sum::<u64>();
+        unsettled.delivered(frame.deliveries.iter().flat_map(|d| d.seqs.iter().copied()));
         let response = v1::SubscribeResponse {
             response: Some(subscribe_response::Response::Deliveries(frame)),
         };

@@ -9,7 +9,8 @@
 //!
 //! When the shutdown future completes: both servers stop accepting connections; live
 //! streams (subscriptions, SSE, publish streams) finish what is in flight and end, a
-//! subscription with a `closed` frame saying why; unary calls complete; then the bus
+//! gRPC subscription once its client has settled what it was sent (or after 2 s) and
+//! with a `closed` frame saying why; unary calls complete; then the bus
 //! stops its consumers (durable cursors are saved) and syncs the log. Whatever is still
 //! open after [`ServerOptions::drain_timeout`] is cut.
 //!
@@ -35,6 +36,7 @@ mod grpc;
 mod http;
 mod metrics;
 mod tls;
+mod unsettled;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -830,6 +830,67 @@ async fn shutdown_ends_streams_with_a_reason_and_keeps_what_was_acknowledged() {
     assert_eq!(kept[0].seq, ack.seq);
 }
 
+/// An ack the client sends just as the server begins to stop is applied, not dropped:
+/// the stream stops delivering, waits for what its client holds, then closes; the
+/// durable resumes after the acked event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_acks_of_what_a_subscriber_holds() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(open_bus(dir.path()), ServerOptions::default()).await;
+    let client = Client::connect(server.grpc.clone()).await.unwrap();
+    let durable = || SubscribeOptions {
+        durable: Some("holder".into()),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = client.subscribe(pattern("h.>"), durable()).await.unwrap();
+    client
+        .publish(Event::new(topic("h.one"), "1"))
+        .await
+        .unwrap();
+    let held = soon("one", sub.next()).await.unwrap();
+
+    // Health turns NOT_SERVING when shutdown begins: watched on a stream opened before.
+    let channel = tonic::transport::Endpoint::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "ganglion.v1.EventBus".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stopping = tokio::spawn(server.stop());
+    soon("shutdown to begin", async {
+        while let Some(status) = health.message().await.unwrap() {
+            if status.status == ServingStatus::NotServing as i32 {
+                return;
+            }
+        }
+        panic!("the health stream ended before NOT_SERVING");
+    })
+    .await;
+    drop(health); // an open watch would hold the server until its drain timeout
+    held.ack();
+    assert!(soon("the stream to end", sub.next()).await.is_none());
+    soon("the server to stop", stopping).await.unwrap().unwrap();
+
+    let bus = common::reopen_bus(dir.path()).await;
+    let mut sub = bus.subscribe(pattern("h.>"), durable()).await.unwrap();
+    let two = bus.publish(Event::new(topic("h.two"), "2")).await.unwrap();
+    let next = soon("two", sub.next()).await.unwrap();
+    assert_eq!(
+        next.event().unwrap().seq,
+        two.seq,
+        "the acked event came again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_reconnects_and_a_durable_subscription_resumes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
