@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use ganglion_coordinator::CoordinatorError;
 use ganglion_coordinator::lease::{
-    AcquireRequest, LeaseEvent, LeaseStage, PoolSpec, Pools, PoolsOptions,
+    AcquireRequest, LeaseEvent, LeaseSnapshot, LeaseStage, LeaseStore, PoolSpec, Pools,
+    PoolsOptions,
 };
 use ganglion_core::ManualClock;
 
@@ -372,6 +373,73 @@ async fn leases_and_token_counters_survive_a_restart() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+/// A store in memory that can be told to fail, as a remote one (NATS KV) can.
+#[derive(Debug, Default, Clone)]
+struct MemStore {
+    saved: Arc<Mutex<Option<LeaseSnapshot>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LeaseStore for MemStore {
+    fn load(&self) -> Result<Option<LeaseSnapshot>, CoordinatorError> {
+        Ok(self.saved.lock().unwrap().clone())
+    }
+
+    fn save(&self, snapshot: &LeaseSnapshot) -> Result<(), CoordinatorError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CoordinatorError::Unavailable("the store is down".into()));
+        }
+        *self.saved.lock().unwrap() = Some(snapshot.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn any_lease_store_keeps_leases_and_tokens_and_one_that_fails_stops_grants() {
+    let clock = ManualClock::at_fixed_instant();
+    let store = MemStore::default();
+    let open = || {
+        Pools::with_store(
+            vec![PoolSpec::counted("db", 2)],
+            PoolsOptions::default(),
+            Arc::new(clock.clone()),
+            Box::new(store.clone()),
+        )
+        .unwrap()
+    };
+    let first = open();
+    let held = first.acquire(now_request("db", "writer")).await.unwrap();
+    drop(first); // saves what changed
+    let pools = open();
+    pools.check_fence("db", held.fencing_token).unwrap();
+
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = pools.renew(held.id).unwrap();
+    assert!(pools.flush().is_err(), "the store is down");
+    let refused = pools
+        .acquire(now_request("db", "reader"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, CoordinatorError::Unavailable(m) if m.contains("cannot be written")),
+        "{refused}"
+    );
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let granted = pools.acquire(now_request("db", "reader")).await.unwrap();
+    assert!(granted.fencing_token > held.fencing_token);
+    assert_eq!(pools.write_error(), None);
+    let saved = store.saved.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        saved.leases.len(),
+        2,
+        "the grant was saved before it was handed out"
+    );
 }
 
 /// What a contender is doing.
