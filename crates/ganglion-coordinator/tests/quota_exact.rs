@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ganglion_coordinator::CoordinatorError;
-use ganglion_coordinator::quota::{Quota, QuotaSpec};
+use ganglion_coordinator::quota::{Quota, QuotaRecord, QuotaSpec, QuotaState, QuotaStore};
 use ganglion_core::{Clock, ManualClock};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -566,4 +566,84 @@ async fn a_low_priority_waiter_ages_past_a_stream_of_high_priority_ones() {
     for t in high {
         t.abort();
     }
+}
+
+/// A store in memory that can be told to fail, as a remote one (NATS KV) can; it keeps
+/// every record appended, as a journal would.
+#[derive(Debug, Default, Clone)]
+struct MemStore {
+    kept: Arc<std::sync::Mutex<QuotaState>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl QuotaStore for MemStore {
+    fn load(&mut self) -> Result<QuotaState, CoordinatorError> {
+        Ok(self.kept.lock().unwrap().clone())
+    }
+
+    fn append(&mut self, record: &QuotaRecord) -> Result<(), CoordinatorError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CoordinatorError::Unavailable("the store is down".into()));
+        }
+        let mut kept = self.kept.lock().unwrap();
+        match record {
+            QuotaRecord::Granted {
+                at_micros,
+                component,
+            } => kept.grants.push((*at_micros, component.clone())),
+            QuotaRecord::Suspended { until_micros } => kept.suspended_until_micros = *until_micros,
+        }
+        Ok(())
+    }
+
+    fn replace(&mut self, live: &QuotaState) -> Result<(), CoordinatorError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CoordinatorError::Unavailable("the store is down".into()));
+        }
+        *self.kept.lock().unwrap() = live.clone();
+        Ok(())
+    }
+
+    fn wants_compaction(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn any_quota_store_keeps_grants_across_a_restart_and_one_that_fails_grants_nothing() {
+    let clock = clock();
+    let store = MemStore::default();
+    let open = || {
+        Quota::with_store(
+            QuotaSpec::new("claude", 2, HOUR),
+            Arc::new(clock.clone()),
+            Box::new(store.clone()),
+        )
+        .unwrap()
+    };
+    let quota = open();
+    quota.try_acquire("advisor").unwrap();
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = quota.try_acquire("advisor").unwrap_err();
+    assert!(
+        matches!(refused, CoordinatorError::Unavailable(_)),
+        "{refused}"
+    );
+    assert!(quota.write_error().is_some());
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    quota.try_acquire("advisor").unwrap();
+    assert_eq!(quota.write_error(), None, "rewritten, then appended");
+
+    // A restart through the same store remembers both grants: the window is full.
+    clock.advance(Duration::from_secs(60));
+    let quota = open();
+    assert_eq!(quota.status().used, 2);
+    assert!(matches!(
+        quota.try_acquire("advisor"),
+        Err(CoordinatorError::ResourceExhausted { .. })
+    ));
 }
