@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ganglion_coordinator::queue::{DEFAULT_TAKE_TIMEOUT, RequestQueue, Submission};
+use ganglion_coordinator::CoordinatorError;
+use ganglion_coordinator::queue::{
+    DEFAULT_TAKE_TIMEOUT, QueueRecord, QueueStore, RequestQueue, Submission,
+};
 use ganglion_coordinator::quota::{Quota, QuotaSpec};
 use ganglion_core::ManualClock;
 
@@ -456,4 +459,99 @@ async fn a_full_queue_refuses_submits_with_a_retry_after() {
     ));
     // Joining an identical request waiting costs nothing.
     queue.submit(Submission::new(&b"a"[..])).unwrap();
+}
+
+/// A store in memory that can be told to fail, as a remote one (NATS KV) can.
+#[derive(Debug, Default, Clone)]
+struct MemStore {
+    records: Arc<std::sync::Mutex<Vec<QueueRecord>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MemStore {
+    fn check(&self) -> Result<(), CoordinatorError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CoordinatorError::Unavailable("the store is down".into()));
+        }
+        Ok(())
+    }
+}
+
+impl QueueStore for MemStore {
+    fn load(&mut self) -> Result<Vec<QueueRecord>, CoordinatorError> {
+        Ok(self.records.lock().unwrap().clone())
+    }
+
+    fn append(&mut self, records: &[QueueRecord]) -> Result<(), CoordinatorError> {
+        self.check()?;
+        self.records.lock().unwrap().extend_from_slice(records);
+        Ok(())
+    }
+
+    fn replace(&mut self, live: &[QueueRecord]) -> Result<(), CoordinatorError> {
+        self.check()?;
+        *self.records.lock().unwrap() = live.to_vec();
+        Ok(())
+    }
+
+    fn wants_compaction(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn any_queue_store_restores_the_line_and_one_that_fails_refuses_submits() {
+    let clock = ManualClock::at_fixed_instant();
+    let store = MemStore::default();
+    let open = || {
+        let quota = Quota::new(
+            QuotaSpec::parse("claude", "100 per 1h").unwrap(),
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
+        RequestQueue::new(
+            "claude",
+            Arc::new(quota),
+            Duration::from_secs(60),
+            Arc::new(clock.clone()),
+        )
+        .with_store(Box::new(store.clone()))
+        .unwrap()
+    };
+    let queue = open();
+    let kept = queue
+        .submit(Submission::new(Bytes::from_static(b"kept")).idempotency_key("k"))
+        .unwrap();
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = queue
+        .submit(Submission::new(Bytes::from_static(b"lost")))
+        .unwrap_err();
+    assert!(
+        matches!(refused, CoordinatorError::Unavailable(_)),
+        "{refused}"
+    );
+    assert!(queue.write_error().is_some());
+    assert_eq!(queue.depth(), 1, "a refused submit does not wait in line");
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let second = queue
+        .submit(Submission::new(Bytes::from_static(b"second")))
+        .unwrap();
+    assert_eq!(queue.write_error(), None, "rewritten, then appended");
+
+    drop(queue);
+    let queue = open();
+    assert_eq!(queue.depth(), 2, "both kept submits are back in line");
+    assert_eq!(
+        queue
+            .submit(Submission::new(Bytes::from_static(b"again")).idempotency_key("k"))
+            .unwrap(),
+        kept,
+        "the idempotency key came back too"
+    );
+    let taken = queue.take("worker", Duration::ZERO).await.unwrap().unwrap();
+    assert!([kept, second].contains(&taken.id));
 }
