@@ -9,9 +9,50 @@ use ganglion_core::Clock;
 
 use crate::CoordinatorError;
 use crate::breaker::{Breaker, BreakerSpec};
-use crate::lease::{PoolSpec, Pools, PoolsOptions};
-use crate::queue::RequestQueue;
-use crate::quota::{Quota, QuotaSpec};
+use crate::lease::{FileLeaseStore, LeaseStore, PoolSpec, Pools, PoolsOptions};
+use crate::queue::{FileQueueStore, QueueStore, RequestQueue};
+use crate::quota::{FileQuotaStore, Quota, QuotaSpec, QuotaStore};
+
+/// Where the coordinator keeps its state between runs: the lease table, and one store
+/// per quota and per request queue. [`FileStores`] keeps them in a directory.
+pub trait Stores {
+    fn leases(&self) -> Result<Box<dyn LeaseStore>, CoordinatorError>;
+    fn quota(&self, name: &str) -> Result<Box<dyn QuotaStore>, CoordinatorError>;
+    fn queue(&self, name: &str) -> Result<Box<dyn QueueStore>, CoordinatorError>;
+}
+
+/// The coordinator's state in one directory: `leases.state`, `<quota>.quota`,
+/// `<queue>.queue`.
+#[derive(Debug, Clone)]
+pub struct FileStores {
+    dir: std::path::PathBuf,
+}
+
+impl FileStores {
+    /// Stores in `dir`, created if missing.
+    pub fn new(dir: &Path) -> Result<FileStores, CoordinatorError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CoordinatorError::Unavailable(format!("creating {}: {e}", dir.display()))
+        })?;
+        Ok(FileStores {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+impl Stores for FileStores {
+    fn leases(&self) -> Result<Box<dyn LeaseStore>, CoordinatorError> {
+        Ok(Box::new(FileLeaseStore::new(&self.dir)))
+    }
+
+    fn quota(&self, name: &str) -> Result<Box<dyn QuotaStore>, CoordinatorError> {
+        Ok(Box::new(FileQuotaStore::new(&self.dir, name)))
+    }
+
+    fn queue(&self, name: &str) -> Result<Box<dyn QueueStore>, CoordinatorError> {
+        Ok(Box::new(FileQueueStore::new(&self.dir, name)))
+    }
+}
 
 /// A request queue's definition: which quota paces it, how long answers are cached,
 /// how long a worker has to complete what it took, how much may wait.
@@ -78,26 +119,35 @@ fn not_found(kind: &str, name: &str) -> CoordinatorError {
 }
 
 impl Coordinator {
-    /// Builds everything; with `dir`, lease state and quota journals live there.
+    /// Builds everything; with `dir`, lease state, quota and queue journals live there.
     pub fn open(
         config: CoordinatorConfig,
         clock: Arc<dyn Clock>,
         dir: Option<&Path>,
     ) -> Result<Coordinator, CoordinatorError> {
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                CoordinatorError::Unavailable(format!("creating {}: {e}", dir.display()))
-            })?;
+        match dir {
+            Some(dir) => Coordinator::with_stores(config, clock, Some(&FileStores::new(dir)?)),
+            None => Coordinator::with_stores(config, clock, None),
         }
-        let pools = match dir {
-            Some(dir) => Pools::open(config.pools, config.leases, clock.clone(), dir)?,
+    }
+
+    /// Builds everything, its state kept in `stores` (`None`: in memory only).
+    pub fn with_stores(
+        config: CoordinatorConfig,
+        clock: Arc<dyn Clock>,
+        stores: Option<&dyn Stores>,
+    ) -> Result<Coordinator, CoordinatorError> {
+        let pools = match stores {
+            Some(stores) => {
+                Pools::with_store(config.pools, config.leases, clock.clone(), stores.leases()?)?
+            }
             None => Pools::new(config.pools, config.leases, clock.clone())?,
         };
         let mut quotas = BTreeMap::new();
         for spec in config.quotas {
             let name = spec.name.clone();
-            let quota = match dir {
-                Some(dir) => Quota::open(spec, clock.clone(), dir)?,
+            let quota = match stores {
+                Some(stores) => Quota::with_store(spec, clock.clone(), stores.quota(&name)?)?,
                 None => Quota::new(spec, clock.clone())?,
             };
             if quotas.insert(name.clone(), Arc::new(quota)).is_some() {
@@ -119,8 +169,8 @@ impl Coordinator {
                 RequestQueue::new(spec.name.clone(), quota, spec.cache_ttl, clock.clone())
                     .with_take_timeout(spec.take_timeout)
                     .with_limits(spec.max_pending, spec.max_bytes);
-            if let Some(dir) = dir {
-                queue = queue.persisted_in(dir)?;
+            if let Some(stores) = stores {
+                queue = queue.with_store(stores.queue(&spec.name)?)?;
             }
             queues.insert(spec.name, (spec.quota, Arc::new(queue)));
         }

@@ -21,7 +21,7 @@ pub mod quota;
 
 use std::time::Duration;
 
-pub use coordinator::{Coordinator, CoordinatorConfig, QueueSpec};
+pub use coordinator::{Coordinator, CoordinatorConfig, FileStores, QueueSpec, Stores};
 
 /// Errors of the coordinator, with the bus's stable codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
