@@ -21,10 +21,13 @@ pub mod quota;
 
 use std::time::Duration;
 
+use ganglion_core::ErrorCode;
+
 pub use coordinator::{Coordinator, CoordinatorConfig, FileStores, QueueSpec, Stores};
 
-/// Errors of the coordinator, with the bus's stable codes.
+/// Errors of the coordinator, with the bus's stable codes ([`CoordinatorError::code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CoordinatorError {
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
@@ -63,6 +66,34 @@ pub(crate) fn check_wait(wait: Duration) -> Result<(), CoordinatorError> {
 }
 
 impl CoordinatorError {
+    /// The stable code every transport maps once.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CoordinatorError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            CoordinatorError::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
+            CoordinatorError::NotFound { .. } => ErrorCode::NotFound,
+            CoordinatorError::Stale(_) => ErrorCode::Stale,
+            CoordinatorError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
+            CoordinatorError::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    /// The field an invalid-argument error names.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            CoordinatorError::InvalidArgument { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// When to try again, for a refusal that says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CoordinatorError::ResourceExhausted { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         CoordinatorError::InvalidArgument {
             field: field.into(),

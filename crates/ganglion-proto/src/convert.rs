@@ -419,7 +419,27 @@ pub fn dead_letter_from_wire(dead: v1::DeadLetter) -> Result<DeadLetter, BusErro
 /// The gRPC status for a bus error: the code maps one to one, the field and the
 /// retry-after travel as metadata. Internal details are not sent.
 pub fn status_from_error(error: &BusError) -> Status {
-    let code = match error.code() {
+    let message = match error {
+        BusError::Internal(_) => "internal error".to_owned(),
+        BusError::Unauthenticated(m) | BusError::PermissionDenied(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let retry_after = match error {
+        BusError::ResourceExhausted { retry_after, .. } => Some(*retry_after),
+        _ => None,
+    };
+    status_for(error.code(), message, error.field(), retry_after)
+}
+
+/// The one mapping of a stable error code to a gRPC status, with the field and the
+/// retry-after in metadata (every service's errors go through it).
+pub fn status_for(
+    code: ErrorCode,
+    message: String,
+    field: Option<&str>,
+    retry_after: Option<std::time::Duration>,
+) -> Status {
+    let code = match code {
         ErrorCode::InvalidArgument => Code::InvalidArgument,
         ErrorCode::NotFound => Code::NotFound,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
@@ -427,18 +447,15 @@ pub fn status_from_error(error: &BusError) -> Status {
         ErrorCode::Internal => Code::Internal,
         ErrorCode::Unauthenticated => Code::Unauthenticated,
         ErrorCode::PermissionDenied => Code::PermissionDenied,
-    };
-    let message = match error {
-        BusError::Internal(_) => "internal error".to_owned(),
-        BusError::Unauthenticated(m) | BusError::PermissionDenied(m) => m.clone(),
-        other => other.to_string(),
+        ErrorCode::Stale => Code::FailedPrecondition,
+        ErrorCode::DeadlineExceeded => Code::DeadlineExceeded,
     };
     let mut status = Status::new(code, message);
-    if let Some(value) = error.field().and_then(|f| f.parse().ok()) {
+    if let Some(value) = field.and_then(|f| f.parse().ok()) {
         status.metadata_mut().insert(FIELD_METADATA, value);
     }
-    if let BusError::ResourceExhausted { retry_after, .. } = error
-        && let Ok(value) = duration_ms(*retry_after).to_string().parse()
+    if let Some(after) = retry_after
+        && let Ok(value) = duration_ms(after).max(1).to_string().parse()
     {
         status.metadata_mut().insert(RETRY_AFTER_METADATA, value);
     }

@@ -15,38 +15,21 @@ use ganglion_coordinator::queue::Submission;
 use ganglion_coordinator::{Coordinator, CoordinatorError};
 use ganglion_core::Engine;
 use ganglion_core::{Event, Topic};
-use ganglion_proto::convert::{FIELD_METADATA, RETRY_AFTER_METADATA, duration_ms};
+use ganglion_proto::convert::duration_ms;
 use ganglion_proto::v1::coordinator_server::Coordinator as CoordinatorService;
 use ganglion_proto::v1::{self, lease_update};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::State;
 
-/// The one mapping of coordinator errors to gRPC statuses.
+/// Coordinator errors over gRPC: their shared code, mapped where bus errors are.
 pub(crate) fn status(error: CoordinatorError) -> Status {
-    let code = match &error {
-        CoordinatorError::InvalidArgument { .. } => Code::InvalidArgument,
-        CoordinatorError::ResourceExhausted { .. } => Code::ResourceExhausted,
-        CoordinatorError::NotFound { .. } => Code::NotFound,
-        CoordinatorError::Stale(_) => Code::FailedPrecondition,
-        CoordinatorError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-        CoordinatorError::Unavailable(_) => Code::Unavailable,
-    };
-    let mut status = Status::new(code, error.to_string());
-    match &error {
-        CoordinatorError::InvalidArgument { field, .. } => {
-            if let Ok(v) = field.parse() {
-                status.metadata_mut().insert(FIELD_METADATA, v);
-            }
-        }
-        CoordinatorError::ResourceExhausted { retry_after, .. } => {
-            if let Ok(v) = duration_ms(*retry_after).max(1).to_string().parse() {
-                status.metadata_mut().insert(RETRY_AFTER_METADATA, v);
-            }
-        }
-        _ => {}
-    }
-    status
+    ganglion_proto::convert::status_for(
+        error.code(),
+        error.to_string(),
+        error.field(),
+        error.retry_after(),
+    )
 }
 
 fn ms(micros: u64) -> u64 {

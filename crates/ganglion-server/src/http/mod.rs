@@ -154,24 +154,59 @@ pub(crate) async fn serve(
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
+    /// What the body's `code` says: the code's name, or `TOO_LARGE` for a 413.
+    label: &'static str,
     message: String,
     field: Option<String>,
     retry_after: Option<Duration>,
 }
 
+/// The one mapping of a stable error code to an HTTP status.
+fn http_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::Stale => StatusCode::CONFLICT,
+        // A wait for a lease, a permit or a request ran out: try again later.
+        ErrorCode::DeadlineExceeded => StatusCode::TOO_MANY_REQUESTS,
+    }
+}
+
 impl ApiError {
+    fn new(
+        code: ErrorCode,
+        message: String,
+        field: Option<String>,
+        retry_after: Option<Duration>,
+    ) -> ApiError {
+        ApiError {
+            status: http_status(code),
+            code,
+            label: code.as_str(),
+            message,
+            field,
+            retry_after,
+        }
+    }
+
+    /// 413: counted as a bad argument, labelled `TOO_LARGE`.
+    fn too_large(message: String, field: Option<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            label: "TOO_LARGE",
+            ..ApiError::new(ErrorCode::InvalidArgument, message, field, None)
+        }
+    }
+
     /// The stable code a refusal is counted under (a 413 is a bad argument).
     pub(crate) fn error_code(&self) -> ErrorCode {
-        match self.status {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::InvalidArgument,
-            StatusCode::NOT_FOUND => ErrorCode::NotFound,
-            StatusCode::TOO_MANY_REQUESTS => ErrorCode::ResourceExhausted,
-            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
-            StatusCode::UNAUTHORIZED => ErrorCode::Unauthenticated,
-            StatusCode::FORBIDDEN => ErrorCode::PermissionDenied,
-            _ => ErrorCode::Internal,
-        }
+        self.code
     }
 
     pub(crate) fn field(&self) -> Option<&str> {
@@ -189,83 +224,48 @@ impl ApiError {
 
 impl From<BusError> for ApiError {
     fn from(error: BusError) -> ApiError {
-        let status = match &error {
-            BusError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
-            BusError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BusError::NotFound { .. } => StatusCode::NOT_FOUND,
-            BusError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
-            BusError::Unavailable(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-            BusError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            BusError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            BusError::Internal(detail) => {
-                tracing::error!(%detail, "internal error answering an HTTP request");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
         let message = match &error {
             BusError::InvalidArgument { message, .. } => message.clone(),
             BusError::TooLarge { size, limit, .. } => {
                 format!("the event is {size} bytes; at most {limit} are allowed")
             }
-            BusError::Internal(_) => "internal error".to_owned(),
+            BusError::Internal(detail) => {
+                tracing::error!(%detail, "internal error answering an HTTP request");
+                "internal error".to_owned()
+            }
             BusError::Unauthenticated(m) | BusError::PermissionDenied(m) => m.clone(),
             other => other.to_string(),
         };
-        ApiError {
-            status,
-            code: if matches!(error, BusError::TooLarge { .. }) {
-                "TOO_LARGE"
-            } else {
-                error.code().as_str()
-            },
-            message,
-            field: error.field().map(str::to_owned),
-            retry_after: match error {
-                BusError::ResourceExhausted { retry_after, .. } => Some(retry_after),
-                _ => None,
-            },
+        let retry_after = match error {
+            BusError::ResourceExhausted { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
+        let field = error.field().map(str::to_owned);
+        if matches!(error, BusError::TooLarge { .. }) {
+            return ApiError::too_large(message, field);
         }
+        ApiError::new(error.code(), message, field, retry_after)
     }
 }
 
 impl From<CoordinatorError> for ApiError {
     fn from(error: CoordinatorError) -> ApiError {
-        let (status, code) = match &error {
-            CoordinatorError::InvalidArgument { .. } => {
-                (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT")
-            }
-            CoordinatorError::NotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            CoordinatorError::ResourceExhausted { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED")
-            }
-            CoordinatorError::DeadlineExceeded(_) => {
-                (StatusCode::TOO_MANY_REQUESTS, "DEADLINE_EXCEEDED")
-            }
-            CoordinatorError::Stale(_) => (StatusCode::CONFLICT, "STALE"),
-            CoordinatorError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        let message = match &error {
+            CoordinatorError::InvalidArgument { message, .. } => message.clone(),
+            other => other.to_string(),
         };
-        ApiError {
-            status,
-            code,
-            message: match &error {
-                CoordinatorError::InvalidArgument { message, .. } => message.clone(),
-                other => other.to_string(),
-            },
-            field: match &error {
-                CoordinatorError::InvalidArgument { field, .. } => Some(field.clone()),
-                _ => None,
-            },
-            retry_after: match error {
-                CoordinatorError::ResourceExhausted { retry_after, .. } => Some(retry_after),
-                _ => None,
-            },
-        }
+        ApiError::new(
+            error.code(),
+            message,
+            error.field().map(str::to_owned),
+            error.retry_after(),
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
+        let mut error = json!({ "code": self.label, "message": self.message });
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }
@@ -285,10 +285,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 async fn method_not_allowed() -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        code: "INVALID_ARGUMENT",
-        message: "this route does not take that method".to_owned(),
-        field: Some("method".to_owned()),
-        retry_after: None,
+        ..ApiError::invalid("method", "this route does not take that method")
     }
 }
 
@@ -350,15 +347,12 @@ impl axum::extract::FromRequestParts<Arc<State>> for Monitor {
 /// Reads the body up to the limit (413 beyond it) and parses it as JSON.
 pub(crate) async fn json_body(state: &State, body: Body) -> ApiResult<Value> {
     let limit = state.limits.max_http_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "TOO_LARGE",
-            message: format!("the request body is larger than {limit} bytes"),
-            field: None,
-            retry_after: None,
-        })?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::too_large(
+            format!("the request body is larger than {limit} bytes"),
+            None,
+        )
+    })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))
 }
