@@ -18,9 +18,12 @@
 //! router drops sequences and remembers the first it dropped, and the consumer reads the
 //! log from there (as a new one does) once it has caught up with what it was handed.
 
+use crate::registry::Registry;
+use crate::{codec, lock};
+use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -129,6 +132,60 @@ impl Route {
             .unwrap_or_else(|e| e.into_inner())
             .seqs
             .len()
+    }
+}
+
+/// Hands a committed group of records (`first_seq` on) to the consumers whose pattern
+/// matches each, wakes them, and marks the group routed. Runs on the log's writer
+/// thread, in sequence order.
+pub(crate) fn route_committed(
+    registry: &Mutex<Registry>,
+    routed_below: &AtomicU64,
+    first_seq: u64,
+    records: &[Bytes],
+) {
+    let end = first_seq + records.len() as u64;
+    let mut woken: Vec<Arc<Route>> = Vec::new();
+    {
+        let registry = lock(registry);
+        if !registry.consumers.is_empty() {
+            // Records of one topic usually come in runs: match each run once and hand
+            // it over whole.
+            let mut run: Option<(&str, u64)> = None;
+            let mut matched: Vec<&Arc<Route>> = Vec::new();
+            for (seq, record) in (first_seq..).zip(records) {
+                // An undecodable record goes to no one (a consumer reading it from the
+                // log skips it too).
+                let topic = codec::peek_topic(record, seq).ok();
+                if run.is_some_and(|(t, _)| Some(t) == topic) {
+                    continue;
+                }
+                if let Some((_, start)) = run.take() {
+                    matched.iter().for_each(|r| r.push(start..seq));
+                }
+                matched.clear();
+                if let Some(topic) = topic {
+                    registry.index.for_each_match_str(topic, |key| {
+                        if let Some(entry) = registry.consumers.get(key) {
+                            matched.push(&entry.route);
+                        }
+                    });
+                    woken.extend(matched.iter().map(|r| Arc::clone(r)));
+                    run = Some((topic, seq));
+                }
+            }
+            if let Some((_, start)) = run {
+                matched.iter().for_each(|r| r.push(start..end));
+            }
+        }
+        woken.sort_unstable_by_key(|r| Arc::as_ptr(r) as usize);
+        woken.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        // Under the registry's lock: a consumer registering now either saw this group
+        // routed to it, or reads it from the log itself.
+        routed_below.store(end, Ordering::Release);
+    }
+    for route in woken {
+        route.wake();
     }
 }
 
