@@ -8,7 +8,10 @@
 //! handler); the other events keep flowing meanwhile. An event out of attempts goes to the
 //! dead-letter topic. Everything time-based reads the bus's [`Clock`].
 
+mod dispatch;
+mod settle;
 mod source;
+mod window;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -16,16 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ganglion_core::bus::{
-    AckMode, Aggregation, Chunk, DeliveredEvent, Delivery, KeyCount, QueuedBytes, SubscribeOptions,
-    SubscriptionControl, SubscriptionId,
+    Chunk, QueuedBytes, SubscribeOptions, SubscriptionControl, SubscriptionId,
 };
 use ganglion_core::{Clock, Event, Pattern, Topic};
 use tokio::sync::mpsc;
 
+use crate::Core;
 use crate::route::Route;
-use crate::state::DurableState;
-use crate::stats::{ConsumerCounters, add};
-use crate::{Core, dlq};
+use crate::stats::ConsumerCounters;
 
 /// How long acks may gather before a durable consumer's state is written.
 const PERSIST_EVERY: Duration = Duration::from_millis(100);
@@ -430,45 +431,13 @@ impl Consumer {
                 biased;
                 command = control.recv() => {
                     let Some(command) = command else { break };
-                    if !self.handle(command).await {
-                        break;
-                    }
-                    // Take whatever else is waiting, so acks are applied in bulk.
-                    let mut stop = false;
-                    for _ in 0..1024 {
-                        match control.try_recv() {
-                            Ok(command) => if !self.handle(command).await { stop = true; break },
-                            Err(_) => break,
-                        }
-                    }
-                    if stop {
+                    if !self.handle_waiting(command, &mut control).await {
                         break;
                     }
                 }
                 _ = wait_unblocked, if self.blocked => self.blocked = false,
                 events = ephemeral.recv(), if wants_ephemeral => {
-                    if events.is_none() {
-                        self.ephemeral_closed = true;
-                    }
-                    // Take what is waiting in bulk: one turn of this loop per batch.
-                    let mut next = events;
-                    while let Some(events) = next {
-                        // Filtered-out events leave at once: give their room back.
-                        let mut filtered_out = 0;
-                        for event in events {
-                            if self.options.filter.accepts(&event) {
-                                self.ephemeral_ready.push_back(event);
-                            } else {
-                                filtered_out += self.shared.ephemeral_cost(&event);
-                            }
-                        }
-                        self.return_permits(filtered_out);
-                        next = if self.ephemeral_ready.len() < READ_BATCH {
-                            ephemeral.try_recv().ok()
-                        } else {
-                            None
-                        };
-                    }
+                    self.take_ephemeral(events, &mut ephemeral);
                 }
                 _ = routed, if wants_log => {}
                 _ = timer, if has_timer => self.on_timers().await,
@@ -485,695 +454,60 @@ impl Consumer {
         }
     }
 
-    /// Takes a logged event into the ready queue if this consumer wants it.
-    fn offer(&mut self, event: Arc<Event>) {
-        let seq = event.seq;
-        if !self.pattern.matches(&event.topic)
-            || self.done.contains(&seq)
-            || !self.options.filter.accepts(&event)
-        {
-            return;
+    /// Handles `first`, then whatever else is waiting (up to 1,024), so acks are
+    /// applied in bulk; `false` once one says stop.
+    async fn handle_waiting(
+        &mut self,
+        first: Control,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> bool {
+        if !self.handle(first).await {
+            return false;
         }
-        if self.core.retention.expired(event.topic.as_str(), seq) {
-            // Expired under retention before this subscriber read it.
-            add(&self.shared.counters.expired, 1);
-            return;
+        for _ in 0..1024 {
+            match control.try_recv() {
+                Ok(command) => {
+                    if !self.handle(command).await {
+                        return false;
+                    }
+                }
+                Err(_) => break,
+            }
         }
-        let attempt = self.resumed_attempts.remove(&seq).unwrap_or(0) + 1;
-        self.push_ready(event, attempt);
+        true
     }
 
-    fn push_ready(&mut self, event: Arc<Event>, attempt: u32) {
-        let priority = if self.options.prioritized {
-            event.priority()
-        } else {
-            0
-        };
-        self.outstanding.insert(event.seq);
-        self.ready_bytes += event.size();
-        self.ready.push(Ready {
-            priority,
-            seq: event.seq,
-            event,
-            attempt,
-        });
-    }
-
-    /// Hands ready events to subscribers, in chunks, or into the batch window.
-    fn dispatch(&mut self) {
-        if self.cut_off || self.members.is_empty() || self.blocked {
-            return;
+    /// Takes `events` (`None`: the bus closed the queue) and what else is waiting, up to
+    /// READ_BATCH ready: one turn of the run loop per batch. Filtered-out events leave
+    /// at once, their room given back.
+    fn take_ephemeral(
+        &mut self,
+        events: Option<Vec<Arc<Event>>>,
+        ephemeral: &mut mpsc::UnboundedReceiver<Vec<Arc<Event>>>,
+    ) {
+        if events.is_none() {
+            self.ephemeral_closed = true;
         }
-        if self.options.batch.is_some() {
-            self.fill_window();
-            return;
-        }
-        loop {
-            let open: Vec<usize> = (0..self.members.len())
-                .filter(|&i| {
-                    let member = &self.members[i];
-                    member.has_room(room_needed(&member.tx, false))
-                })
-                .collect();
-            if open.is_empty() {
-                self.blocked = self.has_deliverable();
-                return;
-            }
-            let (chunk_size, _) = member_channel(self.max_in_flight());
-            // A lone member takes ephemeral events as they are: pointers, not deliveries
-            // (its subscription makes those as they are taken).
-            if let [only] = open[..]
-                && !self.ephemeral_ready.is_empty()
-            {
-                let (mut n, mut cost, mut bytes) = (0, 0, 0);
-                for event in self.ephemeral_ready.iter().take(EPHEMERAL_CHUNK) {
-                    if n > 0 && bytes >= CHUNK_BYTES {
-                        break;
-                    }
-                    n += 1;
-                    cost += self.shared.ephemeral_cost(event);
-                    bytes += event.size();
-                }
-                let events: Vec<Arc<Event>> = self.ephemeral_ready.drain(..n).collect();
-                self.return_permits(cost);
-                self.count_delivered(n as u64, 0, events.first().map(|e| &**e));
-                let member = &self.members[only];
-                member.queued.add(bytes);
-                // This consumer is the channel's only sender and saw room in it.
-                if member
-                    .tx
-                    .try_send(Chunk::Ephemeral { events, bytes })
-                    .is_err()
-                {
-                    let id = member.id;
-                    self.member_gone(id);
-                    if self.members.is_empty() {
-                        return;
-                    }
-                }
-                continue;
-            }
-            // One chunk per open member, filled round robin, each at most `chunk_size`
-            // deliveries and about CHUNK_BYTES.
-            let mut chunks: Vec<(Vec<Delivery>, usize)> =
-                open.iter().map(|_| (Vec::new(), 0)).collect();
-            let mut turn = self.next_member;
-            let mut released = 0;
-            let mut built = 0;
-            let mut redelivered = 0;
-            while built < open.len() * chunk_size {
-                let slot = turn % open.len();
-                if chunks[slot].1 >= CHUNK_BYTES {
-                    if chunks.iter().all(|(_, bytes)| *bytes >= CHUNK_BYTES) {
-                        break;
-                    }
-                    turn += 1;
-                    continue;
-                }
-                let member = open[slot];
-                let delivery = if let Some(event) = self.ephemeral_ready.pop_front() {
-                    released += self.shared.ephemeral_cost(&event);
-                    let delivered = DeliveredEvent {
-                        event,
-                        attempt: 1,
-                        coalesced: 1,
-                    };
-                    Delivery::ephemeral(delivered)
-                } else if self.may_send_durable()
-                    && let Some(ready) = self.pop_ready()
-                {
-                    let delivered = DeliveredEvent {
-                        event: ready.event.clone(),
-                        attempt: ready.attempt,
-                        coalesced: 1,
-                    };
-                    let member = &self.members[member];
-                    let delivery =
-                        Delivery::single(delivered, Some(ready.seq), member.control.clone());
-                    redelivered += u64::from(ready.attempt > 1);
-                    let id = member.id;
-                    self.delivered(ready.seq, ready.event, ready.attempt, id);
-                    delivery
+        let mut next = events;
+        while let Some(events) = next {
+            let mut filtered_out = 0;
+            for event in events {
+                if self.options.filter.accepts(&event) {
+                    self.ephemeral_ready.push_back(event);
                 } else {
-                    break;
-                };
-                chunks[slot].1 += delivery.events()[0].event.size();
-                chunks[slot].0.push(delivery);
-                built += 1;
-                turn += 1;
-            }
-            self.next_member = turn;
-            self.return_permits(released);
-            if built == 0 {
-                return;
-            }
-            let first = chunks
-                .iter()
-                .flat_map(|(chunk, _)| chunk)
-                .next()
-                .and_then(|d| d.events().first())
-                .filter(|e| e.attempt == 1)
-                .map(|e| &*e.event);
-            self.count_delivered(built as u64, redelivered, first);
-            let mut gone = Vec::new();
-            for (slot, (deliveries, bytes)) in chunks.into_iter().enumerate() {
-                if deliveries.is_empty() {
-                    continue;
-                }
-                let member = &self.members[open[slot]];
-                member.queued.add(bytes);
-                // This consumer is the channel's only sender and saw room in it.
-                if member
-                    .tx
-                    .try_send(Chunk::Deliveries { deliveries, bytes })
-                    .is_err()
-                {
-                    gone.push(member.id);
+                    filtered_out += self.shared.ephemeral_cost(&event);
                 }
             }
-            for id in gone {
-                self.member_gone(id);
-            }
-            if self.members.is_empty() {
-                return;
-            }
-        }
-    }
-
-    /// Forgets a member whose subscription is gone; its events in flight go back to
-    /// the ready queue.
-    fn member_gone(&mut self, id: SubscriptionId) {
-        self.members.retain(|m| m.id != id);
-        self.requeue_member(id);
-    }
-
-    /// Counts `n` events handed over (`redelivered` of them again) and samples the
-    /// delivery latency from `first_new`, the first of them when it is a first delivery:
-    /// one clock read per round, not per event.
-    fn count_delivered(&self, n: u64, redelivered: u64, first_new: Option<&Event>) {
-        add(&self.shared.counters.delivered, n);
-        add(&self.shared.counters.redelivered, redelivered);
-        if let Some(event) = first_new {
-            self.sample_latency(event);
-        }
-    }
-
-    /// Records how old `event` is at its first delivery (its timestamp is in ms).
-    fn sample_latency(&self, event: &Event) {
-        let now_ms = self.clock.now_micros() / 1000;
-        if event.timestamp_ms > 0 {
-            let age = now_ms.saturating_sub(event.timestamp_ms);
-            self.core
-                .delivery_latency
-                .record(Duration::from_millis(age));
-        }
-    }
-
-    fn report_gauges(&self) {
-        let c = &self.shared.counters;
-        let windowed = self.window.as_ref().map_or(0, |w| w.items.len());
-        let ready = self.ready.len() + self.ephemeral_ready.len() + windowed;
-        c.ready
-            .store(ready as u64, std::sync::atomic::Ordering::Relaxed);
-        c.in_flight.store(
-            self.in_flight.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        c.cursor
-            .store(self.cursor, std::sync::atomic::Ordering::Relaxed);
-        let behind = self.routed.len() as u64 + self.scan_until.saturating_sub(self.cursor);
-        c.behind.store(behind, std::sync::atomic::Ordering::Relaxed);
-        if self.durable {
-            c.floor
-                .store(self.floor(), std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// Whether something could be delivered if a subscriber had room.
-    fn has_deliverable(&self) -> bool {
-        !self.ephemeral_ready.is_empty() || (!self.ready.is_empty() && self.may_send_durable())
-    }
-
-    /// Gives publishers of ephemeral events room for `n` more.
-    fn return_permits(&self, n: usize) {
-        if n > 0 {
-            self.shared.ephemeral_permits.add_permits(n);
+            self.return_permits(filtered_out);
+            next = if self.ephemeral_ready.len() < READ_BATCH {
+                ephemeral.try_recv().ok()
+            } else {
+                None
+            };
         }
     }
 
     fn now(&self) -> Duration {
         self.clock.monotonic()
-    }
-
-    /// Records a delivery of a durable event: in flight until acked, or done at once
-    /// under `AckMode::Auto`.
-    fn delivered(&mut self, seq: u64, event: Arc<Event>, attempt: u32, member: SubscriptionId) {
-        if self.options.ack_mode == AckMode::Auto {
-            add(&self.shared.counters.acked, 1);
-            self.mark_done(seq);
-            return;
-        }
-        let deadline = self.now() + self.options.ack_deadline;
-        self.deadlines.insert((deadline, seq));
-        self.in_flight_bytes += event.size();
-        self.in_flight.insert(
-            seq,
-            InFlight {
-                event,
-                attempt,
-                deadline,
-                member,
-            },
-        );
-    }
-
-    /// Offers a delivery to the members in turn; the member that took it, or `None` if
-    /// every member's channel is full (the consumer is then blocked until one has room).
-    fn send(
-        &mut self,
-        events: Vec<DeliveredEvent>,
-        counts: Vec<KeyCount>,
-        seqs: Vec<u64>,
-    ) -> Option<SubscriptionId> {
-        let mut tries = self.members.len();
-        while tries > 0 && !self.members.is_empty() {
-            tries -= 1;
-            let i = self.next_member % self.members.len();
-            let member = &self.members[i];
-            if !member.queued.has_room() {
-                self.next_member = i + 1;
-                continue;
-            }
-            let gone = match member.tx.try_reserve() {
-                Ok(room) => {
-                    let delivery = Delivery::batch(events, counts, seqs, member.control.clone());
-                    let chunk = Chunk::from(vec![delivery]);
-                    member.queued.add(chunk.bytes());
-                    room.send(chunk);
-                    let id = member.id;
-                    self.next_member = i + 1;
-                    return Some(id);
-                }
-                Err(mpsc::error::TrySendError::Closed(())) => Some(member.id),
-                Err(mpsc::error::TrySendError::Full(())) => None,
-            };
-            match gone {
-                Some(id) => self.member_gone(id),
-                None => self.next_member = i + 1,
-            }
-        }
-        self.blocked = !self.members.is_empty();
-        None
-    }
-
-    fn fill_window(&mut self) {
-        let Some(batch) = self.options.batch.clone() else {
-            return;
-        };
-        loop {
-            let window_len = self.window.as_ref().map_or(0, |w| w.items.len());
-            if window_len >= batch.max_events {
-                self.flush_window();
-                if self.window.is_some() {
-                    return; // no room with any subscriber
-                }
-                continue;
-            }
-            let window_bytes = self.window.as_ref().map_or(0, |w| w.bytes);
-            if window_len > 0 && window_bytes >= batch.max_bytes {
-                self.flush_window();
-                if self.window.is_some() {
-                    return;
-                }
-                continue;
-            }
-            let item = if let Some(event) = self.ephemeral_ready.pop_front() {
-                self.return_permits(self.shared.ephemeral_cost(&event));
-                (event, 1)
-            } else if self.may_send_durable()
-                && let Some(ready) = self.pop_ready()
-            {
-                // Counted as in flight while it waits in the window.
-                self.in_flight_bytes += ready.event.size();
-                (ready.event, ready.attempt)
-            } else {
-                return;
-            };
-            let closes_at = self.now() + batch.window.unwrap_or_else(|| self.core.batch_window());
-            let window = self.window.get_or_insert_with(|| Window {
-                closes_at,
-                items: Vec::new(),
-                bytes: 0,
-            });
-            window.bytes += item.0.size();
-            window.items.push(item);
-        }
-    }
-
-    /// Delivers the open window, coalesced per the subscription's aggregation.
-    fn flush_window(&mut self) {
-        let (Some(window), Some(batch)) = (self.window.take(), self.options.batch.clone()) else {
-            return;
-        };
-        let seqs: Vec<u64> = window
-            .items
-            .iter()
-            .map(|(e, _)| e.seq)
-            .filter(|&s| s != 0)
-            .collect();
-        let (events, counts) = match batch.aggregation {
-            Aggregation::None => {
-                let events = window
-                    .items
-                    .iter()
-                    .map(|(event, attempt)| DeliveredEvent {
-                        event: event.clone(),
-                        attempt: *attempt,
-                        coalesced: 1,
-                    })
-                    .collect();
-                (events, Vec::new())
-            }
-            Aggregation::KeepLast => {
-                let mut last: HashMap<String, (usize, u64)> = HashMap::new();
-                for (i, (event, _)) in window.items.iter().enumerate() {
-                    let entry = last.entry(batch.key.of(event)).or_insert((i, 0));
-                    *entry = (i, entry.1 + 1);
-                }
-                let mut kept: Vec<(usize, u64)> = last.into_values().collect();
-                kept.sort_unstable();
-                let events = kept
-                    .into_iter()
-                    .map(|(i, coalesced)| DeliveredEvent {
-                        event: window.items[i].0.clone(),
-                        attempt: window.items[i].1,
-                        coalesced,
-                    })
-                    .collect();
-                (events, Vec::new())
-            }
-            Aggregation::Count => {
-                let mut counts: Vec<KeyCount> = Vec::new();
-                let mut index: HashMap<String, usize> = HashMap::new();
-                for (event, _) in &window.items {
-                    let key = batch.key.of(event);
-                    match index.get(&key) {
-                        Some(&i) => counts[i].count += 1,
-                        None => {
-                            index.insert(key.clone(), counts.len());
-                            counts.push(KeyCount { key, count: 1 });
-                        }
-                    }
-                }
-                (Vec::new(), counts)
-            }
-        };
-        let first = events
-            .first()
-            .filter(|e| e.attempt == 1)
-            .map(|e| e.event.clone());
-        match self.send(events, counts, seqs) {
-            Some(member) => {
-                let redelivered = window.items.iter().filter(|(_, a)| *a > 1).count();
-                let covered = window.items.len() as u64;
-                self.count_delivered(covered, redelivered as u64, first.as_deref());
-                for (event, attempt) in window.items {
-                    if event.seq != 0 {
-                        // Out of the window; in flight again if it waits for an ack.
-                        self.in_flight_bytes -= event.size();
-                        self.delivered(event.seq, event, attempt, member);
-                    }
-                }
-            }
-            None => self.window = Some(window),
-        }
-    }
-
-    fn next_timer(&self) -> Option<Duration> {
-        let window = self
-            .window
-            .as_ref()
-            .filter(|_| !self.blocked)
-            .map(|w| w.closes_at);
-        [
-            self.deadlines.first().map(|d| d.0),
-            self.retries.first_key_value().map(|(k, _)| k.0),
-            self.dead_pending.first_key_value().map(|(k, _)| k.0),
-            window,
-            self.persist_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    async fn on_timers(&mut self) {
-        let now = self.now();
-        while let Some(&(deadline, seq)) = self.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop_first();
-            if let Some(flight) = self.take_in_flight(seq) {
-                add(&self.shared.counters.ack_timeouts, 1);
-                let error = format!(
-                    "ack deadline of {} ms exceeded",
-                    self.options.ack_deadline.as_millis()
-                );
-                self.fail(flight.event, flight.attempt, error, None).await;
-            }
-        }
-        while let Some(entry) = self.retries.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let waiting = entry.remove();
-            self.push_ready(waiting.event, waiting.attempt + 1);
-        }
-        while let Some(entry) = self.dead_pending.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let waiting = entry.remove();
-            self.dead_letter(waiting.event, waiting.attempt, waiting.error)
-                .await;
-        }
-        if self.window.as_ref().is_some_and(|w| w.closes_at <= now) {
-            self.flush_window();
-        }
-        if self.persist_at.is_some_and(|at| at <= now) {
-            self.persist();
-        }
-    }
-
-    /// Applies one control message; `false` to stop the consumer.
-    async fn handle(&mut self, command: Control) -> bool {
-        match command {
-            Control::Join(member) => {
-                if self.cut_off {
-                    drop(member);
-                } else {
-                    self.members.push(member);
-                    self.blocked = false;
-                }
-            }
-            Control::Leave(id) => self.member_gone(id),
-            Control::Ack(seqs) => {
-                for seq in seqs {
-                    if self.take_in_flight(seq).is_some() {
-                        add(&self.shared.counters.acked, 1);
-                        self.mark_done(seq);
-                    }
-                }
-            }
-            Control::Nack { seqs, delay, error } => {
-                for seq in seqs {
-                    if let Some(flight) = self.take_in_flight(seq) {
-                        add(&self.shared.counters.nacked, 1);
-                        self.fail(flight.event, flight.attempt, error.clone(), delay)
-                            .await;
-                    }
-                }
-            }
-            Control::Term { seqs, reason } => {
-                for seq in seqs {
-                    if let Some(flight) = self.take_in_flight(seq) {
-                        self.dead_letter(flight.event, flight.attempt, reason.clone())
-                            .await;
-                    }
-                }
-            }
-            Control::CutOff(reason) => self.cut_off(reason),
-            Control::Stop => return false,
-        }
-        true
-    }
-
-    fn cut_off(&mut self, reason: String) {
-        tracing::warn!(consumer = %self.name, %reason, "closing subscription");
-        *self
-            .shared
-            .closed_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        self.cut_off = true;
-        self.members.clear();
-        let cost = self
-            .ephemeral_ready
-            .drain(..)
-            .map(|e| self.shared.ephemeral_cost(&e))
-            .sum();
-        self.return_permits(cost);
-        // Publishers waiting for room stop waiting.
-        self.shared.ephemeral_permits.close();
-    }
-
-    /// Puts a departed member's unacked events back for redelivery (each counts as a
-    /// failed attempt, so a poison event that crashes its subscribers still ends in the
-    /// dead-letter topic).
-    fn requeue_member(&mut self, id: SubscriptionId) {
-        let seqs: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.member == id)
-            .map(|(seq, _)| *seq)
-            .collect();
-        let now = self.now();
-        for seq in seqs {
-            if let Some(flight) = self.take_in_flight(seq) {
-                let waiting = Waiting {
-                    event: flight.event,
-                    attempt: flight.attempt,
-                    error: "subscriber left before acking".into(),
-                };
-                if flight.attempt >= self.options.max_deliveries {
-                    self.dead_pending.insert((now, seq), waiting);
-                } else {
-                    self.retries.insert((now, seq), waiting);
-                }
-            }
-        }
-    }
-
-    /// A failed attempt: redeliver after the backoff (or `delay`), or dead-letter it.
-    async fn fail(
-        &mut self,
-        event: Arc<Event>,
-        attempt: u32,
-        error: String,
-        delay: Option<Duration>,
-    ) {
-        if attempt >= self.options.max_deliveries {
-            self.dead_letter(event, attempt, error).await;
-            return;
-        }
-        let unit = self.unit();
-        let delay = delay.unwrap_or_else(|| self.options.backoff.delay(attempt, unit));
-        tracing::debug!(
-            consumer = %self.name, seq = event.seq, correlation_id = %event.correlation_or_id(),
-            attempt, ?delay, %error, "redelivery scheduled"
-        );
-        let due = self.now() + delay;
-        self.retries.insert(
-            (due, event.seq),
-            Waiting {
-                event,
-                attempt,
-                error,
-            },
-        );
-    }
-
-    async fn dead_letter(&mut self, event: Arc<Event>, attempts: u32, error: String) {
-        let seq = event.seq;
-        let letter = dlq::dead_letter_event(&event, &self.dlq_topic, &self.name, attempts, &error);
-        match self.core.publish_internal(vec![letter]).await {
-            Ok(acks) => {
-                tracing::info!(
-                    consumer = %self.name, seq, topic = %event.topic,
-                    correlation_id = %event.correlation_or_id(), attempts, %error,
-                    dead_letter_seq = acks.first().map_or(0, |a| a.seq), "event dead-lettered"
-                );
-                add(&self.shared.counters.dead_lettered, 1);
-                self.mark_done(seq);
-            }
-            Err(e) => {
-                tracing::warn!(
-                    consumer = %self.name, seq, correlation_id = %event.correlation_or_id(), error = %e,
-                    "dead-letter publication failed; will retry"
-                );
-                let due = self.now() + DEAD_LETTER_RETRY;
-                self.dead_pending.insert(
-                    (due, seq),
-                    Waiting {
-                        event,
-                        attempt: attempts,
-                        error,
-                    },
-                );
-            }
-        }
-    }
-
-    fn mark_done(&mut self, seq: u64) {
-        self.outstanding.remove(&seq);
-        if self.durable {
-            self.done.insert(seq);
-            self.dirty = true;
-            if self.persist_at.is_none() {
-                self.persist_at = Some(self.now() + PERSIST_EVERY);
-            }
-        }
-    }
-
-    /// Everything below this is done: the first event still outstanding, or the cursor.
-    fn floor(&self) -> u64 {
-        self.outstanding
-            .first()
-            .copied()
-            .unwrap_or(self.cursor)
-            .min(self.cursor)
-    }
-
-    /// Writes a durable consumer's state: everything below the floor is done.
-    fn persist(&mut self) {
-        self.persist_at = None;
-        if !self.dirty {
-            return;
-        }
-        let floor = self.floor();
-        self.done = self.done.split_off(&floor);
-        let mut attempts = BTreeMap::new();
-        for (seq, f) in &self.in_flight {
-            attempts.insert(*seq, f.attempt);
-        }
-        for ((_, seq), w) in self.retries.iter().chain(&self.dead_pending) {
-            attempts.insert(*seq, w.attempt);
-        }
-        // Waiting events carry the attempt they will be delivered as.
-        let waiting = self.ready.iter().map(|r| (r.seq, r.attempt));
-        let windowed = self
-            .window
-            .iter()
-            .flat_map(|w| w.items.iter().map(|(e, a)| (e.seq, *a)));
-        for (seq, attempt) in waiting.chain(windowed) {
-            if seq != 0 && attempt > 1 {
-                attempts.insert(seq, attempt - 1);
-            }
-        }
-        let state = DurableState {
-            pattern: self.pattern.to_string(),
-            dlq_topic: self.dlq_topic.to_string(),
-            floor,
-            done: self.done.clone(),
-            attempts,
-        };
-        match self.core.states.save(&self.name, &state) {
-            Ok(()) => self.dirty = false,
-            Err(e) => {
-                tracing::error!(consumer = %self.name, error = %e, "saving consumer state failed; will retry");
-                self.persist_at = Some(self.now() + PERSIST_EVERY);
-            }
-        }
     }
 }
