@@ -31,9 +31,9 @@
 
 pub mod auth;
 mod conn;
-mod coordinator;
 mod grpc;
 mod http;
+mod lease_events;
 mod metrics;
 mod tls;
 mod unsettled;
@@ -382,7 +382,7 @@ pub async fn serve_with(
     );
     let timers = tokio::spawn(coordinator.pools().clone().run_timers());
     let upkeep = tokio::spawn(bus.upkeep(UPKEEP_EVERY));
-    coordinator::LeaseEventPublisher::start(bus.clone(), &coordinator);
+    lease_events::LeaseEventPublisher::start(bus.clone(), &coordinator);
 
     let fd_limit = raise_fd_limit();
     let connections = conn::Connections::new(options.connections.clone(), fd_limit);
@@ -428,7 +428,7 @@ pub async fn serve_with(
     };
     timers.abort();
     upkeep.abort();
-    coordinator::LeaseEventPublisher::stop(&coordinator);
+    lease_events::LeaseEventPublisher::stop(&coordinator);
     if let Err(error) = coordinator.pools().flush() {
         tracing::error!(%error, "cannot write the lease state at shutdown");
     }

@@ -474,7 +474,7 @@ fn log_metrics(x: &mut Exposition, state: &State) {
 
 fn coordinator_metrics(x: &mut Exposition, state: &State) {
     // Labels are configured names (bounded).
-    let c = crate::coordinator::status_of(&state.coordinator);
+    let c = crate::grpc::coordinator::status_of(&state.coordinator);
     let pools = |f: fn(&ganglion_proto::v1::PoolStatus) -> u64| {
         c.pools
             .iter()
@@ -673,7 +673,7 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
                 .map(crate::http::subscription_json)
                 .collect::<Vec<_>>(),
         },
-        "coordinator": crate::coordinator::status_json(&state.coordinator),
+        "coordinator": crate::http::coordinator::status_json(&state.coordinator),
         "log": {
             "first_seq": log.first_seq,
             "next_seq": log.next_seq,

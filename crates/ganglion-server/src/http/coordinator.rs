@@ -1,5 +1,9 @@
 //! The coordinator routes: resources, leases, permits and request queues.
 
+use crate::grpc::coordinator::{ms, status_of};
+use ganglion_coordinator::Coordinator;
+use ganglion_coordinator::lease::Lease;
+use ganglion_proto::v1;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +25,7 @@ pub(super) async fn resources(
     _: Monitor,
     Extract(state): Extract<Arc<State>>,
 ) -> axum::Json<Value> {
-    axum::Json(crate::coordinator::status_json(&state.coordinator))
+    axum::Json(crate::http::coordinator::status_json(&state.coordinator))
 }
 
 /// `POST /api/v1/resources/{pool}/acquire` `{"holder", "priority"?, "amount"?, "wait_ms"?,
@@ -51,7 +55,7 @@ pub(super) async fn acquire_lease(
         max_hold: field_u64(&o, "max_hold_ms")?.map(Duration::from_millis),
     };
     let lease = state.coordinator.pools().acquire(request).await?;
-    Ok(axum::Json(crate::coordinator::lease_json(&lease)))
+    Ok(axum::Json(lease_json(&lease)))
 }
 
 fn lease_id(id: &str) -> ApiResult<u64> {
@@ -79,7 +83,7 @@ pub(super) async fn renew_lease(
     let id = lease_id(&path_param(id)?)?;
     state.may_touch_lease(&caller, id, "renew")?;
     let lease = state.coordinator.pools().renew(id)?;
-    Ok(axum::Json(crate::coordinator::lease_json(&lease)))
+    Ok(axum::Json(lease_json(&lease)))
 }
 
 pub(super) async fn release_lease(
@@ -320,4 +324,43 @@ pub(super) async fn complete_request(
     };
     queue.complete(id, result)?;
     Ok(axum::Json(json!({ "completed": true })))
+}
+
+/// A lease as the HTTP API shows it.
+pub(crate) fn lease_json(lease: &Lease) -> serde_json::Value {
+    serde_json::json!({
+        "id": lease.id,
+        "pool": lease.pool,
+        "holder": lease.holder,
+        "units": lease.units,
+        "cuda_visible_devices": lease.cuda_visible_devices,
+        "fencing_token": lease.fencing_token,
+        "granted_at_ms": ms(lease.granted_at_micros),
+        "expires_at_ms": ms(lease.expires_at_micros),
+        "max_hold_until_ms": ms(lease.max_hold_until_micros),
+    })
+}
+
+/// `GET /api/v1/resources`, from the same status the gRPC `Status` returns.
+pub(crate) fn status_json(c: &Coordinator) -> serde_json::Value {
+    let s = status_of(c);
+    let lease = |l: &v1::Lease| {
+        serde_json::json!({
+            "id": l.id, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token,
+            "expires_at_ms": l.expires_at_ms, "max_hold_until_ms": l.max_hold_until_ms,
+        })
+    };
+    serde_json::json!({
+        "pools": s.pools.iter().map(|p| serde_json::json!({
+            "name": p.name, "capacity": p.capacity, "free": p.free, "waiters": p.waiters,
+            "holders": p.holders.iter().map(lease).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "quotas": s.quotas.iter().map(|q| serde_json::json!({
+            "name": q.name, "limit": q.limit, "window_ms": q.window_ms, "used": q.used,
+            "remaining": q.remaining, "near_limit": q.near_limit,
+            "suspended_for_ms": q.suspended_for_ms, "waiters": q.waiters, "by_component": q.by_component,
+        })).collect::<Vec<_>>(),
+        "queues": s.queues.iter().map(|q| serde_json::json!({"name": q.name, "quota": q.quota, "depth": q.depth})).collect::<Vec<_>>(),
+        "breakers": s.breakers.iter().map(|b| serde_json::json!({"name": b.name, "state": b.state})).collect::<Vec<_>>(),
+    })
 }

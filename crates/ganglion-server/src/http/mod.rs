@@ -24,7 +24,7 @@
 //! a `content_type` carries anything else. Responses inline JSON payloads and give other
 //! payloads as `payload_base64`.
 
-mod coordinator;
+pub(crate) mod coordinator;
 mod events;
 
 use std::sync::Arc;

@@ -1,20 +1,17 @@
-//! `ganglion.v1.Coordinator` over gRPC, and the bus events of leases.
+//! `ganglion.v1.Coordinator` over gRPC.
 
-use crate::auth::{Action, Caller, grpc_caller};
+use crate::auth::{Action, grpc_caller};
 use ganglion_core::BusError;
 use ganglion_proto::convert::status_from_error;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseEvent, LeaseStage};
+use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseStage};
 use ganglion_coordinator::queue::Submission;
 use ganglion_coordinator::{Coordinator, CoordinatorError};
-use ganglion_core::Engine;
-use ganglion_core::{Event, Topic};
 use ganglion_proto::convert::duration_ms;
 use ganglion_proto::v1::coordinator_server::Coordinator as CoordinatorService;
 use ganglion_proto::v1::{self, lease_update};
@@ -32,7 +29,7 @@ pub(crate) fn status(error: CoordinatorError) -> Status {
     )
 }
 
-fn ms(micros: u64) -> u64 {
+pub(crate) fn ms(micros: u64) -> u64 {
     micros / 1000
 }
 
@@ -150,102 +147,6 @@ fn held_lease_stream(held: HeldLease) -> impl Stream<Item = Result<v1::LeaseUpda
 /// The gRPC status of a refusal (or a bad argument) from the checks below.
 fn refused(error: BusError) -> Status {
     status_from_error(&error)
-}
-
-/// Who may use the coordinator's names (see [`crate::auth`]): each check runs before the
-/// name is looked up, so a refusal never tells whether a pool, quota or queue exists.
-impl State {
-    /// The name a caller acts under once `action` is allowed: see [`State::claim`].
-    pub(crate) fn acting_as(
-        &self,
-        caller: &Caller,
-        action: Action<'_>,
-        field: &str,
-        name: &str,
-    ) -> Result<String, BusError> {
-        self.may(caller, action)?;
-        self.claim(caller, field, name)
-    }
-
-    /// `field` (a lease's `holder`, a quota's or a submission's `component`, a queue's
-    /// `worker`) as given, if the caller owns it, or the caller's own name if it is
-    /// empty.
-    pub(crate) fn claim(
-        &self,
-        caller: &Caller,
-        field: &str,
-        name: &str,
-    ) -> Result<String, BusError> {
-        Ok(caller.claim(&self.audit, field, name)?)
-    }
-
-    /// Allows renewing or releasing lease `id`: its holder, or an admin. A lease not
-    /// held is the coordinator's to report to an admin; to anyone else it is refused
-    /// like another's, so ids cannot be probed.
-    pub(crate) fn may_touch_lease(
-        &self,
-        caller: &Caller,
-        id: u64,
-        verb: &str,
-    ) -> Result<(), BusError> {
-        match self.coordinator.pools().holder(id) {
-            None if caller.is_admin() => Ok(()),
-            holder => Ok(caller.may_act_for(
-                &self.audit,
-                verb,
-                &format!("lease {id}"),
-                &holder.unwrap_or_default(),
-            )?),
-        }
-    }
-
-    /// Allows reading the response to request `id` of `queue`: the component that
-    /// submitted it, or an admin.
-    pub(crate) fn may_read_response(
-        &self,
-        caller: &Caller,
-        queue: &str,
-        id: u64,
-    ) -> Result<(), BusError> {
-        self.may(caller, Action::Submit(queue))?;
-        let submitter = self
-            .coordinator
-            .queue(queue)
-            .ok()
-            .and_then(|q| q.submitter(id));
-        match submitter {
-            // Unknown: never submitted, or journalled before submitters were recorded.
-            None => Ok(()),
-            Some(submitter) => Ok(caller.may_act_for(
-                &self.audit,
-                "read the response to",
-                &format!("request {id} of queue {queue}"),
-                &submitter,
-            )?),
-        }
-    }
-
-    /// Allows answering request `id` of `queue`: the worker that took it, or an admin.
-    pub(crate) fn may_complete(
-        &self,
-        caller: &Caller,
-        queue: &str,
-        id: u64,
-    ) -> Result<(), BusError> {
-        self.may(caller, Action::Work(queue))?;
-        let taker = self
-            .coordinator
-            .queue(queue)
-            .ok()
-            .and_then(|q| q.taken_by(id))
-            .unwrap_or_default();
-        Ok(caller.may_act_for(
-            &self.audit,
-            "answer",
-            &format!("request {id} of queue {queue}"),
-            &taker,
-        )?)
-    }
 }
 
 #[tonic::async_trait]
@@ -541,192 +442,4 @@ pub(crate) fn status_of(c: &Coordinator) -> v1::StatusResponse {
             })
             .collect(),
     }
-}
-
-/// Publishes every lease event on the bus as `coordinator.lease.<kind>` (JSON), in the
-/// order the coordinator made them.
-///
-/// The coordinator hands each event over under its lock. The first of a run starts a
-/// drain task on the runtime of the thread that made it (a gRPC thread, for a grant or a
-/// release) rather than waking a publisher elsewhere: that wake-up cost a grant or a
-/// release more than the rest of its work. One drain runs at a time, which keeps the
-/// order. Events made as the server stops may go unpublished, as with any notification
-/// (`coordinator.>` is ephemeral by default).
-#[derive(Debug)]
-pub(crate) struct LeaseEventPublisher {
-    bus: Arc<dyn Engine>,
-    pending: std::sync::Mutex<Vec<LeaseEvent>>,
-    /// A drain is running, or about to: it will see what is pending.
-    draining: AtomicBool,
-    /// Where a drain runs when the event was made off any runtime.
-    runtime: tokio::runtime::Handle,
-}
-
-impl LeaseEventPublisher {
-    /// Hands `coordinator`'s lease events to a new publisher on `bus` (in place of any
-    /// before it); `stop` hands them to no one.
-    pub(crate) fn start(bus: Arc<dyn Engine>, coordinator: &Coordinator) {
-        let publisher = Arc::new(LeaseEventPublisher {
-            bus,
-            pending: std::sync::Mutex::new(Vec::new()),
-            draining: AtomicBool::new(false),
-            runtime: tokio::runtime::Handle::current(),
-        });
-        coordinator
-            .pools()
-            .on_event(Some(Box::new(move |event| publisher.push(event))));
-    }
-
-    pub(crate) fn stop(coordinator: &Coordinator) {
-        coordinator.pools().on_event(None);
-    }
-
-    fn push(self: &Arc<Self>, event: LeaseEvent) {
-        self.pending_events().push(event);
-        if !self.draining.swap(true, Ordering::AcqRel) {
-            self.spawn_drain();
-        }
-    }
-
-    fn pending_events(&self) -> std::sync::MutexGuard<'_, Vec<LeaseEvent>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn spawn_drain(self: &Arc<Self>) {
-        let runtime =
-            tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone());
-        runtime.spawn(
-            Drain {
-                publisher: self.clone(),
-                finished: false,
-            }
-            .run(),
-        );
-    }
-}
-
-/// The one drain running; if it is dropped unfinished (its runtime stopped), the next
-/// event starts another.
-struct Drain {
-    publisher: Arc<LeaseEventPublisher>,
-    finished: bool,
-}
-
-impl Drain {
-    async fn run(mut self) {
-        let publisher = self.publisher.clone();
-        // Let the call that made the event send its reply first.
-        tokio::task::yield_now().await;
-        loop {
-            let events = std::mem::take(&mut *publisher.pending_events());
-            if events.is_empty() {
-                self.finished = true;
-                publisher.draining.store(false, Ordering::Release);
-                // An event pushed after the take but before the store saw a drain
-                // running and left it to us; one pushed after the store started its own.
-                if publisher.pending_events().is_empty()
-                    || publisher.draining.swap(true, Ordering::AcqRel)
-                {
-                    return;
-                }
-                self.finished = false;
-                continue;
-            }
-            let events = events.iter().filter_map(lease_event_to_bus).collect();
-            if let Err(error) = publisher.bus.publish_batch(events).await {
-                tracing::warn!(%error, "cannot publish lease events");
-            }
-        }
-    }
-}
-
-impl Drop for Drain {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.publisher.draining.store(false, Ordering::Release);
-        }
-    }
-}
-
-/// `coordinator.lease.<kind>`, with the lease as JSON.
-fn lease_event_to_bus(event: &LeaseEvent) -> Option<Event> {
-    let (kind, body) = match event {
-        LeaseEvent::Granted(l) => (
-            "granted",
-            serde_json::json!({"lease": l.id, "pool": l.pool, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token}),
-        ),
-        LeaseEvent::Warning {
-            lease,
-            pool,
-            holder,
-            revoked_in,
-        } => (
-            "warning",
-            serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "revoked_in_ms": duration_ms(*revoked_in)}),
-        ),
-        LeaseEvent::Revoked {
-            lease,
-            pool,
-            holder,
-            release_in,
-        } => (
-            "revoked",
-            serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "release_in_ms": duration_ms(*release_in)}),
-        ),
-        LeaseEvent::Released {
-            lease,
-            pool,
-            holder,
-            reason,
-        } => (
-            "released",
-            serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "reason": reason}),
-        ),
-    };
-    let topic = Topic::new(&format!("coordinator.lease.{kind}")).ok()?;
-    Some(
-        Event::new(topic, body.to_string())
-            .with_type(format!("Lease{}", kind[..1].to_uppercase() + &kind[1..]))
-            .with_source("ganglion-coordinator")
-            .with_content_type("application/json"),
-    )
-}
-
-/// A lease as the HTTP API shows it.
-pub(crate) fn lease_json(lease: &Lease) -> serde_json::Value {
-    serde_json::json!({
-        "id": lease.id,
-        "pool": lease.pool,
-        "holder": lease.holder,
-        "units": lease.units,
-        "cuda_visible_devices": lease.cuda_visible_devices,
-        "fencing_token": lease.fencing_token,
-        "granted_at_ms": ms(lease.granted_at_micros),
-        "expires_at_ms": ms(lease.expires_at_micros),
-        "max_hold_until_ms": ms(lease.max_hold_until_micros),
-    })
-}
-
-/// `GET /api/v1/resources`, from the same status the gRPC `Status` returns.
-pub(crate) fn status_json(c: &Coordinator) -> serde_json::Value {
-    let s = status_of(c);
-    let lease = |l: &v1::Lease| {
-        serde_json::json!({
-            "id": l.id, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token,
-            "expires_at_ms": l.expires_at_ms, "max_hold_until_ms": l.max_hold_until_ms,
-        })
-    };
-    serde_json::json!({
-        "pools": s.pools.iter().map(|p| serde_json::json!({
-            "name": p.name, "capacity": p.capacity, "free": p.free, "waiters": p.waiters,
-            "holders": p.holders.iter().map(lease).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "quotas": s.quotas.iter().map(|q| serde_json::json!({
-            "name": q.name, "limit": q.limit, "window_ms": q.window_ms, "used": q.used,
-            "remaining": q.remaining, "near_limit": q.near_limit,
-            "suspended_for_ms": q.suspended_for_ms, "waiters": q.waiters, "by_component": q.by_component,
-        })).collect::<Vec<_>>(),
-        "queues": s.queues.iter().map(|q| serde_json::json!({"name": q.name, "quota": q.quota, "depth": q.depth})).collect::<Vec<_>>(),
-        "breakers": s.breakers.iter().map(|b| serde_json::json!({"name": b.name, "state": b.state})).collect::<Vec<_>>(),
-    })
 }
