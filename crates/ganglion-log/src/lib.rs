@@ -135,6 +135,7 @@ mod meta;
 mod options;
 mod recover;
 mod segment;
+mod shared;
 pub mod storage;
 mod writer;
 
@@ -142,7 +143,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -152,7 +153,7 @@ pub use format::Record;
 pub use options::{Durability, LogOptions, Recovery, Retention, VerifyOnOpen};
 pub use recover::Finding;
 use recover::Mode;
-use segment::Segment;
+use shared::{Hook, Progress, Shared};
 use storage::{DirLock, FsStorage, Storage};
 use writer::{Command, Writer};
 
@@ -207,164 +208,9 @@ pub enum LogHealth {
     Failed { reason: Arc<str> },
 }
 
-/// How far the log has committed, and whether it still accepts readers' waits.
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    next_seq: u64,
-    open: bool,
-}
-
-/// State shared by the log handle, its readers and the writer thread.
-#[derive(Debug)]
-struct Shared {
-    dir: PathBuf,
-    storage: Arc<dyn Storage>,
-    options: LogOptions,
-    segments: RwLock<Vec<Arc<Segment>>>,
-    progress: watch::Sender<Progress>,
-    failure: OnceLock<Arc<str>>,
-    /// The file whose write found the device full, while appends are refused for it.
-    no_space: std::sync::Mutex<Option<PathBuf>>,
-    appends: AtomicU64,
-    fsyncs: AtomicU64,
-    fsync_micros: AtomicU64,
-    /// Told of every committed group of records, in sequence order (see
-    /// [`Log::on_commit`]).
-    on_commit: OnceLock<Hook>,
-}
-
-/// The commit hook, shown by name only.
-struct Hook(CommitHook);
-
-impl std::fmt::Debug for Hook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CommitHook")
-    }
-}
-
 /// Called on the writer thread with the first sequence of each committed group and its
 /// records, in order, after readers can see them and before their appenders hear back.
 pub type CommitHook = Box<dyn Fn(u64, &[Bytes]) + Send + Sync>;
-
-impl Shared {
-    fn segments(&self) -> Vec<Arc<Segment>> {
-        self.segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn active(&self) -> Arc<Segment> {
-        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
-        segments
-            .last()
-            .expect("a log always has an active segment")
-            .clone()
-    }
-
-    fn push_segment(&self, segment: Arc<Segment>) {
-        self.segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(segment);
-    }
-
-    fn drop_oldest_segments(&self, n: usize) -> Vec<Arc<Segment>> {
-        let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
-        let n = n.min(segments.len() - 1);
-        segments.drain(..n).collect()
-    }
-
-    /// The segment holding `seq` (or the oldest, if `seq` is older than all of them;
-    /// or the next one, if `seq` falls in a gap a repair left).
-    fn segment_for(&self, seq: u64) -> Arc<Segment> {
-        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
-        let i = segments
-            .partition_point(|s| s.base_seq <= seq)
-            .saturating_sub(1);
-        match segments.get(i + 1) {
-            Some(next) if segments[i].extent().next_seq <= seq => next.clone(),
-            _ => segments[i].clone(),
-        }
-    }
-
-    /// The segment after `segment`, if any.
-    fn segment_after(&self, segment: &Segment) -> Option<Arc<Segment>> {
-        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
-        let i = segments.partition_point(|s| s.base_seq <= segment.base_seq);
-        segments.get(i).cloned()
-    }
-
-    fn first_seq(&self) -> u64 {
-        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
-        segments[0].base_seq
-    }
-
-    fn failure(&self) -> Option<Arc<str>> {
-        self.failure.get().cloned()
-    }
-
-    fn set_failure(&self, reason: String) {
-        let _ = self.failure.set(reason.into());
-    }
-
-    fn set_no_space(&self, file: Option<PathBuf>) {
-        *self.no_space.lock().unwrap_or_else(|e| e.into_inner()) = file;
-    }
-
-    fn no_space(&self) -> Option<PathBuf> {
-        self.no_space
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn publish(&self, next_seq: u64, appends: usize) {
-        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
-        self.progress.send_modify(|p| p.next_seq = next_seq);
-    }
-
-    fn close_progress(&self) {
-        self.progress.send_modify(|p| p.open = false);
-    }
-
-    fn record_fsync(&self, took: Duration) {
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.fsync_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    fn read(&self, from_seq: u64, max_records: usize) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut next = from_seq.max(self.first_seq());
-        let mut segment = self.segment_for(next);
-        while out.len() < max_records {
-            segment.read_into(
-                next,
-                max_records,
-                self.options.max_read_bytes,
-                self.options.max_record_bytes,
-                &mut out,
-                &mut bytes,
-            )?;
-            if bytes >= self.options.max_read_bytes {
-                break;
-            }
-            // On to the next segment (past a gap a repair left, if there is one).
-            match self.segment_after(&segment) {
-                Some(after) => {
-                    next = next.max(after.base_seq);
-                    segment = after;
-                }
-                None => break,
-            }
-        }
-        Ok(out)
-    }
-}
 
 /// A durable, segmented, append-only log. See the [crate docs](crate) for its guarantees
 /// and format.
