@@ -1,215 +1,25 @@
-//! The server's counters, and the two views of them: Prometheus text (`/metrics`) and a
-//! JSON summary (`/api/v1/metrics`). Names follow `ganglion_<subsystem>_<name>_<unit>`.
-
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+//! Every metric family the server exports, by part: the server's own counters, the bus,
+//! the log, the coordinator and the process.
 
 use std::collections::BTreeMap;
 
-use ganglion_core::BusError;
-use ganglion_core::bus::ErrorCode;
 use ganglion_core::engine::SubscriptionStats;
-use ganglion_core::stats::{Histogram, HistogramSnapshot};
-use serde_json::json;
 
 use crate::State;
 
-/// Counters updated by the gRPC and HTTP handlers.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    published: AtomicU64,
-    /// How long publish calls took, from decoded request to durable acknowledgement.
-    publish_duration: Histogram,
-    delivered: AtomicU64,
-    refused: [AtomicU64; 7],
-    subscriptions_opened: AtomicU64,
-    subscriptions_open: AtomicU64,
-    sse_clients: AtomicU64,
-}
-
-const CODES: [ErrorCode; 7] = [
-    ErrorCode::InvalidArgument,
-    ErrorCode::NotFound,
-    ErrorCode::ResourceExhausted,
-    ErrorCode::Unavailable,
-    ErrorCode::Internal,
-    ErrorCode::Unauthenticated,
-    ErrorCode::PermissionDenied,
-];
-
-fn code_index(code: ErrorCode) -> usize {
-    CODES.iter().position(|c| *c == code).unwrap_or(4)
-}
-
-impl Metrics {
-    pub(crate) fn published(&self, events: u64, took: Duration) {
-        self.published.fetch_add(events, Ordering::Relaxed);
-        self.publish_duration.record(took);
-    }
-
-    pub(crate) fn delivered(&self, events: u64) {
-        self.delivered.fetch_add(events, Ordering::Relaxed);
-    }
-
-    /// Counts a refused publish request under `code`.
-    pub(crate) fn refused_code(&self, code: ErrorCode) {
-        self.refused[code_index(code)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a refused request; returns the error for the caller to send.
-    pub(crate) fn refused(&self, error: BusError) -> BusError {
-        self.refused_code(error.code());
-        error
-    }
-
-    pub(crate) fn subscription_opened(&self) {
-        self.subscriptions_opened.fetch_add(1, Ordering::Relaxed);
-        self.subscriptions_open.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn subscription_closed(&self) {
-        self.subscriptions_open.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Counts a new SSE client unless `limit` are connected already.
-    pub(crate) fn try_open_sse(&self, limit: usize) -> bool {
-        let before = self.sse_clients.fetch_add(1, Ordering::AcqRel);
-        if before >= limit as u64 {
-            self.sse_clients.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    pub(crate) fn sse_closed(&self) {
-        self.sse_clients.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Events published through this server (gRPC and HTTP).
-    pub fn published_total(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
-    }
-
-    /// Events sent to gRPC and SSE subscribers.
-    pub fn delivered_total(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
-    }
-}
-
-/// A label value with `\\`, `"` and newlines escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn load(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
-}
-
-/// Prometheus text (exposition format 0.0.4), one metric family at a time.
-struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    /// A family with one unlabelled sample.
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        self.header(name, kind, help);
-        let _ = writeln!(self.out, "{name} {value}");
-    }
-
-    /// A family with a sample per label set (`label="value"` pairs, already escaped).
-    /// The family is declared even with no samples yet, so every name the server can
-    /// export is in every scrape.
-    fn each<V: std::fmt::Display>(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        samples: impl IntoIterator<Item = (String, V)>,
-    ) {
-        self.header(name, kind, help);
-        for (labels, value) in samples {
-            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
-        }
-    }
-
-    /// A histogram family, a series per label set (`""` for none).
-    fn histograms<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        series: impl IntoIterator<Item = (String, &'a HistogramSnapshot)>,
-    ) {
-        self.header(name, "histogram", help);
-        for (labels, h) in series {
-            let sep = if labels.is_empty() { "" } else { "," };
-            for (bound, count) in &h.buckets {
-                let _ = writeln!(
-                    self.out,
-                    "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                self.out,
-                "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-                h.count
-            );
-            let braces = |s: &str| {
-                if s.is_empty() {
-                    String::new()
-                } else {
-                    format!("{{{s}}}")
-                }
-            };
-            let _ = writeln!(self.out, "{name}_sum{} {}", braces(&labels), h.sum_seconds);
-            let _ = writeln!(self.out, "{name}_count{} {}", braces(&labels), h.count);
-        }
-    }
-}
-
-/// `label="value"`, escaped.
-fn label(name: &str, value: &str) -> String {
-    format!("{name}=\"{}\"", escape(value))
-}
+use super::exposition::{Exposition, label, load};
+use super::{CODES, code_index, memory_limit};
 
 /// A per-subscription family: name, help, and the value it reads.
-type PerSubscription = (&'static str, &'static str, fn(&SubscriptionStats) -> u64);
+pub(super) type PerSubscription = (&'static str, &'static str, fn(&SubscriptionStats) -> u64);
 
 /// A family's name, help and labelled samples.
-type Family = (&'static str, &'static str, Vec<(String, u64)>);
+pub(super) type Family = (&'static str, &'static str, Vec<(String, u64)>);
 
 /// Most distinct topic prefixes given their own series; the rest count as `other`.
-const MAX_PREFIXES: usize = 64;
+pub(super) const MAX_PREFIXES: usize = 64;
 
-/// Prometheus text exposition format, version 0.0.4.
-pub(crate) fn prometheus(state: &State, topics: &[ganglion_core::bus::TopicInfo]) -> String {
-    let m = &state.metrics;
-    let mut x = Exposition {
-        out: String::with_capacity(8192),
-    };
-    server_metrics(&mut x, state);
-    bus_metrics(&mut x, state, topics);
-    log_metrics(&mut x, state);
-    coordinator_metrics(&mut x, state);
-    x.histograms(
-        "ganglion_server_publish_duration_seconds",
-        "Publish calls (gRPC and HTTP), from decoded request to durable acknowledgement.",
-        [(String::new(), &m.publish_duration.snapshot())],
-    );
-    process_metrics(&mut x);
-    x.out
-}
-
-fn server_metrics(x: &mut Exposition, state: &State) {
+pub(super) fn server_metrics(x: &mut Exposition, state: &State) {
     let m = &state.metrics;
     x.one(
         "ganglion_server_published_events_total",
@@ -318,7 +128,11 @@ fn server_metrics(x: &mut Exposition, state: &State) {
     );
 }
 
-fn bus_metrics(x: &mut Exposition, state: &State, topics: &[ganglion_core::bus::TopicInfo]) {
+pub(super) fn bus_metrics(
+    x: &mut Exposition,
+    state: &State,
+    topics: &[ganglion_core::bus::TopicInfo],
+) {
     // Published, by the first token of the topic (bounded: an application's topic
     // prefixes are few; past MAX_PREFIXES the rest count as `other`).
     let mut prefixes: BTreeMap<&str, u64> = BTreeMap::new();
@@ -426,7 +240,7 @@ fn bus_metrics(x: &mut Exposition, state: &State, topics: &[ganglion_core::bus::
     );
 }
 
-fn log_metrics(x: &mut Exposition, state: &State) {
+pub(super) fn log_metrics(x: &mut Exposition, state: &State) {
     let log = state.bus.storage();
     x.one(
         "ganglion_log_appended_records_total",
@@ -472,7 +286,7 @@ fn log_metrics(x: &mut Exposition, state: &State) {
     );
 }
 
-fn coordinator_metrics(x: &mut Exposition, state: &State) {
+pub(super) fn coordinator_metrics(x: &mut Exposition, state: &State) {
     // Labels are configured names (bounded).
     let c = crate::grpc::coordinator::status_of(&state.coordinator);
     let pools = |f: fn(&ganglion_proto::v1::PoolStatus) -> u64| {
@@ -559,7 +373,7 @@ fn coordinator_metrics(x: &mut Exposition, state: &State) {
 /// The standard `process_*` metrics (as every Prometheus client library names them),
 /// read from `/proc/self`; nothing is written where `/proc` is missing. And
 /// `ganglion_build_info`.
-fn process_metrics(x: &mut Exposition) {
+pub(super) fn process_metrics(x: &mut Exposition) {
     x.each(
         "ganglion_build_info",
         "gauge",
@@ -649,53 +463,4 @@ fn process_metrics(x: &mut Exposition) {
             fds.count(),
         );
     }
-}
-
-/// The JSON summary behind `GET /api/v1/metrics`.
-pub(crate) fn summary(state: &State) -> serde_json::Value {
-    let m = &state.metrics;
-    let log = state.bus.storage();
-    json!({
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "events": {
-            "published": load(&m.published),
-            "delivered": load(&m.delivered),
-        },
-        "refused": CODES.iter().map(|c| (c.as_str().to_owned(), json!(load(&m.refused[code_index(*c)])))).collect::<serde_json::Map<_, _>>(),
-        "subscriptions": {
-            "open": load(&m.subscriptions_open),
-            "opened": load(&m.subscriptions_opened),
-            "sse_clients": load(&m.sse_clients),
-            "consumers": state
-                .bus
-                .subscriptions()
-                .iter()
-                .map(crate::http::subscription_json)
-                .collect::<Vec<_>>(),
-        },
-        "coordinator": crate::http::coordinator::status_json(&state.coordinator),
-        "log": {
-            "first_seq": log.first_seq,
-            "next_seq": log.next_seq,
-            "segments": log.segments,
-            "bytes": log.bytes,
-            "appends": log.appends,
-            "fsyncs": log.fsyncs,
-            "fsync_micros_total": log.fsync_micros_total,
-            "healthy": state.bus.health().is_ok(),
-        },
-    })
-}
-
-/// The cgroup v2 memory limit, or else the machine's total memory.
-fn memory_limit() -> Option<u64> {
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    cgroup.or_else(|| {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    })
 }
