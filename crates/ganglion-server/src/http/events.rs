@@ -21,7 +21,7 @@ use ganglion_core::bus::{
 };
 use ganglion_core::{BusError, Event, Topic, parse_since};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, Monitor, Who, field_str, json_body, object_body, pattern_param};
 use crate::State;
@@ -134,122 +134,80 @@ fn strip_batch_prefix(error: BusError) -> BusError {
     }
 }
 
+/// An event as a publish body gives it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventJson {
+    topic: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default, rename = "type")]
+    event_type: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    /// Absent: given at publication, one clock read per batch.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    timestamp_ms: Option<u64>,
+}
+
 /// One event from its JSON form; `at` prefixes field names (`events[2]`).
 fn event_from_json(value: Value, at: &str) -> ApiResult<Event> {
-    let name = |field: &str| {
-        if at.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{at}.{field}")
-        }
-    };
-    let Value::Object(object) = value else {
+    if !value.is_object() {
         return Err(ApiError::invalid(
             if at.is_empty() { "body" } else { at },
             "must be an object",
         ));
-    };
-    let string = |object: &Map<String, Value>, field: &str| -> ApiResult<Option<String>> {
-        match object.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError::invalid(name(field), "must be a string")),
-        }
-    };
-    for key in object.keys() {
-        if !matches!(
-            key.as_str(),
-            "topic"
-                | "payload"
-                | "payload_base64"
-                | "content_type"
-                | "type"
-                | "source"
-                | "headers"
-                | "id"
-                | "timestamp_ms"
-        ) {
-            return Err(ApiError::invalid(
-                name(key),
-                "is not an event field (expected topic, payload, payload_base64, content_type, type, source, headers, id, timestamp_ms)",
-            ));
-        }
     }
+    let name = |field: &str| super::field_at(at, field);
+    let event: EventJson = super::from_json(value, at)?;
     let topic =
-        string(&object, "topic")?.ok_or_else(|| ApiError::invalid(name("topic"), "is required"))?;
-    let topic = Topic::new(&topic).map_err(|e| ApiError::invalid(name("topic"), e.to_string()))?;
-    let (payload, content_type) = match (object.get("payload"), object.get("payload_base64")) {
+        Topic::new(&event.topic).map_err(|e| ApiError::invalid(name("topic"), e.to_string()))?;
+    let (payload, content_type) = match (event.payload, event.payload_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 name("payload_base64"),
                 "give payload or payload_base64, not both",
             ));
         }
-        (_, Some(Value::String(b64))) => {
+        (_, Some(b64)) => {
             let bytes = BASE64.decode(b64).map_err(|e| {
                 ApiError::invalid(name("payload_base64"), format!("is not base64: {e}"))
             })?;
-            let content_type = string(&object, "content_type")?
+            let content_type = event
+                .content_type
                 .unwrap_or_else(|| "application/octet-stream".to_owned());
             (Bytes::from(bytes), content_type)
         }
-        (_, Some(_)) => {
-            return Err(ApiError::invalid(
-                name("payload_base64"),
-                "must be a string",
-            ));
-        }
         (payload, None) => {
-            if let Some(ct) = string(&object, "content_type")?
-                && ct != "application/json"
+            if event
+                .content_type
+                .is_some_and(|ct| ct != "application/json")
             {
                 return Err(ApiError::invalid(
                     name("content_type"),
                     "a JSON payload is application/json; use payload_base64 for other content",
                 ));
             }
-            let payload = payload.cloned().unwrap_or(Value::Null);
-            let bytes = serde_json::to_vec(&payload)
+            let bytes = serde_json::to_vec(&payload.unwrap_or(Value::Null))
                 .map_err(|e| ApiError::invalid(name("payload"), e.to_string()))?;
             (Bytes::from(bytes), "application/json".to_owned())
         }
     };
-    let headers = match object.get("headers") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(ApiError::invalid(
-                    name(&format!("headers.{k}")),
-                    "header values must be strings",
-                )),
-            })
-            .collect::<ApiResult<_>>()?,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                name("headers"),
-                "must be an object of strings",
-            ));
-        }
-    };
-    let timestamp_ms = match object.get("timestamp_ms") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v.as_u64().ok_or_else(|| {
-            ApiError::invalid(
-                name("timestamp_ms"),
-                "must be a whole number of milliseconds",
-            )
-        })?,
-    };
     Ok(Event {
-        // An absent id is given at publication, one clock read per batch.
-        id: string(&object, "id")?.unwrap_or_default().into(),
+        id: event.id.unwrap_or_default().into(),
         topic,
-        event_type: string(&object, "type")?.unwrap_or_default(),
-        source: string(&object, "source")?.unwrap_or_default(),
-        timestamp_ms,
-        headers,
+        event_type: event.event_type.unwrap_or_default(),
+        source: event.source.unwrap_or_default(),
+        timestamp_ms: event.timestamp_ms.unwrap_or(0),
+        headers: event.headers.unwrap_or_default(),
         payload,
         content_type,
         seq: 0,
@@ -555,6 +513,18 @@ mod tests {
         assert_eq!(err.field.as_deref(), Some("colour"));
         let err = event_from_json(json!({"payload": 1}), "").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("topic"));
+        assert_eq!(err.message(), "is required");
+        let err =
+            event_from_json(json!({"topic": "a.b", "colour": "red"}), "events[1]").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("events[1].colour"));
+        assert!(
+            err.message().contains("expected one of `topic`"),
+            "{}",
+            err.message()
+        );
+        let err = event_from_json(json!({"topic": "a.b", "timestamp_ms": "now"}), "").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("timestamp_ms"));
+        assert!(err.message().contains("expected u64"), "{}", err.message());
     }
 
     #[test]

@@ -344,6 +344,46 @@ impl axum::extract::FromRequestParts<Arc<State>> for Monitor {
     }
 }
 
+/// `field` under `at` (`events[2].topic`), or `field` alone at the top.
+pub(crate) fn field_at(at: &str, field: &str) -> String {
+    match (at.is_empty(), field.is_empty()) {
+        (true, _) => field.to_owned(),
+        (false, true) => at.to_owned(),
+        (false, false) => format!("{at}.{field}"),
+    }
+}
+
+/// `value` as a request type (serde-derived), or an error naming the field (under
+/// `at`) and saying what was expected: a missing field "is required", an unknown one
+/// lists those there are, a wrong type says which it should be.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> ApiResult<T> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = error.into_inner().to_string();
+        let named = |prefix: &str| {
+            let rest = message.strip_prefix(prefix)?;
+            let (field, after) = rest.split_once('`')?;
+            Some((field.to_owned(), after.trim_start_matches(", ").to_owned()))
+        };
+        let parent = field_at(at, &path);
+        if let Some((field, _)) = named("missing field `") {
+            ApiError::invalid(field_at(&parent, &field), "is required")
+        } else if let Some((field, expected)) = named("unknown field `") {
+            let path = path
+                .strip_suffix(&field)
+                .unwrap_or(&path)
+                .trim_end_matches('.');
+            ApiError::invalid(
+                field_at(&field_at(at, path), &field),
+                format!("is not a field here ({expected})"),
+            )
+        } else {
+            ApiError::invalid(parent, message)
+        }
+    })
+}
+
 /// Reads the body up to the limit (413 beyond it) and parses it as JSON.
 pub(crate) async fn json_body(state: &State, body: Body) -> ApiResult<Value> {
     let limit = state.limits.max_http_body_bytes;
