@@ -33,10 +33,20 @@ fn record(pools: &Pools) -> Arc<Mutex<VecDeque<LeaseEvent>>> {
     events
 }
 
-async fn settle() {
-    for _ in 0..50 {
+/// Lets the other tasks run until `done` holds: what a test waits for is state it can
+/// observe, not a number of turns. Panics naming `what` if it never comes.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
         tokio::task::yield_now().await;
     }
+    panic!("never happened: {what}");
+}
+
+fn waiters(pools: &Pools) -> usize {
+    pools.status()[0].waiters
 }
 
 #[tokio::test]
@@ -104,21 +114,25 @@ async fn waiters_go_by_priority_then_arrival_and_one_release_grants_one() {
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (who, priority) in [("low-a", 0), ("high", 9), ("low-b", 0), ("mid", 5)] {
-        let (pools, order) = (pools.clone(), order.clone());
+        let (line, order) = (pools.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
             let mut request = now_request("gpu", who);
             request.priority = priority;
             request.wait_timeout = Duration::from_secs(3600);
-            let lease = pools.acquire(request).await.unwrap();
+            let lease = line.acquire(request).await.unwrap();
             order.lock().unwrap().push(who);
             lease
         }));
-        settle().await;
+        let n = tasks.len();
+        until("the waiter joins the line", || waiters(&pools) == n).await;
     }
     let mut release = first.id;
     for expected in 1..=4 {
         pools.release(release).unwrap();
-        settle().await;
+        until("the granted waiter returns", || {
+            order.lock().unwrap().len() >= expected
+        })
+        .await;
         assert_eq!(
             order.lock().unwrap().len(),
             expected,
@@ -142,7 +156,7 @@ async fn a_low_priority_waiter_is_served_within_the_aging_bound_under_constant_h
             pools.acquire(request).await.unwrap()
         })
     };
-    settle().await;
+    until("low joins the line", || waiters(&pools) == 1).await;
     // High-priority work arrives faster than it is served: each holds a minute while
     // two more high-priority waiters join.
     let mut waited = Duration::ZERO;
@@ -150,6 +164,7 @@ async fn a_low_priority_waiter_is_served_within_the_aging_bound_under_constant_h
         let mut request = now_request("gpu", "high");
         request.priority = 10;
         request.wait_timeout = Duration::from_secs(3600);
+        let before = waiters(&pools);
         for _ in 0..2 {
             let (pools, request) = (pools.clone(), request.clone());
             tokio::spawn(async move {
@@ -157,7 +172,7 @@ async fn a_low_priority_waiter_is_served_within_the_aging_bound_under_constant_h
                 lease.id
             });
         }
-        settle().await;
+        until("two high waiters join", || waiters(&pools) == before + 2).await;
         clock.advance(Duration::from_secs(60));
         waited += Duration::from_secs(60);
         let holder = pools.status()[0].holders.first().cloned();
@@ -167,8 +182,11 @@ async fn a_low_priority_waiter_is_served_within_the_aging_bound_under_constant_h
             }
             pools.release(holder.id).unwrap();
         }
-        settle().await;
-        if low.is_finished() {
+        if pools.status()[0]
+            .holders
+            .first()
+            .is_some_and(|h| h.holder == "low")
+        {
             break;
         }
         assert!(
@@ -197,7 +215,7 @@ async fn an_unrenewed_lease_is_reclaimed_after_its_ttl_and_its_token_fails_the_f
             pools.acquire(request).await.unwrap()
         })
     };
-    settle().await;
+    until("next joins the line", || waiters(&pools) == 1).await;
     clock.advance(Duration::from_secs(20));
     pools.renew(lease.id).unwrap();
     clock.advance(Duration::from_secs(29));
@@ -205,7 +223,6 @@ async fn an_unrenewed_lease_is_reclaimed_after_its_ttl_and_its_token_fails_the_f
     pools.check_fence("gpu", lease.fencing_token).unwrap();
     clock.advance(Duration::from_secs(1));
     pools.tick();
-    settle().await;
     let next = waiter.await.unwrap();
     assert!(next.fencing_token > lease.fencing_token);
     assert!(matches!(
@@ -540,13 +557,17 @@ async fn the_timer_task_reclaims_on_its_own_and_sleeps_between_deadlines() {
     let (clock, pools) = pools(vec![PoolSpec::counted("gpu", 1)]);
     let timers = tokio::spawn(pools.clone().run_timers());
     let lease = pools.acquire(now_request("gpu", "crashed")).await.unwrap();
-    settle().await;
     // Idle between deadlines: the task waits on the clock instead of spinning (a spinning
     // task would starve this single-threaded runtime and the test would never return).
-    assert!(clock.sleepers() >= 1);
+    until("the timer task sleeps on the clock", || {
+        clock.sleepers() >= 1
+    })
+    .await;
     clock.advance(Duration::from_secs(31));
-    settle().await;
-    assert_eq!(pools.status()[0].free, 1, "reclaimed without a manual tick");
+    until("the lease is reclaimed without a manual tick", || {
+        pools.status()[0].free == 1
+    })
+    .await;
     assert!(pools.check_fence("gpu", lease.fencing_token).is_err());
     timers.abort();
 }
@@ -565,23 +586,19 @@ async fn the_timer_task_writes_changes_within_50_ms() {
         .unwrap(),
     );
     let timers = tokio::spawn(pools.clone().run_timers());
-    settle().await;
     let path = dir.path().join("leases.state");
+    let read = || std::fs::read_to_string(&path).unwrap();
     let lease = pools.acquire(now_request("gpu", "trainer")).await.unwrap();
-    settle().await;
-    clock.advance(Duration::from_millis(50));
-    settle().await;
-    let written = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        written.contains(&format!("lease {} gpu trainer", lease.id)),
-        "{written}"
-    );
+    let held = format!("lease {} gpu trainer", lease.id);
+    // The first grant opens a block of fencing tokens: written before it is returned.
+    assert!(read().contains(&held));
     pools.release(lease.id).unwrap();
-    settle().await;
+    assert!(read().contains(&held), "a release waits for the timer task");
     clock.advance(Duration::from_millis(50));
-    settle().await;
-    let written = std::fs::read_to_string(&path).unwrap();
-    assert!(!written.contains("\nlease "), "{written}");
+    until("the release is written within 50 ms", || {
+        !read().contains("\nlease ")
+    })
+    .await;
     timers.abort();
 }
 
@@ -612,7 +629,7 @@ async fn a_waiter_that_leaves_the_head_of_the_line_lets_the_next_one_through() {
                 pools.acquire(request).await
             })
         };
-        settle().await;
+        until("big joins the line", || waiters(&pools) == 1).await;
         let small = {
             let pools = pools.clone();
             tokio::spawn(async move {
@@ -621,24 +638,21 @@ async fn a_waiter_that_leaves_the_head_of_the_line_lets_the_next_one_through() {
                 pools.acquire(request).await
             })
         };
-        settle().await;
-        assert_eq!(pools.status()[0].waiters, 2, "small waits behind big");
-        assert!(!small.is_finished());
+        until("small waits behind big", || waiters(&pools) == 2).await;
+        assert_eq!(pools.status()[0].free, 1, "a unit is free, yet small waits");
 
         if dropped {
             big.abort();
             assert!(big.await.unwrap_err().is_cancelled());
         } else {
             clock.advance(Duration::from_secs(60));
-            settle().await;
             let err = big.await.unwrap().unwrap_err();
             assert!(
                 matches!(err, CoordinatorError::DeadlineExceeded(_)),
                 "{err:?}"
             );
         }
-        settle().await;
-        assert!(small.is_finished(), "small is served once big is gone");
+        until("small is served once big is gone", || small.is_finished()).await;
         let lease = small.await.unwrap().unwrap();
         assert_eq!(lease.holder, "small");
         assert_eq!(pools.status()[0].waiters, 0);

@@ -30,10 +30,16 @@ fn coordinator() -> (ManualClock, Coordinator) {
     (clock, coordinator)
 }
 
-async fn settle() {
-    for _ in 0..50 {
+/// Lets the other tasks run until `done` holds: what a test waits for is state it can
+/// observe, not a number of turns. Panics naming `what` if it never comes.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
         tokio::task::yield_now().await;
     }
+    panic!("never happened: {what}");
 }
 
 #[tokio::test]
@@ -47,13 +53,13 @@ async fn a_raised_quota_grants_to_its_waiter_at_once_and_a_lowered_one_counts_pa
         let quota = quota.clone();
         tokio::spawn(async move { quota.acquire("trainer", 0, HOUR).await })
     };
-    settle().await;
+    until("the trainer waits on the clock", || clock.sleepers() >= 1).await;
     assert!(!waiting.is_finished(), "3 per hour is used up");
 
     let mut raised = config();
     raised.quotas[0].limit = 5;
     assert_eq!(c.reconfigure(&raised).unwrap(), Vec::<String>::new());
-    settle().await;
+    until("the raise grants the waiter", || waiting.is_finished()).await;
     let permit = waiting
         .await
         .unwrap()

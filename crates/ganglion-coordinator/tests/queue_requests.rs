@@ -16,10 +16,16 @@ fn queue(rule: &str) -> (ManualClock, Arc<RequestQueue>) {
     queue_with_take_timeout(rule, DEFAULT_TAKE_TIMEOUT)
 }
 
-async fn settle() {
-    for _ in 0..50 {
+/// Lets the other tasks run until `done` holds: what a test waits for is state it can
+/// observe, not a number of turns. Panics naming `what` if it never comes.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
         tokio::task::yield_now().await;
     }
+    panic!("never happened: {what}");
 }
 
 #[tokio::test]
@@ -115,10 +121,13 @@ async fn workers_take_only_what_the_quota_grants_highest_priority_first() {
         let queue = queue.clone();
         tokio::spawn(async move { queue.take("w", Duration::from_secs(120)).await })
     };
-    settle().await;
+    until("the worker waits on the clock for a call", || {
+        clock.sleepers() >= 1
+    })
+    .await;
     assert!(!waiting.is_finished());
     clock.advance(Duration::from_secs(60));
-    settle().await;
+    until("a call frees up and it is taken", || waiting.is_finished()).await;
     assert_eq!(waiting.await.unwrap().unwrap().unwrap().id, third);
 }
 
@@ -271,13 +280,19 @@ async fn a_request_its_worker_never_completes_is_taken_again_after_the_take_time
         let queue = queue.clone();
         tokio::spawn(async move { queue.take("healthy", Duration::from_secs(600)).await })
     };
-    settle().await;
+    // The second worker sleeps until the first one's take times out.
+    until("the second worker waits on the clock", || {
+        clock.sleepers() >= 1
+    })
+    .await;
     clock.advance(Duration::from_secs(59));
-    settle().await;
     assert!(!second.is_finished(), "still the first worker's until 60 s");
+    assert_eq!(clock.sleepers(), 1, "nothing was due at 59 s");
     clock.advance(Duration::from_secs(1));
-    settle().await;
-    assert!(second.is_finished(), "taken again once the timeout passed");
+    until("taken again once the timeout passed", || {
+        second.is_finished()
+    })
+    .await;
     let retaken = second.await.unwrap().unwrap().unwrap();
     assert_eq!((retaken.id, retaken.priority), (id, 5));
     assert_eq!(&retaken.request[..], b"plan the next round");
