@@ -51,122 +51,12 @@ impl<'a> Checker<'a> {
             ));
             return;
         }
-        for key in ["anyOf", "oneOf"] {
-            if let Some(options) = schema.get(key).and_then(Value::as_array) {
-                let mut first = None;
-                for option in options {
-                    let mut found = Vec::new();
-                    self.walk(option, node, path, &mut found);
-                    if found.is_empty() {
-                        return;
-                    }
-                    // Report the alternative that got furthest: the one whose type matched.
-                    if first.is_none() && !is_type_mismatch(&found, path) {
-                        first = Some(found);
-                    }
-                }
-                match first {
-                    Some(found) => out.extend(found),
-                    None => out.push(Problem::new(
-                        path,
-                        node.origin.clone(),
-                        format!("expected {}, found {}", describe(schema, self), found(node)),
-                    )),
-                }
-                return;
-            }
-        }
-        if let Some(types) = schema.get("type") {
-            let allowed: Vec<&str> = match types {
-                Value::String(t) => vec![t.as_str()],
-                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-                _ => Vec::new(),
-            };
-            if !allowed.is_empty() && !allowed.iter().any(|t| has_type(node, t)) {
-                out.push(Problem::new(
-                    path,
-                    node.origin.clone(),
-                    format!("expected {}, found {}", allowed.join(" or "), found(node)),
-                ));
-                return;
-            }
-        }
-        if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-            let value = node.to_json();
-            if !allowed.contains(&value) {
-                out.push(Problem::new(
-                    path,
-                    node.origin.clone(),
-                    format!("expected one of {}, found {value}", list(allowed)),
-                ));
-                return;
-            }
-        }
-        if let Some(constant) = schema.get("const")
-            && &node.to_json() != constant
-        {
-            out.push(Problem::new(
-                path,
-                node.origin.clone(),
-                format!("expected {constant}, found {}", node.to_json()),
-            ));
+        if self.alternatives(schema, node, path, out) || !value_fits(schema, node, path, out) {
             return;
         }
-        if let Tree::Scalar(value) = &node.value
-            && let Some(n) = value.as_f64()
-        {
-            if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-                && n < min
-            {
-                out.push(Problem::new(
-                    path,
-                    node.origin.clone(),
-                    format!("must be at least {min}, found {value}"),
-                ));
-            }
-            if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
-                && n > max
-            {
-                out.push(Problem::new(
-                    path,
-                    node.origin.clone(),
-                    format!("must be at most {max}, found {value}"),
-                ));
-            }
-        }
+        bounds(schema, node, path, out);
         match &node.value {
-            Tree::Map(map) => {
-                let properties = schema.get("properties").and_then(Value::as_object);
-                let additional = schema.get("additionalProperties");
-                for (key, child) in map {
-                    let child_path = join(path, key);
-                    match properties.and_then(|p| p.get(key)) {
-                        Some(property) => self.walk(property, child, &child_path, out),
-                        None => match additional {
-                            Some(Value::Bool(false)) => out.push(Problem::new(
-                                &child_path,
-                                child.origin.clone(),
-                                unknown_key(key, properties),
-                            )),
-                            Some(extra @ Value::Object(_)) => {
-                                self.walk(extra, child, &child_path, out)
-                            }
-                            _ => {}
-                        },
-                    }
-                }
-                if let Some(required) = schema.get("required").and_then(Value::as_array) {
-                    for key in required.iter().filter_map(Value::as_str) {
-                        if !map.contains_key(key) {
-                            out.push(Problem::new(
-                                path,
-                                node.origin.clone(),
-                                format!("is missing the required key `{key}`"),
-                            ));
-                        }
-                    }
-                }
-            }
+            Tree::Map(map) => self.walk_map(schema, node, map, path, out),
             Tree::Seq(items) => {
                 if let Some(item_schema) = schema.get("items") {
                     for (i, item) in items.iter().enumerate() {
@@ -176,6 +66,153 @@ impl<'a> Checker<'a> {
             }
             Tree::Scalar(_) => {}
         }
+    }
+
+    /// `anyOf` / `oneOf`: fine if one alternative fits; else the problems of the one that
+    /// got furthest (whose type matched). `false` when the schema has neither.
+    fn alternatives(
+        &self,
+        schema: &'a Value,
+        node: &Node,
+        path: &str,
+        out: &mut Vec<Problem>,
+    ) -> bool {
+        for key in ["anyOf", "oneOf"] {
+            let Some(options) = schema.get(key).and_then(Value::as_array) else {
+                continue;
+            };
+            let mut first = None;
+            for option in options {
+                let mut found = Vec::new();
+                self.walk(option, node, path, &mut found);
+                if found.is_empty() {
+                    return true;
+                }
+                if first.is_none() && !is_type_mismatch(&found, path) {
+                    first = Some(found);
+                }
+            }
+            match first {
+                Some(found) => out.extend(found),
+                None => out.push(Problem::new(
+                    path,
+                    node.origin.clone(),
+                    format!("expected {}, found {}", describe(schema, self), found(node)),
+                )),
+            }
+            return true;
+        }
+        false
+    }
+
+    /// A map's keys against `properties` (or `additionalProperties`), and its
+    /// `required` keys.
+    fn walk_map(
+        &self,
+        schema: &'a Value,
+        node: &Node,
+        map: &std::collections::BTreeMap<String, Node>,
+        path: &str,
+        out: &mut Vec<Problem>,
+    ) {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        let additional = schema.get("additionalProperties");
+        for (key, child) in map {
+            let child_path = join(path, key);
+            match properties.and_then(|p| p.get(key)) {
+                Some(property) => self.walk(property, child, &child_path, out),
+                None => match additional {
+                    Some(Value::Bool(false)) => out.push(Problem::new(
+                        &child_path,
+                        child.origin.clone(),
+                        unknown_key(key, properties),
+                    )),
+                    Some(extra @ Value::Object(_)) => self.walk(extra, child, &child_path, out),
+                    _ => {}
+                },
+            }
+        }
+        if let Some(required) = schema.get("required").and_then(Value::as_array) {
+            for key in required.iter().filter_map(Value::as_str) {
+                if !map.contains_key(key) {
+                    out.push(Problem::new(
+                        path,
+                        node.origin.clone(),
+                        format!("is missing the required key `{key}`"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The node's `type`, `enum` and `const`; `false` (with the problem) when it does not
+/// fit, and its contents are not checked further.
+fn value_fits(schema: &Value, node: &Node, path: &str, out: &mut Vec<Problem>) -> bool {
+    if let Some(types) = schema.get("type") {
+        let allowed: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !allowed.is_empty() && !allowed.iter().any(|t| has_type(node, t)) {
+            out.push(Problem::new(
+                path,
+                node.origin.clone(),
+                format!("expected {}, found {}", allowed.join(" or "), found(node)),
+            ));
+            return false;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        let value = node.to_json();
+        if !allowed.contains(&value) {
+            out.push(Problem::new(
+                path,
+                node.origin.clone(),
+                format!("expected one of {}, found {value}", list(allowed)),
+            ));
+            return false;
+        }
+    }
+    if let Some(constant) = schema.get("const")
+        && &node.to_json() != constant
+    {
+        out.push(Problem::new(
+            path,
+            node.origin.clone(),
+            format!("expected {constant}, found {}", node.to_json()),
+        ));
+        return false;
+    }
+    true
+}
+
+/// A number's `minimum` and `maximum`.
+fn bounds(schema: &Value, node: &Node, path: &str, out: &mut Vec<Problem>) {
+    let Tree::Scalar(value) = &node.value else {
+        return;
+    };
+    let Some(n) = value.as_f64() else {
+        return;
+    };
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+        && n < min
+    {
+        out.push(Problem::new(
+            path,
+            node.origin.clone(),
+            format!("must be at least {min}, found {value}"),
+        ));
+    }
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+        && n > max
+    {
+        out.push(Problem::new(
+            path,
+            node.origin.clone(),
+            format!("must be at most {max}, found {value}"),
+        ));
     }
 }
 

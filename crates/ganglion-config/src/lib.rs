@@ -310,6 +310,55 @@ impl Loader {
 
     /// Reads, merges and validates every layer.
     pub fn load(&self) -> Result<Loaded, Problems> {
+        let problems = self.check_layer_names();
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let mut problems = Vec::new();
+        // Layers 1–4.
+        let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+        let mut tree = Node::from_json(&defaults, &Origin::Default);
+        let read = self.merge_files(&mut tree, &mut problems);
+        // Layers 6–7, kept apart so feature flags can be switched on from them too.
+        let top = self.env_and_flags(&mut problems);
+        // Layer 5: the `set` of each enabled feature.
+        merge_enabled_features(&mut tree, &top);
+        tree.merge(top);
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let problems = check_schema(&tree);
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let json = tree.to_json();
+        let mut config: Config = serde_json::from_value(json.clone())
+            .map_err(|e| Problems(vec![Problem::new("", Origin::Default, e.to_string())]))?;
+        self.resolve_secret_files(&mut config, &tree)?;
+
+        let problems: Vec<Problem> = self
+            .validators
+            .iter()
+            .flat_map(|check| check(&config))
+            .map(|(path, message)| {
+                let keys: Vec<&str> = path.split('.').collect();
+                Problem::new(&path, tree.origin_of(&keys).clone(), message)
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        Ok(Loaded {
+            config: Arc::new(config),
+            tree,
+            json,
+            files: read,
+        })
+    }
+
+    /// `--env` and `--component` are names, and a layer asked for by name must exist:
+    /// a misspelt `--env prodution` would otherwise run on the defaults without a word.
+    fn check_layer_names(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (what, name) in [
             ("environment", &self.environment),
@@ -328,42 +377,41 @@ impl Loader {
                 ));
             }
         }
-        // A layer asked for by name must exist: a misspelt `--env prodution` would
-        // otherwise run on the defaults without a word.
+        if !problems.is_empty() {
+            return problems;
+        }
         for (what, name, sub) in [
             ("environment", &self.environment, "environments"),
             ("component", &self.component, "components"),
         ] {
-            if let Some(name) = name.as_ref().filter(|_| problems.is_empty()) {
-                let file = self.dir.join(sub).join(format!("{name}.yaml"));
-                if !file.is_file() {
-                    let known = known_layers(&self.dir.join(sub));
-                    problems.push(Problem::new(
-                        what,
-                        Origin::Flag(format!(
-                            "--{}",
-                            if what == "environment" { "env" } else { what }
-                        )),
-                        format!(
-                            "{name:?} has no layer: {} does not exist{}",
-                            file.display(),
-                            if known.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" (there are: {})", known.join(", "))
-                            }
-                        ),
-                    ));
-                }
+            let Some(name) = name else { continue };
+            let file = self.dir.join(sub).join(format!("{name}.yaml"));
+            if file.is_file() {
+                continue;
             }
+            let known = known_layers(&self.dir.join(sub));
+            problems.push(Problem::new(
+                what,
+                Origin::Flag(format!(
+                    "--{}",
+                    if what == "environment" { "env" } else { what }
+                )),
+                format!(
+                    "{name:?} has no layer: {} does not exist{}",
+                    file.display(),
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (there are: {})", known.join(", "))
+                    }
+                ),
+            ));
         }
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
+        problems
+    }
 
-        // Layers 1–4.
-        let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
-        let mut tree = Node::from_json(&defaults, &Origin::Default);
+    /// Merges the layer files that exist into `tree`, in order; returns those read.
+    fn merge_files(&self, tree: &mut Node, problems: &mut Vec<Problem>) -> Vec<PathBuf> {
         let mut read = Vec::new();
         for file in self.files() {
             let text = match std::fs::read_to_string(&file) {
@@ -395,7 +443,11 @@ impl Loader {
                 )),
             }
         }
-        // Layers 6–7, kept apart so feature flags can be switched on from them too.
+        read
+    }
+
+    /// The environment variables' and the flags' settings (layers 6 and 7).
+    fn env_and_flags(&self, problems: &mut Vec<Problem>) -> Node {
         let mut top = Node::empty_map(Origin::Default);
         for (name, value) in &self.env_vars {
             let path: Vec<String> = name[ENV_PREFIX.len()..]
@@ -417,70 +469,7 @@ impl Loader {
             let path: Vec<&str> = path.split('.').collect();
             top.set(&path, tree::parse_value(value, Origin::Flag(flag.clone())));
         }
-        // Layer 5: the `set` of each enabled feature.
-        let mut with_top = tree.clone();
-        with_top.merge(top.clone());
-        if let Some(Node {
-            value: Tree::Map(features),
-            ..
-        }) = with_top.get(&["features"])
-        {
-            for feature in features.values() {
-                let enabled = feature
-                    .get(&["enabled"])
-                    .is_some_and(|e| e.to_json() == Value::Bool(true));
-                if let (true, Some(set)) = (enabled, feature.get(&["set"]))
-                    && matches!(set.value, Tree::Map(_))
-                {
-                    tree.merge(set.clone());
-                }
-            }
-        }
-        tree.merge(top);
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
-
-        let schema = schema();
-        let checker = Checker::new(schema);
-        let mut problems = checker.check(&tree, "");
-        if let Some(Node {
-            value: Tree::Map(features),
-            ..
-        }) = tree.get(&["features"])
-        {
-            for (name, feature) in features {
-                if let Some(set) = feature.get(&["set"]) {
-                    problems.extend(checker.check(set, &format!("features.{name}.set")));
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
-        let json = tree.to_json();
-        let mut config: Config = serde_json::from_value(json.clone())
-            .map_err(|e| Problems(vec![Problem::new("", Origin::Default, e.to_string())]))?;
-        self.resolve_secret_files(&mut config, &tree)?;
-
-        let problems: Vec<Problem> = self
-            .validators
-            .iter()
-            .flat_map(|check| check(&config))
-            .map(|(path, message)| {
-                let keys: Vec<&str> = path.split('.').collect();
-                Problem::new(&path, tree.origin_of(&keys).clone(), message)
-            })
-            .collect();
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
-        Ok(Loaded {
-            config: Arc::new(config),
-            tree,
-            json,
-            files: read,
-        })
+        top
     }
 
     /// Reads `<key>_file` secrets.
@@ -595,4 +584,45 @@ fn resolve_any<'a>(mut schema: &'a Value, root: &'a Value) -> &'a Value {
         }
         return schema;
     }
+}
+
+/// Merges into `tree` the `set` of each feature enabled in it or in `top` (so a flag or
+/// an environment variable can switch a feature on).
+fn merge_enabled_features(tree: &mut Node, top: &Node) {
+    let mut with_top = tree.clone();
+    with_top.merge(top.clone());
+    if let Some(Node {
+        value: Tree::Map(features),
+        ..
+    }) = with_top.get(&["features"])
+    {
+        for feature in features.values() {
+            let enabled = feature
+                .get(&["enabled"])
+                .is_some_and(|e| e.to_json() == Value::Bool(true));
+            if let (true, Some(set)) = (enabled, feature.get(&["set"]))
+                && matches!(set.value, Tree::Map(_))
+            {
+                tree.merge(set.clone());
+            }
+        }
+    }
+}
+
+/// `tree` against the schema, each feature's `set` too.
+fn check_schema(tree: &Node) -> Vec<Problem> {
+    let checker = Checker::new(schema());
+    let mut problems = checker.check(tree, "");
+    if let Some(Node {
+        value: Tree::Map(features),
+        ..
+    }) = tree.get(&["features"])
+    {
+        for (name, feature) in features {
+            if let Some(set) = feature.get(&["set"]) {
+                problems.extend(checker.check(set, &format!("features.{name}.set")));
+            }
+        }
+    }
+    problems
 }
