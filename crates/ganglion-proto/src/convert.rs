@@ -182,23 +182,7 @@ pub fn options_from_wire(
             StartPosition::Time(UNIX_EPOCH + Duration::from_millis(ms))
         }
     };
-    let backoff = match o.backoff {
-        None => defaults.backoff,
-        Some(b) => Backoff {
-            initial: nonzero_ms(b.initial_ms, defaults.backoff.initial),
-            multiplier: if b.multiplier == 0.0 {
-                defaults.backoff.multiplier
-            } else {
-                b.multiplier
-            },
-            max: nonzero_ms(b.max_ms, defaults.backoff.max),
-            jitter: if b.jitter == 0.0 {
-                defaults.backoff.jitter
-            } else {
-                b.jitter.max(0.0)
-            },
-        },
-    };
+    let backoff = o.backoff.map_or(defaults.backoff, backoff_from_wire);
     let dead_letter_topic = match o.dead_letter_topic.as_str() {
         "" => None,
         topic => {
@@ -212,42 +196,7 @@ pub fn options_from_wire(
             headers: f.headers,
         })
         .unwrap_or_default();
-    let batch = match o.batch {
-        None => None,
-        Some(b) => {
-            let d = BatchOptions::default();
-            let aggregation = match v1::Aggregation::try_from(b.aggregation) {
-                Ok(v1::Aggregation::None) => Aggregation::None,
-                Ok(v1::Aggregation::KeepLast) => Aggregation::KeepLast,
-                Ok(v1::Aggregation::Count) => Aggregation::Count,
-                Err(_) => {
-                    return Err(BusError::invalid(
-                        "options.batch.aggregation",
-                        format!("unknown value {}", b.aggregation),
-                    ));
-                }
-            };
-            Some(BatchOptions {
-                window: (b.window_ms > 0).then(|| Duration::from_millis(b.window_ms)),
-                max_events: if b.max_events == 0 {
-                    d.max_events
-                } else {
-                    b.max_events as usize
-                },
-                max_bytes: if b.max_bytes == 0 {
-                    d.max_bytes
-                } else {
-                    usize::try_from(b.max_bytes).unwrap_or(usize::MAX)
-                },
-                key: if b.key_header.is_empty() {
-                    GroupKey::Topic
-                } else {
-                    GroupKey::Header(b.key_header)
-                },
-                aggregation,
-            })
-        }
-    };
+    let batch = o.batch.map(batch_from_wire).transpose()?;
     let options = SubscribeOptions {
         durable: nonempty(o.durable),
         queue_group: nonempty(o.queue_group),
@@ -283,6 +232,60 @@ pub fn options_from_wire(
         other => other,
     })?;
     Ok(options)
+}
+
+/// A backoff from the wire: 0 is the default, a negative jitter is none.
+fn backoff_from_wire(b: v1::Backoff) -> Backoff {
+    let defaults = Backoff::default();
+    Backoff {
+        initial: nonzero_ms(b.initial_ms, defaults.initial),
+        multiplier: if b.multiplier == 0.0 {
+            defaults.multiplier
+        } else {
+            b.multiplier
+        },
+        max: nonzero_ms(b.max_ms, defaults.max),
+        jitter: if b.jitter == 0.0 {
+            defaults.jitter
+        } else {
+            b.jitter.max(0.0)
+        },
+    }
+}
+
+/// Batch options from the wire: 0 is the default.
+fn batch_from_wire(b: v1::BatchOptions) -> Result<BatchOptions, BusError> {
+    let d = BatchOptions::default();
+    let aggregation = match v1::Aggregation::try_from(b.aggregation) {
+        Ok(v1::Aggregation::None) => Aggregation::None,
+        Ok(v1::Aggregation::KeepLast) => Aggregation::KeepLast,
+        Ok(v1::Aggregation::Count) => Aggregation::Count,
+        Err(_) => {
+            return Err(BusError::invalid(
+                "options.batch.aggregation",
+                format!("unknown value {}", b.aggregation),
+            ));
+        }
+    };
+    Ok(BatchOptions {
+        window: (b.window_ms > 0).then(|| Duration::from_millis(b.window_ms)),
+        max_events: if b.max_events == 0 {
+            d.max_events
+        } else {
+            b.max_events as usize
+        },
+        max_bytes: if b.max_bytes == 0 {
+            d.max_bytes
+        } else {
+            usize::try_from(b.max_bytes).unwrap_or(usize::MAX)
+        },
+        key: if b.key_header.is_empty() {
+            GroupKey::Topic
+        } else {
+            GroupKey::Header(b.key_header)
+        },
+        aggregation,
+    })
 }
 
 /// Subscribe options on the wire (the inverse of [`options_from_wire`]).
