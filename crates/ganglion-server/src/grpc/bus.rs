@@ -58,6 +58,51 @@ async fn publish(
 }
 
 impl GrpcBus {
+    /// The pattern and options of a subscribe stream's first request, `open`, checked
+    /// (the field named under `open.`).
+    async fn opening(
+        &self,
+        inbound: &mut Streaming<v1::SubscribeRequest>,
+    ) -> Result<(ganglion_core::Pattern, ganglion_core::bus::SubscribeOptions), Status> {
+        let open = match inbound.message().await? {
+            Some(v1::SubscribeRequest {
+                request: Some(subscribe_request::Request::Open(open)),
+            }) => open,
+            Some(_) => {
+                return Err(status(BusError::invalid(
+                    "request",
+                    "the first request on a subscribe stream must be `open`",
+                )));
+            }
+            None => {
+                return Err(status(BusError::invalid(
+                    "request",
+                    "the stream ended before its `open` request",
+                )));
+            }
+        };
+        let pattern = convert::pattern_from_wire(&open.pattern, "open.pattern").map_err(status)?;
+        let options = convert::options_from_wire(open.options).map_err(|e| match e {
+            BusError::InvalidArgument { field, message } => status(BusError::InvalidArgument {
+                field: format!("open.{field}"),
+                message,
+            }),
+            other => status(other),
+        })?;
+        // A batch is one delivery, and a delivery travels in one message.
+        let most = self.state.limits.max_grpc_message_bytes / 2;
+        if let Some(batch) = options.batch.as_ref().filter(|b| b.max_bytes > most) {
+            return Err(status(BusError::invalid(
+                "open.options.batch.max_bytes",
+                format!(
+                    "is {}; at most {most} (half the server's largest gRPC message) is allowed",
+                    batch.max_bytes
+                ),
+            )));
+        }
+        Ok((pattern, options))
+    }
+
     /// Allows a read-only view (`monitor`), or refuses it.
     fn monitor<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let caller = grpc_caller(request)?;
@@ -137,42 +182,7 @@ impl EventBusService for GrpcBus {
         let peer = request.remote_addr();
         let caller = grpc_caller(&request)?;
         let mut inbound = request.into_inner();
-        let open = match inbound.message().await? {
-            Some(v1::SubscribeRequest {
-                request: Some(subscribe_request::Request::Open(open)),
-            }) => open,
-            Some(_) => {
-                return Err(status(BusError::invalid(
-                    "request",
-                    "the first request on a subscribe stream must be `open`",
-                )));
-            }
-            None => {
-                return Err(status(BusError::invalid(
-                    "request",
-                    "the stream ended before its `open` request",
-                )));
-            }
-        };
-        let pattern = convert::pattern_from_wire(&open.pattern, "open.pattern").map_err(status)?;
-        let options = convert::options_from_wire(open.options).map_err(|e| match e {
-            BusError::InvalidArgument { field, message } => status(BusError::InvalidArgument {
-                field: format!("open.{field}"),
-                message,
-            }),
-            other => status(other),
-        })?;
-        // A batch is one delivery, and a delivery travels in one message.
-        let most = self.state.limits.max_grpc_message_bytes / 2;
-        if let Some(batch) = options.batch.as_ref().filter(|b| b.max_bytes > most) {
-            return Err(status(BusError::invalid(
-                "open.options.batch.max_bytes",
-                format!(
-                    "is {}; at most {most} (half the server's largest gRPC message) is allowed",
-                    batch.max_bytes
-                ),
-            )));
-        }
+        let (pattern, options) = self.opening(&mut inbound).await?;
         self.state
             .may_subscribe(&caller, &pattern, &options)
             .map_err(status)?;

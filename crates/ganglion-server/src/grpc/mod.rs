@@ -21,6 +21,8 @@ mod subscribe;
 
 use bus::GrpcBus;
 pub(crate) use bus::{purge_topics, replay_limit};
+use coordinator::GrpcCoordinator;
+use ganglion_proto::v1::coordinator_server::CoordinatorServer;
 
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -56,66 +58,7 @@ pub(crate) async fn serve(
     connections: Arc<Connections>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<(), ServerError> {
-    let limits = state.limits.clone();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<EventBusServer<GrpcBus>>()
-        .await;
-    tokio::spawn(watch_health(state.clone(), health_reporter.clone()));
-
-    // Both reflection protocols: v1, and v1alpha for grpcio-reflection and older
-    // grpcurl.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ganglion_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .expect("the committed descriptor set decodes");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("the committed descriptor set decodes");
-
-    let bus = EventBusServer::new(GrpcBus {
-        state: state.clone(),
-    })
-    .max_decoding_message_size(limits.max_grpc_message_bytes)
-    .max_encoding_message_size(limits.max_grpc_message_bytes);
-    let coordinator = ganglion_proto::v1::coordinator_server::CoordinatorServer::new(
-        crate::grpc::coordinator::GrpcCoordinator {
-            state: state.clone(),
-        },
-    )
-    .max_decoding_message_size(limits.max_grpc_message_bytes)
-    .max_encoding_message_size(limits.max_grpc_message_bytes);
-    health_reporter
-        .set_serving::<ganglion_proto::v1::coordinator_server::CoordinatorServer<
-            crate::grpc::coordinator::GrpcCoordinator,
-        >>()
-        .await;
-    let authenticate =
-        axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate);
-    let services = Services {
-        all: tonic::service::Routes::from(
-            tonic::service::Routes::new(health_service.clone())
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(bus)
-                .add_service(coordinator)
-                .into_axum_router()
-                .layer(authenticate.clone()),
-        )
-        .prepare(),
-        health_only: tonic::service::Routes::from(
-            tonic::service::Routes::new(health_service)
-                .into_axum_router()
-                .fallback(too_many_connections)
-                .layer(authenticate),
-        )
-        .prepare(),
-    };
-
+    let services = services(&state).await;
     // Dropping this future (the drain timeout aborts it) drops `_cut`, which cuts every
     // front's connections at once.
     let (_cut, cut) = watch::channel(());
@@ -124,7 +67,7 @@ pub(crate) async fn serve(
             Front::start(
                 index,
                 services.clone(),
-                limits.max_concurrent_streams,
+                state.limits.max_concurrent_streams,
                 state.clone(),
                 cut.clone(),
                 tls.clone(),
@@ -178,6 +121,63 @@ pub(crate) async fn serve(
         result = result.and(ended);
     }
     result
+}
+
+/// The services, behind the authentication middleware: everything (health, reflection
+/// v1 and v1alpha for grpcio-reflection and older grpcurl, the bus, the coordinator),
+/// and health alone for connections let in from the reserve.
+async fn services(state: &Arc<State>) -> Services {
+    let limits = &state.limits;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<EventBusServer<GrpcBus>>()
+        .await;
+    health_reporter
+        .set_serving::<CoordinatorServer<GrpcCoordinator>>()
+        .await;
+    tokio::spawn(watch_health(state.clone(), health_reporter));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ganglion_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the committed descriptor set decodes");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the committed descriptor set decodes");
+    let bus = EventBusServer::new(GrpcBus {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(limits.max_grpc_message_bytes)
+    .max_encoding_message_size(limits.max_grpc_message_bytes);
+    let coordinator = CoordinatorServer::new(GrpcCoordinator {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(limits.max_grpc_message_bytes)
+    .max_encoding_message_size(limits.max_grpc_message_bytes);
+    let authenticate =
+        axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate);
+    Services {
+        all: tonic::service::Routes::from(
+            tonic::service::Routes::new(health_service.clone())
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(bus)
+                .add_service(coordinator)
+                .into_axum_router()
+                .layer(authenticate.clone()),
+        )
+        .prepare(),
+        health_only: tonic::service::Routes::from(
+            tonic::service::Routes::new(health_service)
+                .into_axum_router()
+                .fallback(too_many_connections)
+                .layer(authenticate),
+        )
+        .prepare(),
+    }
 }
 
 /// One gRPC front: a thread with a current-thread runtime that serves the connections
