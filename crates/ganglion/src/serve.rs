@@ -398,30 +398,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("{problems}").context("the configuration is not valid")
     })?;
     let current = config.get();
-    let telemetry = &current.telemetry;
-    let format = match telemetry.log_format {
-        config::LogFormat::Auto => Format::auto(),
-        config::LogFormat::Json => Format::Json,
-        config::LogFormat::Pretty => Format::Pretty {
-            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        },
-    };
-    let traces = match &telemetry.otlp_endpoint {
-        Some(endpoint) => Some(Traces::otlp(&OtlpOptions {
-            endpoint: endpoint.clone(),
-            service_name: telemetry.service_name.clone(),
-            token: telemetry.otlp_token.as_ref().map(|t| t.expose().to_owned()),
-            timeout: Duration::from_secs(10),
-        })?),
-        None => None,
-    };
-    let logs = match &traces {
-        Some(traces) => Logs::init_traced(&telemetry.log_level, format, std::io::stderr, traces)?,
-        None => Logs::init(&telemetry.log_level, format)?,
-    };
-    if let Some(endpoint) = &telemetry.otlp_endpoint {
-        tracing::info!(endpoint, "exporting traces over OTLP");
-    }
+    let (logs, traces) = telemetry(&current.telemetry)?;
     let settings = settings(&current, true).map_err(|(path, message)| {
         anyhow::anyhow!("{}: {path}: {message}", config.loaded().origin(&path))
     })?;
@@ -469,18 +446,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let coordinator = Arc::new(coordinator);
     apply_live_settings(&config, &bus, &logs, &coordinator);
-    let auth = settings.server.auth.clone();
-    let allow_anonymous = current.server.allow_anonymous;
-    on_change(&config, "auth", move |c| {
-        let policy = Policy::compile(&c.auth, allow_anonymous)
-            .map_err(|(path, message)| format!("{path}: {message}"))?;
-        if policy.is_open() != auth.get().is_open() {
-            return Err("turning authentication on or off needs a restart".to_owned());
-        }
-        auth.set(policy);
-        tracing::info!("auth reloaded: tokens and permissions in force");
-        Ok(())
-    });
+    reload_auth(
+        &config,
+        settings.server.auth.clone(),
+        current.server.allow_anonymous,
+    );
     ganglion_server::serve_with(
         bus,
         coordinator,
@@ -498,6 +468,49 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Logs (JSON or pretty, to stderr) and, with an OTLP endpoint, traces.
+fn telemetry(telemetry: &config::TelemetryConfig) -> anyhow::Result<(Logs, Option<Traces>)> {
+    let format = match telemetry.log_format {
+        config::LogFormat::Auto => Format::auto(),
+        config::LogFormat::Json => Format::Json,
+        config::LogFormat::Pretty => Format::Pretty {
+            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        },
+    };
+    let traces = match &telemetry.otlp_endpoint {
+        Some(endpoint) => Some(Traces::otlp(&OtlpOptions {
+            endpoint: endpoint.clone(),
+            service_name: telemetry.service_name.clone(),
+            token: telemetry.otlp_token.as_ref().map(|t| t.expose().to_owned()),
+            timeout: Duration::from_secs(10),
+        })?),
+        None => None,
+    };
+    let logs = match &traces {
+        Some(traces) => Logs::init_traced(&telemetry.log_level, format, std::io::stderr, traces)?,
+        None => Logs::init(&telemetry.log_level, format)?,
+    };
+    if let Some(endpoint) = &telemetry.otlp_endpoint {
+        tracing::info!(endpoint, "exporting traces over OTLP");
+    }
+    Ok((logs, traces))
+}
+
+/// Swaps the access policy when `auth` changes (tokens and permissions); turning
+/// authentication on or off is refused, as it needs a restart.
+fn reload_auth(config: &ConfigHandle, auth: Arc<AuthHandle>, allow_anonymous: bool) {
+    on_change(config, "auth", move |c| {
+        let policy = Policy::compile(&c.auth, allow_anonymous)
+            .map_err(|(path, message)| format!("{path}: {message}"))?;
+        if policy.is_open() != auth.get().is_open() {
+            return Err("turning authentication on or off needs a restart".to_owned());
+        }
+        auth.set(policy);
+        tracing::info!("auth reloaded: tokens and permissions in force");
+        Ok(())
+    });
 }
 
 /// Opens the engine `kind` names; the embedded one on `options` (its log in `data_dir`).
