@@ -20,3 +20,4 @@ pub mod examples {
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/descriptor.bin");
 
 pub mod convert;
+pub mod json;

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use ganglion_client::Client;
 use ganglion_core::bus::{AckMode, EventBus, StartPosition, StorageClass, SubscribeOptions};
 use ganglion_core::{Event, Pattern, Topic, parse_since};
-use ganglion_server::event_to_json;
+use ganglion_proto::json::{event_to_json, status_to_json};
 use serde_json::{Value, json};
 
 use crate::{ClientArgs, Output};
@@ -429,18 +429,7 @@ pub(crate) async fn resources(args: &ClientArgs, watch: bool) -> anyhow::Result<
     loop {
         let s = client.status(StatusRequest {}).await?.into_inner();
         match args.output {
-            Output::Json => line(json!({
-                "pools": s.pools.iter().map(|p| json!({
-                    "name": p.name, "capacity": p.capacity, "free": p.free, "waiters": p.waiters,
-                    "holders": p.holders.iter().map(|l| json!({"id": l.id, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token})).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-                "quotas": s.quotas.iter().map(|q| json!({
-                    "name": q.name, "limit": q.limit, "window_ms": q.window_ms, "used": q.used,
-                    "remaining": q.remaining, "near_limit": q.near_limit, "suspended_for_ms": q.suspended_for_ms,
-                })).collect::<Vec<_>>(),
-                "queues": s.queues.iter().map(|q| json!({"name": q.name, "quota": q.quota, "depth": q.depth})).collect::<Vec<_>>(),
-                "breakers": s.breakers.iter().map(|b| json!({"name": b.name, "state": b.state})).collect::<Vec<_>>(),
-            }))?,
+            Output::Json => line(status_to_json(&s))?,
             Output::Table => {
                 if watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                     line("\x1b[2J\x1b[H")?;

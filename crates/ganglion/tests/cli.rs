@@ -78,6 +78,12 @@ fn serve_publish_replay_topics_dlq_and_stop_on_sigterm() {
     assert_eq!(resources["pools"][1]["name"], "gpu", "{out}");
     assert_eq!(resources["pools"][2]["free"], 20);
     assert_eq!(resources["quotas"][0]["limit"], 100);
+    // One rendering of the status: the CLI prints what the HTTP API answers.
+    assert_eq!(
+        resources,
+        json(&http_get(&server.http, "/api/v1/resources")),
+        "the CLI's JSON and the API's differ"
+    );
     let (ok, out, _) = ganglion(&server, &["resources"]);
     assert!(
         ok && out.contains("claude") && out.contains("0/100"),

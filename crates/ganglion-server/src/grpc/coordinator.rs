@@ -29,7 +29,7 @@ pub(crate) fn status(error: CoordinatorError) -> Status {
     )
 }
 
-pub(crate) fn ms(micros: u64) -> u64 {
+fn ms(micros: u64) -> u64 {
     micros / 1000
 }
 

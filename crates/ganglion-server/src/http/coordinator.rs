@@ -1,9 +1,8 @@
 //! The coordinator routes: resources, leases, permits and request queues.
 
-use crate::grpc::coordinator::{ms, status_of};
+use crate::grpc::coordinator::status_of;
 use ganglion_coordinator::Coordinator;
 use ganglion_coordinator::lease::Lease;
-use ganglion_proto::v1;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,39 +327,10 @@ pub(super) async fn complete_request(
 
 /// A lease as the HTTP API shows it.
 pub(crate) fn lease_json(lease: &Lease) -> serde_json::Value {
-    serde_json::json!({
-        "id": lease.id,
-        "pool": lease.pool,
-        "holder": lease.holder,
-        "units": lease.units,
-        "cuda_visible_devices": lease.cuda_visible_devices,
-        "fencing_token": lease.fencing_token,
-        "granted_at_ms": ms(lease.granted_at_micros),
-        "expires_at_ms": ms(lease.expires_at_micros),
-        "max_hold_until_ms": ms(lease.max_hold_until_micros),
-    })
+    ganglion_proto::json::lease_to_json(&crate::grpc::coordinator::lease_to_wire(lease))
 }
 
 /// `GET /api/v1/resources`, from the same status the gRPC `Status` returns.
 pub(crate) fn status_json(c: &Coordinator) -> serde_json::Value {
-    let s = status_of(c);
-    let lease = |l: &v1::Lease| {
-        serde_json::json!({
-            "id": l.id, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token,
-            "expires_at_ms": l.expires_at_ms, "max_hold_until_ms": l.max_hold_until_ms,
-        })
-    };
-    serde_json::json!({
-        "pools": s.pools.iter().map(|p| serde_json::json!({
-            "name": p.name, "capacity": p.capacity, "free": p.free, "waiters": p.waiters,
-            "holders": p.holders.iter().map(lease).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "quotas": s.quotas.iter().map(|q| serde_json::json!({
-            "name": q.name, "limit": q.limit, "window_ms": q.window_ms, "used": q.used,
-            "remaining": q.remaining, "near_limit": q.near_limit,
-            "suspended_for_ms": q.suspended_for_ms, "waiters": q.waiters, "by_component": q.by_component,
-        })).collect::<Vec<_>>(),
-        "queues": s.queues.iter().map(|q| serde_json::json!({"name": q.name, "quota": q.quota, "depth": q.depth})).collect::<Vec<_>>(),
-        "breakers": s.breakers.iter().map(|b| serde_json::json!({"name": b.name, "state": b.state})).collect::<Vec<_>>(),
-    })
+    ganglion_proto::json::status_to_json(&status_of(c))
 }

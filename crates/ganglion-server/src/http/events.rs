@@ -27,6 +27,7 @@ use super::{ApiError, ApiResult, Monitor, Who, field_str, json_body, object_body
 use crate::State;
 use crate::auth::Action;
 use crate::grpc::replay_limit;
+pub use ganglion_proto::json::event_to_json;
 
 pub(super) async fn publish(
     Who(caller): Who,
@@ -212,30 +213,6 @@ fn event_from_json(value: Value, at: &str) -> ApiResult<Event> {
         content_type,
         seq: 0,
     })
-}
-
-/// An event as the HTTP API (and the CLI's `--output json`) shows it: JSON payloads
-/// inline as `payload`, anything else as `payload_base64`.
-pub fn event_to_json(event: &Event) -> Value {
-    let mut value = json!({
-        "seq": event.seq,
-        "id": event.id.to_string(),
-        "topic": event.topic.as_str(),
-        "type": event.event_type,
-        "source": event.source,
-        "timestamp_ms": event.timestamp_ms,
-        "headers": event.headers,
-        "content_type": event.content_type,
-    });
-    let json_payload = (event.content_type == "application/json"
-        || event.content_type.ends_with("+json"))
-    .then(|| serde_json::from_slice::<Value>(&event.payload).ok())
-    .flatten();
-    match json_payload {
-        Some(payload) => value["payload"] = payload,
-        None => value["payload_base64"] = json!(BASE64.encode(&event.payload)),
-    }
-    value
 }
 
 #[derive(Debug, Deserialize)]
