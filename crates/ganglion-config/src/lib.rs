@@ -41,18 +41,22 @@
 
 mod check;
 mod model;
+mod problem;
 mod reload;
+mod secret;
 mod tree;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use model::*;
+pub use problem::{Problem, Problems};
 pub use reload::{ConfigHandle, FileWatcher, LIVE_KEYS, Reloaded, is_live};
+use secret::REDACTED;
+pub use secret::Secret;
 pub use tree::Origin;
 
 use check::Checker;
@@ -67,103 +71,6 @@ pub fn schema() -> &'static Value {
     SCHEMA
         .get_or_init(|| serde_json::to_value(schemars::schema_for!(Config)).unwrap_or(Value::Null))
 }
-
-/// A secret value: never printed, never read from a config file.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(REDACTED)
-    }
-}
-
-impl schemars::JsonSchema for Secret {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Secret".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "writeOnly": true,
-            "x-secret": true,
-            "description": "A secret: from the environment or a `_file` key only."
-        })
-    }
-}
-
-const REDACTED: &str = "<redacted>";
-
-/// One thing wrong with the configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    /// The key path (`bus.batch_window_ms`).
-    pub path: String,
-    /// Where the offending value came from.
-    pub origin: Origin,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(path: &str, origin: Origin, message: impl Into<String>) -> Problem {
-        Problem {
-            path: path.to_owned(),
-            origin,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() {
-            "(top level)"
-        } else {
-            &self.path
-        };
-        write!(f, "{}: {path}: {}", self.origin, self.message)
-    }
-}
-
-/// Everything wrong with a configuration, one problem per line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problems(pub Vec<Problem>);
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(
-            f,
-            "{n} problem{} in the configuration:",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for problem in &self.0 {
-            writeln!(f, "  {problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Problems {}
 
 type Validator = Arc<dyn Fn(&Config) -> Vec<(String, String)> + Send + Sync>;
 
