@@ -115,3 +115,58 @@ impl Journal {
         self.lines > self.compact_at
     }
 }
+
+/// A journal at a path as a store keeps it: opened by its first `replace`, closed by a
+/// failed append until the next `replace` (so nothing is appended after a torn write).
+#[derive(Debug)]
+pub(crate) struct JournalFile {
+    what: &'static str,
+    path: PathBuf,
+    journal: Option<Journal>,
+}
+
+impl JournalFile {
+    /// The journal `what` (`quota journal`) at `path`; a temporary file a crash (or a
+    /// full disk) left beside it is removed.
+    pub(crate) fn new(what: &'static str, path: PathBuf, temporary: &str) -> JournalFile {
+        let _ = std::fs::remove_file(path.with_extension(temporary));
+        JournalFile {
+            what,
+            path,
+            journal: None,
+        }
+    }
+
+    /// Its complete lines, numbered from 1 (none if there is no file).
+    pub(crate) fn read(&self) -> Result<Vec<(usize, String)>, CoordinatorError> {
+        Journal::read(self.what, &self.path)
+    }
+
+    /// The error for line `number`, which does not parse.
+    pub(crate) fn damaged(&self, number: usize, line: &str) -> CoordinatorError {
+        Journal::damaged(self.what, &self.path, number, line)
+    }
+
+    /// Appends `text` and fdatasyncs it; a failure closes the journal.
+    pub(crate) fn append(&mut self, text: &str) -> Result<(), CoordinatorError> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Err(CoordinatorError::Unavailable(format!(
+                "{} {} is not open: a write failed and it was not rewritten",
+                self.what,
+                self.path.display()
+            )));
+        };
+        journal.append(text).inspect_err(|_| self.journal = None)
+    }
+
+    /// Replaces everything with `text` (`lines` lines of live state).
+    pub(crate) fn replace(&mut self, text: &str, lines: usize) -> Result<(), CoordinatorError> {
+        self.journal = None;
+        self.journal = Some(Journal::rewrite(self.what, self.path.clone(), text, lines)?);
+        Ok(())
+    }
+
+    pub(crate) fn wants_compaction(&self) -> bool {
+        self.journal.as_ref().is_some_and(Journal::wants_compaction)
+    }
+}

@@ -13,6 +13,9 @@ use ganglion_coordinator::lease::{
 };
 use ganglion_core::ManualClock;
 
+mod common;
+use common::until;
+
 fn pools(specs: Vec<PoolSpec>) -> (ManualClock, Arc<Pools>) {
     let clock = ManualClock::at_fixed_instant();
     let pools = Pools::new(specs, PoolsOptions::default(), Arc::new(clock.clone())).unwrap();
@@ -31,18 +34,6 @@ fn record(pools: &Pools) -> Arc<Mutex<VecDeque<LeaseEvent>>> {
         sink.lock().unwrap().push_back(event);
     })));
     events
-}
-
-/// Lets the other tasks run until `done` holds: what a test waits for is state it can
-/// observe, not a number of turns. Panics naming `what` if it never comes.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("never happened: {what}");
 }
 
 fn waiters(pools: &Pools) -> usize {

@@ -10,6 +10,9 @@ use ganglion_coordinator::quota::QuotaSpec;
 use ganglion_coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
 use ganglion_core::ManualClock;
 
+mod common;
+use common::until;
+
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn config() -> CoordinatorConfig {
@@ -28,18 +31,6 @@ fn coordinator() -> (ManualClock, Coordinator) {
     let clock = ManualClock::at_fixed_instant();
     let coordinator = Coordinator::open(config(), Arc::new(clock.clone()), None).unwrap();
     (clock, coordinator)
-}
-
-/// Lets the other tasks run until `done` holds: what a test waits for is state it can
-/// observe, not a number of turns. Panics naming `what` if it never comes.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]

@@ -12,20 +12,11 @@ use ganglion_coordinator::queue::{
 use ganglion_coordinator::quota::{Quota, QuotaSpec};
 use ganglion_core::ManualClock;
 
+mod common;
+use common::until;
+
 fn queue(rule: &str) -> (ManualClock, Arc<RequestQueue>) {
     queue_with_take_timeout(rule, DEFAULT_TAKE_TIMEOUT)
-}
-
-/// Lets the other tasks run until `done` holds: what a test waits for is state it can
-/// observe, not a number of turns. Panics naming `what` if it never comes.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]

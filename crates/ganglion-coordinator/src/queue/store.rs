@@ -1,7 +1,7 @@
 //! Where a request queue lives between runs: the [`QueueStore`] seam, and the file store
 //! (`<name>.queue`, a journal fdatasynced per change, see [`crate::journal`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::Outcome;
 use crate::CoordinatorError;
-use crate::journal::Journal;
+use crate::journal::JournalFile;
 
 /// One change to a request queue, made durable before it is acted on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +60,6 @@ pub trait QueueStore: Send + std::fmt::Debug {
     fn wants_compaction(&self) -> bool;
 }
 
-const JOURNAL: &str = "request queue journal";
-
 /// A request queue in `dir/<name>.queue`, one line per record:
 ///
 /// ```text
@@ -76,55 +74,39 @@ const JOURNAL: &str = "request queue journal";
 /// Keys and bytes are base64 (`-` when empty).
 #[derive(Debug)]
 pub struct FileQueueStore {
-    path: PathBuf,
-    /// `None` until the first `replace`, and after a failed append.
-    journal: Option<Journal>,
+    file: JournalFile,
 }
 
 impl FileQueueStore {
     pub fn new(dir: &Path, queue: &str) -> FileQueueStore {
+        let path = dir.join(format!("{queue}.queue"));
         FileQueueStore {
-            path: dir.join(format!("{queue}.queue")),
-            journal: None,
+            file: JournalFile::new("request queue journal", path, "queue.tmp"),
         }
     }
 }
 
 impl QueueStore for FileQueueStore {
     fn load(&mut self) -> Result<Vec<QueueRecord>, CoordinatorError> {
-        Journal::read(JOURNAL, &self.path)?
+        self.file
+            .read()?
             .into_iter()
-            .map(|(number, line)| {
-                decode(&line).ok_or_else(|| Journal::damaged(JOURNAL, &self.path, number, &line))
-            })
+            .map(|(number, line)| decode(&line).ok_or_else(|| self.file.damaged(number, &line)))
             .collect()
     }
 
     fn append(&mut self, records: &[QueueRecord]) -> Result<(), CoordinatorError> {
-        let Some(journal) = self.journal.as_mut() else {
-            return Err(CoordinatorError::Unavailable(format!(
-                "{JOURNAL} {} is not open: a write failed and it was not rewritten",
-                self.path.display()
-            )));
-        };
         let text: String = records.iter().map(encode).collect();
-        journal.append(&text).inspect_err(|_| self.journal = None)
+        self.file.append(&text)
     }
 
     fn replace(&mut self, live: &[QueueRecord]) -> Result<(), CoordinatorError> {
         let text: String = live.iter().map(encode).collect();
-        self.journal = None;
-        self.journal = Some(Journal::rewrite(
-            JOURNAL,
-            self.path.clone(),
-            &text,
-            live.len(),
-        )?);
-        Ok(())
+        self.file.replace(&text, live.len())
     }
 
     fn wants_compaction(&self) -> bool {
-        self.journal.as_ref().is_some_and(Journal::wants_compaction)
+        self.file.wants_compaction()
     }
 }
 

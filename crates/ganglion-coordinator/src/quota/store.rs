@@ -1,10 +1,10 @@
 //! Where a quota's grants live between runs: the [`QuotaStore`] seam, and the file store
 //! (`<name>.quota`, a journal fdatasynced per record, see [`crate::journal`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::CoordinatorError;
-use crate::journal::Journal;
+use crate::journal::JournalFile;
 
 /// One change, made durable before it is acted on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,25 +36,18 @@ pub trait QuotaStore: Send + std::fmt::Debug {
     fn wants_compaction(&self) -> bool;
 }
 
-const JOURNAL: &str = "quota journal";
-
 /// A quota's grants in `dir/<name>.quota`: `g <micros> <component>` per grant,
 /// `s <micros>` per suspension.
 #[derive(Debug)]
 pub struct FileQuotaStore {
-    path: PathBuf,
-    /// `None` until the first `replace`, and after a failed append.
-    journal: Option<Journal>,
+    file: JournalFile,
 }
 
 impl FileQuotaStore {
     pub fn new(dir: &Path, quota: &str) -> FileQuotaStore {
         let path = dir.join(format!("{quota}.quota"));
-        // A compaction a crash (or a full disk) interrupted.
-        let _ = std::fs::remove_file(path.with_extension("quota.tmp"));
         FileQuotaStore {
-            path,
-            journal: None,
+            file: JournalFile::new("quota journal", path, "quota.tmp"),
         }
     }
 }
@@ -62,7 +55,7 @@ impl FileQuotaStore {
 impl QuotaStore for FileQuotaStore {
     fn load(&mut self) -> Result<QuotaState, CoordinatorError> {
         let mut state = QuotaState::default();
-        for (number, line) in Journal::read(JOURNAL, &self.path)? {
+        for (number, line) in self.file.read()? {
             let mut parts = line.split(' ');
             match (
                 parts.next(),
@@ -73,7 +66,7 @@ impl QuotaStore for FileQuotaStore {
                     state.grants.push((at, component.to_owned()))
                 }
                 (Some("s"), Some(Ok(until)), None) => state.suspended_until_micros = until,
-                _ => return Err(Journal::damaged(JOURNAL, &self.path, number, &line)),
+                _ => return Err(self.file.damaged(number, &line)),
             }
         }
         state.grants.sort_by_key(|(at, _)| *at);
@@ -81,12 +74,6 @@ impl QuotaStore for FileQuotaStore {
     }
 
     fn append(&mut self, record: &QuotaRecord) -> Result<(), CoordinatorError> {
-        let Some(journal) = self.journal.as_mut() else {
-            return Err(CoordinatorError::Unavailable(format!(
-                "{JOURNAL} {} is not open: a write failed and it was not rewritten",
-                self.path.display()
-            )));
-        };
         let line = match record {
             QuotaRecord::Granted {
                 at_micros,
@@ -94,7 +81,7 @@ impl QuotaStore for FileQuotaStore {
             } => format!("g {at_micros} {component}\n"),
             QuotaRecord::Suspended { until_micros } => format!("s {until_micros}\n"),
         };
-        journal.append(&line).inspect_err(|_| self.journal = None)
+        self.file.append(&line)
     }
 
     fn replace(&mut self, live: &QuotaState) -> Result<(), CoordinatorError> {
@@ -105,13 +92,10 @@ impl QuotaStore for FileQuotaStore {
         if live.suspended_until_micros > 0 {
             text.push_str(&format!("s {}\n", live.suspended_until_micros));
         }
-        self.journal = None;
-        let journal = Journal::rewrite(JOURNAL, self.path.clone(), &text, live.grants.len() + 1)?;
-        self.journal = Some(journal);
-        Ok(())
+        self.file.replace(&text, live.grants.len() + 1)
     }
 
     fn wants_compaction(&self) -> bool {
-        self.journal.as_ref().is_some_and(Journal::wants_compaction)
+        self.file.wants_compaction()
     }
 }
