@@ -7,6 +7,7 @@ mod bench;
 mod commands;
 mod log_cmd;
 mod serve;
+mod settings;
 
 use std::process::ExitCode;
 
