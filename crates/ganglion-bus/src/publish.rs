@@ -274,7 +274,50 @@ impl Core {
     /// queue is full slows the publisher down for up to `slow_consumer_grace`; if it
     /// still has no room, its subscribers are closed as too slow.
     pub(crate) async fn route_ephemeral(&self, events: Vec<Arc<Event>>) {
-        // Under the locks: count the topics and sort the events per consumer.
+        let targets = self.ephemeral_targets(events);
+        for (key, tx, shared, mut events) in targets {
+            while !events.is_empty() {
+                // As many events as the consumer's buffer takes at once (at least one).
+                let (mut take, mut cost) = (0, 0);
+                for event in &events {
+                    let c = shared.ephemeral_cost(event);
+                    if take > 0 && cost + c > shared.ephemeral_budget {
+                        break;
+                    }
+                    take += 1;
+                    cost += c;
+                }
+                let rest = events.split_off(take);
+                let units = u32::try_from(cost).unwrap_or(u32::MAX);
+                let permits = &shared.ephemeral_permits;
+                let granted = match permits.try_acquire_many(units) {
+                    Ok(permit) => Some(permit),
+                    Err(tokio::sync::TryAcquireError::Closed) => None,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        let deadline = self.clock.monotonic() + self.options.slow_consumer_grace;
+                        tokio::select! {
+                            permit = permits.acquire_many(units) => permit.ok(),
+                            _ = self.clock.sleep_until(deadline) => {
+                                self.cut_off_slow(&key);
+                                None
+                            }
+                        }
+                    }
+                };
+                let Some(permit) = granted else { break };
+                // The consumer returns the permits as the events leave it.
+                permit.forget();
+                if tx.send(events).is_err() {
+                    break;
+                }
+                events = rest;
+            }
+        }
+    }
+
+    /// The consumers `events` go to, each with its events in order (under the topic and
+    /// registry locks: counts the topics, matches each run of one topic once).
+    fn ephemeral_targets(&self, events: Vec<Arc<Event>>) -> Vec<EphemeralTarget> {
         let mut targets: Vec<EphemeralTarget> = Vec::new();
         {
             let mut topics = lock(&self.topics);
@@ -320,44 +363,7 @@ impl Core {
                 }
             }
         }
-        for (key, tx, shared, mut events) in targets {
-            while !events.is_empty() {
-                // As many events as the consumer's buffer takes at once (at least one).
-                let (mut take, mut cost) = (0, 0);
-                for event in &events {
-                    let c = shared.ephemeral_cost(event);
-                    if take > 0 && cost + c > shared.ephemeral_budget {
-                        break;
-                    }
-                    take += 1;
-                    cost += c;
-                }
-                let rest = events.split_off(take);
-                let units = u32::try_from(cost).unwrap_or(u32::MAX);
-                let permits = &shared.ephemeral_permits;
-                let granted = match permits.try_acquire_many(units) {
-                    Ok(permit) => Some(permit),
-                    Err(tokio::sync::TryAcquireError::Closed) => None,
-                    Err(tokio::sync::TryAcquireError::NoPermits) => {
-                        let deadline = self.clock.monotonic() + self.options.slow_consumer_grace;
-                        tokio::select! {
-                            permit = permits.acquire_many(units) => permit.ok(),
-                            _ = self.clock.sleep_until(deadline) => {
-                                self.cut_off_slow(&key);
-                                None
-                            }
-                        }
-                    }
-                };
-                let Some(permit) = granted else { break };
-                // The consumer returns the permits as the events leave it.
-                permit.forget();
-                if tx.send(events).is_err() {
-                    break;
-                }
-                events = rest;
-            }
-        }
+        targets
     }
 
     pub(crate) fn cut_off_slow(&self, key: &str) {
