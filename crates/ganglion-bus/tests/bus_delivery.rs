@@ -55,7 +55,7 @@ async fn wildcards_route_each_event_to_exactly_the_matching_subscriptions() {
     assert_eq!(payload(&next(&mut tail).await), "1");
     assert_eq!(payload(&next(&mut tail).await), "2");
     assert_eq!(payload(&next(&mut chat).await), "3");
-    settle().await;
+    caught_up(&h.bus).await;
     assert!(exact.try_next().is_none());
     assert!(star.try_next().is_none());
     assert!(chat.try_next().is_none());
@@ -72,7 +72,7 @@ async fn a_nacked_event_comes_back_after_the_backoff_without_holding_up_the_othe
     h.bus.publish(event("jobs.a", "first")).await.unwrap();
     let first = next(&mut sub).await;
     first.nack(None, "handler failed");
-    settle().await;
+    until("the nack is applied", || only_stats(&h.bus).nacked == 1).await;
     h.bus.publish(event("jobs.b", "second")).await.unwrap();
     let second = next(&mut sub).await;
     assert_eq!(
@@ -81,10 +81,17 @@ async fn a_nacked_event_comes_back_after_the_backoff_without_holding_up_the_othe
         "the failing event does not block the next"
     );
     second.ack();
+    until("the ack is applied", || only_stats(&h.bus).acked == 1).await;
 
-    // Default backoff: 100 ms ± 20 %. Not before 80 ms, surely by 120 ms.
+    // Default backoff: 100 ms ± 20 %. Not before 80 ms, surely by 120 ms. The consumer
+    // sleeps until then; 79 ms wakes no one.
+    until("the consumer sleeps on the clock", || {
+        h.clock.sleepers() >= 1
+    })
+    .await;
     h.clock.advance(Duration::from_millis(79));
-    settle().await;
+    // Woken by the advance, it would redeliver and sleep again; not woken, it sleeps on.
+    until("the consumer sleeps", || h.clock.sleepers() >= 1).await;
     assert!(sub.try_next().is_none(), "redelivered before the backoff");
     h.clock.advance(Duration::from_millis(41));
     let again = next(&mut sub).await;
@@ -109,9 +116,17 @@ async fn backoff_grows_exponentially_and_a_nack_delay_overrides_it() {
         let d = next(&mut sub).await;
         assert_eq!(d.attempt(), attempt);
         d.nack(None, "again");
-        settle().await; // the consumer takes the nack at the current time
+        // The consumer takes the nack at the current time, then sleeps until the backoff.
+        until("the nack is applied", || {
+            only_stats(&h.bus).nacked == u64::from(attempt)
+        })
+        .await;
+        until("the consumer sleeps on the clock", || {
+            h.clock.sleepers() >= 1
+        })
+        .await;
         h.clock.advance(Duration::from_millis(wait_ms - 1));
-        settle().await;
+        until("the consumer sleeps", || h.clock.sleepers() >= 1).await;
         assert!(
             sub.try_next().is_none(),
             "attempt {} came early",
@@ -122,9 +137,13 @@ async fn backoff_grows_exponentially_and_a_nack_delay_overrides_it() {
     let d = next(&mut sub).await;
     assert_eq!(d.attempt(), 5);
     d.nack(Some(Duration::from_secs(10)), "later please");
-    settle().await;
+    until("the nack is applied", || only_stats(&h.bus).nacked == 5).await;
+    until("the consumer sleeps on the clock", || {
+        h.clock.sleepers() >= 1
+    })
+    .await;
     h.clock.advance(Duration::from_millis(9_999));
-    settle().await;
+    until("the consumer sleeps", || h.clock.sleepers() >= 1).await;
     assert!(sub.try_next().is_none());
     h.clock.advance(Duration::from_millis(1));
     assert_eq!(next(&mut sub).await.attempt(), 6);
@@ -143,8 +162,19 @@ async fn an_unacked_delivery_is_redelivered_after_the_ack_deadline() {
     let mut sub = h.bus.subscribe(pattern("jobs.>"), options).await.unwrap();
     h.bus.publish(event("jobs.a", "x")).await.unwrap();
     let _ignored = next(&mut sub).await;
+    until("the consumer sleeps on the clock", || {
+        h.clock.sleepers() >= 1
+    })
+    .await;
     h.clock.advance(Duration::from_secs(30));
-    settle().await;
+    until("the ack deadline passes", || {
+        only_stats(&h.bus).ack_timeouts == 1
+    })
+    .await;
+    until("the consumer sleeps until the backoff", || {
+        h.clock.sleepers() >= 1
+    })
+    .await;
     assert!(
         sub.try_next().is_none(),
         "the backoff follows the expired deadline"
@@ -154,7 +184,10 @@ async fn an_unacked_delivery_is_redelivered_after_the_ack_deadline() {
     assert_eq!(again.attempt(), 2);
 
     // What the subscription counted (for /metrics).
-    settle().await;
+    until("the redelivery is counted", || {
+        only_stats(&h.bus).delivered == 2
+    })
+    .await;
     let stats = &h.bus.subscriptions()[0];
     assert_eq!(stats.name, sub.name());
     assert_eq!(
@@ -163,7 +196,7 @@ async fn an_unacked_delivery_is_redelivered_after_the_ack_deadline() {
     );
     assert_eq!((stats.in_flight, stats.acked, stats.lag), (1, 0, 0));
     again.ack();
-    settle().await;
+    until("the ack is applied", || only_stats(&h.bus).acked == 1).await;
     let stats = &h.bus.subscriptions()[0];
     assert_eq!((stats.in_flight, stats.acked), (0, 1));
     // Only first deliveries are sampled for latency: the redelivery is not.
@@ -191,7 +224,10 @@ async fn an_event_out_of_attempts_is_dead_lettered_listed_and_redriven() {
         let d = next(&mut sub).await;
         assert_eq!(d.attempt(), attempt);
         d.nack(None, &format!("boom {attempt}"));
-        settle().await;
+        until("the nack is applied", || {
+            stats_of(&h.bus, "worker").nacked == u64::from(attempt)
+        })
+        .await;
         h.clock.advance(Duration::from_millis(backoff_ms));
     }
     let last = next(&mut sub).await;
@@ -231,7 +267,12 @@ async fn an_event_out_of_attempts_is_dead_lettered_listed_and_redriven() {
         (published.seq, 3)
     );
     assert_eq!(letters[0].last_error, "boom 3");
-    settle().await;
+    until("the dead letter leaves the in-flight count", || {
+        let s = stats_of(&h.bus, "worker");
+        s.dead_lettered == 1 && s.in_flight == 0
+    })
+    .await;
+    caught_up(&h.bus).await;
     assert!(sub.try_next().is_none(), "a dead letter is not redelivered");
 
     assert_eq!(h.bus.redrive("worker".into(), vec![]).await.unwrap(), 1);

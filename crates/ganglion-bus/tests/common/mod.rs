@@ -52,6 +52,45 @@ pub async fn next(sub: &mut Subscription) -> Delivery {
         .expect("the subscription is open")
 }
 
+/// Waits (up to 10 s) until `done` holds: what a test waits for is state it can
+/// observe, not a number of turns; panics naming `what` if it does not come.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let wait = async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
+}
+
+/// The counters of the bus's only subscription.
+pub fn only_stats(bus: &Bus) -> ganglion_bus::SubscriptionStats {
+    let mut all = bus.subscriptions();
+    assert_eq!(all.len(), 1, "one subscription");
+    all.remove(0)
+}
+
+/// The counters of the subscription named `name`.
+pub fn stats_of(bus: &Bus, name: &str) -> ganglion_bus::SubscriptionStats {
+    bus.subscriptions()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no subscription named {name:?}"))
+}
+
+/// Every subscription has read what was routed to it and has nothing waiting to be
+/// handed out: a delivery that has not come by now will not come.
+pub async fn caught_up(bus: &Bus) {
+    until("every subscription caught up", || {
+        bus.subscriptions()
+            .iter()
+            .all(|s| s.lag == 0 && s.ready == 0)
+    })
+    .await;
+}
+
 /// Lets every task that can run, run (the tests use a current-thread runtime).
 pub async fn settle() {
     for _ in 0..50 {
