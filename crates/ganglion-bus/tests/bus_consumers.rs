@@ -52,7 +52,7 @@ async fn a_queue_group_gives_each_event_to_exactly_one_member() {
         from_a > 0 && from_b > 0,
         "both members worked: {from_a} / {from_b}"
     );
-    settle().await;
+    caught_up(&h.bus).await;
     assert!(
         a.try_next().is_none() && b.try_next().is_none(),
         "no event went to both"
@@ -144,7 +144,7 @@ async fn a_durable_subscription_resumes_exactly_where_acks_stopped_after_a_resta
     .map(|(p, a)| (p.to_string(), *a))
     .collect();
     assert_eq!(got, expected);
-    settle().await;
+    caught_up(&bus).await;
     assert!(sub.try_next().is_none());
 
     // A second subscriber to the same durable name needs a queue group.
@@ -217,12 +217,20 @@ async fn a_subscriber_at_its_in_flight_cap_gets_nothing_more_until_it_acks() {
     for _ in 0..5 {
         held.push(next(&mut sub).await);
     }
-    settle().await;
+    // Everything read: what is not out is waiting for room (without the cap, all 50
+    // would be out).
+    let settled = |out: u64| {
+        let s = only_stats(&h.bus);
+        s.lag == 0 && s.ready + s.in_flight == 50 - (5 - out)
+    };
+    until("the consumer has read everything", || settled(5)).await;
     assert!(sub.try_next().is_none(), "the sixth waits for an ack");
     held.remove(0).ack();
     let sixth = next(&mut sub).await;
     assert_eq!(payload(&sixth), "5");
-    settle().await;
+    until("the ack is applied", || only_stats(&h.bus).acked == 1).await;
+    until("the consumer has read everything", || settled(4)).await;
+    assert_eq!(only_stats(&h.bus).in_flight, 5, "one out for the one acked");
     assert!(sub.try_next().is_none());
 }
 
@@ -236,8 +244,14 @@ async fn auto_ack_never_redelivers() {
     let mut sub = h.bus.subscribe(pattern("t.>"), options).await.unwrap();
     h.bus.publish(event("t.x", "once")).await.unwrap();
     assert_eq!(payload(&next(&mut sub).await), "once");
+    // Acked as it was handed over: nothing in flight, nothing for a deadline to resend.
+    until("the delivery is acked", || {
+        let s = only_stats(&h.bus);
+        s.in_flight == 0 && s.acked == 1
+    })
+    .await;
     h.clock.advance(Duration::from_secs(3600));
-    settle().await;
+    caught_up(&h.bus).await;
     assert!(sub.try_next().is_none());
 }
 
@@ -267,7 +281,7 @@ async fn filters_route_by_type_and_headers() {
         .await
         .unwrap();
     assert_eq!(payload(&next(&mut sub).await), "match");
-    settle().await;
+    caught_up(&h.bus).await;
     assert!(sub.try_next().is_none());
 }
 
