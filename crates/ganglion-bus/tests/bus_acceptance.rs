@@ -65,7 +65,7 @@ async fn a_poison_event_is_tried_max_deliveries_times_on_schedule_then_dead_lett
         );
     }
     // Healthy events kept flowing throughout.
-    settle().await;
+    caught_up(&h.bus).await;
     while let Some(d) = sub.try_next() {
         healthy_delivered += 1;
         d.ack();
@@ -77,8 +77,14 @@ async fn a_poison_event_is_tried_max_deliveries_times_on_schedule_then_dead_lett
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 5);
     assert_eq!(letters[0].last_error, "cannot score hand (attempt 5)");
+    // Dead-lettered after its fifth attempt: nothing in flight, no timer left to resend.
+    until("the poison event leaves the in-flight count", || {
+        let s = stats_of(&h.bus, "scorer");
+        s.dead_lettered == 1 && s.in_flight == 0
+    })
+    .await;
     h.clock.advance(Duration::from_secs(3600));
-    settle().await;
+    caught_up(&h.bus).await;
     assert!(
         sub.try_next().is_none(),
         "delivered exactly max_deliveries times"
@@ -144,7 +150,10 @@ async fn the_test_bus_records_publications_and_drives_deadlines_on_its_virtual_c
     assert_eq!(first.attempt(), 1);
     // The handler never acks: after the 30 s deadline and the backoff, it comes back.
     bus.clock().advance(Duration::from_secs(30));
-    settle().await;
+    until("the deadline passes and the backoff is set", || {
+        only_stats(bus.bus()).ack_timeouts == 1 && bus.clock().sleepers() >= 1
+    })
+    .await;
     bus.clock().advance(Duration::from_millis(120));
     let again = next(&mut jobs).await;
     assert_eq!(again.attempt(), 2);
