@@ -319,48 +319,44 @@ impl Core {
     /// registry locks: counts the topics, matches each run of one topic once).
     fn ephemeral_targets(&self, events: Vec<Arc<Event>>) -> Vec<EphemeralTarget> {
         let mut targets: Vec<EphemeralTarget> = Vec::new();
-        {
-            let mut topics = lock(&self.topics);
-            let registry = lock(&self.registry);
-            // Events of one topic usually come in runs: match each run once.
-            let mut last_topic: Option<Topic> = None;
-            let mut stats: Option<&mut TopicStats> = None;
-            let mut matched: Vec<usize> = Vec::new();
-            for event in events {
-                if last_topic.as_ref() != Some(&event.topic) {
-                    let s = topics.entry(event.topic.clone()).or_default();
-                    s.storage = StorageClass::Ephemeral;
-                    stats = Some(s);
-                    last_topic = Some(event.topic.clone());
-                    matched.clear();
-                    registry.index.for_each_match(&event.topic, |key| {
-                        if let Some(i) = targets.iter().position(|t| t.0 == *key) {
-                            matched.push(i);
-                        } else if let Some(entry) =
-                            registry.consumers.get(key).filter(|e| !e.cut_off)
-                        {
-                            let target = (
-                                key.clone(),
-                                entry.ephemeral.clone(),
-                                entry.shared.clone(),
-                                Vec::new(),
-                            );
-                            targets.push(target);
-                            matched.push(targets.len() - 1);
-                        }
-                    });
-                }
-                if let Some(s) = stats.as_deref_mut() {
-                    s.events += 1;
-                }
-                // The last consumer takes the event itself: a lone subscriber costs no
-                // reference count.
-                if let Some((&last, others)) = matched.split_last() {
-                    for &i in others {
-                        targets[i].3.push(event.clone());
+        let mut topics = lock(&self.topics);
+        let registry = lock(&self.registry);
+        // Events of one topic usually come in runs: match each run once.
+        let mut last_topic: Option<Topic> = None;
+        let mut stats: Option<&mut TopicStats> = None;
+        let mut matched: Vec<usize> = Vec::new();
+        for event in events {
+            if last_topic.as_ref() != Some(&event.topic) {
+                let s = topics.entry(event.topic.clone()).or_default();
+                s.storage = StorageClass::Ephemeral;
+                stats = Some(s);
+                last_topic = Some(event.topic.clone());
+                matched.clear();
+                registry.index.for_each_match(&event.topic, |key| {
+                    if let Some(i) = targets.iter().position(|t| t.0 == *key) {
+                        matched.push(i);
+                    } else if let Some(entry) = registry.consumers.get(key).filter(|e| !e.cut_off) {
+                        let target = (
+                            key.clone(),
+                            entry.ephemeral.clone(),
+                            entry.shared.clone(),
+                            Vec::new(),
+                        );
+                        targets.push(target);
+                        matched.push(targets.len() - 1);
                     }
-                    targets[last].3.push(event);
+                });
+            }
+            if let Some(s) = stats.as_deref_mut() {
+                s.events += 1;
+            }
+            // The last consumer takes the event itself: a lone subscriber costs no
+            // reference count.
+            if let Some((&last, others)) = matched.split_last() {
+                for &i in others {
+                    targets[i].3.push(event.clone());
                 }
+                targets[last].3.push(event);
             }
         }
         targets

@@ -126,10 +126,10 @@ pub(crate) struct JournalFile {
 }
 
 impl JournalFile {
-    /// The journal `what` (`quota journal`) at `path`; a temporary file a crash (or a
-    /// full disk) left beside it is removed.
-    pub(crate) fn new(what: &'static str, path: PathBuf, temporary: &str) -> JournalFile {
-        let _ = std::fs::remove_file(path.with_extension(temporary));
+    /// The journal `what` (`quota journal`) at `path`; a temporary file a compaction
+    /// interrupted by a crash (or a full disk) left beside it is removed.
+    pub(crate) fn new(what: &'static str, path: PathBuf) -> JournalFile {
+        ganglion_core::fs::remove_temporary(&path);
         JournalFile {
             what,
             path,

@@ -25,6 +25,12 @@ pub fn write_atomically(target: &Path, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Removes the temporary file a crash (or a full disk) in [`write_atomically`] of
+/// `target` may have left.
+pub fn remove_temporary(target: &Path) {
+    let _ = fs::remove_file(temporary(target));
+}
+
 /// Removes the temporary files a crash in [`write_atomically`] left in `dir`.
 pub fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {

@@ -52,7 +52,7 @@ impl FileLeaseStore {
     pub fn new(dir: &Path) -> FileLeaseStore {
         let path = dir.join("leases.state");
         // A write a crash (or a full disk) interrupted.
-        let _ = std::fs::remove_file(path.with_extension("state.tmp"));
+        ganglion_core::fs::remove_temporary(&path);
         FileLeaseStore { path }
     }
 

@@ -81,7 +81,7 @@ impl FileQueueStore {
     pub fn new(dir: &Path, queue: &str) -> FileQueueStore {
         let path = dir.join(format!("{queue}.queue"));
         FileQueueStore {
-            file: JournalFile::new("request queue journal", path, "queue.tmp"),
+            file: JournalFile::new("request queue journal", path),
         }
     }
 }

@@ -47,7 +47,7 @@ impl FileQuotaStore {
     pub fn new(dir: &Path, quota: &str) -> FileQuotaStore {
         let path = dir.join(format!("{quota}.quota"));
         FileQuotaStore {
-            file: JournalFile::new("quota journal", path, "quota.tmp"),
+            file: JournalFile::new("quota journal", path),
         }
     }
 }
