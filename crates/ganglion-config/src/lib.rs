@@ -44,6 +44,7 @@ mod model;
 mod problem;
 mod reload;
 mod secret;
+pub mod token;
 mod tree;
 
 use std::fmt;

@@ -92,8 +92,8 @@ pub(crate) fn auth_token(name: &str, output: Output) -> anyhow::Result<()> {
     if !ganglion_core::is_valid_name(name) {
         bail!("{name:?} is not an identity name: 1 to 64 letters, digits, '-' or '_'");
     }
-    let token = ganglion_server::auth::mint_token();
-    let hash = ganglion_server::auth::token_hash(&token);
+    let token = ganglion_config::token::mint_token();
+    let hash = ganglion_config::token::token_hash(&token);
     match output {
         Output::Json => line(serde_json::json!({ "identity": name, "token": token, "hash": hash })),
         Output::Table => {
