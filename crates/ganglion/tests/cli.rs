@@ -252,6 +252,52 @@ fn promtool(args: &[&str], stdin: &str) -> Option<(bool, String)> {
     Some((out.status.success(), text))
 }
 
+/// The scrape declares exactly the families of `ganglion_telemetry::metrics::ALL`, each
+/// with its kind, and every sample carries exactly its family's labels.
+fn assert_matches_the_catalogue(scrape: &str) {
+    use ganglion_telemetry::metrics::{ALL, Kind, family};
+    let mut declared = std::collections::BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let f = family(name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+            assert_eq!(f.kind.as_str(), kind, "{name}");
+            declared.insert(name);
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let series = line.split([' ', '{']).next().unwrap();
+        let f = family(series)
+            .or_else(|| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| family(series.strip_suffix(s)?))
+                    .filter(|f| f.kind == Kind::Histogram)
+            })
+            .unwrap_or_else(|| panic!("sample {line:?} of no family in the catalogue"));
+        let labels: Vec<&str> = line
+            .split_once('{')
+            .map(|(_, rest)| rest.split_once('}').unwrap().0)
+            .into_iter()
+            .flat_map(|l| l.split(','))
+            .filter_map(|pair| pair.split_once('=').map(|(name, _)| name))
+            .filter(|name| *name != "le")
+            .collect();
+        assert_eq!(labels, f.labels, "{line}");
+    }
+    let undeclared: Vec<&str> = ALL
+        .iter()
+        .map(|f| f.name)
+        .filter(|name| !declared.contains(name))
+        .collect();
+    assert!(
+        undeclared.is_empty(),
+        "in the catalogue, not in the scrape: {undeclared:?}"
+    );
+}
+
 #[test]
 fn the_scrape_and_the_alert_rules_pass_promtool_and_deploy_uses_only_real_metrics() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,6 +324,7 @@ fn the_scrape_and_the_alert_rules_pass_promtool_and_deploy_uses_only_real_metric
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
+    assert_matches_the_catalogue(&scrape);
     let text = format!("{}{dashboard}", std::fs::read_to_string(&rules).unwrap());
     let mut referenced = std::collections::BTreeSet::new();
     for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

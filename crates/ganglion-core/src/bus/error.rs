@@ -22,6 +22,19 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (`ALL[code as usize] == code`).
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::Stale,
+        ErrorCode::DeadlineExceeded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
@@ -100,6 +113,20 @@ impl BusError {
         BusError::InvalidArgument {
             field: field.into(),
             message: message.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn all_codes_are_listed_at_their_index_with_distinct_names() {
+        let mut names = std::collections::HashSet::new();
+        for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, i, "{code:?}");
+            assert!(names.insert(code.as_str()), "{code:?}");
         }
     }
 }

@@ -11,11 +11,10 @@ use serde_json::json;
 
 use crate::State;
 
-mod exposition;
 mod families;
 
-use exposition::{Exposition, load};
 use families::{bus_metrics, coordinator_metrics, log_metrics, process_metrics, server_metrics};
+use ganglion_telemetry::metrics::{Exposition, PUBLISH_DURATION};
 
 /// Counters updated by the gRPC and HTTP handlers.
 #[derive(Debug, Default)]
@@ -24,24 +23,21 @@ pub struct Metrics {
     /// How long publish calls took, from decoded request to durable acknowledgement.
     publish_duration: Histogram,
     delivered: AtomicU64,
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; CODES.len()],
     subscriptions_opened: AtomicU64,
     subscriptions_open: AtomicU64,
     sse_clients: AtomicU64,
 }
 
-const CODES: [ErrorCode; 7] = [
-    ErrorCode::InvalidArgument,
-    ErrorCode::NotFound,
-    ErrorCode::ResourceExhausted,
-    ErrorCode::Unavailable,
-    ErrorCode::Internal,
-    ErrorCode::Unauthenticated,
-    ErrorCode::PermissionDenied,
-];
+/// The codes refusals are counted under: all of them.
+const CODES: [ErrorCode; ErrorCode::ALL.len()] = ErrorCode::ALL;
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
 
 fn code_index(code: ErrorCode) -> usize {
-    CODES.iter().position(|c| *c == code).unwrap_or(4)
+    code as usize
 }
 
 impl Metrics {
@@ -102,20 +98,17 @@ impl Metrics {
 /// Prometheus text exposition format, version 0.0.4.
 pub(crate) fn prometheus(state: &State, topics: &[ganglion_core::bus::TopicInfo]) -> String {
     let m = &state.metrics;
-    let mut x = Exposition {
-        out: String::with_capacity(8192),
-    };
+    let mut x = Exposition::with_capacity(8192);
     server_metrics(&mut x, state);
     bus_metrics(&mut x, state, topics);
     log_metrics(&mut x, state);
     coordinator_metrics(&mut x, state);
     x.histograms(
-        "ganglion_server_publish_duration_seconds",
-        "Publish calls (gRPC and HTTP), from decoded request to durable acknowledgement.",
-        [(String::new(), &m.publish_duration.snapshot())],
+        &PUBLISH_DURATION,
+        [([] as [&str; 0], &m.publish_duration.snapshot())],
     );
     process_metrics(&mut x);
-    x.out
+    x.finish()
 }
 
 /// The JSON summary behind `GET /api/v1/metrics`.
