@@ -12,6 +12,7 @@
 //! Time comes from an injected [`ganglion_core::Clock`], so an hour of quota behaviour is
 //! tested in milliseconds.
 
+mod api;
 pub mod breaker;
 mod coordinator;
 mod journal;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use ganglion_core::ErrorCode;
 
+pub use api::{BreakerStatus, CoordinatorStatus, QueueStatus, ResourceCoordinator};
 pub use coordinator::{Coordinator, CoordinatorConfig, FileStores, QueueSpec, Stores};
 
 /// Errors of the coordinator, with the bus's stable codes ([`CoordinatorError::code`]).

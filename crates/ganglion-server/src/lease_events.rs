@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ganglion_coordinator::Coordinator;
+use ganglion_coordinator::ResourceCoordinator;
 use ganglion_coordinator::lease::LeaseEvent;
 use ganglion_core::Engine;
 use ganglion_core::{Event, Topic};
@@ -32,20 +32,18 @@ pub(crate) struct LeaseEventPublisher {
 impl LeaseEventPublisher {
     /// Hands `coordinator`'s lease events to a new publisher on `bus` (in place of any
     /// before it); `stop` hands them to no one.
-    pub(crate) fn start(bus: Arc<dyn Engine>, coordinator: &Coordinator) {
+    pub(crate) fn start(bus: Arc<dyn Engine>, coordinator: &dyn ResourceCoordinator) {
         let publisher = Arc::new(LeaseEventPublisher {
             bus,
             pending: std::sync::Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
-        coordinator
-            .pools()
-            .on_event(Some(Box::new(move |event| publisher.push(event))));
+        coordinator.on_lease_event(Some(Box::new(move |event| publisher.push(event))));
     }
 
-    pub(crate) fn stop(coordinator: &Coordinator) {
-        coordinator.pools().on_event(None);
+    pub(crate) fn stop(coordinator: &dyn ResourceCoordinator) {
+        coordinator.on_lease_event(None);
     }
 
     fn push(self: &Arc<Self>, event: LeaseEvent) {

@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ganglion_coordinator::{Coordinator, CoordinatorConfig};
+use ganglion_coordinator::{Coordinator, CoordinatorConfig, ResourceCoordinator};
 use ganglion_core::BusError;
 use ganglion_core::Engine;
 use ganglion_core::engine::EngineHealth;
@@ -151,7 +151,7 @@ pub enum ServerError {
 pub struct State {
     /// The engine: the bus as components use it, and its health and statistics.
     bus: Arc<dyn Engine>,
-    coordinator: Arc<Coordinator>,
+    coordinator: Arc<dyn ResourceCoordinator>,
     limits: Limits,
     metrics: Metrics,
     started: Instant,
@@ -171,7 +171,7 @@ impl State {
     /// State over `bus`; `stopping` turns `true` when the server shuts down.
     pub fn new(
         bus: Arc<dyn Engine>,
-        coordinator: Arc<Coordinator>,
+        coordinator: Arc<dyn ResourceCoordinator>,
         limits: Limits,
         auth: Arc<auth::AuthHandle>,
         stopping: watch::Receiver<bool>,
@@ -365,7 +365,7 @@ pub async fn serve(
 /// shuts the bus down (see the module docs).
 pub async fn serve_with(
     bus: Arc<dyn Engine>,
-    coordinator: Arc<Coordinator>,
+    coordinator: Arc<dyn ResourceCoordinator>,
     grpc: TcpListener,
     http: TcpListener,
     options: ServerOptions,
@@ -380,9 +380,9 @@ pub async fn serve_with(
         options.auth.clone(),
         stop_rx,
     );
-    let timers = tokio::spawn(coordinator.pools().clone().run_timers());
+    let timers = tokio::spawn(coordinator.upkeep());
     let upkeep = tokio::spawn(bus.upkeep(UPKEEP_EVERY));
-    lease_events::LeaseEventPublisher::start(bus.clone(), &coordinator);
+    lease_events::LeaseEventPublisher::start(bus.clone(), coordinator.as_ref());
 
     let fd_limit = raise_fd_limit();
     let connections = conn::Connections::new(options.connections.clone(), fd_limit);
@@ -428,8 +428,8 @@ pub async fn serve_with(
     };
     timers.abort();
     upkeep.abort();
-    lease_events::LeaseEventPublisher::stop(&coordinator);
-    if let Err(error) = coordinator.pools().flush() {
+    lease_events::LeaseEventPublisher::stop(coordinator.as_ref());
+    if let Err(error) = coordinator.flush() {
         tracing::error!(%error, "cannot write the lease state at shutdown");
     }
     bus.shutdown().await?;

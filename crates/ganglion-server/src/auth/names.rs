@@ -42,7 +42,7 @@ impl State {
         id: u64,
         verb: &str,
     ) -> Result<(), BusError> {
-        match self.coordinator.pools().holder(id) {
+        match self.coordinator.lease_holder(id) {
             None if caller.is_admin() => Ok(()),
             holder => Ok(caller.may_act_for(
                 &self.audit,
@@ -62,11 +62,7 @@ impl State {
         id: u64,
     ) -> Result<(), BusError> {
         self.may(caller, Action::Submit(queue))?;
-        let submitter = self
-            .coordinator
-            .queue(queue)
-            .ok()
-            .and_then(|q| q.submitter(id));
+        let submitter = self.coordinator.submitter(queue, id).ok().flatten();
         match submitter {
             // Unknown: never submitted, or journalled before submitters were recorded.
             None => Ok(()),
@@ -89,9 +85,9 @@ impl State {
         self.may(caller, Action::Work(queue))?;
         let taker = self
             .coordinator
-            .queue(queue)
+            .taken_by(queue, id)
             .ok()
-            .and_then(|q| q.taken_by(id))
+            .flatten()
             .unwrap_or_default();
         Ok(caller.may_act_for(
             &self.audit,

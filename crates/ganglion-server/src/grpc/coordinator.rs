@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseStage};
 use ganglion_coordinator::queue::Submission;
-use ganglion_coordinator::{Coordinator, CoordinatorError};
+use ganglion_coordinator::{CoordinatorError, CoordinatorStatus, ResourceCoordinator};
 use ganglion_proto::convert::duration_ms;
 use ganglion_proto::v1::coordinator_server::Coordinator as CoordinatorService;
 use ganglion_proto::v1::{self, lease_update};
@@ -53,7 +53,7 @@ pub(crate) struct GrpcCoordinator {
 }
 
 impl GrpcCoordinator {
-    fn coordinator(&self) -> &Arc<Coordinator> {
+    fn coordinator(&self) -> &Arc<dyn ResourceCoordinator> {
         &self.state.coordinator
     }
 }
@@ -71,7 +71,7 @@ fn update(update: lease_update::Update) -> Result<v1::LeaseUpdate, Status> {
 /// stream itself does this (no task per lease): the server polls it while the client
 /// reads, and drops it when the client goes away, which releases the lease.
 struct HeldLease {
-    pools: Arc<ganglion_coordinator::lease::Pools>,
+    coordinator: Arc<dyn ResourceCoordinator>,
     id: u64,
     /// The grant, sent first.
     granted: Option<Lease>,
@@ -99,7 +99,7 @@ impl HeldLease {
                 _ = self.renew.tick() => {
                     // Refused only for a lease revoked (kept until its forced release)
                     // or ended: either way the stage says what happened, and why.
-                    let _ = self.pools.renew(id);
+                    let _ = self.coordinator.renew(id);
                 }
                 changed = self.stage.changed() => {
                     if changed.is_err() {
@@ -131,7 +131,7 @@ impl HeldLease {
 impl Drop for HeldLease {
     fn drop(&mut self) {
         // The stream ended before the lease did: its holder went away.
-        if !self.released && self.pools.release(self.id).is_ok() {
+        if !self.released && self.coordinator.release(self.id).is_ok() {
             tracing::info!(lease = self.id, "lease released: its stream ended");
         }
     }
@@ -163,8 +163,8 @@ impl CoordinatorService for GrpcCoordinator {
             .state
             .acting_as(&caller, Action::Lease(&r.pool), "holder", &r.holder)
             .map_err(refused)?;
-        let pools = self.coordinator().pools().clone();
-        let lease = pools
+        let coordinator = self.coordinator().clone();
+        let lease = coordinator
             .acquire(AcquireRequest {
                 pool: r.pool,
                 holder,
@@ -175,9 +175,9 @@ impl CoordinatorService for GrpcCoordinator {
             })
             .await
             .map_err(status)?;
-        let stage = pools.watch(lease.id);
+        let stage = coordinator.watch_lease(lease.id);
         Ok(Response::new(Box::pin(held_lease_stream(HeldLease {
-            pools,
+            coordinator,
             id: lease.id,
             stage,
             granted: Some(lease),
@@ -199,7 +199,7 @@ impl CoordinatorService for GrpcCoordinator {
         self.state
             .may_touch_lease(&caller, id, "renew")
             .map_err(refused)?;
-        let lease = self.coordinator().pools().renew(id).map_err(status)?;
+        let lease = self.coordinator().renew(id).map_err(status)?;
         Ok(Response::new(lease_to_wire(&lease)))
     }
 
@@ -212,7 +212,7 @@ impl CoordinatorService for GrpcCoordinator {
         self.state
             .may_touch_lease(&caller, id, "release")
             .map_err(refused)?;
-        self.coordinator().pools().release(id).map_err(status)?;
+        self.coordinator().release(id).map_err(status)?;
         Ok(Response::new(v1::ReleaseResponse {}))
     }
 
@@ -225,11 +225,7 @@ impl CoordinatorService for GrpcCoordinator {
         self.state
             .may(&caller, Action::Lease(&r.pool))
             .map_err(refused)?;
-        let response = match self
-            .coordinator()
-            .pools()
-            .check_fence(&r.pool, r.fencing_token)
-        {
+        let response = match self.coordinator().check_fence(&r.pool, r.fencing_token) {
             Ok(()) => v1::CheckFenceResponse {
                 valid: true,
                 reason: String::new(),
@@ -253,8 +249,10 @@ impl CoordinatorService for GrpcCoordinator {
             .state
             .acting_as(&caller, Action::Permit(&r.quota), "component", &r.component)
             .map_err(refused)?;
-        let quota = self.coordinator().quota(&r.quota).map_err(status)?;
-        let permit = quota.try_acquire(&component).map_err(status)?;
+        let permit = self
+            .coordinator()
+            .try_permit(&r.quota, &component)
+            .map_err(status)?;
         Ok(Response::new(permit_to_wire(permit)))
     }
 
@@ -268,9 +266,10 @@ impl CoordinatorService for GrpcCoordinator {
             .state
             .acting_as(&caller, Action::Permit(&r.quota), "component", &r.component)
             .map_err(refused)?;
-        let quota = self.coordinator().quota(&r.quota).map_err(status)?.clone();
-        let permit = quota
-            .acquire(&component, r.priority, Duration::from_millis(r.wait_ms))
+        let wait = Duration::from_millis(r.wait_ms);
+        let permit = self
+            .coordinator()
+            .permit(r.quota, component, r.priority, wait)
             .await
             .map_err(status)?;
         Ok(Response::new(permit_to_wire(permit)))
@@ -286,15 +285,16 @@ impl CoordinatorService for GrpcCoordinator {
             .state
             .acting_as(&caller, Action::Submit(&r.queue), "component", &r.component)
             .map_err(refused)?;
-        let queue = self.coordinator().queue(&r.queue).map_err(status)?;
-        let id = queue
-            .submit(Submission {
-                request: r.request,
-                priority: r.priority,
-                component,
-                idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
-                fallback: r.fallback,
-            })
+        let submission = Submission {
+            request: r.request,
+            priority: r.priority,
+            component,
+            idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+            fallback: r.fallback,
+        };
+        let id = self
+            .coordinator()
+            .submit(&r.queue, submission)
             .map_err(status)?;
         Ok(Response::new(v1::SubmitResponse { request_id: id }))
     }
@@ -308,9 +308,10 @@ impl CoordinatorService for GrpcCoordinator {
         self.state
             .may_read_response(&caller, &r.queue, r.request_id)
             .map_err(refused)?;
-        let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
-        let outcome = queue
-            .get_response(r.request_id, Duration::from_millis(r.wait_ms))
+        let wait = Duration::from_millis(r.wait_ms);
+        let outcome = self
+            .coordinator()
+            .response(r.queue, r.request_id, wait)
             .await
             .map_err(status)?;
         let response = match outcome {
@@ -338,9 +339,10 @@ impl CoordinatorService for GrpcCoordinator {
             .state
             .acting_as(&caller, Action::Work(&r.queue), "worker", &r.worker)
             .map_err(refused)?;
-        let queue = self.coordinator().queue(&r.queue).map_err(status)?.clone();
-        let taken = queue
-            .take(&worker, Duration::from_millis(r.wait_ms))
+        let wait = Duration::from_millis(r.wait_ms);
+        let taken = self
+            .coordinator()
+            .take(r.queue, worker, wait)
             .await
             .map_err(status)?;
         Ok(Response::new(match taken {
@@ -364,13 +366,14 @@ impl CoordinatorService for GrpcCoordinator {
         self.state
             .may_complete(&caller, &r.queue, r.request_id)
             .map_err(refused)?;
-        let queue = self.coordinator().queue(&r.queue).map_err(status)?;
         let result = match r.result {
             Some(v1::complete_request::Result::Response(body)) => Ok(body),
             Some(v1::complete_request::Result::Error(error)) => Err(error),
             None => Ok(Bytes::new()),
         };
-        queue.complete(r.request_id, result).map_err(status)?;
+        self.coordinator()
+            .complete(&r.queue, r.request_id, result)
+            .map_err(status)?;
         Ok(Response::new(v1::CompleteResponse {}))
     }
 
@@ -380,7 +383,7 @@ impl CoordinatorService for GrpcCoordinator {
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let caller = grpc_caller(&request)?;
         self.state.may(&caller, Action::Monitor).map_err(refused)?;
-        Ok(Response::new(status_of(self.coordinator())))
+        Ok(Response::new(status_of(&self.coordinator().status())))
     }
 }
 
@@ -394,15 +397,15 @@ fn permit_to_wire(p: ganglion_coordinator::quota::Permit) -> v1::Permit {
     }
 }
 
-/// Pools, quotas, queues and breakers at a glance (gRPC `Status`, HTTP resources).
-pub(crate) fn status_of(c: &Coordinator) -> v1::StatusResponse {
+/// Pools, quotas, queues and breakers at a glance, as the wire carries them (gRPC
+/// `Status`; HTTP resources and the CLI show its JSON).
+pub(crate) fn status_of(c: &CoordinatorStatus) -> v1::StatusResponse {
     v1::StatusResponse {
         pools: c
-            .pools()
-            .status()
-            .into_iter()
+            .pools
+            .iter()
             .map(|p| v1::PoolStatus {
-                name: p.name,
+                name: p.name.clone(),
                 capacity: p.capacity as u32,
                 free: p.free as u32,
                 holders: p.holders.iter().map(lease_to_wire).collect(),
@@ -410,35 +413,35 @@ pub(crate) fn status_of(c: &Coordinator) -> v1::StatusResponse {
             })
             .collect(),
         quotas: c
-            .quotas()
-            .map(|q| {
-                let s = q.status();
-                v1::QuotaStatus {
-                    name: s.name,
-                    limit: s.limit,
-                    window_ms: duration_ms(s.window),
-                    used: s.used,
-                    remaining: s.remaining,
-                    near_limit: s.near_limit,
-                    suspended_for_ms: duration_ms(s.suspended_for),
-                    waiters: s.waiters as u32,
-                    by_component: s.by_component.into_iter().collect(),
-                }
+            .quotas
+            .iter()
+            .map(|s| v1::QuotaStatus {
+                name: s.name.clone(),
+                limit: s.limit,
+                window_ms: duration_ms(s.window),
+                used: s.used,
+                remaining: s.remaining,
+                near_limit: s.near_limit,
+                suspended_for_ms: duration_ms(s.suspended_for),
+                waiters: s.waiters as u32,
+                by_component: s.by_component.clone().into_iter().collect(),
             })
             .collect(),
         queues: c
-            .queues()
-            .map(|(name, quota, queue)| v1::QueueStatus {
-                name: name.to_owned(),
-                quota: quota.to_owned(),
-                depth: queue.depth() as u32,
+            .queues
+            .iter()
+            .map(|q| v1::QueueStatus {
+                name: q.name.clone(),
+                quota: q.quota.clone(),
+                depth: q.depth as u32,
             })
             .collect(),
         breakers: c
-            .breakers()
-            .map(|(name, b)| v1::BreakerStatus {
-                name: name.to_owned(),
-                state: b.state().as_str().to_owned(),
+            .breakers
+            .iter()
+            .map(|b| v1::BreakerStatus {
+                name: b.name.clone(),
+                state: b.state.to_owned(),
             })
             .collect(),
     }

@@ -1,7 +1,7 @@
 //! The coordinator routes: resources, leases, permits and request queues.
 
 use crate::grpc::coordinator::status_of;
-use ganglion_coordinator::Coordinator;
+use ganglion_coordinator::ResourceCoordinator;
 use ganglion_coordinator::lease::Lease;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub(super) async fn resources(
     _: Monitor,
     Extract(state): Extract<Arc<State>>,
 ) -> axum::Json<Value> {
-    axum::Json(crate::http::coordinator::status_json(&state.coordinator))
+    axum::Json(status_json(state.coordinator.as_ref()))
 }
 
 /// `POST /api/v1/resources/{pool}/acquire` `{"holder", "priority"?, "amount"?, "wait_ms"?,
@@ -53,7 +53,7 @@ pub(super) async fn acquire_lease(
         wait_timeout: Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0)),
         max_hold: field_u64(&o, "max_hold_ms")?.map(Duration::from_millis),
     };
-    let lease = state.coordinator.pools().acquire(request).await?;
+    let lease = state.coordinator.acquire(request).await?;
     Ok(axum::Json(lease_json(&lease)))
 }
 
@@ -81,7 +81,7 @@ pub(super) async fn renew_lease(
 ) -> ApiResult<axum::Json<Value>> {
     let id = lease_id(&path_param(id)?)?;
     state.may_touch_lease(&caller, id, "renew")?;
-    let lease = state.coordinator.pools().renew(id)?;
+    let lease = state.coordinator.renew(id)?;
     Ok(axum::Json(lease_json(&lease)))
 }
 
@@ -92,7 +92,7 @@ pub(super) async fn release_lease(
 ) -> ApiResult<axum::Json<Value>> {
     let id = lease_id(&path_param(id)?)?;
     state.may_touch_lease(&caller, id, "release")?;
-    state.coordinator.pools().release(id)?;
+    state.coordinator.release(id)?;
     Ok(axum::Json(json!({ "released": true })))
 }
 
@@ -109,15 +109,13 @@ pub(super) async fn acquire_permit(
     let o = object_body(&state, body, &["component", "priority", "wait_ms"]).await?;
     let component = optional_str(&o, "component")?.unwrap_or_default();
     let component = state.claim(&caller, "component", &component)?;
-    let quota = state.coordinator.quota(&quota)?.clone();
     // Every field is checked, whether or not this request uses it.
     let priority = field_i32(&o, "priority")?;
     let permit = match field_u64(&o, "wait_ms")? {
-        None | Some(0) => quota.try_acquire(&component)?,
+        None | Some(0) => state.coordinator.try_permit(&quota, &component)?,
         Some(ms) => {
-            quota
-                .acquire(&component, priority, Duration::from_millis(ms))
-                .await?
+            let wait = Duration::from_millis(ms);
+            (state.coordinator.permit(quota, component, priority, wait)).await?
         }
     };
     Ok(axum::Json(json!({
@@ -169,17 +167,6 @@ fn bytes_json(out: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]
     }
 }
 
-/// The queue named in the path, once `action` on it is allowed.
-fn queue_of(
-    state: &State,
-    caller: &crate::auth::Caller,
-    action: Action<'_>,
-    queue: &str,
-) -> ApiResult<Arc<ganglion_coordinator::queue::RequestQueue>> {
-    state.may(caller, action)?;
-    Ok(state.coordinator.queue(queue)?.clone())
-}
-
 /// An optional string field (absent or null: `None`).
 fn optional_str(o: &serde_json::Map<String, Value>, field: &str) -> ApiResult<Option<String>> {
     match o.get(field) {
@@ -196,8 +183,8 @@ pub(super) async fn submit_request(
     queue: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
-    let name = path_param(queue)?;
-    let queue = queue_of(&state, &caller, Action::Submit(&name), &name)?;
+    let queue = path_param(queue)?;
+    state.may(&caller, Action::Submit(&queue))?;
     let o = object_body(
         &state,
         body,
@@ -215,13 +202,14 @@ pub(super) async fn submit_request(
     let request = bytes_field(&o, "request")?
         .ok_or_else(|| ApiError::invalid("request", "is required (or request_base64)"))?;
     let component = optional_str(&o, "component")?.unwrap_or_default();
-    let id = queue.submit(ganglion_coordinator::queue::Submission {
+    let submission = ganglion_coordinator::queue::Submission {
         request,
         priority: field_i32(&o, "priority")?,
         component: state.claim(&caller, "component", &component)?,
         idempotency_key: optional_str(&o, "idempotency_key")?,
         fallback: bytes_field(&o, "fallback")?,
-    })?;
+    };
+    let id = state.coordinator.submit(&queue, submission)?;
     Ok(axum::Json(json!({ "request_id": id })))
 }
 
@@ -244,11 +232,10 @@ pub(super) async fn request_response(
         query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let id = numeric_id(&id, "request id")?;
     state.may_read_response(&caller, &queue, id)?;
-    let queue = state.coordinator.queue(&queue)?.clone();
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     let mut out = serde_json::Map::new();
     out.insert("request_id".into(), json!(id));
-    match queue.get_response(id, wait).await? {
+    match state.coordinator.response(queue, id, wait).await? {
         None => {
             out.insert("ready".into(), json!(false));
         }
@@ -275,14 +262,14 @@ pub(super) async fn take_request(
     queue: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
-    let name = path_param(queue)?;
-    let queue = queue_of(&state, &caller, Action::Work(&name), &name)?;
+    let queue = path_param(queue)?;
+    state.may(&caller, Action::Work(&queue))?;
     let o = object_body(&state, body, &["worker", "wait_ms"]).await?;
     let worker = optional_str(&o, "worker")?.unwrap_or_default();
     let worker = state.claim(&caller, "worker", &worker)?;
     let wait = Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0));
     let mut out = serde_json::Map::new();
-    match queue.take(&worker, wait).await? {
+    match state.coordinator.take(queue, worker, wait).await? {
         None => {
             out.insert("taken".into(), json!(false));
         }
@@ -308,7 +295,6 @@ pub(super) async fn complete_request(
     let Path((name, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let id = numeric_id(&id, "request id")?;
     state.may_complete(&caller, &name, id)?;
-    let queue = state.coordinator.queue(&name)?.clone();
     let o = object_body(&state, body, &["response", "response_base64", "error"]).await?;
     let result = match (bytes_field(&o, "response")?, o.get("error")) {
         (Some(_), Some(_)) => {
@@ -321,7 +307,7 @@ pub(super) async fn complete_request(
         (None, Some(_)) => Err(field_str(&o, "error")?),
         (None, None) => Ok(bytes::Bytes::new()),
     };
-    queue.complete(id, result)?;
+    state.coordinator.complete(&name, id, result)?;
     Ok(axum::Json(json!({ "completed": true })))
 }
 
@@ -331,6 +317,6 @@ pub(crate) fn lease_json(lease: &Lease) -> serde_json::Value {
 }
 
 /// `GET /api/v1/resources`, from the same status the gRPC `Status` returns.
-pub(crate) fn status_json(c: &Coordinator) -> serde_json::Value {
-    ganglion_proto::json::status_to_json(&status_of(c))
+pub(crate) fn status_json(c: &dyn ResourceCoordinator) -> serde_json::Value {
+    ganglion_proto::json::status_to_json(&status_of(&c.status()))
 }

@@ -139,24 +139,24 @@ pub(super) fn log_metrics(x: &mut Exposition, state: &State) {
 }
 
 pub(super) fn coordinator_metrics(x: &mut Exposition, state: &State) {
-    let c = crate::grpc::coordinator::status_of(&state.coordinator);
-    type Pool = ganglion_proto::v1::PoolStatus;
-    let pools: [PerItem<Pool>; 4] = [
-        (&family::POOL_CAPACITY, |p| u64::from(p.capacity)),
-        (&family::POOL_FREE, |p| u64::from(p.free)),
+    use ganglion_coordinator::lease::PoolStatus;
+    use ganglion_coordinator::quota::QuotaStatus;
+    let c = state.coordinator.status();
+    let pools: [PerItem<PoolStatus>; 4] = [
+        (&family::POOL_CAPACITY, |p| p.capacity as u64),
+        (&family::POOL_FREE, |p| p.free as u64),
         (&family::POOL_HOLDERS, |p| p.holders.len() as u64),
-        (&family::POOL_WAITERS, |p| u64::from(p.waiters)),
+        (&family::POOL_WAITERS, |p| p.waiters as u64),
     ];
     for (f, read) in pools {
         x.each(f, c.pools.iter().map(|p| ([p.name.as_str()], read(p))));
     }
-    type Quota = ganglion_proto::v1::QuotaStatus;
-    let quotas: [PerItem<Quota>; 5] = [
+    let quotas: [PerItem<QuotaStatus>; 5] = [
         (&family::QUOTA_LIMIT, |q| u64::from(q.limit)),
         (&family::QUOTA_USED, |q| u64::from(q.used)),
         (&family::QUOTA_REMAINING, |q| u64::from(q.remaining)),
         (&family::QUOTA_NEAR_LIMIT, |q| u64::from(q.near_limit)),
-        (&family::QUOTA_SUSPENDED, |q| q.suspended_for_ms / 1000),
+        (&family::QUOTA_SUSPENDED, |q| q.suspended_for.as_secs()),
     ];
     for (f, read) in quotas {
         x.each(f, c.quotas.iter().map(|q| ([q.name.as_str()], read(q))));
@@ -169,7 +169,7 @@ pub(super) fn coordinator_metrics(x: &mut Exposition, state: &State) {
                 .map(move |s| ([b.name.as_str(), s], u64::from(b.state == s)))
         }),
     );
-    let waits = state.coordinator.pools().wait_times();
+    let waits = state.coordinator.lease_wait_times();
     x.histograms(
         &family::LEASE_WAIT,
         waits.iter().map(|(pool, h)| ([pool.as_str()], h)),

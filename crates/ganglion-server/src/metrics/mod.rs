@@ -133,7 +133,7 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
                 .map(crate::http::subscription_json)
                 .collect::<Vec<_>>(),
         },
-        "coordinator": crate::http::coordinator::status_json(&state.coordinator),
+        "coordinator": crate::http::coordinator::status_json(state.coordinator.as_ref()),
         "log": {
             "first_seq": log.first_seq,
             "next_seq": log.next_seq,
