@@ -465,6 +465,34 @@ pub fn status_for(
     status
 }
 
+/// The stable code a gRPC status stands for: the inverse of [`status_for`] (codes it
+/// never sends read as the nearest: `OutOfRange` as invalid, `Cancelled` and `Aborted` as
+/// unavailable, the rest as internal).
+pub fn code_from_status(status: &Status) -> ErrorCode {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+        Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorCode::Unavailable,
+        Code::Unauthenticated => ErrorCode::Unauthenticated,
+        Code::PermissionDenied => ErrorCode::PermissionDenied,
+        Code::FailedPrecondition => ErrorCode::Stale,
+        Code::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The field a gRPC status names (an invalid argument's), if it names one.
+pub fn field_of_status(status: &Status) -> Option<&str> {
+    status.metadata().get(FIELD_METADATA)?.to_str().ok()
+}
+
+/// When a refusal says to try again, if it says.
+pub fn retry_after_of_status(status: &Status) -> Option<Duration> {
+    let ms = status.metadata().get(RETRY_AFTER_METADATA)?.to_str().ok()?;
+    ms.parse().ok().map(Duration::from_millis)
+}
+
 /// The bus error a gRPC status stands for (the client's side of [`status_from_error`]).
 pub fn error_from_status(status: &Status) -> BusError {
     let metadata = |key: &str| {
@@ -574,6 +602,22 @@ pub fn system_time_ms(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_survives_a_status_with_its_field_and_retry_after() {
+        for code in ErrorCode::ALL {
+            let after = Duration::from_millis(1500);
+            let status = status_for(code, "m".into(), Some("wait_ms"), Some(after));
+            assert_eq!(code_from_status(&status), code);
+            assert_eq!(field_of_status(&status), Some("wait_ms"));
+            assert_eq!(retry_after_of_status(&status), Some(after));
+        }
+        let bare = Status::new(Code::Internal, "x");
+        assert_eq!(
+            (field_of_status(&bare), retry_after_of_status(&bare)),
+            (None, None)
+        );
+    }
 
     #[test]
     fn options_round_trip_through_the_wire() {
