@@ -37,8 +37,10 @@ async fn a_poison_event_is_tried_max_deliveries_times_on_schedule_then_dead_lett
         if h.clock.monotonic().as_millis().is_multiple_of(50) {
             h.bus.publish(event("game.hand", "healthy")).await.unwrap();
             healthy_published += 1;
+            caught_up(&h.bus).await;
         }
-        settle().await;
+        let before = stats_of(&h.bus, "scorer");
+        let (mut acked, mut nacked) = (before.acked, before.nacked);
         while let Some(d) = sub.try_next() {
             if payload(&d) == "poison" {
                 assert_eq!(d.attempt() as usize, poison_at.len() + 1);
@@ -47,13 +49,21 @@ async fn a_poison_event_is_tried_max_deliveries_times_on_schedule_then_dead_lett
                     None,
                     &format!("cannot score hand (attempt {})", d.attempt()),
                 );
+                nacked += 1;
             } else {
                 healthy_delivered += 1;
                 d.ack();
+                acked += 1;
             }
         }
-        settle().await;
+        until("the acks and nacks applied", || {
+            let s = stats_of(&h.bus, "scorer");
+            (s.acked, s.nacked) == (acked, nacked)
+        })
+        .await;
+        // Then 1 ms on, and the consumer has handled whatever came due.
         h.clock.advance(Duration::from_millis(1));
+        asleep(&h.clock).await;
     }
     // Gaps follow 100 ms × 2^n within ±20 % jitter (and the 1 ms step).
     for (n, pair) in poison_at.windows(2).enumerate() {
@@ -102,6 +112,8 @@ async fn keep_last_over_1000_updates_to_10_keys_delivers_10_events_per_window() 
             window: Some(Duration::from_millis(100)),
             key: GroupKey::Header("game_id".into()),
             aggregation: Aggregation::KeepLast,
+            // Room for the whole window: it closes on time, not for being full.
+            max_events: 10_000,
             ..BatchOptions::default()
         }),
         ..SubscribeOptions::default()
@@ -119,8 +131,10 @@ async fn keep_last_over_1000_updates_to_10_keys_delivers_10_events_per_window() 
             })
             .collect();
         h.bus.publish_batch(updates).await.unwrap();
-        settle().await;
-        h.clock.advance(Duration::from_millis(100));
+        holds(&h.bus, 1000).await;
+        h.clock.advance(Duration::from_millis(99));
+        quiet(&mut strategy, "the window is still open").await;
+        h.clock.advance(Duration::from_millis(1));
         let batch = next(&mut strategy).await;
         assert_eq!(batch.events().len(), 10, "window {window}");
         let latest: HashMap<String, String> = batch

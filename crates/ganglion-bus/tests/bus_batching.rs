@@ -43,11 +43,11 @@ async fn a_window_delivers_everything_that_arrived_within_100_ms_together() {
         .unwrap();
     h.bus.publish(event("game.a", "1")).await.unwrap();
     h.bus.publish(event("game.b", "2")).await.unwrap();
-    settle().await;
+    holds(&h.bus, 2).await;
     h.clock.advance(Duration::from_millis(99));
-    settle().await;
-    assert!(sub.try_next().is_none(), "the window is still open");
+    quiet(&mut sub, "the window is still open").await;
     h.bus.publish(event("game.a", "3")).await.unwrap();
+    holds(&h.bus, 3).await;
     h.clock.advance(Duration::from_millis(1));
     let batch = next(&mut sub).await;
     assert_eq!(payloads(&batch), ["1", "2", "3"]);
@@ -56,7 +56,7 @@ async fn a_window_delivers_everything_that_arrived_within_100_ms_together() {
 
     // The next window opens with the next event.
     h.bus.publish(event("game.a", "4")).await.unwrap();
-    settle().await;
+    holds(&h.bus, 1).await;
     h.clock.advance(Duration::from_millis(100));
     assert_eq!(payloads(&next(&mut sub).await), ["4"]);
 }
@@ -76,8 +76,8 @@ async fn a_full_window_is_delivered_before_its_time() {
     h.bus.publish_batch(batch).await.unwrap();
     assert_eq!(payloads(&next(&mut sub).await), ["1", "2", "3"]);
     assert_eq!(payloads(&next(&mut sub).await), ["4", "5", "6"]);
-    settle().await;
-    assert!(sub.try_next().is_none());
+    holds(&h.bus, 1).await;
+    quiet(&mut sub, "the seventh waits for its window").await;
     h.clock.advance(Duration::from_millis(100));
     assert_eq!(payloads(&next(&mut sub).await), ["7"]);
 }
@@ -103,7 +103,7 @@ async fn keep_last_coalesces_high_frequency_updates_per_key() {
             .with_header("game_id", game);
         h.bus.publish(update).await.unwrap();
     }
-    settle().await;
+    holds(&h.bus, 5).await;
     h.clock.advance(Duration::from_millis(100));
     let batch = next(&mut strategy).await;
     assert_eq!(payloads(&batch), ["g1-round-3", "g2-round-2"]);
@@ -127,7 +127,7 @@ async fn count_reports_how_many_events_each_key_had() {
         .map(|t| event(t, "x"))
         .collect();
     h.bus.publish_batch(batch).await.unwrap();
-    settle().await;
+    holds(&h.bus, 4).await;
     h.clock.advance(Duration::from_millis(100));
     let d = next(&mut analytics).await;
     assert!(d.events().is_empty());
@@ -166,13 +166,13 @@ async fn a_nacked_batch_is_redelivered_whole_with_its_attempt_numbers() {
         .publish_batch(vec![event("game.a", "1"), event("game.a", "2")])
         .await
         .unwrap();
-    settle().await;
+    holds(&h.bus, 2).await;
     h.clock.advance(Duration::from_millis(100));
     let first = next(&mut sub).await;
     first.nack(Some(Duration::from_secs(1)), "try later");
-    settle().await;
+    until("the nack applied", || only_stats(&h.bus).nacked == 2).await;
     h.clock.advance(Duration::from_secs(1));
-    settle().await;
+    holds(&h.bus, 2).await;
     h.clock.advance(Duration::from_millis(100));
     let again = next(&mut sub).await;
     assert_eq!(payloads(&again), ["1", "2"]);
@@ -191,20 +191,18 @@ async fn the_default_window_changes_live_for_subscriptions_that_give_none() {
 
     // The configured 100 ms.
     h.bus.publish(event("game.a", "1")).await.unwrap();
-    settle().await;
+    holds(&h.bus, 1).await;
     h.clock.advance(Duration::from_millis(99));
-    settle().await;
-    assert!(sub.try_next().is_none());
+    quiet(&mut sub, "99 ms of a 100 ms window").await;
     h.clock.advance(Duration::from_millis(1));
     assert_eq!(payloads(&next(&mut sub).await), ["1"]);
 
     // Reconfigured to 25 ms while subscribed: the next window closes after 25 ms.
     h.bus.set_batch_window(Duration::from_millis(25)).unwrap();
     h.bus.publish(event("game.a", "2")).await.unwrap();
-    settle().await;
+    holds(&h.bus, 1).await;
     h.clock.advance(Duration::from_millis(24));
-    settle().await;
-    assert!(sub.try_next().is_none());
+    quiet(&mut sub, "24 ms of a 25 ms window").await;
     h.clock.advance(Duration::from_millis(1));
     assert_eq!(payloads(&next(&mut sub).await), ["2"]);
 

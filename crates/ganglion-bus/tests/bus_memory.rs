@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use ganglion_bus::BusOptions;
+use ganglion_core::Clock as _;
 use ganglion_core::bus::{AckMode, BatchOptions, StorageClass, SubscribeOptions};
 use ganglion_core::{Event, EventBus};
 
@@ -57,10 +58,18 @@ async fn a_stuck_ephemeral_subscriber_holds_a_bounded_number_of_bytes_of_big_eve
         }
     });
     for _ in 0..100 {
+        // The publisher is done, or waits (on the clock) for the stuck subscriber.
+        until("the publisher done or waiting", || {
+            let ahead = h
+                .clock
+                .next_deadline()
+                .is_some_and(|d| d > h.clock.monotonic());
+            publisher.is_finished() || ahead
+        })
+        .await;
         if publisher.is_finished() {
             break;
         }
-        settle().await;
         h.clock.advance(Duration::from_millis(200));
     }
     publisher.await.unwrap();
@@ -89,7 +98,11 @@ async fn a_durable_subscriber_that_stops_reading_holds_at_most_its_in_flight_byt
     for _ in 0..100 {
         h.bus.publish(big("log.frame", 256 * KIB)).await.unwrap();
     }
-    settle().await;
+    until("its channel full and its read-ahead too", || {
+        let s = only_stats(&h.bus);
+        s.in_flight == 4 && s.ready >= 4
+    })
+    .await;
     let stats = &h.bus.subscriptions()[0];
     // Not reading: what waits for it is its channel's 1 MiB (and 1 MiB read ahead, plus
     // the event that crossed the line).
@@ -121,7 +134,11 @@ async fn an_auto_ack_subscriber_that_stops_reading_stops_its_consumer_at_the_buf
     for _ in 0..100 {
         h.bus.publish(big("log.frame", 256 * KIB)).await.unwrap();
     }
-    settle().await;
+    until("its channel full and its read-ahead too", || {
+        let s = only_stats(&h.bus);
+        s.delivered >= 4 && s.ready >= 4
+    })
+    .await;
     let stats = &h.bus.subscriptions()[0];
     // Handed over (1 MiB and one chunk of at most 1 MiB) and read ahead (1 MiB).
     assert!(

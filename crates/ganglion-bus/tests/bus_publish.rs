@@ -185,7 +185,7 @@ async fn ephemeral_topics_skip_the_log_and_reach_only_current_subscribers() {
         .await
         .unwrap();
     assert_eq!(payload(&next(&mut late).await), "durable");
-    settle().await;
+    caught_up(&h.bus).await;
     assert!(
         late.try_next().is_none(),
         "a later subscriber never sees the earlier tick"
@@ -229,7 +229,11 @@ async fn a_momentarily_slow_ephemeral_subscriber_slows_the_publisher_down_and_mi
                 .unwrap();
         }
     });
-    settle().await;
+    until("the subscriber's buffer full", || {
+        only_stats(&h.bus).ready >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!publisher.is_finished(), "the publisher waits for room");
     for i in 0..200 {
         assert_eq!(payload(&next(&mut sub).await), i.to_string());
@@ -258,17 +262,23 @@ async fn a_subscriber_that_does_not_read_holds_a_bounded_number_of_chunks_whatev
                 .await
                 .unwrap();
             count.fetch_add(1, Ordering::SeqCst);
-            settle().await;
+            // One chunk each: the consumer takes this event (hands it over, or holds it
+            // for want of room) before the next is published.
+            let taken = i as u64 + 1;
+            until("the consumer took the event", || {
+                let s = &bus.subscriptions()[0];
+                s.delivered + s.ready == taken
+            })
+            .await;
         }
     });
-    // Until the publisher stops making progress.
-    let mut waiting = usize::MAX;
-    while waiting != published.load(Ordering::SeqCst) {
-        waiting = published.load(Ordering::SeqCst);
-        for _ in 0..10 {
-            settle().await;
-        }
-    }
+    // Until the publisher waits for room: 256 chunks handed over, then a moment more.
+    until("256 events published", || {
+        published.load(Ordering::SeqCst) >= 256
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiting = published.load(Ordering::SeqCst);
     assert!(
         !publisher.is_finished() && (256..=256 + 8 + 1).contains(&waiting),
         "the publisher waits once 256 chunks and the consumer's buffer are full: {waiting} published"
@@ -310,19 +320,24 @@ async fn an_ephemeral_subscriber_that_stays_stuck_is_closed_with_a_reason() {
         while healthy.try_next().is_some() {
             healthy_got += 1;
         }
-        settle().await;
+        // The publisher is done, or waits (on the clock) for the stuck subscriber.
+        until("the publisher done or waiting", || {
+            let ahead = h
+                .clock
+                .next_deadline()
+                .is_some_and(|d| d > h.clock.monotonic());
+            publisher.is_finished() || ahead
+        })
+        .await;
         h.clock.advance(Duration::from_millis(100));
     }
     publisher.await.unwrap();
-    while let Some(d) = healthy.try_next() {
-        drop(d);
+    // The healthy subscriber gets everything (`next` fails the test if one is missing).
+    while healthy_got < 200 {
+        drop(next(&mut healthy).await);
         healthy_got += 1;
     }
-    settle().await;
-    while healthy.try_next().is_some() {
-        healthy_got += 1;
-    }
-    assert_eq!(healthy_got, 200, "the healthy subscriber got everything");
+    quiet(&mut healthy, "nothing twice").await;
     let mut received = 0;
     while tokio::time::timeout(Duration::from_secs(10), stuck.next())
         .await
@@ -404,7 +419,6 @@ async fn ephemeral_events_a_filter_drops_do_not_use_up_the_buffer() {
             .await
             .expect("the buffer has room")
             .unwrap();
-        settle().await;
     }
     for i in (0..100).step_by(10) {
         assert_eq!(payload(&next(&mut picky).await), i.to_string());

@@ -216,17 +216,10 @@ async fn dead_letter_topics_follow_the_rules_too() {
     for _ in 0..3 {
         next(&mut sub).await.term("bad");
     }
-    let wait = async {
-        loop {
-            if h.bus.subscriptions()[0].dead_lettered == 3 {
-                break;
-            }
-            settle().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .unwrap();
+    until("three dead letters", || {
+        h.bus.subscriptions()[0].dead_lettered == 3
+    })
+    .await;
     h.bus.apply_retention().await.unwrap();
     let letters = h.bus.dead_letters("worker".into(), 10).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");

@@ -136,6 +136,20 @@ mod manual {
                 .store(unix_micros(to), Ordering::SeqCst);
         }
 
+        /// The earliest deadline (monotonic) anyone sleeps until, if anyone sleeps. A
+        /// task woken by [`advance`](Self::advance) is off the list until it sleeps again,
+        /// so "a deadline ahead of now" after an advance means every task it woke has
+        /// done its work and is waiting again (or was never due).
+        pub fn next_deadline(&self) -> Option<Duration> {
+            let sleepers = self
+                .state
+                .sleepers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let earliest = sleepers.values().map(|(deadline, _)| *deadline).min()?;
+            Some(Duration::from_micros(earliest))
+        }
+
         /// Sleepers waiting for a deadline not reached yet.
         pub fn sleepers(&self) -> usize {
             self.state

@@ -91,11 +91,42 @@ pub async fn caught_up(bus: &Bus) {
     .await;
 }
 
-/// Lets every task that can run, run (the tests use a current-thread runtime).
-pub async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
+/// Nothing is delivered for a moment (50 ms of real time): a check that can pass wrongly
+/// on a very slow machine, never fail wrongly.
+pub async fn quiet(sub: &mut Subscription, why: &str) {
+    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+        panic!("{why}: got seqs {:?} (attempt {})", d.seqs(), d.attempt());
     }
+}
+
+/// The bus's only subscription holds `n` events ready or gathered in its open window
+/// (so its window's timer is set).
+pub async fn holds(bus: &Bus, n: u64) {
+    let wait = async {
+        while only_stats(bus).ready != n {
+            tokio::task::yield_now().await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_err()
+    {
+        panic!(
+            "not within 10 s: {n} events held for delivery; {:?}",
+            only_stats(bus)
+        );
+    }
+}
+
+/// Waits until what `clock` woke is asleep on it again: some deadline lies ahead. For a
+/// test with one consumer (whose one timer is always set while it has work pending),
+/// after an `advance`: the consumer has handled every timer due by now.
+pub async fn asleep(clock: &ManualClock) {
+    use ganglion_core::Clock as _;
+    until("a sleeper on the clock, due after now", || {
+        clock.next_deadline().is_some_and(|d| d > clock.monotonic())
+    })
+    .await;
 }
 
 pub fn payload(d: &Delivery) -> String {
