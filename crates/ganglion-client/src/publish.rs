@@ -107,28 +107,11 @@ async fn run(mut rpc: crate::Rpc, options: ClientOptions, mut jobs: mpsc::Receiv
                 None => return,
             },
         };
+        let id = next_request_id;
+        next_request_id += 1;
         let (request, flight) = match frame {
-            Gathered::Solo(job) => {
-                let id = next_request_id;
-                next_request_id += 1;
-                let count = job.events.len();
-                (
-                    v1::PublishRequest {
-                        events: job.events,
-                        request_id: id,
-                    },
-                    InFlight {
-                        request_id: id,
-                        jobs: vec![(count, job.reply)],
-                        events: None,
-                    },
-                )
-            }
-            Gathered::First(job) => {
-                let id = next_request_id;
-                next_request_id += 1;
-                gather(job, &mut jobs, &mut carry, &options, id)
-            }
+            Gathered::Solo(job) => alone(job, id),
+            Gathered::First(job) => gather(job, &mut jobs, &mut carry, &options, id),
         };
         if stream.is_none() {
             match open(&mut rpc, options.pipeline).await {
@@ -158,6 +141,21 @@ async fn run(mut rpc: crate::Rpc, options: ClientOptions, mut jobs: mpsc::Receiv
             fail_all(&mut in_flight, &error);
         }
     }
+}
+
+/// A frame of one job (resent alone: the frame it was coalesced into was refused).
+fn alone(job: Job, request_id: u64) -> (v1::PublishRequest, InFlight) {
+    let count = job.events.len();
+    let request = v1::PublishRequest {
+        events: job.events,
+        request_id,
+    };
+    let flight = InFlight {
+        request_id,
+        jobs: vec![(count, job.reply)],
+        events: None,
+    };
+    (request, flight)
 }
 
 enum Gathered {

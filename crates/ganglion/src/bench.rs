@@ -390,35 +390,8 @@ async fn w3(
         received
     });
 
-    // Pace on a thread of its own: std's sleep is accurate to tens of microseconds
-    // where tokio's timers tick in milliseconds, and it does not spin a core the server
-    // needs.
-    let interval = Duration::from_secs_f64(1.0 / args.w3_rate.max(1) as f64);
     let start = Instant::now();
-    let runtime = tokio::runtime::Handle::current();
-    let client = publisher.clone();
-    let pacing_topic = topic.clone();
-    let pending = tokio::task::spawn_blocking(move || {
-        let mut pending = Vec::with_capacity(count as usize);
-        for i in 0..count {
-            let due = start + interval.mul_f64(i as f64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let mut body = Vec::with_capacity(128);
-            body.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-            body.resize(128, b'x');
-            let client = client.clone();
-            let event = Event::new(pacing_topic.clone(), body);
-            pending.push(runtime.spawn(async move { client.publish(event).await }));
-        }
-        pending
-    })
-    .await?;
-    for p in pending {
-        p.await?.context("publishing")?;
-    }
+    publish_paced(publisher, &topic, count, args.w3_rate, base).await?;
     let received = consumer.await?;
     let h = histogram
         .lock()
@@ -437,6 +410,46 @@ async fn w3(
         note: format!("{} events/s steady, 128 B, topic {topic}", args.w3_rate),
         ..Row::default()
     })
+}
+
+/// Publishes `count` events of 128 B at `rate` per second, one call each, the first 8
+/// bytes the time since `base` they were sent (for the receiver's latency).
+///
+/// Paced on a thread of its own: std's sleep is accurate to tens of microseconds where
+/// tokio's timers tick in milliseconds, and it does not spin a core the server needs.
+async fn publish_paced(
+    publisher: &Client,
+    topic: &Topic,
+    count: u64,
+    rate: u64,
+    base: Instant,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let start = Instant::now();
+    let runtime = tokio::runtime::Handle::current();
+    let (client, topic) = (publisher.clone(), topic.clone());
+    let pending = tokio::task::spawn_blocking(move || {
+        let mut pending = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let due = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let mut body = Vec::with_capacity(128);
+            body.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+            body.resize(128, b'x');
+            let client = client.clone();
+            let event = Event::new(topic.clone(), body);
+            pending.push(runtime.spawn(async move { client.publish(event).await }));
+        }
+        pending
+    })
+    .await?;
+    for p in pending {
+        p.await?.context("publishing")?;
+    }
+    Ok(())
 }
 
 /// Runs C1 on a single-threaded runtime of its own: one sequential caller whose

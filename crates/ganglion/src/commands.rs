@@ -434,67 +434,7 @@ pub(crate) async fn resources(args: &ClientArgs, watch: bool) -> anyhow::Result<
                 if watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                     line("\x1b[2J\x1b[H")?;
                 }
-                line(format!(
-                    "{:<20} {:>8} {:>6} {:>8}  holders",
-                    "pool", "capacity", "free", "waiters"
-                ))?;
-                for p in &s.pools {
-                    let holders: Vec<String> = p
-                        .holders
-                        .iter()
-                        .map(|l| {
-                            format!(
-                                "{} [{}] token {}",
-                                l.holder,
-                                l.units.join(","),
-                                l.fencing_token
-                            )
-                        })
-                        .collect();
-                    line(format!(
-                        "{:<20} {:>8} {:>6} {:>8}  {}",
-                        p.name,
-                        p.capacity,
-                        p.free,
-                        p.waiters,
-                        holders.join("; ")
-                    ))?;
-                }
-                line("")?;
-                line(format!(
-                    "{:<20} {:>12} {:>10} {:>9} {:>8}  state",
-                    "quota", "used/limit", "window", "remaining", "waiters"
-                ))?;
-                for q in &s.quotas {
-                    let state = match (q.suspended_for_ms, q.near_limit) {
-                        (0, false) => "ok".to_owned(),
-                        (0, true) => "near limit".to_owned(),
-                        (ms, _) => format!("suspended {} s (upstream limit)", ms.div_ceil(1000)),
-                    };
-                    line(format!(
-                        "{:<20} {:>12} {:>9}s {:>9} {:>8}  {state}",
-                        q.name,
-                        format!("{}/{}", q.used, q.limit),
-                        q.window_ms / 1000,
-                        q.remaining,
-                        q.waiters
-                    ))?;
-                }
-                if !s.queues.is_empty() {
-                    line("")?;
-                    for q in &s.queues {
-                        line(format!(
-                            "queue {:<14} quota {:<14} depth {}",
-                            q.name, q.quota, q.depth
-                        ))?;
-                    }
-                }
-                if !s.breakers.is_empty() {
-                    line("")?;
-                    for b in &s.breakers {
-                        line(format!("breaker {:<12} {}", b.name, b.state))?;
-                    }
-                }
+                resources_table(&s)?;
             }
         }
         if !watch {
@@ -505,6 +445,68 @@ pub(crate) async fn resources(args: &ClientArgs, watch: bool) -> anyhow::Result<
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+/// The coordinator's status as tables: pools, quotas, then queues and breakers if any.
+fn resources_table(s: &ganglion_proto::v1::StatusResponse) -> anyhow::Result<()> {
+    line(format!(
+        "{:<20} {:>8} {:>6} {:>8}  holders",
+        "pool", "capacity", "free", "waiters"
+    ))?;
+    for p in &s.pools {
+        let holders: Vec<String> = p
+            .holders
+            .iter()
+            .map(|l| {
+                let units = l.units.join(",");
+                format!("{} [{units}] token {}", l.holder, l.fencing_token)
+            })
+            .collect();
+        line(format!(
+            "{:<20} {:>8} {:>6} {:>8}  {}",
+            p.name,
+            p.capacity,
+            p.free,
+            p.waiters,
+            holders.join("; ")
+        ))?;
+    }
+    line("")?;
+    line(format!(
+        "{:<20} {:>12} {:>10} {:>9} {:>8}  state",
+        "quota", "used/limit", "window", "remaining", "waiters"
+    ))?;
+    for q in &s.quotas {
+        let state = match (q.suspended_for_ms, q.near_limit) {
+            (0, false) => "ok".to_owned(),
+            (0, true) => "near limit".to_owned(),
+            (ms, _) => format!("suspended {} s (upstream limit)", ms.div_ceil(1000)),
+        };
+        line(format!(
+            "{:<20} {:>12} {:>9}s {:>9} {:>8}  {state}",
+            q.name,
+            format!("{}/{}", q.used, q.limit),
+            q.window_ms / 1000,
+            q.remaining,
+            q.waiters
+        ))?;
+    }
+    if !s.queues.is_empty() {
+        line("")?;
+        for q in &s.queues {
+            line(format!(
+                "queue {:<14} quota {:<14} depth {}",
+                q.name, q.quota, q.depth
+            ))?;
+        }
+    }
+    if !s.breakers.is_empty() {
+        line("")?;
+        for b in &s.breakers {
+            line(format!("breaker {:<12} {}", b.name, b.state))?;
+        }
+    }
+    Ok(())
 }
 
 /// `ganglion config validate`: every problem on stderr, one per line; exit 1 if any.

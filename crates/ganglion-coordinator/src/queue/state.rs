@@ -186,21 +186,7 @@ impl Inner {
                 if let Some(key) = idempotency_key {
                     self.idempotency.insert(key, id);
                 }
-                let content = content_key(&request);
-                let component: Arc<str> = component.into();
-                self.in_flight.insert(content, id);
-                self.outcomes.insert(id, watch::channel(None).0);
-                self.submitters.insert(id, component.clone());
-                self.bytes += request.len();
-                self.pending.push(Pending {
-                    id,
-                    priority,
-                    component,
-                    key: content,
-                    request,
-                    retaken: true,
-                    taken_by: None,
-                });
+                self.wait(id, priority, component.into(), request);
                 Some(id)
             }
             QueueRecord::Joined {
@@ -255,6 +241,24 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Puts a journalled request back in line (taken or not, it is taken again).
+    fn wait(&mut self, id: u64, priority: i32, component: Arc<str>, request: Bytes) {
+        let content = content_key(&request);
+        self.in_flight.insert(content, id);
+        self.outcomes.insert(id, watch::channel(None).0);
+        self.submitters.insert(id, component.clone());
+        self.bytes += request.len();
+        self.pending.push(Pending {
+            id,
+            priority,
+            component,
+            key: content,
+            request,
+            retaken: true,
+            taken_by: None,
+        });
     }
 
     /// Forgets answers answered before `horizon` (and expired cache entries, as of

@@ -25,23 +25,7 @@ pub(super) fn open_sealed(
     let head = read_head(&path, &*file)?;
     let header = match check_header(&head, base) {
         Ok(header) => header,
-        Err(damage) => {
-            // Every record of a sealed segment was acknowledged.
-            let problem = corrupt(&path, 0, damage, next_base.saturating_sub(base));
-            if ctx.refuse(
-                problem,
-                "move the segment to quarantine/ and record its sequences as lost".to_owned(),
-            )? {
-                ctx.quarantine(&path, &*file, 0, file_len)?;
-                storage
-                    .remove(&path)
-                    .map_err(|e| LogError::io("remove", &path, e))?;
-                let _ = storage.remove(&dir.join(format::index_file_name(base)));
-            }
-            // What is left is an empty stand-in; the gap check declares its sequences
-            // lost.
-            return Ok(empty_segment(base, path, file));
-        }
+        Err(damage) => return lose_segment(ctx, (base, next_base), path, file, file_len, damage),
     };
 
     let stored = if has_index {
@@ -96,6 +80,32 @@ pub(super) fn open_sealed(
         write_index(storage, dir, &rebuilt);
     }
     Ok(segment)
+}
+
+/// A sealed segment whose header is damaged: moved whole to quarantine (when repairing),
+/// and an empty stand-in in its place, whose sequences the gap check declares lost.
+fn lose_segment(
+    ctx: &mut Ctx<'_>,
+    (base, next_base): (u64, u64),
+    path: std::path::PathBuf,
+    file: std::sync::Arc<dyn crate::storage::StorageFile>,
+    file_len: u64,
+    damage: Damage,
+) -> Result<Segment> {
+    let (storage, dir) = (ctx.storage, ctx.dir);
+    // Every record of a sealed segment was acknowledged.
+    let problem = corrupt(&path, 0, damage, next_base.saturating_sub(base));
+    if ctx.refuse(
+        problem,
+        "move the segment to quarantine/ and record its sequences as lost".to_owned(),
+    )? {
+        ctx.quarantine(&path, &*file, 0, file_len)?;
+        storage
+            .remove(&path)
+            .map_err(|e| LogError::io("remove", &path, e))?;
+        let _ = storage.remove(&dir.join(format::index_file_name(base)));
+    }
+    Ok(empty_segment(base, path, file))
 }
 
 pub(super) fn read_index(storage: &dyn Storage, path: &Path) -> Option<SealedIndex> {
