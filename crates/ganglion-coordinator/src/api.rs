@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::lease::{AcquireRequest, EventHook, Lease, LeaseStage, PoolStatus};
 use crate::queue::{Outcome, Submission, Taken};
 use crate::quota::{Permit, QuotaStatus};
-use crate::{Coordinator, CoordinatorConfig, CoordinatorError};
+use crate::{Coordinator, CoordinatorConfig, CoordinatorError, FencingToken, LeaseId, RequestId};
 
 /// Pools, quotas, queues and breakers at a glance: what `Status` (gRPC),
 /// `/api/v1/resources` (HTTP), `ganglion resources` (CLI) and `/metrics` all show.
@@ -47,19 +47,19 @@ pub trait ResourceCoordinator: Send + Sync + std::fmt::Debug {
     fn acquire(&self, request: AcquireRequest) -> BoxFuture<'_, Result<Lease, CoordinatorError>>;
 
     /// A lease's stage as it changes (held, warned, revoked, released).
-    fn watch_lease(&self, lease: u64) -> watch::Receiver<LeaseStage>;
+    fn watch_lease(&self, lease: LeaseId) -> watch::Receiver<LeaseStage>;
 
     /// Extends a lease by its time to live.
-    fn renew(&self, lease: u64) -> Result<Lease, CoordinatorError>;
+    fn renew(&self, lease: LeaseId) -> Result<Lease, CoordinatorError>;
 
-    fn release(&self, lease: u64) -> Result<(), CoordinatorError>;
+    fn release(&self, lease: LeaseId) -> Result<(), CoordinatorError>;
 
     /// Who holds a lease, while it is held.
-    fn lease_holder(&self, lease: u64) -> Option<String>;
+    fn lease_holder(&self, lease: LeaseId) -> Option<String>;
 
     /// `Ok` while `token` is the newest fencing token of `pool`'s live leases; `Stale`
     /// (with why) once a newer one exists or its lease ended.
-    fn check_fence(&self, pool: &str, token: u64) -> Result<(), CoordinatorError>;
+    fn check_fence(&self, pool: &str, token: FencingToken) -> Result<(), CoordinatorError>;
 
     /// Called with every lease event (`None` stops the calls).
     fn on_lease_event(&self, hook: Option<EventHook>);
@@ -77,13 +77,13 @@ pub trait ResourceCoordinator: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<Permit, CoordinatorError>>;
 
     /// Queues a request; returns its id (the earlier one's, for a repeated idempotency key).
-    fn submit(&self, queue: &str, submission: Submission) -> Result<u64, CoordinatorError>;
+    fn submit(&self, queue: &str, submission: Submission) -> Result<RequestId, CoordinatorError>;
 
     /// Waits up to `wait` for a request's response (`None`: not ready yet).
     fn response(
         &self,
         queue: String,
-        id: u64,
+        id: RequestId,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Option<Outcome>, CoordinatorError>>;
 
@@ -99,15 +99,15 @@ pub trait ResourceCoordinator: Send + Sync + std::fmt::Debug {
     fn complete(
         &self,
         queue: &str,
-        id: u64,
+        id: RequestId,
         result: Result<Bytes, String>,
     ) -> Result<(), CoordinatorError>;
 
     /// Who submitted a queued request, while it is known.
-    fn submitter(&self, queue: &str, id: u64) -> Result<Option<String>, CoordinatorError>;
+    fn submitter(&self, queue: &str, id: RequestId) -> Result<Option<String>, CoordinatorError>;
 
     /// Which worker holds a taken request, while it is taken.
-    fn taken_by(&self, queue: &str, id: u64) -> Result<Option<String>, CoordinatorError>;
+    fn taken_by(&self, queue: &str, id: RequestId) -> Result<Option<String>, CoordinatorError>;
 
     fn status(&self) -> CoordinatorStatus;
 
@@ -132,23 +132,23 @@ impl ResourceCoordinator for Coordinator {
         Box::pin(self.pools().acquire(request))
     }
 
-    fn watch_lease(&self, lease: u64) -> watch::Receiver<LeaseStage> {
+    fn watch_lease(&self, lease: LeaseId) -> watch::Receiver<LeaseStage> {
         self.pools().watch(lease)
     }
 
-    fn renew(&self, lease: u64) -> Result<Lease, CoordinatorError> {
+    fn renew(&self, lease: LeaseId) -> Result<Lease, CoordinatorError> {
         self.pools().renew(lease)
     }
 
-    fn release(&self, lease: u64) -> Result<(), CoordinatorError> {
+    fn release(&self, lease: LeaseId) -> Result<(), CoordinatorError> {
         self.pools().release(lease)
     }
 
-    fn lease_holder(&self, lease: u64) -> Option<String> {
+    fn lease_holder(&self, lease: LeaseId) -> Option<String> {
         self.pools().holder(lease)
     }
 
-    fn check_fence(&self, pool: &str, token: u64) -> Result<(), CoordinatorError> {
+    fn check_fence(&self, pool: &str, token: FencingToken) -> Result<(), CoordinatorError> {
         self.pools().check_fence(pool, token)
     }
 
@@ -174,14 +174,14 @@ impl ResourceCoordinator for Coordinator {
         })
     }
 
-    fn submit(&self, queue: &str, submission: Submission) -> Result<u64, CoordinatorError> {
+    fn submit(&self, queue: &str, submission: Submission) -> Result<RequestId, CoordinatorError> {
         self.queue(queue)?.submit(submission)
     }
 
     fn response(
         &self,
         queue: String,
-        id: u64,
+        id: RequestId,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Option<Outcome>, CoordinatorError>> {
         Box::pin(async move { self.queue(&queue)?.get_response(id, wait).await })
@@ -199,17 +199,17 @@ impl ResourceCoordinator for Coordinator {
     fn complete(
         &self,
         queue: &str,
-        id: u64,
+        id: RequestId,
         result: Result<Bytes, String>,
     ) -> Result<(), CoordinatorError> {
         self.queue(queue)?.complete(id, result)
     }
 
-    fn submitter(&self, queue: &str, id: u64) -> Result<Option<String>, CoordinatorError> {
+    fn submitter(&self, queue: &str, id: RequestId) -> Result<Option<String>, CoordinatorError> {
         Ok(self.queue(queue)?.submitter(id))
     }
 
-    fn taken_by(&self, queue: &str, id: u64) -> Result<Option<String>, CoordinatorError> {
+    fn taken_by(&self, queue: &str, id: RequestId) -> Result<Option<String>, CoordinatorError> {
         Ok(self.queue(queue)?.taken_by(id))
     }
 

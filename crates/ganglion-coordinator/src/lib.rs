@@ -15,6 +15,7 @@
 mod api;
 pub mod breaker;
 mod coordinator;
+mod ids;
 mod journal;
 pub mod lease;
 pub mod queue;
@@ -26,6 +27,7 @@ use ganglion_core::ErrorCode;
 
 pub use api::{BreakerStatus, CoordinatorStatus, QueueStatus, ResourceCoordinator};
 pub use coordinator::{Coordinator, CoordinatorConfig, FileStores, QueueSpec, Stores};
+pub use ids::{FencingToken, LeaseId, RequestId};
 
 /// Errors of the coordinator, with the bus's stable codes ([`CoordinatorError::code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,11 +6,11 @@ use std::future::Future as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ganglion_coordinator::CoordinatorError;
 use ganglion_coordinator::lease::{
     AcquireRequest, LeaseEvent, LeaseSnapshot, LeaseStage, LeaseStore, PoolSpec, Pools,
     PoolsOptions,
 };
+use ganglion_coordinator::{CoordinatorError, FencingToken, LeaseId};
 use ganglion_core::ManualClock;
 
 mod common;
@@ -93,7 +93,7 @@ async fn grants_carry_units_cuda_devices_and_increasing_tokens() {
         matches!(err, CoordinatorError::InvalidArgument { ref field, .. } if field == "holder")
     );
     assert!(matches!(
-        pools.release(999),
+        pools.release(LeaseId(999)),
         Err(CoordinatorError::NotFound { .. })
     ));
 }
@@ -455,9 +455,9 @@ async fn any_lease_store_keeps_leases_and_tokens_and_one_that_fails_stops_grants
 enum Role {
     Idle,
     /// Holds (it believes) the lease with this id and token, renewing it.
-    Holding(u64, u64),
+    Holding(LeaseId, FencingToken),
     /// Holds (it believes) but is paused: it neither renews nor writes until resumed.
-    Paused(u64, u64),
+    Paused(LeaseId, FencingToken),
     /// Killed while holding: it never releases.
     Dead,
 }
@@ -478,8 +478,8 @@ fn eight_contenders_10000_random_steps_never_two_holders_and_stale_writes_refuse
             rng % n
         };
         let mut roles = [Role::Idle; 8];
-        let mut last_accepted_token = 0u64;
-        let mut last_granted_token = 0u64;
+        let mut last_accepted_token = FencingToken(0);
+        let mut last_granted_token = FencingToken(0);
         let (mut accepted, mut refused) = (0, 0);
         for _ in 0..10_000 {
             let who = next(8) as usize;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ganglion_coordinator::CoordinatorError;
 use ganglion_coordinator::queue::{
     DEFAULT_TAKE_TIMEOUT, QueueRecord, QueueStore, RequestQueue, Submission,
 };
 use ganglion_coordinator::quota::{Quota, QuotaSpec};
+use ganglion_coordinator::{CoordinatorError, RequestId};
 use ganglion_core::ManualClock;
 
 mod common;
@@ -22,7 +22,7 @@ fn queue(rule: &str) -> (ManualClock, Arc<RequestQueue>) {
 #[tokio::test]
 async fn fifty_identical_concurrent_misses_make_one_upstream_call() {
     let (_clock, queue) = queue("100 per 1h");
-    let ids: Vec<u64> = (0..50)
+    let ids: Vec<RequestId> = (0..50)
         .map(|_| {
             queue
                 .submit(Submission::new(Bytes::from_static(b"what should I play?")))
@@ -190,8 +190,13 @@ async fn idempotency_keys_errors_and_unknown_ids() {
         .submit(Submission::new(Bytes::from_static(b"x")))
         .unwrap();
     assert_eq!(queue.depth(), 1);
-    assert!(queue.complete(999, Ok(Bytes::new())).is_err());
-    assert!(queue.get_response(999, Duration::ZERO).await.is_err());
+    assert!(queue.complete(RequestId(999), Ok(Bytes::new())).is_err());
+    assert!(
+        queue
+            .get_response(RequestId(999), Duration::ZERO)
+            .await
+            .is_err()
+    );
 }
 
 /// Answers are kept for the retention (an hour here), then forgotten, whether they came

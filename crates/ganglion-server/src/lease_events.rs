@@ -118,7 +118,7 @@ fn lease_event_to_bus(event: &LeaseEvent) -> Option<Event> {
     let (kind, body) = match event {
         LeaseEvent::Granted(l) => (
             "granted",
-            serde_json::json!({"lease": l.id, "pool": l.pool, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token}),
+            serde_json::json!({"lease": l.id.0, "pool": l.pool, "holder": l.holder, "units": l.units, "fencing_token": l.fencing_token.0}),
         ),
         LeaseEvent::Warning {
             lease,
@@ -127,7 +127,7 @@ fn lease_event_to_bus(event: &LeaseEvent) -> Option<Event> {
             revoked_in,
         } => (
             "warning",
-            serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "revoked_in_ms": duration_ms(*revoked_in)}),
+            serde_json::json!({"lease": lease.0, "pool": pool, "holder": holder, "revoked_in_ms": duration_ms(*revoked_in)}),
         ),
         LeaseEvent::Revoked {
             lease,
@@ -136,7 +136,7 @@ fn lease_event_to_bus(event: &LeaseEvent) -> Option<Event> {
             release_in,
         } => (
             "revoked",
-            serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "release_in_ms": duration_ms(*release_in)}),
+            serde_json::json!({"lease": lease.0, "pool": pool, "holder": holder, "release_in_ms": duration_ms(*release_in)}),
         ),
         LeaseEvent::Released {
             lease,
@@ -145,7 +145,7 @@ fn lease_event_to_bus(event: &LeaseEvent) -> Option<Event> {
             reason,
         } => (
             "released",
-            serde_json::json!({"lease": lease, "pool": pool, "holder": holder, "reason": reason}),
+            serde_json::json!({"lease": lease.0, "pool": pool, "holder": holder, "reason": reason}),
         ),
     };
     let topic = Topic::new(&format!("coordinator.lease.{kind}")).ok()?;

@@ -16,7 +16,8 @@ use ganglion_coordinator::lease::{AcquireRequest, PoolSpec, PoolsOptions};
 use ganglion_coordinator::queue::Submission;
 use ganglion_coordinator::quota::QuotaSpec;
 use ganglion_coordinator::{
-    Coordinator, CoordinatorConfig, CoordinatorError, FileStores, QueueSpec, ResourceCoordinator,
+    Coordinator, CoordinatorConfig, CoordinatorError, FencingToken, FileStores, LeaseId, QueueSpec,
+    RequestId, ResourceCoordinator,
 };
 use ganglion_core::{BoxFuture, ErrorCode, ManualClock};
 use ganglion_proto::convert::{code_from_status, field_of_status, retry_after_of_status};
@@ -63,9 +64,9 @@ pub type Answer = (Result<Bytes, String>, bool);
 /// A granted lease, as a holder sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Granted {
-    pub id: u64,
+    pub id: LeaseId,
     pub holder: String,
-    pub fencing_token: u64,
+    pub fencing_token: FencingToken,
     pub units: Vec<String>,
 }
 
@@ -84,15 +85,15 @@ pub trait Coordination: Send + Sync {
         wait: Duration,
     ) -> BoxFuture<'_, Outcome<Granted>>;
 
-    fn release(&self, lease: u64) -> BoxFuture<'_, Outcome<()>>;
+    fn release(&self, lease: LeaseId) -> BoxFuture<'_, Outcome<()>>;
 
     /// `Ok(true)` while `token` is current for `pool`, `Ok(false)` once it is stale.
-    fn fence_valid(&self, pool: &str, token: u64) -> BoxFuture<'_, Outcome<bool>>;
+    fn fence_valid(&self, pool: &str, token: FencingToken) -> BoxFuture<'_, Outcome<bool>>;
 
     /// A permit of `quota` (waiting up to `wait`, or not at all); returns what remains.
     fn permit(&self, quota: &str, component: &str, wait: Duration) -> BoxFuture<'_, Outcome<u32>>;
 
-    fn submit(&self, queue: &str, submission: Submission) -> BoxFuture<'_, Outcome<u64>>;
+    fn submit(&self, queue: &str, submission: Submission) -> BoxFuture<'_, Outcome<RequestId>>;
 
     /// Waits up to `wait` for a request: its id and body.
     fn take(
@@ -100,18 +101,18 @@ pub trait Coordination: Send + Sync {
         queue: &str,
         worker: &str,
         wait: Duration,
-    ) -> BoxFuture<'_, Outcome<Option<(u64, Bytes)>>>;
+    ) -> BoxFuture<'_, Outcome<Option<(RequestId, Bytes)>>>;
 
     fn complete(
         &self,
         queue: &str,
-        id: u64,
+        id: RequestId,
         result: Result<Bytes, String>,
     ) -> BoxFuture<'_, Outcome<()>>;
 
     /// The answer to request `id` if there is one yet: the response or the worker's
     /// error, and whether it was degraded (a fallback or the cache, the quota used up).
-    fn response(&self, queue: &str, id: u64) -> BoxFuture<'_, Outcome<Option<Answer>>>;
+    fn response(&self, queue: &str, id: RequestId) -> BoxFuture<'_, Outcome<Option<Answer>>>;
 
     /// Requests waiting in `pool`'s line.
     fn pool_waiters(&self, pool: &str) -> BoxFuture<'_, usize>;
@@ -200,11 +201,11 @@ impl Coordination for Local {
         })
     }
 
-    fn release(&self, lease: u64) -> BoxFuture<'_, Outcome<()>> {
+    fn release(&self, lease: LeaseId) -> BoxFuture<'_, Outcome<()>> {
         Box::pin(async move { Ok(ResourceCoordinator::release(&self.coordinator, lease)?) })
     }
 
-    fn fence_valid(&self, pool: &str, token: u64) -> BoxFuture<'_, Outcome<bool>> {
+    fn fence_valid(&self, pool: &str, token: FencingToken) -> BoxFuture<'_, Outcome<bool>> {
         let checked = self.coordinator.check_fence(pool, token);
         Box::pin(async move {
             match checked {
@@ -227,7 +228,7 @@ impl Coordination for Local {
         })
     }
 
-    fn submit(&self, queue: &str, submission: Submission) -> BoxFuture<'_, Outcome<u64>> {
+    fn submit(&self, queue: &str, submission: Submission) -> BoxFuture<'_, Outcome<RequestId>> {
         let submitted = ResourceCoordinator::submit(&self.coordinator, queue, submission);
         Box::pin(async move { Ok(submitted?) })
     }
@@ -237,7 +238,7 @@ impl Coordination for Local {
         queue: &str,
         worker: &str,
         wait: Duration,
-    ) -> BoxFuture<'_, Outcome<Option<(u64, Bytes)>>> {
+    ) -> BoxFuture<'_, Outcome<Option<(RequestId, Bytes)>>> {
         let (queue, worker) = (queue.to_owned(), worker.to_owned());
         Box::pin(async move {
             let taken = ResourceCoordinator::take(&self.coordinator, queue, worker, wait).await?;
@@ -248,14 +249,14 @@ impl Coordination for Local {
     fn complete(
         &self,
         queue: &str,
-        id: u64,
+        id: RequestId,
         result: Result<Bytes, String>,
     ) -> BoxFuture<'_, Outcome<()>> {
         let completed = ResourceCoordinator::complete(&self.coordinator, queue, id, result);
         Box::pin(async move { Ok(completed?) })
     }
 
-    fn response(&self, queue: &str, id: u64) -> BoxFuture<'_, Outcome<Option<Answer>>> {
+    fn response(&self, queue: &str, id: RequestId) -> BoxFuture<'_, Outcome<Option<Answer>>> {
         let queue = queue.to_owned();
         Box::pin(async move {
             let outcome = self.coordinator.response(queue, id, Duration::ZERO).await?;
@@ -291,7 +292,7 @@ impl Coordination for Local {
 pub struct Remote {
     rpc: CoordinatorRpc,
     clock: ManualClock,
-    streams: Mutex<HashMap<u64, tonic::Streaming<v1::LeaseUpdate>>>,
+    streams: Mutex<HashMap<LeaseId, tonic::Streaming<v1::LeaseUpdate>>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -333,7 +334,7 @@ impl Remote {
 
     fn streams(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, tonic::Streaming<v1::LeaseUpdate>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<LeaseId, tonic::Streaming<v1::LeaseUpdate>>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -377,22 +378,22 @@ impl Coordination for Remote {
                 Some(v1::lease_update::Update::Granted(lease)) => lease,
                 other => panic!("an Acquire stream opened with {other:?}, not a grant"),
             };
-            self.streams().insert(lease.id, stream);
+            self.streams().insert(LeaseId(lease.id), stream);
             Ok(Granted {
-                id: lease.id,
+                id: LeaseId(lease.id),
                 holder: lease.holder,
-                fencing_token: lease.fencing_token,
+                fencing_token: FencingToken(lease.fencing_token),
                 units: lease.units,
             })
         })
     }
 
-    fn release(&self, lease: u64) -> BoxFuture<'_, Outcome<()>> {
+    fn release(&self, lease: LeaseId) -> BoxFuture<'_, Outcome<()>> {
         Box::pin(async move {
             let released = self
                 .rpc
                 .clone()
-                .release(v1::ReleaseRequest { lease_id: lease })
+                .release(v1::ReleaseRequest { lease_id: lease.0 })
                 .await;
             self.streams().remove(&lease);
             released?;
@@ -400,10 +401,10 @@ impl Coordination for Remote {
         })
     }
 
-    fn fence_valid(&self, pool: &str, token: u64) -> BoxFuture<'_, Outcome<bool>> {
+    fn fence_valid(&self, pool: &str, token: FencingToken) -> BoxFuture<'_, Outcome<bool>> {
         let request = v1::CheckFenceRequest {
             pool: pool.to_owned(),
-            fencing_token: token,
+            fencing_token: token.0,
         };
         Box::pin(async move {
             let r = self.rpc.clone().check_fence(request).await?.into_inner();
@@ -429,7 +430,7 @@ impl Coordination for Remote {
         })
     }
 
-    fn submit(&self, queue: &str, submission: Submission) -> BoxFuture<'_, Outcome<u64>> {
+    fn submit(&self, queue: &str, submission: Submission) -> BoxFuture<'_, Outcome<RequestId>> {
         let request = v1::SubmitRequest {
             queue: queue.to_owned(),
             request: submission.request,
@@ -440,7 +441,7 @@ impl Coordination for Remote {
         };
         Box::pin(async move {
             let r = self.rpc.clone().submit(request).await?.into_inner();
-            Ok(r.request_id)
+            Ok(RequestId(r.request_id))
         })
     }
 
@@ -449,7 +450,7 @@ impl Coordination for Remote {
         queue: &str,
         worker: &str,
         wait: Duration,
-    ) -> BoxFuture<'_, Outcome<Option<(u64, Bytes)>>> {
+    ) -> BoxFuture<'_, Outcome<Option<(RequestId, Bytes)>>> {
         let request = v1::TakeRequest {
             queue: queue.to_owned(),
             worker: worker.to_owned(),
@@ -457,20 +458,20 @@ impl Coordination for Remote {
         };
         Box::pin(async move {
             let r = self.rpc.clone().take(request).await?.into_inner();
-            Ok(r.taken.then_some((r.request_id, r.request)))
+            Ok(r.taken.then_some((RequestId(r.request_id), r.request)))
         })
     }
 
     fn complete(
         &self,
         queue: &str,
-        id: u64,
+        id: RequestId,
         result: Result<Bytes, String>,
     ) -> BoxFuture<'_, Outcome<()>> {
         use v1::complete_request::Result as Answer;
         let request = v1::CompleteRequest {
             queue: queue.to_owned(),
-            request_id: id,
+            request_id: id.0,
             result: Some(match result {
                 Ok(body) => Answer::Response(body),
                 Err(error) => Answer::Error(error),
@@ -482,11 +483,11 @@ impl Coordination for Remote {
         })
     }
 
-    fn response(&self, queue: &str, id: u64) -> BoxFuture<'_, Outcome<Option<Answer>>> {
+    fn response(&self, queue: &str, id: RequestId) -> BoxFuture<'_, Outcome<Option<Answer>>> {
         use v1::get_response_response::Result as Answer;
         let request = v1::GetResponseRequest {
             queue: queue.to_owned(),
-            request_id: id,
+            request_id: id.0,
             wait_ms: 0,
         };
         Box::pin(async move {

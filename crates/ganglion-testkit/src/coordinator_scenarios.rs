@@ -324,5 +324,8 @@ pub async fn refuses_unknown_names_and_bad_input_naming_the_field(h: Arc<dyn Coo
         (ErrorCode::InvalidArgument, Some("wait_ms")),
         "{too_long:?}"
     );
-    assert_eq!(code(h.release(987_654).await), ErrorCode::NotFound);
+    assert_eq!(
+        code(h.release(ganglion_coordinator::LeaseId(987_654)).await),
+        ErrorCode::NotFound
+    );
 }

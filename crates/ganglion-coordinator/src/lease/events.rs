@@ -1,6 +1,7 @@
 //! What happens to leases, for the hook (the server publishes on the bus) and for each
 //! holder's watch.
 
+use crate::LeaseId;
 use std::time::Duration;
 
 use super::Lease;
@@ -25,7 +26,7 @@ pub enum LeaseEvent {
     Granted(Lease),
     /// 90% of the maximum hold time has passed.
     Warning {
-        lease: u64,
+        lease: LeaseId,
         pool: String,
         holder: String,
         revoked_in: Duration,
@@ -33,13 +34,13 @@ pub enum LeaseEvent {
     /// The maximum hold time passed: stop using the units; they are taken back after
     /// `release_in`.
     Revoked {
-        lease: u64,
+        lease: LeaseId,
         pool: String,
         holder: String,
         release_in: Duration,
     },
     Released {
-        lease: u64,
+        lease: LeaseId,
         pool: String,
         holder: String,
         reason: String,

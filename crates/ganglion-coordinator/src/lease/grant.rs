@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::line::{Waiter, head_of_line};
 use super::{Held, Lease, LeaseEvent, PoolKind, Pools, State, micros};
+use crate::{FencingToken, LeaseId};
 
 /// Fencing tokens reserved (saved as a ceiling) at a time.
 pub(super) const TOKEN_BLOCK: u64 = 1024;
@@ -46,7 +47,7 @@ impl Pools {
                 self.take_back(state, lease.id);
                 continue;
             }
-            tracing::info!(pool = pool_name, holder = %lease.holder, lease = lease.id, token = lease.fencing_token, units = ?lease.units, "lease granted");
+            tracing::info!(pool = pool_name, holder = %lease.holder, lease = lease.id.0, token = lease.fencing_token.0, units = ?lease.units, "lease granted");
             granted.push(lease);
         }
         if let Some(first) = granted.iter().map(first_deadline).min() {
@@ -78,12 +79,12 @@ fn grant(state: &mut State, pool_name: &str, waiter: &Waiter, now: u64, ttl: u64
     }
     let unit_names: Vec<String> = units.iter().map(|&u| pool.spec.units[u].clone()).collect();
     let lease = Lease {
-        id: state.next_lease,
+        id: LeaseId(state.next_lease),
         pool: pool_name.to_owned(),
         holder: waiter.holder.clone(),
         cuda_visible_devices: (pool.spec.kind == PoolKind::Gpu).then(|| unit_names.join(",")),
         units: unit_names,
-        fencing_token: token,
+        fencing_token: FencingToken(token),
         granted_at_micros: now,
         expires_at_micros: now.saturating_add(ttl),
         max_hold_until_micros: now.saturating_add(micros(waiter.max_hold)),

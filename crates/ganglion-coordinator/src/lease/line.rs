@@ -74,7 +74,7 @@ impl Drop for InLine<'_> {
                 self.pools
                     .release_now(&mut state, lease.id, "its requester went away", now)
             {
-                tracing::warn!(lease = lease.id, %error, "cannot release a lease nobody took");
+                tracing::warn!(lease = lease.id.0, %error, "cannot release a lease nobody took");
             }
         }
     }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use ganglion_core::Clock;
 use tokio::sync::{Notify, watch};
 
-use crate::CoordinatorError;
+use crate::{CoordinatorError, FencingToken, LeaseId};
 
 mod events;
 mod grant;
@@ -96,7 +96,7 @@ struct Pool {
 #[derive(Debug, Default)]
 struct State {
     pools: BTreeMap<String, Pool>,
-    leases: HashMap<u64, Held>,
+    leases: HashMap<LeaseId, Held>,
     next_lease: u64,
     next_waiter: u64,
     last_now: u64,
@@ -294,7 +294,7 @@ impl Pools {
     /// One lease's stage, changes included, for its holder (the gRPC `Acquire` stream
     /// relays it). A lease no longer held is `Released` at once; one restored after a
     /// restart reads `Held` until its next change.
-    pub fn watch(&self, lease: u64) -> watch::Receiver<LeaseStage> {
+    pub fn watch(&self, lease: LeaseId) -> watch::Receiver<LeaseStage> {
         match self.lock().leases.get(&lease) {
             Some(held) => held.stage.subscribe(),
             None => {
@@ -322,7 +322,7 @@ impl Pools {
         }
     }
 
-    fn take_back(&self, state: &mut State, id: u64) -> Option<Held> {
+    fn take_back(&self, state: &mut State, id: LeaseId) -> Option<Held> {
         let held = state.leases.remove(&id)?;
         if let Some(pool) = state.pools.get_mut(&held.lease.pool) {
             pool.free.extend(held.units.iter().copied());
@@ -333,7 +333,7 @@ impl Pools {
     fn release_now(
         &self,
         state: &mut State,
-        id: u64,
+        id: LeaseId,
         reason: &str,
         now: u64,
     ) -> Result<(), CoordinatorError> {
@@ -342,7 +342,7 @@ impl Pools {
                 what: format!("lease {id}"),
             });
         };
-        tracing::info!(pool = %held.lease.pool, holder = %held.lease.holder, lease = id, reason, "lease released");
+        tracing::info!(pool = %held.lease.pool, holder = %held.lease.holder, lease = id.0, reason, "lease released");
         self.announce(
             &held,
             LeaseEvent::Released {
@@ -357,14 +357,14 @@ impl Pools {
     }
 
     /// Gives a lease back.
-    pub fn release(&self, lease: u64) -> Result<(), CoordinatorError> {
+    pub fn release(&self, lease: LeaseId) -> Result<(), CoordinatorError> {
         let mut state = self.lock();
         let now = self.now(&mut state);
         self.release_now(&mut state, lease, "released by its holder", now)
     }
 
     /// Who holds lease `lease`, while it is held.
-    pub fn holder(&self, lease: u64) -> Option<String> {
+    pub fn holder(&self, lease: LeaseId) -> Option<String> {
         self.lock()
             .leases
             .get(&lease)
@@ -372,7 +372,7 @@ impl Pools {
     }
 
     /// Extends a lease's TTL from now; refused for a revoked or unknown lease.
-    pub fn renew(&self, lease: u64) -> Result<Lease, CoordinatorError> {
+    pub fn renew(&self, lease: LeaseId) -> Result<Lease, CoordinatorError> {
         let mut state = self.lock();
         let now = self.now(&mut state);
         let ttl = micros(self.options().ttl);
@@ -399,7 +399,7 @@ impl Pools {
 
     /// Whether `token` belongs to a lease of `pool` that is live now (granted, not
     /// expired, not revoked). A protected sink refuses writes that fail this.
-    pub fn check_fence(&self, pool: &str, token: u64) -> Result<(), CoordinatorError> {
+    pub fn check_fence(&self, pool: &str, token: FencingToken) -> Result<(), CoordinatorError> {
         let mut state = self.lock();
         let now = self.now(&mut state);
         if !state.pools.contains_key(pool) {
@@ -443,7 +443,7 @@ impl Pools {
                     held
                 },
                 waiters: p.waiters.len(),
-                next_token: p.next_token,
+                next_token: FencingToken(p.next_token),
             })
             .collect()
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{Held, Lease, LeaseSnapshot, PoolKind, Pools, State, StoredLease};
-use crate::CoordinatorError;
+use crate::{CoordinatorError, LeaseId};
 
 impl Pools {
     /// Notes a change; [`run_timers`](Self::run_timers) saves it within 50 ms (see the
@@ -48,7 +48,7 @@ impl Pools {
     /// The lease counter, each pool's token ceiling and the leases; everything up to
     /// this state is saved once the save that follows succeeds.
     fn snapshot(&self, state: &State) -> LeaseSnapshot {
-        let mut ids: Vec<&u64> = state.leases.keys().collect();
+        let mut ids: Vec<&LeaseId> = state.leases.keys().collect();
         ids.sort_unstable();
         let leases = ids
             .into_iter()
@@ -118,7 +118,7 @@ impl Pools {
             let Some(p) = state.pools.get_mut(&stored.pool) else {
                 tracing::warn!(
                     pool = stored.pool,
-                    lease = stored.id,
+                    lease = stored.id.0,
                     "dropping a lease of a pool no longer configured"
                 );
                 continue;
@@ -126,7 +126,7 @@ impl Pools {
             if stored.units.iter().any(|u| !p.free.contains(u)) {
                 tracing::warn!(
                     pool = stored.pool,
-                    lease = stored.id,
+                    lease = stored.id.0,
                     "dropping a lease whose units no longer exist or overlap"
                 );
                 continue;

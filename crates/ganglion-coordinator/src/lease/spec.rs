@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::CoordinatorError;
+use crate::{CoordinatorError, FencingToken, LeaseId};
 
 /// What a pool hands out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,14 +116,14 @@ impl AcquireRequest {
 /// A granted lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub id: u64,
+    pub id: LeaseId,
     pub pool: String,
     pub holder: String,
     /// Unit ids (device ids for GPUs).
     pub units: Vec<String>,
     /// For GPU pools, the value to export as `CUDA_VISIBLE_DEVICES`.
     pub cuda_visible_devices: Option<String>,
-    pub fencing_token: u64,
+    pub fencing_token: FencingToken,
     pub granted_at_micros: u64,
     /// Reclaimed unless renewed before this (wall-clock µs).
     pub expires_at_micros: u64,
@@ -138,7 +138,7 @@ pub struct PoolStatus {
     pub free: usize,
     pub holders: Vec<Lease>,
     pub waiters: usize,
-    pub next_token: u64,
+    pub next_token: FencingToken,
 }
 
 pub(super) fn validate_options(options: &PoolsOptions) -> Result<(), CoordinatorError> {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::CoordinatorError;
+use crate::{CoordinatorError, FencingToken, LeaseId};
 
 /// What a store keeps: enough to restore live leases and to never reuse a lease id or a
 /// fencing token.
@@ -21,10 +21,10 @@ pub struct LeaseSnapshot {
 /// One held lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredLease {
-    pub id: u64,
+    pub id: LeaseId,
     pub pool: String,
     pub holder: String,
-    pub fencing_token: u64,
+    pub fencing_token: FencingToken,
     /// Unit indices in the pool's spec.
     pub units: Vec<usize>,
     pub granted_at_micros: u64,
@@ -130,10 +130,10 @@ fn parse(text: &str) -> Result<LeaseSnapshot, (usize, String)> {
             ] => {
                 let revoked = num(revoked)?;
                 snapshot.leases.push(StoredLease {
-                    id: num(id)?,
+                    id: LeaseId(num(id)?),
                     pool: (*pool).to_owned(),
                     holder: (*holder).to_owned(),
-                    fencing_token: num(token)?,
+                    fencing_token: FencingToken(num(token)?),
                     units: units
                         .split(',')
                         .map(|u| u.parse::<usize>().map_err(|_| damaged()))
@@ -160,10 +160,10 @@ mod tests {
             next_lease: 7,
             token_ceilings: vec![("gpu".into(), 1025), ("db".into(), 3)],
             leases: vec![StoredLease {
-                id: 6,
+                id: LeaseId(6),
                 pool: "gpu".into(),
                 holder: "trainer".into(),
-                fencing_token: 4,
+                fencing_token: FencingToken(4),
                 units: vec![0, 2],
                 granted_at_micros: 10,
                 expires_at_micros: 20,

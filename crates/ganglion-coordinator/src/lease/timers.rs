@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Held, LeaseEvent, Pools, State, micros};
+use crate::LeaseId;
 
 /// Lease state changes are written at most this often (and at shutdown).
 const WRITE_EVERY: Duration = Duration::from_millis(50);
@@ -22,7 +23,7 @@ impl Pools {
         let options = self.options();
         let grace = micros(options.grace);
         let max_hold_total = |h: &Held| h.lease.max_hold_until_micros - h.lease.granted_at_micros;
-        let mut ids: Vec<u64> = state.leases.keys().copied().collect();
+        let mut ids: Vec<LeaseId> = state.leases.keys().copied().collect();
         ids.sort_unstable();
         let mut changed = false;
         for id in ids {
@@ -49,7 +50,7 @@ impl Pools {
             }
             if now >= held.lease.max_hold_until_micros {
                 held.revoked_at = Some(now);
-                tracing::warn!(%pool, %holder, lease = id, "lease revoked at its maximum hold time");
+                tracing::warn!(%pool, %holder, lease = id.0, "lease revoked at its maximum hold time");
                 self.announce(
                     held,
                     LeaseEvent::Revoked {

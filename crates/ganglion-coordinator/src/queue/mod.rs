@@ -36,8 +36,8 @@ use bytes::Bytes;
 use ganglion_core::Clock;
 use tokio::sync::{Notify, watch};
 
-use crate::CoordinatorError;
 use crate::quota::Quota;
+use crate::{CoordinatorError, RequestId};
 
 mod state;
 mod store;
@@ -124,7 +124,7 @@ impl RequestQueue {
                 .into_iter()
                 .filter_map(|record| inner.apply(record))
                 .max()
-                .unwrap_or(0);
+                .map_or(0, |id| id.0);
             inner.next_id = inner.next_id.max(max_id + 1);
             inner.answered_at.make_contiguous().sort_unstable();
             self.prune(&mut inner);
@@ -161,7 +161,7 @@ impl RequestQueue {
     fn answer(
         &self,
         inner: &mut Inner,
-        id: u64,
+        id: RequestId,
         outcome: Outcome,
         mut before: Vec<QueueRecord>,
     ) -> Result<(), CoordinatorError> {
@@ -195,7 +195,7 @@ impl RequestQueue {
 
     /// Queues `submission`; returns its id. See the module docs for what is answered at
     /// once (cache, single flight, idempotency, fallback) and what is refused.
-    pub fn submit(&self, submission: Submission) -> Result<u64, CoordinatorError> {
+    pub fn submit(&self, submission: Submission) -> Result<RequestId, CoordinatorError> {
         let Submission {
             request,
             priority,
@@ -220,7 +220,7 @@ impl RequestQueue {
                 return Ok(id);
             }
         }
-        let id = inner.next_id;
+        let id = RequestId(inner.next_id);
         let key = content_key(&request);
         let mut key_records = vec![QueueRecord::Submitted {
             id,
@@ -231,7 +231,7 @@ impl RequestQueue {
             idempotency_key: k.to_owned(),
         }));
         if let Some(response) = self.cached(&mut inner, key, &request) {
-            tracing::debug!(queue = %self.name, id, "answered from the cache");
+            tracing::debug!(queue = %self.name, %id, "answered from the cache");
             let outcome = Outcome {
                 response: Ok(response),
                 cached: true,
@@ -242,7 +242,7 @@ impl RequestQueue {
             let status = self.quota.status();
             status.remaining == 0 || !status.suspended_for.is_zero()
         }) {
-            tracing::info!(queue = %self.name, id, "quota used up: answered with the fallback, degraded");
+            tracing::info!(queue = %self.name, %id, "quota used up: answered with the fallback, degraded");
             let outcome = Outcome {
                 response: Ok(fallback),
                 cached: false,
@@ -279,7 +279,7 @@ impl RequestQueue {
     ) -> Result<(), CoordinatorError> {
         let (id, key) = (pending.id, pending.key);
         if let Some(&leader) = inner.in_flight.get(&key) {
-            tracing::debug!(queue = %self.name, id, leader, "joined an identical request in flight");
+            tracing::debug!(queue = %self.name, %id, %leader, "joined an identical request in flight");
             let records = [
                 QueueRecord::Submitted {
                     id,
@@ -318,7 +318,7 @@ impl RequestQueue {
     /// The outcome of request `id`, waiting up to `wait`; `Ok(None)` if still pending.
     pub async fn get_response(
         &self,
-        id: u64,
+        id: RequestId,
         wait: Duration,
     ) -> Result<Option<Outcome>, CoordinatorError> {
         crate::check_wait(wait)?;
@@ -349,7 +349,7 @@ impl RequestQueue {
     /// `NotFound`.
     pub fn complete(
         &self,
-        id: u64,
+        id: RequestId,
         response: Result<Bytes, String>,
     ) -> Result<(), CoordinatorError> {
         let mut inner = self.lock();
@@ -395,13 +395,13 @@ impl RequestQueue {
 
     /// The component that submitted request `id`, while its answer is kept (unknown for
     /// requests journalled before submitters were recorded).
-    pub fn submitter(&self, id: u64) -> Option<String> {
+    pub fn submitter(&self, id: RequestId) -> Option<String> {
         self.lock().submitters.get(&id).map(|c| c.to_string())
     }
 
     /// The worker that took request `id` last, if it is taken, or back in line after a
     /// take that timed out (whose answer is still accepted).
-    pub fn taken_by(&self, id: u64) -> Option<String> {
+    pub fn taken_by(&self, id: RequestId) -> Option<String> {
         let inner = self.lock();
         let pending = inner
             .taken

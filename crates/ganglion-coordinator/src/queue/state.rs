@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{Outcome, QueueRecord, QueueStore};
+use crate::RequestId;
 
 /// Answers (and cache entries) kept at most, whatever their retention.
 const MAX_ANSWERS: usize = 100_000;
@@ -22,7 +23,7 @@ pub(super) fn content_key(request: &[u8]) -> u64 {
 
 #[derive(Debug, Clone)]
 pub(super) struct Pending {
-    pub(super) id: u64,
+    pub(super) id: RequestId,
     pub(super) priority: i32,
     pub(super) component: Arc<str>,
     pub(super) key: u64,
@@ -63,20 +64,20 @@ pub(super) struct Inner {
     pub(super) next_id: u64,
     pub(super) pending: Vec<Pending>,
     /// Content key → the id answering for it (queued or in progress).
-    pub(super) in_flight: HashMap<u64, u64>,
+    pub(super) in_flight: HashMap<u64, RequestId>,
     /// Follower id → leader id.
-    pub(super) follows: HashMap<u64, u64>,
+    pub(super) follows: HashMap<RequestId, RequestId>,
     /// id → outcome, once known (a watch per id so `get_response` can wait).
-    pub(super) outcomes: HashMap<u64, watch::Sender<Option<Outcome>>>,
+    pub(super) outcomes: HashMap<RequestId, watch::Sender<Option<Outcome>>>,
     /// id → the request, while taken.
-    pub(super) taken: HashMap<u64, InProgress>,
+    pub(super) taken: HashMap<RequestId, InProgress>,
     pub(super) cache: HashMap<u64, Cached>,
-    pub(super) idempotency: HashMap<String, u64>,
+    pub(super) idempotency: HashMap<String, RequestId>,
     /// When each answered id was answered, oldest first: answers (and their followers
     /// and idempotency keys) are kept for `retention`, then forgotten.
-    pub(super) answered_at: VecDeque<(u64, u64)>,
+    pub(super) answered_at: VecDeque<(u64, RequestId)>,
     /// id → the component that submitted it, while its answer is kept.
-    pub(super) submitters: HashMap<u64, Arc<str>>,
+    pub(super) submitters: HashMap<RequestId, Arc<str>>,
     /// Bytes of the requests waiting or in progress.
     pub(super) bytes: usize,
     /// Where changes are kept between runs; `None`: in memory only.
@@ -125,12 +126,12 @@ impl Inner {
 
     /// The live state as records (what a compaction writes).
     fn snapshot(&self) -> Vec<QueueRecord> {
-        let keys: HashMap<u64, &str> = self
+        let keys: HashMap<RequestId, &str> = self
             .idempotency
             .iter()
             .map(|(k, id)| (*id, k.as_str()))
             .collect();
-        let key = |id: &u64| keys.get(id).map(|k| (*k).to_owned());
+        let key = |id: &RequestId| keys.get(id).map(|k| (*k).to_owned());
         let mut records = Vec::new();
         let mut pending: Vec<&Pending> = self
             .pending
@@ -174,7 +175,7 @@ impl Inner {
     }
 
     /// Takes in one record a store kept, in order; returns the id it names, if any.
-    pub(super) fn apply(&mut self, record: QueueRecord) -> Option<u64> {
+    pub(super) fn apply(&mut self, record: QueueRecord) -> Option<RequestId> {
         match record {
             QueueRecord::Waiting {
                 id,
@@ -244,7 +245,7 @@ impl Inner {
     }
 
     /// Puts a journalled request back in line (taken or not, it is taken again).
-    fn wait(&mut self, id: u64, priority: i32, component: Arc<str>, request: Bytes) {
+    fn wait(&mut self, id: RequestId, priority: i32, component: Arc<str>, request: Bytes) {
         let content = content_key(&request);
         self.in_flight.insert(content, id);
         self.outcomes.insert(id, watch::channel(None).0);

@@ -8,15 +8,15 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 
 use super::Outcome;
-use crate::CoordinatorError;
 use crate::journal::JournalFile;
+use crate::{CoordinatorError, RequestId};
 
 /// One change to a request queue, made durable before it is acted on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueRecord {
     /// A request waiting in line (or taken: a restart puts it back in line).
     Waiting {
-        id: u64,
+        id: RequestId,
         priority: i32,
         component: String,
         idempotency_key: Option<String>,
@@ -24,17 +24,20 @@ pub enum QueueRecord {
     },
     /// A request that joined an identical one in flight (`leader`).
     Joined {
-        id: u64,
-        leader: u64,
+        id: RequestId,
+        leader: RequestId,
         idempotency_key: Option<String>,
     },
     /// Who submitted request `id`.
-    Submitted { id: u64, component: String },
+    Submitted { id: RequestId, component: String },
     /// The idempotency key of a request answered at once.
-    Key { id: u64, idempotency_key: String },
+    Key {
+        id: RequestId,
+        idempotency_key: String,
+    },
     /// Request `id` answered at `at_micros` (wall clock); takes it out of line.
     Answered {
-        id: u64,
+        id: RequestId,
         at_micros: u64,
         outcome: Outcome,
     },
@@ -181,27 +184,28 @@ fn encode(record: &QueueRecord) -> String {
 fn decode(line: &str) -> Option<QueueRecord> {
     let f: Vec<&str> = line.split(' ').collect();
     let num = |s: &str| s.parse::<u64>().ok();
+    let id_of = |s: &str| num(s).map(RequestId);
     let text = |s: &str| String::from_utf8(unb64(s)?.to_vec()).ok();
     let optional = |s: &str| text(s).map(|k| (!k.is_empty()).then_some(k));
     Some(match f.as_slice() {
         ["p", id, priority, component, key, request] => QueueRecord::Waiting {
-            id: num(id)?,
+            id: id_of(id)?,
             priority: priority.parse().ok()?,
             component: (*component).to_owned(),
             idempotency_key: optional(key)?,
             request: unb64(request)?,
         },
         ["f", id, leader, key] => QueueRecord::Joined {
-            id: num(id)?,
-            leader: num(leader)?,
+            id: id_of(id)?,
+            leader: id_of(leader)?,
             idempotency_key: optional(key)?,
         },
         ["s", id, component] => QueueRecord::Submitted {
-            id: num(id)?,
+            id: id_of(id)?,
             component: (*component).to_owned(),
         },
         ["i", id, key] => QueueRecord::Key {
-            id: num(id)?,
+            id: id_of(id)?,
             idempotency_key: text(key)?,
         },
         ["o", id, at, flags, kind, body] => {
@@ -212,7 +216,7 @@ fn decode(line: &str) -> Option<QueueRecord> {
                 _ => return None,
             };
             QueueRecord::Answered {
-                id: num(id)?,
+                id: id_of(id)?,
                 at_micros: num(at)?,
                 outcome: Outcome {
                     response,
@@ -238,34 +242,34 @@ mod tests {
     fn every_record_reads_back_as_written() {
         let records = [
             QueueRecord::Waiting {
-                id: 1,
+                id: RequestId(1),
                 priority: -3,
                 component: "advisor".into(),
                 idempotency_key: Some("k 1".into()),
                 request: Bytes::from_static(b"prompt"),
             },
             QueueRecord::Waiting {
-                id: 2,
+                id: RequestId(2),
                 priority: 0,
                 component: "anonymous".into(),
                 idempotency_key: None,
                 request: Bytes::new(),
             },
             QueueRecord::Joined {
-                id: 3,
-                leader: 1,
+                id: RequestId(3),
+                leader: RequestId(1),
                 idempotency_key: None,
             },
             QueueRecord::Submitted {
-                id: 3,
+                id: RequestId(3),
                 component: "game".into(),
             },
             QueueRecord::Key {
-                id: 4,
+                id: RequestId(4),
                 idempotency_key: "once".into(),
             },
             QueueRecord::Answered {
-                id: 1,
+                id: RequestId(1),
                 at_micros: 99,
                 outcome: Outcome {
                     response: Err("upstream 500".into()),

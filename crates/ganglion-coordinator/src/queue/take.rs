@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use super::state::{InProgress, Inner, Pending};
 use super::{RequestQueue, Taken};
-use crate::CoordinatorError;
+use crate::{CoordinatorError, RequestId};
 
 impl RequestQueue {
     /// Puts back in line what was taken and not completed in time; returns when the
     /// next one taken now is due (monotonic).
     pub(super) fn requeue_overdue(&self, inner: &mut Inner) -> Option<Duration> {
         let now = self.clock.monotonic();
-        let overdue: Vec<u64> = inner
+        let overdue: Vec<RequestId> = inner
             .taken
             .iter()
             .filter(|(_, t)| t.until <= now)
@@ -23,7 +23,7 @@ impl RequestQueue {
             let Some(t) = inner.taken.remove(&id) else {
                 continue;
             };
-            tracing::warn!(queue = %self.name, id, timeout_ms = self.take_timeout.as_millis() as u64, "a taken request was not completed in time: back in line");
+            tracing::warn!(queue = %self.name, %id, timeout_ms = self.take_timeout.as_millis() as u64, "a taken request was not completed in time: back in line");
             inner.pending.push(Pending {
                 retaken: true,
                 ..t.pending
@@ -112,7 +112,7 @@ impl RequestQueue {
                             let mut p = inner.pending.swap_remove(at);
                             p.taken_by = Some(Arc::from(worker));
                             let until = self.clock.monotonic().saturating_add(self.take_timeout);
-                            tracing::debug!(queue = %self.name, id = p.id, worker, component = %p.component, retaken = p.retaken, "taken");
+                            tracing::debug!(queue = %self.name, id = p.id.0, worker, component = %p.component, retaken = p.retaken, "taken");
                             let taken = Taken {
                                 id: p.id,
                                 request: p.request.clone(),

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::RequestId;
+
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -18,7 +20,7 @@ pub struct Outcome {
 /// A request a worker took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
-    pub id: u64,
+    pub id: RequestId,
     pub request: Bytes,
     pub priority: i32,
     /// The component that submitted it.

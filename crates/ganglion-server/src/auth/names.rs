@@ -1,6 +1,7 @@
 //! Who may use the coordinator's names: a lease's holder, a quota's component, a queue's
 //! worker and submitter.
 
+use ganglion_coordinator::{LeaseId, RequestId};
 use ganglion_core::BusError;
 
 use crate::State;
@@ -39,7 +40,7 @@ impl State {
     pub(crate) fn may_touch_lease(
         &self,
         caller: &Caller,
-        id: u64,
+        id: LeaseId,
         verb: &str,
     ) -> Result<(), BusError> {
         match self.coordinator.lease_holder(id) {
@@ -59,7 +60,7 @@ impl State {
         &self,
         caller: &Caller,
         queue: &str,
-        id: u64,
+        id: RequestId,
     ) -> Result<(), BusError> {
         self.may(caller, Action::Submit(queue))?;
         let submitter = self.coordinator.submitter(queue, id).ok().flatten();
@@ -80,7 +81,7 @@ impl State {
         &self,
         caller: &Caller,
         queue: &str,
-        id: u64,
+        id: RequestId,
     ) -> Result<(), BusError> {
         self.may(caller, Action::Work(queue))?;
         let taker = self

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 use ganglion_coordinator::lease::{AcquireRequest, Lease, LeaseStage};
 use ganglion_coordinator::queue::Submission;
-use ganglion_coordinator::{CoordinatorError, CoordinatorStatus, ResourceCoordinator};
+use ganglion_coordinator::{
+    CoordinatorError, CoordinatorStatus, FencingToken, LeaseId, RequestId, ResourceCoordinator,
+};
 use ganglion_proto::convert::duration_ms;
 use ganglion_proto::v1::coordinator_server::Coordinator as CoordinatorService;
 use ganglion_proto::v1::{self, lease_update};
@@ -35,12 +37,12 @@ fn ms(micros: u64) -> u64 {
 
 pub(crate) fn lease_to_wire(lease: &Lease) -> v1::Lease {
     v1::Lease {
-        id: lease.id,
+        id: lease.id.0,
         pool: lease.pool.clone(),
         holder: lease.holder.clone(),
         units: lease.units.clone(),
         cuda_visible_devices: lease.cuda_visible_devices.clone().unwrap_or_default(),
-        fencing_token: lease.fencing_token,
+        fencing_token: lease.fencing_token.0,
         granted_at_ms: ms(lease.granted_at_micros),
         expires_at_ms: ms(lease.expires_at_micros),
         max_hold_until_ms: ms(lease.max_hold_until_micros),
@@ -72,7 +74,7 @@ fn update(update: lease_update::Update) -> Result<v1::LeaseUpdate, Status> {
 /// reads, and drops it when the client goes away, which releases the lease.
 struct HeldLease {
     coordinator: Arc<dyn ResourceCoordinator>,
-    id: u64,
+    id: LeaseId,
     /// The grant, sent first.
     granted: Option<Lease>,
     /// The lease ended on the coordinator's side (released, reclaimed, stopped).
@@ -132,7 +134,7 @@ impl Drop for HeldLease {
     fn drop(&mut self) {
         // The stream ended before the lease did: its holder went away.
         if !self.released && self.coordinator.release(self.id).is_ok() {
-            tracing::info!(lease = self.id, "lease released: its stream ended");
+            tracing::info!(lease = %self.id, "lease released: its stream ended");
         }
     }
 }
@@ -195,7 +197,7 @@ impl CoordinatorService for GrpcCoordinator {
         request: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::Lease>, Status> {
         let caller = grpc_caller(&request)?;
-        let id = request.into_inner().lease_id;
+        let id = LeaseId(request.into_inner().lease_id);
         self.state
             .may_touch_lease(&caller, id, "renew")
             .map_err(refused)?;
@@ -208,7 +210,7 @@ impl CoordinatorService for GrpcCoordinator {
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
         let caller = grpc_caller(&request)?;
-        let id = request.into_inner().lease_id;
+        let id = LeaseId(request.into_inner().lease_id);
         self.state
             .may_touch_lease(&caller, id, "release")
             .map_err(refused)?;
@@ -225,7 +227,10 @@ impl CoordinatorService for GrpcCoordinator {
         self.state
             .may(&caller, Action::Lease(&r.pool))
             .map_err(refused)?;
-        let response = match self.coordinator().check_fence(&r.pool, r.fencing_token) {
+        let response = match self
+            .coordinator()
+            .check_fence(&r.pool, FencingToken(r.fencing_token))
+        {
             Ok(()) => v1::CheckFenceResponse {
                 valid: true,
                 reason: String::new(),
@@ -296,7 +301,7 @@ impl CoordinatorService for GrpcCoordinator {
             .coordinator()
             .submit(&r.queue, submission)
             .map_err(status)?;
-        Ok(Response::new(v1::SubmitResponse { request_id: id }))
+        Ok(Response::new(v1::SubmitResponse { request_id: id.0 }))
     }
 
     async fn get_response(
@@ -306,12 +311,12 @@ impl CoordinatorService for GrpcCoordinator {
         let caller = grpc_caller(&request)?;
         let r = request.into_inner();
         self.state
-            .may_read_response(&caller, &r.queue, r.request_id)
+            .may_read_response(&caller, &r.queue, RequestId(r.request_id))
             .map_err(refused)?;
         let wait = Duration::from_millis(r.wait_ms);
         let outcome = self
             .coordinator()
-            .response(r.queue, r.request_id, wait)
+            .response(r.queue, RequestId(r.request_id), wait)
             .await
             .map_err(status)?;
         let response = match outcome {
@@ -349,7 +354,7 @@ impl CoordinatorService for GrpcCoordinator {
             None => v1::TakeResponse::default(),
             Some(t) => v1::TakeResponse {
                 taken: true,
-                request_id: t.id,
+                request_id: t.id.0,
                 request: t.request,
                 priority: t.priority,
                 component: t.component,
@@ -364,7 +369,7 @@ impl CoordinatorService for GrpcCoordinator {
         let caller = grpc_caller(&request)?;
         let r = request.into_inner();
         self.state
-            .may_complete(&caller, &r.queue, r.request_id)
+            .may_complete(&caller, &r.queue, RequestId(r.request_id))
             .map_err(refused)?;
         let result = match r.result {
             Some(v1::complete_request::Result::Response(body)) => Ok(body),
@@ -372,7 +377,7 @@ impl CoordinatorService for GrpcCoordinator {
             None => Ok(Bytes::new()),
         };
         self.coordinator()
-            .complete(&r.queue, r.request_id, result)
+            .complete(&r.queue, RequestId(r.request_id), result)
             .map_err(status)?;
         Ok(Response::new(v1::CompleteResponse {}))
     }

@@ -1,8 +1,8 @@
 //! The coordinator routes: resources, leases, permits and request queues.
 
 use crate::grpc::coordinator::status_of;
-use ganglion_coordinator::ResourceCoordinator;
 use ganglion_coordinator::lease::Lease;
+use ganglion_coordinator::{LeaseId, RequestId, ResourceCoordinator};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,8 +57,8 @@ pub(super) async fn acquire_lease(
     Ok(axum::Json(lease_json(&lease)))
 }
 
-fn lease_id(id: &str) -> ApiResult<u64> {
-    numeric_id(id, "lease id")
+fn lease_id(id: &str) -> ApiResult<LeaseId> {
+    numeric_id(id, "lease id").map(LeaseId)
 }
 
 /// An id in a path: digits only (`+1` parses as a number, and is not an id).
@@ -210,7 +210,7 @@ pub(super) async fn submit_request(
         fallback: bytes_field(&o, "fallback")?,
     };
     let id = state.coordinator.submit(&queue, submission)?;
-    Ok(axum::Json(json!({ "request_id": id })))
+    Ok(axum::Json(json!({ "request_id": id.0 })))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -230,11 +230,11 @@ pub(super) async fn request_response(
     let Path((queue, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let axum::extract::Query(query) =
         query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let id = numeric_id(&id, "request id")?;
+    let id = RequestId(numeric_id(&id, "request id")?);
     state.may_read_response(&caller, &queue, id)?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     let mut out = serde_json::Map::new();
-    out.insert("request_id".into(), json!(id));
+    out.insert("request_id".into(), json!(id.0));
     match state.coordinator.response(queue, id, wait).await? {
         None => {
             out.insert("ready".into(), json!(false));
@@ -275,7 +275,7 @@ pub(super) async fn take_request(
         }
         Some(taken) => {
             out.insert("taken".into(), json!(true));
-            out.insert("request_id".into(), json!(taken.id));
+            out.insert("request_id".into(), json!(taken.id.0));
             out.insert("priority".into(), json!(taken.priority));
             out.insert("component".into(), json!(taken.component));
             bytes_json(&mut out, "request", &taken.request);
@@ -293,7 +293,7 @@ pub(super) async fn complete_request(
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
     let Path((name, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
-    let id = numeric_id(&id, "request id")?;
+    let id = RequestId(numeric_id(&id, "request id")?);
     state.may_complete(&caller, &name, id)?;
     let o = object_body(&state, body, &["response", "response_base64", "error"]).await?;
     let result = match (bytes_field(&o, "response")?, o.get("error")) {
