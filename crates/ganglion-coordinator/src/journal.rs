@@ -95,12 +95,14 @@ impl Journal {
         })
     }
 
-    /// Appends `text` (whole lines) and fdatasyncs it.
+    /// Appends `text` (whole lines) and fdatasyncs it (off the async tasks: see
+    /// [`ganglion_core::fs::blocking`]).
     pub(crate) fn append(&mut self, text: &str) -> Result<(), CoordinatorError> {
-        let written = self
-            .file
-            .write_all(text.as_bytes())
-            .and_then(|()| self.file.sync_data());
+        let file = &mut self.file;
+        let written = ganglion_core::fs::blocking(|| {
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_data())
+        });
         if let Err(e) = written {
             let _ = self.file.set_len(self.len);
             return Err(io_error(self.what, &self.path, e));
