@@ -68,7 +68,7 @@ use ganglion_core::{BoxFuture, BusError, Clock, Event, EventBus, Pattern, Topic}
 use ganglion_log::{Log, LogError};
 
 pub use codec::{DecodeError, decode, encode, peek_topic};
-pub use dlq::REDRIVEN_TYPE;
+pub use ganglion_core::bus::dead_letter::REDRIVEN_TYPE;
 /// The event log under the bus, for its options.
 pub use ganglion_log as log;
 pub use options::{BusOptions, MAX_FIELD_BYTES, MAX_HEADERS};

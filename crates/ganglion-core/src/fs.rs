@@ -101,7 +101,10 @@ mod blocking_tests {
             other.await.unwrap();
             ran_meanwhile
         });
-        assert!(ran_meanwhile, "the runtime's other task was stalled by the fsync");
+        assert!(
+            ran_meanwhile,
+            "the runtime's other task was stalled by the fsync"
+        );
     }
 
     #[test]

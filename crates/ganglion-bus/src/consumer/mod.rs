@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ganglion_core::bus::window::Window;
 use ganglion_core::bus::{
     Chunk, QueuedBytes, SubscribeOptions, SubscriptionControl, SubscriptionId,
 };
@@ -226,15 +227,6 @@ struct Waiting {
     error: String,
 }
 
-#[derive(Debug)]
-struct Window {
-    closes_at: Duration,
-    /// (event, attempt); ephemeral events have seq 0.
-    items: Vec<(Arc<Event>, u32)>,
-    /// Bytes of the events.
-    bytes: usize,
-}
-
 pub(crate) struct Consumer {
     core: Arc<Core>,
     clock: Arc<dyn Clock>,
@@ -370,10 +362,7 @@ impl Consumer {
 
     /// Durable events out with subscribers or gathered in the open window.
     fn in_flight_count(&self) -> usize {
-        let windowed = self
-            .window
-            .as_ref()
-            .map_or(0, |w| w.items.iter().filter(|(e, _)| e.seq != 0).count());
+        let windowed = self.window.as_ref().map_or(0, Window::stored);
         self.in_flight.len() + windowed
     }
 

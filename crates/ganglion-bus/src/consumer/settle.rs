@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ganglion_core::Event;
 use ganglion_core::bus::SubscriptionId;
+use ganglion_core::bus::dead_letter::{AfterFailure, after_failure};
 
 use crate::dlq;
 use crate::state::DurableState;
@@ -17,7 +18,7 @@ use super::{Consumer, Control, DEAD_LETTER_RETRY, PERSIST_EVERY, Waiting};
 impl Consumer {
     pub(super) fn report_gauges(&self) {
         let c = &self.shared.counters;
-        let windowed = self.window.as_ref().map_or(0, |w| w.items.len());
+        let windowed = self.window.as_ref().map_or(0, |w| w.len());
         let ready = self.ready.len() + self.ephemeral_ready.len() + windowed;
         c.ready
             .store(ready as u64, std::sync::atomic::Ordering::Relaxed);
@@ -189,12 +190,11 @@ impl Consumer {
         error: String,
         delay: Option<Duration>,
     ) {
-        if attempt >= self.options.max_deliveries {
-            self.dead_letter(event, attempt, error).await;
-            return;
-        }
         let unit = self.unit();
-        let delay = delay.unwrap_or_else(|| self.options.backoff.delay(attempt, unit));
+        let delay = match after_failure(&self.options, attempt, delay, unit) {
+            AfterFailure::DeadLetter => return self.dead_letter(event, attempt, error).await,
+            AfterFailure::Retry(delay) => delay,
+        };
         tracing::debug!(
             consumer = %self.name, seq = event.seq, correlation_id = %event.correlation_or_id(),
             attempt, ?delay, %error, "redelivery scheduled"
@@ -281,7 +281,7 @@ impl Consumer {
         let windowed = self
             .window
             .iter()
-            .flat_map(|w| w.items.iter().map(|(e, a)| (e.seq, *a)));
+            .flat_map(|w| w.items().iter().map(|(e, a)| (e.seq, *a)));
         for (seq, attempt) in waiting.chain(windowed) {
             if seq != 0 && attempt > 1 {
                 attempts.insert(seq, attempt - 1);

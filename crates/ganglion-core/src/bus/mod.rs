@@ -41,10 +41,12 @@ use crate::BoxFuture;
 use crate::event::Event;
 use crate::topic::{Pattern, Topic};
 
+pub mod dead_letter;
 mod delivery;
 mod error;
 mod options;
 mod subscription;
+pub mod window;
 
 pub use delivery::{DeliveredEvent, Delivery, KeyCount, SubscriptionControl, SubscriptionId};
 pub use error::{BusError, ErrorCode};
