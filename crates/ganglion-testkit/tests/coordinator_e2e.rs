@@ -625,6 +625,47 @@ async fn bad_input_over_http_gets_a_json_error_naming_the_field() {
         "{}",
         r.body
     );
+    // A field the route does not have is named, with the ones it does.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/queues/claude/take",
+        Some(r#"{"worker":"w","colour":"red"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (400, Some("colour")),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("worker") && r.body.contains("wait_ms"),
+        "{}",
+        r.body
+    );
+    // A request given twice, as JSON and as base64.
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/queues/claude/requests",
+        Some(r#"{"request":{"q":1},"request_base64":"eHg="}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (400, Some("request_base64")),
+        "{}",
+        r.body
+    );
+    // A body that is not an object.
+    let r = http(addr, "POST", "/api/v1/queues/claude/take", Some("[1]")).await;
+    assert_eq!(
+        (r.status, field(&r).as_deref()),
+        (400, Some("body")),
+        "{}",
+        r.body
+    );
     // A lease id is digits only.
     let r = http(addr, "POST", "/api/v1/leases/+1/release", None).await;
     assert_eq!(

@@ -12,9 +12,7 @@ use axum::extract::{Path, State as Extract};
 use ganglion_coordinator::lease::AcquireRequest;
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, ApiResult, Monitor, Who, field_i32, field_str, field_u64, object_body, path_param,
-};
+use super::{ApiError, ApiResult, Monitor, Who, path_param, typed_body};
 use crate::State;
 use crate::auth::Action;
 
@@ -27,6 +25,18 @@ pub(super) async fn resources(
     axum::Json(status_json(state.coordinator.as_ref()))
 }
 
+/// `POST /api/v1/resources/{pool}/acquire`: absent and `null` fields take their
+/// defaults.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    holder: Option<String>,
+    priority: Option<i32>,
+    amount: Option<u32>,
+    wait_ms: Option<u64>,
+    max_hold_ms: Option<u64>,
+}
+
 /// `POST /api/v1/resources/{pool}/acquire` `{"holder", "priority"?, "amount"?, "wait_ms"?,
 /// "max_hold_ms"?}`: a lease to renew within its TTL and release.
 pub(super) async fn acquire_lease(
@@ -37,21 +47,14 @@ pub(super) async fn acquire_lease(
 ) -> ApiResult<axum::Json<Value>> {
     let pool = path_param(pool)?;
     state.may(&caller, Action::Lease(&pool))?;
-    let o = object_body(
-        &state,
-        body,
-        &["holder", "priority", "amount", "wait_ms", "max_hold_ms"],
-    )
-    .await?;
-    let amount = field_u64(&o, "amount")?.unwrap_or(1);
-    let holder = optional_str(&o, "holder")?.unwrap_or_default();
+    let b: AcquireBody = typed_body(&state, body).await?;
     let request = AcquireRequest {
-        holder: state.claim(&caller, "holder", &holder)?,
+        holder: state.claim(&caller, "holder", &b.holder.unwrap_or_default())?,
         pool,
-        priority: field_i32(&o, "priority")?,
-        amount: u32::try_from(amount).map_err(|_| ApiError::invalid("amount", "is too large"))?,
-        wait_timeout: Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0)),
-        max_hold: field_u64(&o, "max_hold_ms")?.map(Duration::from_millis),
+        priority: b.priority.unwrap_or(0),
+        amount: b.amount.unwrap_or(1),
+        wait_timeout: Duration::from_millis(b.wait_ms.unwrap_or(0)),
+        max_hold: b.max_hold_ms.map(Duration::from_millis),
     };
     let lease = state.coordinator.acquire(request).await?;
     Ok(axum::Json(lease_json(&lease)))
@@ -96,6 +99,14 @@ pub(super) async fn release_lease(
     Ok(axum::Json(json!({ "released": true })))
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermitBody {
+    component: Option<String>,
+    priority: Option<i32>,
+    wait_ms: Option<u64>,
+}
+
 /// `POST /api/v1/quotas/{quota}/permits` `{"component", "priority"?, "wait_ms"?}`: a call,
 /// or 429 with `Retry-After`.
 pub(super) async fn acquire_permit(
@@ -106,12 +117,11 @@ pub(super) async fn acquire_permit(
 ) -> ApiResult<axum::Json<Value>> {
     let quota = path_param(quota)?;
     state.may(&caller, Action::Permit(&quota))?;
-    let o = object_body(&state, body, &["component", "priority", "wait_ms"]).await?;
-    let component = optional_str(&o, "component")?.unwrap_or_default();
-    let component = state.claim(&caller, "component", &component)?;
     // Every field is checked, whether or not this request uses it.
-    let priority = field_i32(&o, "priority")?;
-    let permit = match field_u64(&o, "wait_ms")? {
+    let b: PermitBody = typed_body(&state, body).await?;
+    let component = state.claim(&caller, "component", &b.component.unwrap_or_default())?;
+    let priority = b.priority.unwrap_or(0);
+    let permit = match b.wait_ms {
         None | Some(0) => state.coordinator.try_permit(&quota, &component)?,
         Some(ms) => {
             let wait = Duration::from_millis(ms);
@@ -127,25 +137,29 @@ pub(super) async fn acquire_permit(
     })))
 }
 
-/// Bytes given in a body as JSON under `name`, or as base64 under `name_base64`.
-fn bytes_field(o: &serde_json::Map<String, Value>, name: &str) -> ApiResult<Option<bytes::Bytes>> {
+/// Bytes given in a body as JSON under `name` (`json`), or as base64 under
+/// `name_base64` (`b64`).
+fn bytes_field(
+    name: &str,
+    json: Option<Value>,
+    b64: Option<String>,
+) -> ApiResult<Option<bytes::Bytes>> {
     use base64::Engine as _;
-    let b64 = format!("{name}_base64");
-    match (o.get(name), o.get(&b64)) {
+    let b64_name = format!("{name}_base64");
+    match (json, b64) {
         (Some(_), Some(_)) => Err(ApiError::invalid(
-            b64,
+            b64_name,
             format!("give {name} or {name}_base64, not both"),
         )),
         (Some(json), None) => Ok(Some(
-            serde_json::to_vec(json)
+            serde_json::to_vec(&json)
                 .map_err(|e| ApiError::invalid(name, e.to_string()))?
                 .into(),
         )),
-        (None, Some(Value::String(text))) => base64::engine::general_purpose::STANDARD
+        (None, Some(text)) => base64::engine::general_purpose::STANDARD
             .decode(text)
             .map(|b| Some(b.into()))
-            .map_err(|e| ApiError::invalid(b64, format!("is not base64: {e}"))),
-        (None, Some(_)) => Err(ApiError::invalid(b64, "must be a string")),
+            .map_err(|e| ApiError::invalid(b64_name, format!("is not base64: {e}"))),
         (None, None) => Ok(None),
     }
 }
@@ -167,12 +181,24 @@ fn bytes_json(out: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]
     }
 }
 
-/// An optional string field (absent or null: `None`).
-fn optional_str(o: &serde_json::Map<String, Value>, field: &str) -> ApiResult<Option<String>> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(_) => field_str(o, field).map(Some),
-    }
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    /// Any JSON; `null` counts as given (a request of `null`).
+    #[serde(default, deserialize_with = "present")]
+    request: Option<Value>,
+    request_base64: Option<String>,
+    priority: Option<i32>,
+    component: Option<String>,
+    idempotency_key: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    fallback: Option<Value>,
+    fallback_base64: Option<String>,
+}
+
+/// A field that, once present, is `Some` even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
 }
 
 /// `POST /api/v1/queues/{queue}/requests` `{"request" | "request_base64", "priority"?,
@@ -185,29 +211,15 @@ pub(super) async fn submit_request(
 ) -> ApiResult<axum::Json<Value>> {
     let queue = path_param(queue)?;
     state.may(&caller, Action::Submit(&queue))?;
-    let o = object_body(
-        &state,
-        body,
-        &[
-            "request",
-            "request_base64",
-            "priority",
-            "component",
-            "idempotency_key",
-            "fallback",
-            "fallback_base64",
-        ],
-    )
-    .await?;
-    let request = bytes_field(&o, "request")?
+    let b: SubmitBody = typed_body(&state, body).await?;
+    let request = bytes_field("request", b.request, b.request_base64)?
         .ok_or_else(|| ApiError::invalid("request", "is required (or request_base64)"))?;
-    let component = optional_str(&o, "component")?.unwrap_or_default();
     let submission = ganglion_coordinator::queue::Submission {
         request,
-        priority: field_i32(&o, "priority")?,
-        component: state.claim(&caller, "component", &component)?,
-        idempotency_key: optional_str(&o, "idempotency_key")?,
-        fallback: bytes_field(&o, "fallback")?,
+        priority: b.priority.unwrap_or(0),
+        component: state.claim(&caller, "component", &b.component.unwrap_or_default())?,
+        idempotency_key: b.idempotency_key,
+        fallback: bytes_field("fallback", b.fallback, b.fallback_base64)?,
     };
     let id = state.coordinator.submit(&queue, submission)?;
     Ok(axum::Json(json!({ "request_id": id.0 })))
@@ -254,6 +266,13 @@ pub(super) async fn request_response(
     Ok(axum::Json(Value::Object(out)))
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TakeBody {
+    worker: Option<String>,
+    wait_ms: Option<u64>,
+}
+
 /// `POST /api/v1/queues/{queue}/take` `{"worker", "wait_ms"?}` → `{"taken": false}` or
 /// `{"taken": true, "request_id", "priority", "component", "request" | "request_base64"}`.
 pub(super) async fn take_request(
@@ -264,10 +283,9 @@ pub(super) async fn take_request(
 ) -> ApiResult<axum::Json<Value>> {
     let queue = path_param(queue)?;
     state.may(&caller, Action::Work(&queue))?;
-    let o = object_body(&state, body, &["worker", "wait_ms"]).await?;
-    let worker = optional_str(&o, "worker")?.unwrap_or_default();
-    let worker = state.claim(&caller, "worker", &worker)?;
-    let wait = Duration::from_millis(field_u64(&o, "wait_ms")?.unwrap_or(0));
+    let b: TakeBody = typed_body(&state, body).await?;
+    let worker = state.claim(&caller, "worker", &b.worker.unwrap_or_default())?;
+    let wait = Duration::from_millis(b.wait_ms.unwrap_or(0));
     let mut out = serde_json::Map::new();
     match state.coordinator.take(queue, worker, wait).await? {
         None => {
@@ -284,6 +302,15 @@ pub(super) async fn take_request(
     Ok(axum::Json(Value::Object(out)))
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteBody {
+    #[serde(default, deserialize_with = "present")]
+    response: Option<Value>,
+    response_base64: Option<String>,
+    error: Option<String>,
+}
+
 /// `POST /api/v1/queues/{queue}/requests/{id}/complete` `{"response" |
 /// "response_base64" | "error"}` → `{"completed": true}`.
 pub(super) async fn complete_request(
@@ -295,8 +322,11 @@ pub(super) async fn complete_request(
     let Path((name, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let id = RequestId(numeric_id(&id, "request id")?);
     state.may_complete(&caller, &name, id)?;
-    let o = object_body(&state, body, &["response", "response_base64", "error"]).await?;
-    let result = match (bytes_field(&o, "response")?, o.get("error")) {
+    let b: CompleteBody = typed_body(&state, body).await?;
+    let result = match (
+        bytes_field("response", b.response, b.response_base64)?,
+        b.error,
+    ) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "error",
@@ -304,7 +334,7 @@ pub(super) async fn complete_request(
             ));
         }
         (Some(body), None) => Ok(body),
-        (None, Some(_)) => Err(field_str(&o, "error")?),
+        (None, Some(error)) => Err(error),
         (None, None) => Ok(bytes::Bytes::new()),
     };
     state.coordinator.complete(&name, id, result)?;

@@ -23,7 +23,7 @@ use ganglion_core::{BusError, Event, Topic, parse_since};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, Monitor, Who, field_str, json_body, object_body, pattern_param};
+use super::{ApiError, ApiResult, Monitor, Who, json_body, pattern_param, typed_body};
 use crate::State;
 use crate::auth::Action;
 use crate::grpc::replay_limit;
@@ -412,14 +412,21 @@ pub(super) async fn topics(
     })))
 }
 
+/// The body of the topic admin routes.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatternBody {
+    pattern: String,
+}
+
 /// `POST /api/v1/topics/purge` `{"pattern"}` → `{"topics", "events"}`.
 pub(super) async fn purge_topics(
     Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
-    let o = object_body(&state, body, &["pattern"]).await?;
-    let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
+    let PatternBody { pattern } = typed_body(&state, body).await?;
+    let pattern = pattern_param(Some(pattern))?;
     state.may(&caller, Action::Admin(&format!("purge topics {pattern}")))?;
     let (_, topics, events) = crate::grpc::purge_topics(state.bus.as_ref(), pattern, false).await?;
     Ok(axum::Json(json!({ "topics": topics, "events": events })))
@@ -431,8 +438,8 @@ pub(super) async fn delete_topics(
     Extract(state): Extract<Arc<State>>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
-    let o = object_body(&state, body, &["pattern"]).await?;
-    let pattern = pattern_param(Some(field_str(&o, "pattern")?))?;
+    let PatternBody { pattern } = typed_body(&state, body).await?;
+    let pattern = pattern_param(Some(pattern))?;
     state.may(&caller, Action::Admin(&format!("delete topics {pattern}")))?;
     let (topics, _, events) = crate::grpc::purge_topics(state.bus.as_ref(), pattern, true).await?;
     Ok(axum::Json(json!({ "topics": topics, "events": events })))

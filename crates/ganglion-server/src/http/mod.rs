@@ -40,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ganglion_core::bus::ErrorCode;
 use ganglion_core::{BusError, Pattern};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::State;
 use coordinator::*;
@@ -413,50 +413,17 @@ async fn metrics_prometheus(_: Monitor, Extract(state): Extract<Arc<State>>) -> 
         .into_response()
 }
 
-/// A JSON request body as an object, refusing keys outside `allowed`.
-pub(crate) async fn object_body(
+/// A JSON request body as `T` (a serde type that denies unknown fields): an error names
+/// the field that is missing, unknown or of the wrong type.
+pub(crate) async fn typed_body<T: serde::de::DeserializeOwned>(
     state: &State,
     body: Body,
-    allowed: &[&str],
-) -> ApiResult<Map<String, Value>> {
-    let Value::Object(object) = json_body(state, body).await? else {
+) -> ApiResult<T> {
+    let value = json_body(state, body).await?;
+    if !value.is_object() {
         return Err(ApiError::invalid("body", "must be a JSON object"));
-    };
-    if let Some(key) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            key.clone(),
-            format!("is not a field here (expected {})", allowed.join(", ")),
-        ));
     }
-    Ok(object)
-}
-
-pub(crate) fn field_u64(object: &Map<String, Value>, field: &str) -> ApiResult<Option<u64>> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
-    }
-}
-
-pub(crate) fn field_i32(object: &Map<String, Value>, field: &str) -> ApiResult<i32> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(0),
-        Some(v) => v
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| ApiError::invalid(field, "must be a whole number")),
-    }
-}
-
-pub(crate) fn field_str(object: &Map<String, Value>, field: &str) -> ApiResult<String> {
-    match object.get(field) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        None | Some(Value::Null) => Err(ApiError::invalid(field, "is required")),
-        Some(_) => Err(ApiError::invalid(field, "must be a string")),
-    }
+    from_json(value, "")
 }
 
 /// A path parameter, or a JSON error naming the path when it is not one.
