@@ -39,6 +39,19 @@ fn open(dir: &std::path::Path, ephemeral: bool) -> Bus {
     Bus::open(options).unwrap()
 }
 
+/// `total` in batches of `BATCH` (the last one smaller).
+fn batch_sizes(total: u64) -> Vec<u64> {
+    let mut left = total;
+    std::iter::from_fn(|| {
+        (left > 0).then(|| {
+            let n = BATCH.min(left);
+            left -= n;
+            n
+        })
+    })
+    .collect()
+}
+
 /// Publishes `total` events from `publishers` tasks and waits until each of the
 /// subscribers on `patterns` has received them all. With `prebuilt`, the events (each
 /// with its own payload) are made before the clock starts, so only the bus's work is
@@ -74,22 +87,11 @@ async fn run(
     };
     // Each publisher's batches: made now when prebuilt, else only their sizes (the
     // events are made inside the timing, by the publisher).
-    let sizes: Vec<u64> = {
-        let mut left = per_publisher;
-        std::iter::from_fn(|| {
-            (left > 0).then(|| {
-                let n = BATCH.min(left);
-                left -= n;
-                n
-            })
-        })
-        .collect()
-    };
     let work: Vec<Vec<(u64, Vec<Event>)>> = (0..publishers)
         .map(|_| {
-            sizes
-                .iter()
-                .map(|&n| {
+            batch_sizes(per_publisher)
+                .into_iter()
+                .map(|n| {
                     (
                         n,
                         if prebuilt {
