@@ -62,12 +62,12 @@ impl Consumer {
             }
             self.deadlines.pop_first();
             if let Some(flight) = self.take_in_flight(seq) {
-                add(&self.shared.counters.ack_timeouts, 1);
                 let error = format!(
                     "ack deadline of {} ms exceeded",
                     self.options.ack_deadline.as_millis()
                 );
                 self.fail(flight.event, flight.attempt, error, None).await;
+                add(&self.shared.counters.ack_timeouts, 1);
             }
         }
         while let Some(entry) = self.retries.first_entry() {
@@ -116,9 +116,11 @@ impl Consumer {
             Control::Nack { seqs, delay, error } => {
                 for seq in seqs {
                     if let Some(flight) = self.take_in_flight(seq) {
-                        add(&self.shared.counters.nacked, 1);
                         self.fail(flight.event, flight.attempt, error.clone(), delay)
                             .await;
+                        // Counted once its redelivery is scheduled (from the time it
+                        // was nacked), so whoever sees the count can move the clock.
+                        add(&self.shared.counters.nacked, 1);
                     }
                 }
             }

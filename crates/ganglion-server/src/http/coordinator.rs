@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State as Extract};
 use ganglion_coordinator::lease::AcquireRequest;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{ApiError, ApiResult, Monitor, Who, path_param, typed_body};
 use crate::State;
@@ -92,11 +92,11 @@ pub(super) async fn release_lease(
     Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Done>> {
     let id = lease_id(&path_param(id)?)?;
     state.may_touch_lease(&caller, id, "release")?;
     state.coordinator.release(id)?;
-    Ok(axum::Json(json!({ "released": true })))
+    Ok(axum::Json(Done::Released { released: true }))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -114,7 +114,7 @@ pub(super) async fn acquire_permit(
     Extract(state): Extract<Arc<State>>,
     quota: Result<Path<String>, PathRejection>,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<PermitJson>> {
     let quota = path_param(quota)?;
     state.may(&caller, Action::Permit(&quota))?;
     // Every field is checked, whether or not this request uses it.
@@ -128,13 +128,23 @@ pub(super) async fn acquire_permit(
             (state.coordinator.permit(quota, component, priority, wait)).await?
         }
     };
-    Ok(axum::Json(json!({
-        "quota": permit.quota,
-        "component": permit.component,
-        "granted_at_ms": permit.granted_at_micros / 1000,
-        "used": permit.used,
-        "remaining": permit.remaining,
-    })))
+    Ok(axum::Json(PermitJson {
+        quota: permit.quota,
+        component: permit.component,
+        granted_at_ms: permit.granted_at_micros / 1000,
+        used: permit.used,
+        remaining: permit.remaining,
+    }))
+}
+
+/// A permit, as `POST /api/v1/quotas/{quota}/permits` answers.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct PermitJson {
+    quota: String,
+    component: String,
+    granted_at_ms: u64,
+    used: u32,
+    remaining: u32,
 }
 
 /// Bytes given in a body as JSON under `name` (`json`), or as base64 under
@@ -164,21 +174,64 @@ fn bytes_field(
     }
 }
 
-/// Bytes as the API shows them: inline JSON under `name` when they are JSON, else
-/// base64 under `name_base64`.
-fn bytes_json(out: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+/// What `POST /api/v1/queues/{queue}/requests` answers.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct SubmittedJson {
+    request_id: u64,
+}
+
+/// What a release or a completion answers: `{"released": true}`, `{"completed": true}`.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub(super) enum Done {
+    Released { released: bool },
+    Completed { completed: bool },
+}
+
+/// Bytes as the API shows them: inline JSON when they are JSON (the first), else base64
+/// (the second, under `<name>_base64`).
+fn inline(bytes: &[u8]) -> (Option<Value>, Option<String>) {
     use base64::Engine as _;
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(json) => {
-            out.insert(name.to_owned(), json);
-        }
-        Err(_) => {
-            out.insert(
-                format!("{name}_base64"),
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            );
-        }
+        Ok(json) => (Some(json), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
     }
+}
+
+/// The answer to `GET /api/v1/queues/{queue}/requests/{id}`.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct AnswerJson {
+    request_id: u64,
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The answer to `POST /api/v1/queues/{queue}/take`.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct TakenJson {
+    taken: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    component: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_base64: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -208,7 +261,7 @@ pub(super) async fn submit_request(
     Extract(state): Extract<Arc<State>>,
     queue: Result<Path<String>, PathRejection>,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<SubmittedJson>> {
     let queue = path_param(queue)?;
     state.may(&caller, Action::Submit(&queue))?;
     let b: SubmitBody = typed_body(&state, body).await?;
@@ -222,7 +275,7 @@ pub(super) async fn submit_request(
         fallback: bytes_field("fallback", b.fallback, b.fallback_base64)?,
     };
     let id = state.coordinator.submit(&queue, submission)?;
-    Ok(axum::Json(json!({ "request_id": id.0 })))
+    Ok(axum::Json(SubmittedJson { request_id: id.0 }))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -238,32 +291,35 @@ pub(super) async fn request_response(
     Extract(state): Extract<Arc<State>>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<AnswerJson>> {
     let Path((queue, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let axum::extract::Query(query) =
         query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let id = RequestId(numeric_id(&id, "request id")?);
     state.may_read_response(&caller, &queue, id)?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
-    let mut out = serde_json::Map::new();
-    out.insert("request_id".into(), json!(id.0));
-    match state.coordinator.response(queue, id, wait).await? {
-        None => {
-            out.insert("ready".into(), json!(false));
-        }
+    let answer = match state.coordinator.response(queue, id, wait).await? {
+        None => AnswerJson::default(),
         Some(outcome) => {
-            out.insert("ready".into(), json!(true));
-            out.insert("cached".into(), json!(outcome.cached));
-            out.insert("degraded".into(), json!(outcome.degraded));
-            match &outcome.response {
-                Ok(body) => bytes_json(&mut out, "response", body),
-                Err(error) => {
-                    out.insert("error".into(), json!(error));
-                }
+            let ((response, response_base64), error) = match outcome.response {
+                Ok(body) => (inline(&body), None),
+                Err(error) => ((None, None), Some(error)),
+            };
+            AnswerJson {
+                ready: true,
+                cached: Some(outcome.cached),
+                degraded: Some(outcome.degraded),
+                response,
+                response_base64,
+                error,
+                ..AnswerJson::default()
             }
         }
-    }
-    Ok(axum::Json(Value::Object(out)))
+    };
+    Ok(axum::Json(AnswerJson {
+        request_id: id.0,
+        ..answer
+    }))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -280,26 +336,27 @@ pub(super) async fn take_request(
     Extract(state): Extract<Arc<State>>,
     queue: Result<Path<String>, PathRejection>,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TakenJson>> {
     let queue = path_param(queue)?;
     state.may(&caller, Action::Work(&queue))?;
     let b: TakeBody = typed_body(&state, body).await?;
     let worker = state.claim(&caller, "worker", &b.worker.unwrap_or_default())?;
     let wait = Duration::from_millis(b.wait_ms.unwrap_or(0));
-    let mut out = serde_json::Map::new();
-    match state.coordinator.take(queue, worker, wait).await? {
-        None => {
-            out.insert("taken".into(), json!(false));
-        }
+    let taken = match state.coordinator.take(queue, worker, wait).await? {
+        None => TakenJson::default(),
         Some(taken) => {
-            out.insert("taken".into(), json!(true));
-            out.insert("request_id".into(), json!(taken.id.0));
-            out.insert("priority".into(), json!(taken.priority));
-            out.insert("component".into(), json!(taken.component));
-            bytes_json(&mut out, "request", &taken.request);
+            let (request, request_base64) = inline(&taken.request);
+            TakenJson {
+                taken: true,
+                request_id: Some(taken.id.0),
+                priority: Some(taken.priority),
+                component: Some(taken.component),
+                request,
+                request_base64,
+            }
         }
-    }
-    Ok(axum::Json(Value::Object(out)))
+    };
+    Ok(axum::Json(taken))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -318,7 +375,7 @@ pub(super) async fn complete_request(
     Extract(state): Extract<Arc<State>>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Done>> {
     let Path((name, id)) = path.map_err(|e| ApiError::invalid("path", e.body_text()))?;
     let id = RequestId(numeric_id(&id, "request id")?);
     state.may_complete(&caller, &name, id)?;
@@ -338,7 +395,7 @@ pub(super) async fn complete_request(
         (None, None) => Ok(bytes::Bytes::new()),
     };
     state.coordinator.complete(&name, id, result)?;
-    Ok(axum::Json(json!({ "completed": true })))
+    Ok(axum::Json(Done::Completed { completed: true }))
 }
 
 /// A lease as the HTTP API shows it.

@@ -43,11 +43,27 @@ pub(super) async fn publish(
     }
 }
 
+/// A publication's acknowledgement, as `POST /api/v1/events` answers.
+#[derive(Debug, serde::Serialize)]
+struct AckJson {
+    seq: u64,
+    id: String,
+    duplicate: bool,
+}
+
+/// One ack for a body with one event, `{"acks": [...]}` for a batch.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Published {
+    One(AckJson),
+    Batch { acks: Vec<AckJson> },
+}
+
 async fn publish_inner(
     state: &State,
     caller: &crate::auth::Caller,
     body: Body,
-) -> ApiResult<Value> {
+) -> ApiResult<Published> {
     let body = json_body(state, body).await?;
     let (events, batch) = events_from_body(body)?;
     state.may_publish(caller, &events)?;
@@ -59,14 +75,20 @@ async fn publish_inner(
         ApiError::from(e)
     })?;
     state.metrics.published(count, started.elapsed());
-    let acks: Vec<Value> = acks
+    let mut acks: Vec<AckJson> = acks
         .into_iter()
-        .map(|a| json!({ "seq": a.seq, "id": a.id.to_string(), "duplicate": a.duplicate }))
+        .map(|a| AckJson {
+            seq: a.seq,
+            id: a.id.to_string(),
+            duplicate: a.duplicate,
+        })
         .collect();
-    Ok(if batch {
-        json!({ "acks": acks })
-    } else {
-        acks.into_iter().next().unwrap_or(Value::Null)
+    Ok(match acks.pop() {
+        Some(ack) if !batch => Published::One(ack),
+        last => {
+            acks.extend(last);
+            Published::Batch { acks }
+        }
     })
 }
 
@@ -397,19 +419,46 @@ fn sse_events(
     )
 }
 
+/// `GET /api/v1/topics`.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct TopicsJson {
+    topics: Vec<TopicJson>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct TopicJson {
+    topic: String,
+    /// `durable` or `ephemeral`.
+    storage: &'static str,
+    events: u64,
+    last_seq: u64,
+}
+
 pub(super) async fn topics(
     _: Monitor,
     Extract(state): Extract<Arc<State>>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TopicsJson>> {
     let topics = state.bus.topics().await?;
-    Ok(axum::Json(json!({
-        "topics": topics.iter().map(|t| json!({
-            "topic": t.topic.as_str(),
-            "storage": match t.storage { StorageClass::Durable => "durable", StorageClass::Ephemeral => "ephemeral" },
-            "events": t.events,
-            "last_seq": t.last_seq,
-        })).collect::<Vec<_>>(),
-    })))
+    let topics = topics
+        .iter()
+        .map(|t| TopicJson {
+            topic: t.topic.to_string(),
+            storage: match t.storage {
+                StorageClass::Durable => "durable",
+                StorageClass::Ephemeral => "ephemeral",
+            },
+            events: t.events,
+            last_seq: t.last_seq,
+        })
+        .collect();
+    Ok(axum::Json(TopicsJson { topics }))
+}
+
+/// What a purge (`topics`: how many) or a delete (`topics`: their names) answers.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct PurgedJson<T> {
+    topics: T,
+    events: u64,
 }
 
 /// The body of the topic admin routes.
@@ -424,12 +473,12 @@ pub(super) async fn purge_topics(
     Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<PurgedJson<u64>>> {
     let PatternBody { pattern } = typed_body(&state, body).await?;
     let pattern = pattern_param(Some(pattern))?;
     state.may(&caller, Action::Admin(&format!("purge topics {pattern}")))?;
     let (_, topics, events) = crate::grpc::purge_topics(state.bus.as_ref(), pattern, false).await?;
-    Ok(axum::Json(json!({ "topics": topics, "events": events })))
+    Ok(axum::Json(PurgedJson { topics, events }))
 }
 
 /// `POST /api/v1/topics/delete` `{"pattern"}` → `{"topics": [...], "events"}`.
@@ -437,49 +486,78 @@ pub(super) async fn delete_topics(
     Who(caller): Who,
     Extract(state): Extract<Arc<State>>,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<PurgedJson<Vec<String>>>> {
     let PatternBody { pattern } = typed_body(&state, body).await?;
     let pattern = pattern_param(Some(pattern))?;
     state.may(&caller, Action::Admin(&format!("delete topics {pattern}")))?;
     let (topics, _, events) = crate::grpc::purge_topics(state.bus.as_ref(), pattern, true).await?;
-    Ok(axum::Json(json!({ "topics": topics, "events": events })))
+    Ok(axum::Json(PurgedJson { topics, events }))
 }
 
 /// `GET /api/v1/subscriptions`: every subscription, connected or not.
 pub(super) async fn subscriptions(
     _: Monitor,
     Extract(state): Extract<Arc<State>>,
-) -> axum::Json<Value> {
-    let subscriptions: Vec<Value> = state
+) -> axum::Json<SubscriptionsJson> {
+    let subscriptions = state
         .bus
         .subscriptions()
-        .iter()
-        .map(subscription_json)
-        .collect();
-    axum::Json(json!({ "subscriptions": subscriptions }))
+        .into_iter()
+        .map(SubscriptionJson::from);
+    axum::Json(SubscriptionsJson {
+        subscriptions: subscriptions.collect(),
+    })
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(super) struct SubscriptionsJson {
+    subscriptions: Vec<SubscriptionJson>,
 }
 
 /// A subscription as the HTTP API shows it (here and in `/api/v1/metrics`).
-pub(crate) fn subscription_json(s: &ganglion_core::engine::SubscriptionStats) -> Value {
-    json!({
-        "name": s.name,
-        "pattern": s.pattern,
-        "queue_group": s.queue_group,
-        "durable": s.durable,
-        "members": s.members,
-        "lag": s.lag,
-        "in_flight": s.in_flight,
-        "ready": s.ready,
-        "dead_letter_topic": s.dead_letter_topic,
-        "dead_letters": s.dead_letters,
-        "delivered": s.delivered,
-        "redelivered": s.redelivered,
-        "acked": s.acked,
-        "nacked": s.nacked,
-        "ack_timeouts": s.ack_timeouts,
-        "dead_lettered": s.dead_lettered,
-        "expired": s.expired,
-    })
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct SubscriptionJson {
+    name: String,
+    pattern: String,
+    queue_group: Option<String>,
+    durable: bool,
+    members: usize,
+    lag: u64,
+    in_flight: u64,
+    ready: u64,
+    dead_letter_topic: String,
+    dead_letters: u64,
+    delivered: u64,
+    redelivered: u64,
+    acked: u64,
+    nacked: u64,
+    ack_timeouts: u64,
+    dead_lettered: u64,
+    expired: u64,
+}
+
+impl From<ganglion_core::engine::SubscriptionStats> for SubscriptionJson {
+    fn from(s: ganglion_core::engine::SubscriptionStats) -> SubscriptionJson {
+        SubscriptionJson {
+            name: s.name,
+            pattern: s.pattern,
+            queue_group: s.queue_group,
+            durable: s.durable,
+            members: s.members,
+            lag: s.lag,
+            in_flight: s.in_flight,
+            ready: s.ready,
+            dead_letter_topic: s.dead_letter_topic,
+            dead_letters: s.dead_letters,
+            delivered: s.delivered,
+            redelivered: s.redelivered,
+            acked: s.acked,
+            nacked: s.nacked,
+            ack_timeouts: s.ack_timeouts,
+            dead_lettered: s.dead_lettered,
+            expired: s.expired,
+        }
+    }
 }
 
 #[cfg(test)]

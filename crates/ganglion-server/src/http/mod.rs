@@ -47,7 +47,7 @@ use coordinator::*;
 use events::*;
 use ganglion_coordinator::CoordinatorError;
 
-pub(crate) use events::subscription_json;
+pub(crate) use events::SubscriptionJson;
 pub use events::{event_to_json, events_from_json};
 
 /// The HTTP API over `state`.

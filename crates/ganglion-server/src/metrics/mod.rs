@@ -129,8 +129,8 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "consumers": state
                 .bus
                 .subscriptions()
-                .iter()
-                .map(crate::http::subscription_json)
+                .into_iter()
+                .map(crate::http::SubscriptionJson::from)
                 .collect::<Vec<_>>(),
         },
         "coordinator": crate::http::coordinator::status_json(state.coordinator.as_ref()),
