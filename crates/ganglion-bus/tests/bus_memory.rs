@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use ganglion_bus::BusOptions;
-use ganglion_core::Clock as _;
 use ganglion_core::bus::{AckMode, BatchOptions, StorageClass, SubscribeOptions};
 use ganglion_core::{Event, EventBus};
 
@@ -59,14 +58,7 @@ async fn a_stuck_ephemeral_subscriber_holds_a_bounded_number_of_bytes_of_big_eve
     });
     for _ in 0..100 {
         // The publisher is done, or waits (on the clock) for the stuck subscriber.
-        until("the publisher done or waiting", || {
-            let ahead = h
-                .clock
-                .next_deadline()
-                .is_some_and(|d| d > h.clock.monotonic());
-            publisher.is_finished() || ahead
-        })
-        .await;
+        done_or_waiting(&publisher, &h.clock).await;
         if publisher.is_finished() {
             break;
         }

@@ -321,14 +321,7 @@ async fn an_ephemeral_subscriber_that_stays_stuck_is_closed_with_a_reason() {
             healthy_got += 1;
         }
         // The publisher is done, or waits (on the clock) for the stuck subscriber.
-        until("the publisher done or waiting", || {
-            let ahead = h
-                .clock
-                .next_deadline()
-                .is_some_and(|d| d > h.clock.monotonic());
-            publisher.is_finished() || ahead
-        })
-        .await;
+        done_or_waiting(&publisher, &h.clock).await;
         h.clock.advance(Duration::from_millis(100));
     }
     publisher.await.unwrap();

@@ -11,17 +11,10 @@ use ganglion_coordinator::queue::Submission;
 use ganglion_core::ErrorCode;
 
 use crate::coordination::{Coordination, Granted, Refusal};
+use crate::soon;
 
-/// How long a step may take in real time before the scenario fails.
-const WAIT: Duration = Duration::from_secs(10);
 /// Longer than any scenario runs in virtual time: a wait that only a grant ends.
 const FOREVER: Duration = Duration::from_secs(3000);
-
-async fn soon<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 async fn until_pool_waiters(h: &dyn Coordination, pool: &str, n: usize) {
     soon(&format!("{n} waiter(s) in pool {pool}"), async {

@@ -21,6 +21,16 @@ pub mod scenarios;
 
 pub use harness::Harness;
 
+/// How long a scenario's step may take in real time before the scenario fails.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `f`, or a panic naming `what` once it has taken [`WAIT`].
+pub(crate) async fn soon<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
 /// Expands to one `#[tokio::test]` per scenario, each on a fresh harness made by
 /// `$make` (an async fn returning a [`Harness`]).
 #[macro_export]

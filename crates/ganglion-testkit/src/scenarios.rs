@@ -11,18 +11,10 @@ use ganglion_core::bus::{
 use ganglion_core::engine::SubscriptionStats;
 use ganglion_core::{Clock, ErrorCode, Event, Pattern, Topic};
 
-use crate::Harness;
+use crate::{Harness, soon};
 
-/// How long a step may take in real time before the scenario fails.
-const WAIT: Duration = Duration::from_secs(10);
 /// How long "nothing arrives" is watched for, in real time.
 const QUIET: Duration = Duration::from_millis(100);
-
-async fn soon<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 fn topic(s: &str) -> Topic {
     Topic::new(s).expect("a valid topic")

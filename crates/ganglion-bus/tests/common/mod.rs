@@ -129,6 +129,16 @@ pub async fn asleep(clock: &ManualClock) {
     .await;
 }
 
+/// Waits until `task` is done or everything on `clock` waits for a deadline ahead of now
+/// (a publisher held back by a stuck subscriber waits on the clock).
+pub async fn done_or_waiting<T>(task: &tokio::task::JoinHandle<T>, clock: &ManualClock) {
+    use ganglion_core::Clock as _;
+    until("the task done or waiting on the clock", || {
+        task.is_finished() || clock.next_deadline().is_some_and(|d| d > clock.monotonic())
+    })
+    .await;
+}
+
 pub fn payload(d: &Delivery) -> String {
     String::from_utf8(d.event().unwrap().payload.to_vec()).unwrap()
 }
