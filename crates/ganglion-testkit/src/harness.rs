@@ -5,9 +5,12 @@ use std::sync::Arc;
 use ganglion_bus::testing::TestBus;
 use ganglion_bus::{Bus, BusOptions};
 use ganglion_client::Client;
-use ganglion_core::bus::StorageClass;
+use ganglion_core::bus::{
+    BusError, ReplayPages, StartPosition, StorageClass, SubscribeOptions, Subscription,
+    SubscriptionId,
+};
 use ganglion_core::engine::Engine;
-use ganglion_core::{EventBus, ManualClock, Pattern};
+use ganglion_core::{BoxFuture, EventBus, ManualClock, Pattern};
 use ganglion_server::ServerOptions;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -139,5 +142,97 @@ impl Drop for Remote {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// `TestBus` used as a plain engine, with filters, batch windows and dead-lettering
+/// applied above it by [`ganglion_core::bus::layer`]: the behaviour an engine without
+/// them gets.
+#[derive(Debug)]
+pub struct Layered {
+    bus: LayeredBus,
+    engine: TestBus,
+}
+
+/// An `EventBus` whose subscriptions go through the layer; the rest is the engine's.
+#[derive(Debug)]
+pub struct LayeredBus {
+    engine: Arc<dyn Engine>,
+    clock: Arc<dyn ganglion_core::Clock>,
+}
+
+pub async fn layered() -> Layered {
+    let engine = TestBus::with_options(ephemeral_topics);
+    let bus = LayeredBus {
+        engine: Arc::new(engine.clone()),
+        clock: Arc::new(engine.clock().clone()),
+    };
+    Layered { bus, engine }
+}
+
+impl Harness for Layered {
+    fn bus(&self) -> &dyn EventBus {
+        &self.bus
+    }
+    fn engine(&self) -> &dyn Engine {
+        &self.engine
+    }
+    fn clock(&self) -> &ManualClock {
+        self.engine.clock()
+    }
+}
+
+impl EventBus for LayeredBus {
+    fn publish_batch(
+        &self,
+        events: Vec<ganglion_core::Event>,
+    ) -> BoxFuture<'_, Result<Vec<ganglion_core::bus::PublishAck>, BusError>> {
+        self.engine.publish_batch(events)
+    }
+
+    fn subscribe(
+        &self,
+        pattern: Pattern,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        let bus: Arc<dyn EventBus> = self.engine.clone();
+        let clock = self.clock.clone();
+        Box::pin(ganglion_core::bus::layer::subscribe_layered(
+            bus, clock, pattern, options,
+        ))
+    }
+
+    fn unsubscribe(&self, id: SubscriptionId) -> BoxFuture<'_, Result<(), BusError>> {
+        self.engine.unsubscribe(id)
+    }
+
+    fn replay_pages(
+        &self,
+        pattern: Pattern,
+        from: StartPosition,
+        limit: usize,
+        page_bytes: usize,
+    ) -> BoxFuture<'_, Result<Box<dyn ReplayPages>, BusError>> {
+        self.engine.replay_pages(pattern, from, limit, page_bytes)
+    }
+
+    fn dead_letters(
+        &self,
+        subscription: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ganglion_core::bus::DeadLetter>, BusError>> {
+        self.engine.dead_letters(subscription, limit)
+    }
+
+    fn redrive(
+        &self,
+        subscription: String,
+        seqs: Vec<u64>,
+    ) -> BoxFuture<'_, Result<u64, BusError>> {
+        self.engine.redrive(subscription, seqs)
+    }
+
+    fn topics(&self) -> BoxFuture<'_, Result<Vec<ganglion_core::bus::TopicInfo>, BusError>> {
+        self.engine.topics()
     }
 }

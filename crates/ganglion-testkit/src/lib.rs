@@ -45,6 +45,7 @@ macro_rules! conformance {
             resumes_a_durable,
             keeps_the_last_per_key_in_a_batch_window,
             replays_by_sequence_and_time,
+            filters_by_type_and_header,
             dedupes_idempotency_keys,
             holds_back_past_max_in_flight,
             refuses_bad_input_naming_the_field

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use ganglion_core::bus::{
-    Aggregation, Backoff, BatchOptions, Delivery, GroupKey, StartPosition, SubscribeOptions,
-    Subscription,
+    Aggregation, Backoff, BatchOptions, Delivery, Filter, GroupKey, StartPosition,
+    SubscribeOptions, Subscription,
 };
 use ganglion_core::engine::SubscriptionStats;
 use ganglion_core::{Clock, ErrorCode, Event, Pattern, Topic};
@@ -333,8 +333,17 @@ pub async fn keeps_the_last_per_key_in_a_batch_window(h: &dyn Harness) {
         let e = event("w.state", &format!("{game}{round}")).with_header("game", game);
         h.bus().publish(e).await.expect("published");
     }
+    // Held for the subscription (in a window, or out with the layer that keeps one)...
     until(h, "latest", "the window to hold every event", |s| {
-        s.ready == 4
+        s.ready + s.in_flight == 4
+    })
+    .await;
+    // ...and the window open: something sleeps until it closes.
+    let closes = h.clock().monotonic() + Duration::from_millis(100);
+    soon("the window's timer", async {
+        while h.clock().next_deadline().is_none_or(|d| d > closes) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     })
     .await;
     h.clock().advance(Duration::from_millis(99));
@@ -392,6 +401,41 @@ pub async fn replays_by_sequence_and_time(h: &dyn Harness) {
     assert!(stamped >= later, "stamped on the engine's clock");
     let limited = h.bus().replay(pattern("p.>"), StartPosition::All, 1).await;
     assert_eq!(limited.expect("replayed").len(), 1);
+}
+
+/// A filter delivers only the events it accepts (by type and by header); the others are
+/// settled without a delivery, so nothing stays held for them.
+pub async fn filters_by_type_and_header(h: &dyn Harness) {
+    let options = SubscribeOptions {
+        filter: Filter {
+            types: vec!["HandPlayed".into()],
+            headers: [("table".to_owned(), "t1".to_owned())].into(),
+        },
+        ..durable("picky")
+    };
+    let mut sub = subscribe(h, "f.>", options).await;
+    let sent = [
+        ("HandPlayed", "t1", "wanted 1"),
+        ("ChatMessage", "t1", "other type"),
+        ("HandPlayed", "t2", "other table"),
+        ("HandPlayed", "t1", "wanted 2"),
+    ];
+    for (event_type, table, body) in sent {
+        let e = event("f.game", body)
+            .with_type(event_type)
+            .with_header("table", table);
+        h.bus().publish(e).await.expect("published");
+    }
+    for wanted in ["wanted 1", "wanted 2"] {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), wanted);
+        d.ack();
+    }
+    until(h, "picky", "everything settled", |s| {
+        s.lag == 0 && s.ready == 0 && s.in_flight == 0
+    })
+    .await;
+    quiet(&mut sub, "the filter refused the rest").await;
 }
 
 /// A repeated idempotency key is answered with the first publication's ack.

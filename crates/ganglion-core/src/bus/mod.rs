@@ -44,6 +44,7 @@ use crate::topic::{Pattern, Topic};
 pub mod dead_letter;
 mod delivery;
 mod error;
+pub mod layer;
 mod options;
 mod subscription;
 pub mod window;
