@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ganglion_core::bus::dead_letter::Jitter;
 use ganglion_core::bus::window::Window;
 use ganglion_core::bus::{
     Chunk, QueuedBytes, SubscribeOptions, SubscriptionControl, SubscriptionId,
@@ -276,13 +277,13 @@ pub(crate) struct Consumer {
     resumed_attempts: BTreeMap<u64, u32>,
     dirty: bool,
     persist_at: Option<Duration>,
-    rng: u64,
+    jitter: Jitter,
 }
 
 impl Consumer {
     pub(crate) fn new(core: Arc<Core>, spec: ConsumerSpec, shared: Arc<ConsumerShared>) -> Self {
         let clock = core.clock.clone();
-        let rng = clock.monotonic().as_nanos() as u64 ^ spec.cursor.rotate_left(17) ^ 0x9E37_79B9;
+        let seed = clock.monotonic().as_nanos() as u64 ^ spec.cursor.rotate_left(17) ^ 0x9E37_79B9;
         Consumer {
             core,
             clock,
@@ -318,7 +319,7 @@ impl Consumer {
             resumed_attempts: spec.attempts,
             dirty: false,
             persist_at: None,
-            rng,
+            jitter: Jitter::new(seed),
         }
     }
 
@@ -364,13 +365,6 @@ impl Consumer {
     fn in_flight_count(&self) -> usize {
         let windowed = self.window.as_ref().map_or(0, Window::stored);
         self.in_flight.len() + windowed
-    }
-
-    fn unit(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub(crate) async fn run(

@@ -192,8 +192,7 @@ impl Consumer {
         error: String,
         delay: Option<Duration>,
     ) {
-        let unit = self.unit();
-        let delay = match after_failure(&self.options, attempt, delay, unit) {
+        let delay = match after_failure(&self.options, attempt, delay, &mut self.jitter) {
             AfterFailure::DeadLetter => return self.dead_letter(event, attempt, error).await,
             AfterFailure::Retry(delay) => delay,
         };

@@ -166,18 +166,38 @@ pub enum AfterFailure {
 }
 
 /// The fate of attempt `attempt` (1-based) that failed: the nack's own `delay` if it
-/// gave one, else the subscription's backoff (`unit` in [0, 1) picks the jitter), unless
-/// the attempts are used up.
+/// gave one, else the subscription's backoff (its jitter drawn from `jitter`), unless the
+/// attempts are used up.
 pub fn after_failure(
     options: &SubscribeOptions,
     attempt: u32,
     delay: Option<Duration>,
-    unit: f64,
+    jitter: &mut Jitter,
 ) -> AfterFailure {
     if attempt >= options.max_deliveries {
         return AfterFailure::DeadLetter;
     }
-    AfterFailure::Retry(delay.unwrap_or_else(|| options.backoff.delay(attempt, unit)))
+    AfterFailure::Retry(delay.unwrap_or_else(|| options.backoff.delay(attempt, jitter.unit())))
+}
+
+/// Where a subscription's backoff jitter comes from: a xorshift generator, seeded per
+/// subscription so that failing subscribers spread out (not for anything secret).
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn new(seed: u64) -> Jitter {
+        // Xorshift never leaves zero.
+        Jitter(seed | 1)
+    }
+
+    /// The next number in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 #[cfg(test)]
@@ -190,20 +210,25 @@ mod tests {
             max_deliveries: 3,
             ..SubscribeOptions::default()
         };
-        let first = options.backoff.delay(1, 0.5);
+        let first = options.backoff.delay(1, Jitter::new(7).unit());
+        let jitter = &mut Jitter::new(7);
         assert_eq!(
-            after_failure(&options, 1, None, 0.5),
+            after_failure(&options, 1, None, jitter),
             AfterFailure::Retry(first)
         );
         let asked = Duration::from_secs(7);
         assert_eq!(
-            after_failure(&options, 2, Some(asked), 0.5),
+            after_failure(&options, 2, Some(asked), jitter),
             AfterFailure::Retry(asked)
         );
         assert_eq!(
-            after_failure(&options, 3, Some(asked), 0.5),
+            after_failure(&options, 3, Some(asked), jitter),
             AfterFailure::DeadLetter
         );
+        let units: Vec<f64> = (0..1000).map(|_| jitter.unit()).collect();
+        assert!(units.iter().all(|u| (0.0..1.0).contains(u)));
+        assert!(units.windows(2).all(|w| w[0] != w[1]), "it moves");
+        assert!(Jitter::new(0).unit() > 0.0, "a zero seed still moves");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::dead_letter::{self, AfterFailure, after_failure};
+use super::dead_letter::{self, AfterFailure, Jitter, after_failure};
 use super::window::Window;
 use super::{
     BusError, Chunk, DeliveredEvent, Delivery, EventBus, SubscribeOptions, Subscription,
@@ -61,7 +61,11 @@ pub async fn subscribe_layered(
     };
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(HANDED_OVER);
-    let control = Arc::new(LayerControl { tx: control_tx });
+    let control = Arc::new(LayerControl {
+        tx: control_tx,
+        engine: raw.control(),
+    });
+    let clock_seed = clock.monotonic().as_nanos() as u64 ^ raw.id().0.rotate_left(17);
     let layered = Subscription::new(raw.id(), name.clone(), out_rx, control.clone());
     let layer = Layer {
         bus,
@@ -74,7 +78,7 @@ pub async fn subscribe_layered(
         out: out_tx,
         window: None,
         out_with_subscriber: HashMap::new(),
-        rng: 0x9E37_79B9_7F4A_7C15,
+        jitter: Jitter::new(clock_seed),
     };
     tokio::spawn(layer.run(control_rx));
     Ok(layered)
@@ -91,6 +95,8 @@ enum Verdict {
 #[derive(Debug)]
 struct LayerControl {
     tx: mpsc::UnboundedSender<Verdict>,
+    /// The engine's subscription, for why it was closed.
+    engine: Arc<dyn SubscriptionControl>,
 }
 
 impl SubscriptionControl for LayerControl {
@@ -111,7 +117,7 @@ impl SubscriptionControl for LayerControl {
     }
 
     fn closed_reason(&self) -> Option<String> {
-        None
+        self.engine.closed_reason()
     }
 }
 
@@ -127,7 +133,7 @@ struct Layer {
     window: Option<Window>,
     /// Stored events out with the subscriber, by sequence: the event and its attempt.
     out_with_subscriber: HashMap<u64, (Arc<Event>, u32)>,
-    rng: u64,
+    jitter: Jitter,
 }
 
 impl Layer {
@@ -186,7 +192,7 @@ impl Layer {
                 continue;
             }
             let Some(batch) = self.options.batch.clone() else {
-                return self.hand_over(vec![(event, attempt)], seq).await;
+                return self.hand_over(event, attempt, seq).await;
             };
             let window = match &mut self.window {
                 Some(window) => window,
@@ -206,10 +212,9 @@ impl Layer {
         true
     }
 
-    /// Hands one event (or a closed window) to the subscriber.
-    async fn hand_over(&mut self, items: Vec<(Arc<Event>, u32)>, seq: u64) -> bool {
+    /// Hands one event to the subscriber.
+    async fn hand_over(&mut self, event: Arc<Event>, attempt: u32, seq: u64) -> bool {
         let control: Arc<dyn SubscriptionControl> = self.control.clone();
-        let (event, attempt) = items.into_iter().next().expect("one event");
         if seq != 0 {
             self.out_with_subscriber
                 .insert(seq, (event.clone(), attempt));
@@ -253,8 +258,7 @@ impl Layer {
                     let Some((event, attempt)) = self.out_with_subscriber.remove(&seq) else {
                         continue;
                     };
-                    let unit = self.unit();
-                    match after_failure(&self.options, attempt, delay, unit) {
+                    match after_failure(&self.options, attempt, delay, &mut self.jitter) {
                         AfterFailure::Retry(after) => self.raw.nack(&[seq], Some(after), &error),
                         AfterFailure::DeadLetter => {
                             self.dead_letter(&event, attempt, &error).await;
@@ -290,12 +294,5 @@ impl Layer {
                     .nack(&[event.seq], Some(self.options.backoff.initial), error);
             }
         }
-    }
-
-    fn unit(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 }
