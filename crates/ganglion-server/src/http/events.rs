@@ -75,7 +75,7 @@ async fn publish_inner(
         ApiError::from(e)
     })?;
     state.metrics.published(count, started.elapsed());
-    let mut acks: Vec<AckJson> = acks
+    let acks: Vec<AckJson> = acks
         .into_iter()
         .map(|a| AckJson {
             seq: a.seq,
@@ -83,12 +83,10 @@ async fn publish_inner(
             duplicate: a.duplicate,
         })
         .collect();
-    Ok(match acks.pop() {
-        Some(ack) if !batch => Published::One(ack),
-        last => {
-            acks.extend(last);
-            Published::Batch { acks }
-        }
+    Ok(match <[AckJson; 1]>::try_from(acks) {
+        Ok([ack]) if !batch => Published::One(ack),
+        Ok(one) => Published::Batch { acks: one.into() },
+        Err(acks) => Published::Batch { acks },
     })
 }
 

@@ -9,7 +9,9 @@ use ganglion_telemetry::metrics::{self as family, Exposition, Family};
 
 use crate::State;
 
-use super::{CODES, code_index, load, memory_limit};
+use ganglion_core::bus::ErrorCode;
+
+use super::{code_index, load, memory_limit};
 
 /// A family with a sample per item of a status list, and how to read the value.
 type PerItem<T> = (&'static Family, fn(&T) -> u64);
@@ -23,7 +25,7 @@ pub(super) fn server_metrics(x: &mut Exposition, state: &State) {
     x.one(&family::SERVER_DELIVERED, load(&m.delivered));
     x.each(
         &family::SERVER_REFUSED,
-        CODES
+        ErrorCode::ALL
             .iter()
             .map(|c| ([c.as_str()], load(&m.refused[code_index(*c)]))),
     );

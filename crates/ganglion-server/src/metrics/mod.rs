@@ -23,14 +23,12 @@ pub struct Metrics {
     /// How long publish calls took, from decoded request to durable acknowledgement.
     publish_duration: Histogram,
     delivered: AtomicU64,
-    refused: [AtomicU64; CODES.len()],
+    /// Refusals per error code, at the code's index in [`ErrorCode::ALL`].
+    refused: [AtomicU64; ErrorCode::ALL.len()],
     subscriptions_opened: AtomicU64,
     subscriptions_open: AtomicU64,
     sse_clients: AtomicU64,
 }
-
-/// The codes refusals are counted under: all of them.
-const CODES: [ErrorCode; ErrorCode::ALL.len()] = ErrorCode::ALL;
 
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
@@ -121,7 +119,7 @@ pub(crate) fn summary(state: &State) -> serde_json::Value {
             "published": load(&m.published),
             "delivered": load(&m.delivered),
         },
-        "refused": CODES.iter().map(|c| (c.as_str().to_owned(), json!(load(&m.refused[code_index(*c)])))).collect::<serde_json::Map<_, _>>(),
+        "refused": ErrorCode::ALL.iter().map(|c| (c.as_str().to_owned(), json!(load(&m.refused[code_index(*c)])))).collect::<serde_json::Map<_, _>>(),
         "subscriptions": {
             "open": load(&m.subscriptions_open),
             "opened": load(&m.subscriptions_opened),
